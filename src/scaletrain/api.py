@@ -1,0 +1,331 @@
+"""The Python API: train, resume, evaluate, predict, load_run. The CLI is a thin layer on top."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import scaletrain
+from scaletrain.checkpoint import CheckpointStore
+from scaletrain.config import Config, UserModelConfig, load_config
+from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
+from scaletrain.errors import UserError
+from scaletrain.metrics import peak_rss_mb
+from scaletrain.models import build_model
+from scaletrain.parallel import build_strategy
+from scaletrain.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    open_run_dir,
+    prepare_run_dir,
+    read_json,
+)
+from scaletrain.train.callbacks import CallbackList
+from scaletrain.train.evaluate import evaluate_split
+from scaletrain.train.loop import LoopResult, run_loop
+from scaletrain.train.monitor import check_monitor
+from scaletrain.train.precision import Precision
+from scaletrain.train.rng import seed_everything
+
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: where it lives, its final metrics and the trained model."""
+
+    run_dir: Path
+    metrics: dict  # split -> metric -> value
+    model: nn.Module | None
+    config: Config
+    status: str = "finished"
+
+
+def train(
+    config: str | Path | dict | Config,
+    *,
+    model: nn.Module | None = None,
+    data: dict | None = None,
+    overrides: list[str] = (),
+    overwrite: bool = False,
+    callbacks: list = (),
+) -> Run:
+    """Train from a config (YAML path, dict or Config).
+
+    Args:
+        config: the run's configuration.
+        model: any ``nn.Module`` to train instead of the config's registry model.
+        data: ``{"train": Dataset | (X, y), "val": ..., "test": ...}`` instead of ``data.source``.
+        overrides: dotted ``KEY=VALUE`` strings applied on top of ``config``.
+        overwrite: replace an existing run directory of the same name.
+        callbacks: objects with any of the ``train.callbacks`` events.
+    """
+    cfg = load_config(config, list(overrides))
+    if model is not None:
+        cfg = _replace(cfg, model=UserModelConfig(class_name=type(model).__qualname__))
+    if data is not None:
+        cfg = _replace(cfg, data=cfg.data.model_copy(update={"source": "tensors"}))
+    strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
+    strategy.setup()
+    try:
+        bundle, model = _prepare(cfg, model, data)  # bad input fails before any file is written
+        run = None
+        if strategy.is_main:
+            run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite)
+            atomic_write_text(run.config, cfg.to_yaml())
+            atomic_write_json(run.preprocess, bundle.preprocessor.state_dict())
+            atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
+        strategy.barrier()
+        run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
+        return _fit(run, cfg, strategy, bundle, model, resume=False, callbacks=callbacks)
+    finally:
+        strategy.teardown()
+
+
+def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | None = None) -> Run:
+    """Continue an interrupted run from its newest valid checkpoint."""
+    run = open_run_dir(run_dir)
+    cfg = load_config(run.config)
+    if isinstance(cfg.model, UserModelConfig) and model is None:
+        raise UserError(
+            f"{run.root} was trained with a user module ({cfg.model.class_name}); "
+            "resume it from Python: scaletrain.api.resume(run_dir, model=..., data=...)"
+        )
+    strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
+    strategy.setup()
+    try:
+        bundle, model = _prepare(cfg, model, data)
+        return _fit(run, cfg, strategy, bundle, model, resume=True, callbacks=())
+    finally:
+        strategy.teardown()
+
+
+def _prepare(cfg: Config, model: nn.Module | None, data: dict | None):
+    """Data and model, built identically on every rank (same seed: same split and weights)."""
+    seed_everything(cfg.run.seed)
+    bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
+    check_monitor(cfg.train.monitor, task=bundle.spec.task)
+    if model is None:
+        model = _build_model(cfg, bundle.spec)
+    return bundle, model
+
+
+def _fit(run: RunDir, cfg: Config, strategy, bundle, model, *, resume: bool, callbacks) -> Run:
+    seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
+    status, result = "failed", None
+    try:
+        result = run_loop(
+            cfg,
+            model=model,
+            data=bundle,
+            run=run,
+            strategy=strategy,
+            resume=resume,
+            callbacks=CallbackList(list(callbacks)),
+        )
+        status = result.status
+        if status != "interrupted":
+            metrics = _final_evaluation(result, bundle, run, strategy)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if strategy.is_main:
+            _write_summary(run, cfg, strategy, result, status, locals().get("metrics", {}))
+    if strategy.is_main and cfg.log.report:
+        _write_report(run)
+    trained = strategy.unwrap_model(result.state.model)
+    return Run(run.root, locals().get("metrics", {}), trained, cfg, status)
+
+
+def _final_evaluation(result: LoopResult, bundle: DataBundle, run: RunDir, strategy) -> dict:
+    """Evaluate the best (or last) weights on val and test; keep predictions for the report."""
+    store = CheckpointStore(run.checkpoints)
+    best = store.best_step()
+    state = result.state
+    if best is not None and best != state.step:
+        _load_weights(state.model, store.find("best"), strategy)
+    metrics = {}
+    for name in ("val", "test"):
+        split = getattr(bundle, name)
+        if split is None:
+            continue
+        evaluated = evaluate_split(
+            state.model,
+            split,
+            spec=bundle.spec,
+            loss_fn=result.loss_fn,
+            precision=result.precision,
+            strategy=strategy,
+            batch_size=256,
+            keep_predictions=True,
+        )
+        metrics[name] = {"loss": evaluated.loss, **evaluated.metrics}
+        if strategy.is_main and evaluated.predictions:
+            run.predictions.mkdir(exist_ok=True)
+            np.savez_compressed(run.predictions / f"{name}.npz", **evaluated.predictions)
+    return metrics
+
+
+def evaluate(run: str | Path | Run, *, split: str = "test", checkpoint: str = "best") -> dict:
+    """Reload a run's model from a checkpoint and evaluate it on one split."""
+    run_dir = open_run_dir(run.run_dir if isinstance(run, Run) else run)
+    cfg = load_config(run_dir.config)
+    if cfg.data.source == "tensors":
+        raise UserError(f"{run_dir.root} was trained on in-memory data; evaluate it from Python")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split: expected train, val or test, got {split!r}")
+    bundle = build_data(cfg.data, seed=cfg.run.seed)
+    model, strategy, precision = _load_model(run_dir, cfg, bundle.spec, checkpoint)
+    data_split = getattr(bundle, split)
+    if data_split is None:
+        raise UserError(f"--split: {run_dir.root} has no {split!r} split")
+    from scaletrain.optim import build_loss
+
+    loss_fn = build_loss(
+        cfg.loss,
+        task=bundle.spec.task,
+        num_outputs=bundle.spec.num_outputs,
+        class_counts=bundle.spec.class_counts,
+    )
+    result = evaluate_split(
+        model,
+        data_split,
+        spec=bundle.spec,
+        loss_fn=loss_fn,
+        precision=precision,
+        strategy=strategy,
+        batch_size=256,
+    )
+    return {"loss": result.loss, **result.metrics}
+
+
+def predict(run: str | Path, inputs_file: str | Path, *, checkpoint: str = "best") -> dict:
+    """Predictions for raw inputs in a CSV/NPY file, with the run's saved preprocessing."""
+    run_dir = open_run_dir(run)
+    cfg = load_config(run_dir.config)
+    spec = _spec_from_dict(read_json(run_dir.root / "data_spec.json"))
+    preprocessor = Preprocessor.from_state_dict(read_json(run_dir.preprocess))
+    raw = read_inputs_file(Path(inputs_file), spec=spec, feature_columns=cfg.data.features)
+    model, strategy, precision = _load_model(run_dir, cfg, spec, checkpoint)
+    with torch.no_grad(), precision.autocast():
+        output = model(preprocessor.transform(raw).to(strategy.device)).float().cpu()
+    if spec.task == "classification":
+        probabilities = output.softmax(dim=1)
+        return {
+            "pred": probabilities.argmax(dim=1).numpy(),
+            "prob": probabilities.numpy(),
+            "class_names": spec.class_names,
+        }
+    return {"pred": output.numpy()}
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:
+    """A finished run with its model rebuilt and weights loaded (no training)."""
+    run = open_run_dir(run_dir)
+    cfg = load_config(run.config)
+    spec = _spec_from_dict(read_json(run.root / "data_spec.json"))
+    model = _load_model(run, cfg, spec, checkpoint)[0] if cfg.model.name != "user" else None
+    summary = read_json(run.summary) if run.summary.is_file() else {}
+    return Run(run.root, summary.get("metrics", {}), model, cfg, summary.get("status", "unknown"))
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    return build_model(
+        cfg.model,
+        input_shape=spec.input_shape,
+        num_outputs=spec.num_outputs,
+        vocab_size=spec.vocab_size,
+    )
+
+
+def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):
+    if cfg.model.name == "user":
+        raise UserError(f"{run.root} holds a user module; load its weights from Python")
+    strategy = build_strategy(
+        cfg.parallel.model_copy(update={"strategy": "single"}), device_name=cfg.train.device
+    )
+    model = _build_model(cfg, spec).to(strategy.device)
+    _load_weights(model, CheckpointStore(run.checkpoints).find(checkpoint), strategy)
+    model.eval()
+    return model, strategy, Precision.from_config(cfg.train.precision, strategy.device)
+
+
+def _load_weights(model: nn.Module, path: Path, strategy) -> None:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    tensors = {"model": get_model_state_dict(model)}
+    CheckpointStore(path.parent).load(path, tensors=tensors, rank=strategy.rank)
+    set_model_state_dict(model, tensors["model"])
+
+
+def _write_summary(run: RunDir, cfg: Config, strategy, result, status: str, metrics: dict) -> None:
+    state = result.state if result else None
+    seconds = result.train_seconds if result else 0.0
+    summary = {
+        "status": status,
+        "name": cfg.run.name,
+        "task": None,
+        "wall_s": round(result.wall_s, 3) if result else None,
+        "world_size": strategy.world_size,
+        "device": str(strategy.device),
+        "precision": result.precision.name if result else cfg.train.precision,
+        "versions": {
+            "scaletrain": scaletrain.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "steps": state.step if state else 0,
+        "epochs": state.epoch if state else 0,
+        "best_step": state.best_step if state else None,
+        "best_metric": {"name": cfg.train.monitor.metric, "value": state.best_value}
+        if state
+        else None,
+        "metrics": metrics,
+        "train_samples_per_s": result.samples_seen / seconds if result and seconds else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "mfu": None,
+        "counters": state.counters if state else {},
+    }
+    spec_file = run.root / "data_spec.json"
+    if spec_file.is_file():
+        spec = read_json(spec_file)
+        summary["task"], summary["class_names"] = spec["task"], spec["class_names"]
+    atomic_write_json(run.summary, summary)
+
+
+def _write_report(run: RunDir) -> None:
+    try:
+        from scaletrain.report import write_report
+    except ImportError:  # the report package is optional at this layer
+        return
+    write_report(run.root)
+
+
+def _spec_to_dict(spec: DataSpec) -> dict:
+    data = dataclasses.asdict(spec)
+    data["input_dtype"] = str(spec.input_dtype).removeprefix("torch.")
+    data["input_shape"] = list(spec.input_shape)
+    return data
+
+
+def _spec_from_dict(data: dict) -> DataSpec:
+    data = dict(data)
+    data["input_dtype"] = getattr(torch, data["input_dtype"])
+    data["input_shape"] = tuple(data["input_shape"])
+    return DataSpec(**data)
+
+
+def _replace(cfg: Config, **sections) -> Config:
+    return Config.model_validate(
+        {**cfg.to_dict(), **{k: v.model_dump() for k, v in sections.items()}}
+    )

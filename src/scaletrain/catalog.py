@@ -1,0 +1,72 @@
+"""`scaletrain list`: the registries, with each entry's options and defaults."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from scaletrain import config as schema
+
+
+def catalog_table(kind: str) -> Table:
+    rows = _ROWS[kind]()
+    table = Table(title=f"scaletrain {kind}", show_lines=False)
+    table.add_column("name", style="bold")
+    table.add_column("options (defaults)")
+    for name, options in rows:
+        table.add_row(name, options)
+    return table
+
+
+def _fields(cls, skip=("name", "init")) -> str:
+    return ", ".join(
+        f"{key}={field.default!r}" for key, field in cls.model_fields.items() if key not in skip
+    )
+
+
+def _models():
+    from scaletrain.models import MODELS
+
+    return [(name, _fields(entry.config_class)) for name, entry in sorted(MODELS.items())]
+
+
+def _datasets():
+    from scaletrain.data import DATASETS, SOURCES
+
+    rows = [(name, "data.source=builtin, data.name=" + name) for name in sorted(DATASETS)]
+    rows += [(name, "data.source=" + name + ", data.path=...") for name in sorted(SOURCES)]
+    return rows
+
+
+def _optimizers():
+    from scaletrain.optim import OPTIMIZERS
+
+    options = _fields(schema.OptimConfig, skip=("name", "schedule", "penalty", "clip"))
+    return [(name, options) for name in sorted(OPTIMIZERS)]
+
+
+def _schedules():
+    from scaletrain.optim import SCHEDULES
+
+    return [(name, _fields(schema.ScheduleConfig)) for name in sorted(SCHEDULES)]
+
+
+def _losses():
+    from scaletrain.optim import LOSSES
+
+    return [(name, _fields(schema.LossConfig)) for name in sorted(LOSSES)]
+
+
+def _inits():
+    from scaletrain.models import INITS
+
+    return [(name, _fields(schema.InitConfig)) for name in sorted(INITS)]
+
+
+_ROWS = {
+    "models": _models,
+    "datasets": _datasets,
+    "optimizers": _optimizers,
+    "schedules": _schedules,
+    "losses": _losses,
+    "inits": _inits,
+}

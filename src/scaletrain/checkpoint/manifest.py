@@ -1,0 +1,82 @@
+"""Checkpoint manifests: per-file sizes and SHA-256, written last; no manifest, no checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from scaletrain.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+FORMAT = "scaletrain-checkpoint"
+VERSION = 1
+
+
+def sha256_file(path: Path, *, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, *, step: int) -> None:
+    """Hash every file, fsync them, then write manifest.json (fsynced) as the commit record."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        _fsync(path)
+        files[path.relative_to(directory).as_posix()] = {
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+        }
+    manifest = {"format": FORMAT, "version": VERSION, "step": step, "files": files}
+    target = directory / MANIFEST
+    with open(target, "w") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def verify_manifest(directory: Path) -> dict:
+    """Check every listed file's size and hash; raise CheckpointError naming the culprit."""
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing, so {directory.name} is not a checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: not valid JSON") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a scaletrain checkpoint manifest")
+    if manifest.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path}: format version {manifest['version']} is newer than this scaletrain "
+            f"understands ({VERSION}); upgrade scaletrain"
+        )
+    for name, meta in manifest["files"].items():
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in the manifest but missing")
+        if file.stat().st_size != meta["bytes"]:
+            raise CheckpointError(
+                f"{file}: size {file.stat().st_size} bytes, manifest says {meta['bytes']}"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(f"{file}: checksum does not match the manifest")
+    return manifest
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,242 @@
+"""Command line: argv -> Config -> one API call. UserError -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich_argparse import RichHelpFormatter
+
+from scaletrain.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options (`train c.yaml --out d optim.lr=1`).
+    if extra and hasattr(args, "overrides") and all("=" in item for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return args.handler(args) or 0
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(
+            "interrupted: a final checkpoint was written; `scaletrain resume` continues",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+# --- commands -----------------------------------------------------------------------------
+def _train(args) -> int:
+    from scaletrain import api
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out_dir={args.out}")
+    run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
+    _print_result(run.run_dir, run.metrics, run.status)
+    return EXIT_INTERRUPTED if run.status == "interrupted" else 0
+
+
+def _resume(args) -> int:
+    from scaletrain import api
+
+    run = api.resume(args.run_dir)
+    _print_result(run.run_dir, run.metrics, run.status)
+    return 0
+
+
+def _eval(args) -> int:
+    from scaletrain import api
+
+    metrics = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
+    _print_result(Path(args.run_dir), {args.split: metrics}, None)
+    return 0
+
+
+def _predict(args) -> int:
+    import numpy as np
+
+    from scaletrain import api
+
+    result = api.predict(args.run_dir, args.input_file, checkpoint=args.checkpoint)
+    lines = _prediction_lines(result)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        console.print(f"wrote {len(lines) - 1} predictions to {args.out}")
+    else:
+        np.set_printoptions(precision=6)
+        print("\n".join(lines))
+    return 0
+
+
+def _config_show(args) -> int:
+    from scaletrain.config import load_config
+
+    print(load_config(args.config, list(args.overrides)).to_yaml(), end="")
+    return 0
+
+
+def _config_check(args) -> int:
+    from scaletrain.config import load_config
+
+    load_config(args.config, list(args.overrides))
+    console.print(f"{args.config}: ok")
+    return 0
+
+
+def _list(args) -> int:
+    from scaletrain.catalog import catalog_table
+
+    Console().print(catalog_table(args.kind))
+    return 0
+
+
+def _report(args) -> int:
+    from scaletrain.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    console.print(f"report: {path}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
+
+
+def _compare(args) -> int:
+    from scaletrain.report import write_compare
+
+    path = write_compare([Path(p) for p in args.run_dirs], out=Path(args.out), align=args.align)
+    console.print(f"comparison: {path}")
+    return 0
+
+
+# --- output -------------------------------------------------------------------------------
+def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:
+    from scaletrain.metrics import format_table
+
+    if metrics:
+        Console().print(format_table(metrics))
+    if status and status != "finished":
+        console.print(f"status: {status}")
+    report = Path(run_dir) / "report.html"
+    console.print(f"run directory: {run_dir}")
+    if report.is_file():
+        console.print(f"report: {report}")
+
+
+def _prediction_lines(result: dict) -> list[str]:
+    pred = result["pred"]
+    if "prob" in result:
+        names = result["class_names"] or [str(i) for i in range(result["prob"].shape[1])]
+        header = "prediction," + ",".join(f"p_{name}" for name in names)
+        rows = [
+            f"{names[int(p)]}," + ",".join(f"{v:.6f}" for v in prob)
+            for p, prob in zip(pred, result["prob"], strict=True)
+        ]
+        return [header, *rows]
+    header = ",".join(f"prediction_{i}" for i in range(pred.shape[1]))
+    return [header, *(",".join(f"{v:.6g}" for v in row) for row in pred)]
+
+
+# --- parser -------------------------------------------------------------------------------
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, formatter_class=RichHelpFormatter)
+    common.add_argument("--debug", action="store_true", help="Show tracebacks for user errors.")
+    parser = argparse.ArgumentParser(
+        prog="scaletrain",
+        parents=[common],
+        formatter_class=RichHelpFormatter,
+        description="Train neural networks from one config: `scaletrain train configs/default.yaml`.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            formatter_class=RichHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("train", _train, "Train a model from a YAML config.")
+    sub.add_argument("config", help="YAML config file, e.g. configs/default.yaml.")
+    sub.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides: optim.lr=3e-4."
+    )
+    sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
+    sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
+
+    sub = command("resume", _resume, "Continue an interrupted run from its latest checkpoint.")
+    sub.add_argument("run_dir", help="Run directory to continue.")
+
+    sub = command("eval", _eval, "Reload a run's model and evaluate it on a split.")
+    sub.add_argument("run_dir", help="Run directory.")
+    sub.add_argument("--split", default="test", choices=["train", "val", "test"], help="Split.")
+    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+
+    sub = command(
+        "predict", _predict, "Predict for raw inputs (CSV/NPY), with saved preprocessing."
+    )
+    sub.add_argument("run_dir", help="Run directory.")
+    sub.add_argument("input_file", help="CSV (header, feature columns) or NPY file of inputs.")
+    sub.add_argument("--out", help="Write predictions as CSV here instead of stdout.")
+    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+
+    config = command("config", None, "Show or check a config.")
+    config_commands = config.add_subparsers(title="config commands", metavar="ACTION")
+    for name, handler, text in (
+        ("show", _config_show, "Print the resolved config with defaults filled in."),
+        ("check", _config_check, "Validate a config; exit 2 with the culprit key if invalid."),
+    ):
+        sub = config_commands.add_parser(
+            name, parents=[common], help=text, description=text, formatter_class=RichHelpFormatter
+        )
+        sub.set_defaults(handler=handler)
+        sub.add_argument("config", help="YAML config file.")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
+
+    sub = command(
+        "list", _list, "List registered models, datasets, optimizers, schedules, losses, inits."
+    )
+    sub.add_argument(
+        "kind",
+        choices=["models", "datasets", "optimizers", "schedules", "losses", "inits"],
+        help="What to list.",
+    )
+
+    sub = command("report", _report, "Write the self-contained HTML report of a run.")
+    sub.add_argument("run_dir", help="Run directory.")
+    sub.add_argument("--open", action="store_true", help="Open it in a browser.")
+
+    sub = command("compare", _compare, "Compare runs: overlaid curves, final metrics, config diff.")
+    sub.add_argument("run_dirs", nargs="+", help="Run directories.")
+    sub.add_argument("--out", default="compare.html", help="Output HTML file.")
+    sub.add_argument("--align", default="step", choices=["step", "time"], help="X axis.")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main"]

@@ -1,0 +1,470 @@
+"""The typed, frozen config: one section per package, validated at the edge.
+
+Each section is read by exactly one builder (``build_optimizer(cfg.optim, model)`` …).
+Loading goes YAML/dict -> dotted overrides -> pydantic; any failure becomes one
+``ConfigError`` line naming the key path, what was received and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scaletrain.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------- run
+class RunConfig(Section):
+    name: str = Field("run", description="Run name; the run directory is `<out_dir>/<name>`.")
+    seed: NonNegInt = Field(0, description="Seed for data split, shuffling, init and dropout.")
+    out_dir: str = Field("runs", description="Parent folder of run directories.")
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(Section):
+    source: Literal["builtin", "csv", "npy", "npz", "tensors"] = Field(
+        "builtin", description="Where samples come from (`tensors` = passed to the Python API)."
+    )
+    name: str = Field("digits", description="Built-in dataset name (`scaletrain list datasets`).")
+    path: str | None = Field(None, description="File for csv/npy/npz sources.")
+    label: str = Field(
+        "label", description="Label column (csv), array key (npz), column index or `last` (npy)."
+    )
+    features: list[str] | None = Field(None, description="Feature columns; default all but label.")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="`auto`: classification for class names or few distinct integer labels.",
+    )
+    layout: Literal["auto", "image", "flat"] = Field(
+        "auto", description="`image` keeps (C, H, W) inputs (digits: 1x8x8); `flat` flattens."
+    )
+    val_fraction: Fraction = Field(0.1, description="Share of samples held out for validation.")
+    test_fraction: Fraction = Field(0.2, description="Share of samples held out for testing.")
+    stratify: bool = Field(True, description="Keep class proportions in each split.")
+    normalize: Literal["standardize", "minmax", "none"] = Field(
+        "standardize", description="Feature scaling fit on the train split only."
+    )
+    num_workers: NonNegInt = Field(
+        0, description="Loader worker processes for Dataset inputs (tensors are batched in place)."
+    )
+    drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction: must add up to < 1, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- model
+class InitConfig(Section):
+    name: Literal[
+        "default",
+        "zeros",
+        "normal",
+        "uniform",
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "orthogonal",
+    ] = Field("default", description="Weight init for Linear/Conv/Embedding; biases zero.")
+    std: PositiveFloat = Field(0.02, description="Standard deviation for `normal`.")
+    bound: PositiveFloat = Field(0.05, description="Half-width for `uniform`.")
+    gain: PositiveFloat = Field(1.0, description="Gain for xavier/orthogonal.")
+
+
+Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu"]
+
+
+class MLPConfig(Section):
+    name: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = Field([128, 128], description="Hidden layer widths.")
+    activation: Activation = Field("relu", description="Activation between layers.")
+    dropout: Fraction = Field(0.0, description="Dropout after each hidden layer.")
+    batch_norm: bool = Field(False, description="BatchNorm1d after each hidden linear layer.")
+    init: InitConfig = InitConfig()
+
+
+class CNNConfig(Section):
+    name: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = Field([32, 64], description="Output channels per conv block.")
+    kernel_size: PositiveInt = Field(3, description="Conv kernel size (same padding).")
+    pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling per block.")
+    batch_norm: bool = Field(True, description="BatchNorm2d after each conv.")
+    dropout: Fraction = Field(0.0, description="Dropout in the head.")
+    head: list[PositiveInt] = Field([128], description="Hidden widths of the MLP head.")
+    activation: Activation = "relu"
+    init: InitConfig = InitConfig()
+
+
+class TextCNNConfig(Section):
+    name: Literal["textcnn"] = "textcnn"
+    embed_dim: PositiveInt = Field(64, description="Token embedding size.")
+    kernel_sizes: list[PositiveInt] = Field([3, 4, 5], description="Widths of parallel convs.")
+    num_filters: PositiveInt = Field(64, description="Filters per kernel width.")
+    dropout: Fraction = Field(0.5, description="Dropout before the classifier.")
+    vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
+    padding_idx: int | None = Field(0, description="Token id that pads sequences.")
+    init: InitConfig = InitConfig()
+
+
+class UserModelConfig(Section):
+    """Placeholder recorded when the Python API is given an ``nn.Module``."""
+
+    name: Literal["user"] = "user"
+    class_name: str = Field("", description="Class of the user module (recorded, not built).")
+    init: InitConfig = InitConfig()
+
+
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig | TextCNNConfig | UserModelConfig, Field(discriminator="name")
+]
+
+
+# --------------------------------------------------------------------------- optim
+class ScheduleConfig(Section):
+    name: Literal[
+        "constant", "step", "multistep", "exponential", "cosine", "linear", "onecycle"
+    ] = Field("constant", description="LR multiplier shape over training steps.")
+    warmup_steps: NonNegInt = Field(
+        0, description="Linear warmup steps: multiplier (s+1)/(W+1), then the shape."
+    )
+    warmup_ratio: Fraction = Field(0.0, description="Warmup as a share of total steps.")
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Final multiplier for cosine/linear decay."
+    )
+    step_size: PositiveInt = Field(100, description="`step`: decay every this many steps.")
+    milestones: list[PositiveInt] = Field([], description="`multistep`: steps that decay.")
+    gamma: PositiveFloat = Field(0.1, description="Decay factor for step/multistep/exponential.")
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.3, description="`onecycle` rise.")
+    div_factor: PositiveFloat = Field(25.0, description="`onecycle`: start = 1/div_factor.")
+    final_div_factor: PositiveFloat = Field(1e4, description="`onecycle`: end divisor.")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> ScheduleConfig:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(
+                "optim.schedule: set only one of warmup_steps and warmup_ratio, not both"
+            )
+        return self
+
+
+class PenaltyConfig(Section):
+    l1: NonNegFloat = Field(0.0, description="L1 coefficient added to the loss.")
+    l2: NonNegFloat = Field(0.0, description="L2 coefficient (times sum of squares) in the loss.")
+    include_bias_and_norm: bool = Field(False, description="Also penalize biases and norms.")
+
+
+class ClipConfig(Section):
+    mode: Literal["none", "norm", "value"] = Field("none", description="Gradient clipping.")
+    max: PositiveFloat = Field(1.0, description="Max total norm (norm) or abs value (value).")
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = Field(
+        "adamw", description="Optimizer."
+    )
+    lr: PositiveFloat = Field(1e-3, description="Peak learning rate.")
+    weight_decay: NonNegFloat = Field(0.0, description="Decoupled for adamw, coupled otherwise.")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="sgd/rmsprop.")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum.")
+    betas: tuple[Fraction, Fraction] = Field((0.9, 0.999), description="adam/adamw betas.")
+    eps: PositiveFloat = Field(1e-8, description="Denominator epsilon.")
+    alpha: Fraction = Field(0.99, description="rmsprop smoothing.")
+    implementation: Literal["auto", "foreach", "fused", "loop"] = Field(
+        "auto", description="`auto`: fused where supported, else foreach."
+    )
+    schedule: ScheduleConfig = ScheduleConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    clip: ClipConfig = ClipConfig()
+
+
+class LossConfig(Section):
+    name: Literal["auto", "cross_entropy", "bce_with_logits", "mse", "mae", "huber", "kl_div"] = (
+        Field("auto", description="`auto`: cross_entropy for classification, mse otherwise.")
+    )
+    label_smoothing: Fraction = Field(0.0, description="cross_entropy label smoothing.")
+    class_weights: Literal["none", "balanced"] | list[PositiveFloat] = Field(
+        "none", description="cross_entropy class weights; `balanced` from train counts."
+    )
+    huber_delta: PositiveFloat = Field(1.0, description="huber threshold.")
+
+
+# --------------------------------------------------------------------------- train
+class MonitorConfig(Section):
+    metric: str = Field("val.loss", description="`<split>.<metric>` used by best/early stop.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+
+
+class EarlyStoppingConfig(Section):
+    patience: NonNegInt = Field(0, description="Evals without improvement before stop; 0 = off.")
+    min_delta: NonNegFloat = Field(0.0, description="Smallest change that counts as better.")
+
+
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"]
+
+
+class TrainConfig(Section):
+    max_epochs: PositiveInt | None = Field(10, description="Epochs to train (or max_steps).")
+    max_steps: PositiveInt | None = Field(None, description="Optimizer steps; wins if set.")
+    batch_size: PositiveInt = Field(64, description="Global batch: samples per optimizer step.")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="Samples per forward pass per rank; default batch_size / world size."
+    )
+    precision: Precision = Field(
+        "auto", description="`auto`: bf16-mixed where the device has fast bf16, else 32."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")
+    compile: bool = Field(False, description="Wrap the model with torch.compile.")
+    deterministic: bool = Field(False, description="torch deterministic algorithms.")
+    eval_every_steps: PositiveInt | None = Field(None, description="Default: once per epoch.")
+    monitor: MonitorConfig = MonitorConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.max_epochs is None and self.max_steps is None:
+            raise ValueError("train: set max_epochs or max_steps (both are null)")
+        return self
+
+
+# --------------------------------------------------------------------------- checkpoint
+class CheckpointConfig(Section):
+    every_steps: PositiveInt | None = Field(None, description="Save every N steps.")
+    every_epochs: NonNegInt = Field(1, description="Save at the end of every N epochs; 0 = off.")
+    keep_last: PositiveInt = Field(2, description="Step checkpoints kept (plus best and final).")
+    save_best: bool = Field(True, description="Keep the best checkpoint by train.monitor.")
+
+
+# --------------------------------------------------------------------------- log
+class LogConfig(Section):
+    every_steps: PositiveInt = Field(10, description="Log train loss/lr/throughput every N.")
+    progress: bool = Field(True, description="Rich progress bar (off when not a TTY).")
+    tensorboard: bool = Field(True, description="Write TensorBoard events to `tb/`.")
+    report: bool = Field(True, description="Write `report.html` at the end of the run.")
+
+
+# --------------------------------------------------------------------------- parallel
+class DDPConfig(Section):
+    bucket_cap_mb: PositiveFloat = Field(
+        25.0, description="Gradient bucket size: larger buckets mean fewer, bigger all-reduces."
+    )
+    static_graph: bool = Field(
+        False, description="The graph is the same every step: lets DDP skip unused-param checks."
+    )
+    gradient_as_bucket_view: bool = Field(
+        True, description="Gradients live in the all-reduce buckets (saves one gradient copy)."
+    )
+
+
+class FSDPConfig(Section):
+    reshard_after_forward: bool = Field(
+        True, description="`true`: free gathered params after forward (ZeRO-3); `false`: ZeRO-2."
+    )
+    hybrid: bool = Field(
+        False, description="Shard within a node, replicate across nodes (HSDP, 2-D mesh)."
+    )
+    block_types: list[str] | None = Field(
+        None, description="Module class names sharded as units; default: the model's blocks."
+    )
+
+
+class ParallelConfig(Section):
+    strategy: Literal["single", "ddp", "fsdp", "auto"] = Field(
+        "auto",
+        description="`auto`: single for one process, else the cheapest that fits (`scaletrain plan`).",
+    )
+    timeout_s: PositiveInt = Field(
+        600, description="Seconds a collective or the process-group start may wait for peers."
+    )
+    ddp: DDPConfig = DDPConfig()
+    fsdp: FSDPConfig = FSDPConfig()
+    offload: Literal["none", "cpu"] = Field(
+        "none", description="`cpu`: FSDP keeps params, grads and optimizer state in host memory."
+    )
+    activation_checkpointing: Literal["none", "full", "every_n"] = Field(
+        "none", description="Recompute block activations in backward: `full` = every block."
+    )
+    activation_checkpointing_every: PositiveInt = Field(
+        2, description="`every_n`: checkpoint blocks 0, n, 2n, ... (first block included)."
+    )
+    device_memory_gb: PositiveFloat | None = Field(
+        None, description="Memory per device for `auto` and the planner; default: measured."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ParallelConfig:
+        if self.offload == "cpu" and self.strategy not in ("fsdp", "auto"):
+            raise ValueError(
+                f"parallel.offload: `cpu` needs parallel.strategy=fsdp, got {self.strategy!r}"
+            )
+        if self.fsdp.hybrid and self.strategy not in ("fsdp", "auto"):
+            raise ValueError(
+                f"parallel.fsdp.hybrid: needs parallel.strategy=fsdp, got {self.strategy!r}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- root
+class Config(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = CNNConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+    parallel: ParallelConfig = ParallelConfig()
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> Config:
+        if self.train.precision == "16-mixed" and self.train.device == "cpu":
+            raise ValueError(
+                "train.precision: `16-mixed` needs a CUDA device; use `bf16-mixed` on CPU"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(source: str | Path | dict | Config, overrides: list[str] = ()) -> Config:
+    """Build a validated Config from a YAML path, a dict or a Config, plus dotted overrides."""
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = _deep_copy(source)
+    else:
+        raw = _read_yaml(Path(source))
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict) -> Config:
+    model = raw.get("model")
+    if isinstance(model, dict) and "name" not in model:
+        raw = {**raw, "model": {"name": "cnn", **model}}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, raw)) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override `{item}`: expected KEY=VALUE, e.g. optim.lr=3e-4")
+    value = yaml.safe_load(text) if text else ""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override `{item}`: `{part}` is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {key: _deep_copy(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(value) for value in raw]
+    return raw
+
+
+_MODEL_CLASSES = {cls.model_fields["name"].default: cls for cls in ModelConfig.__args__[0].__args__}
+
+
+def _describe(exc: ValidationError, raw: dict) -> str:
+    """Turn the first pydantic error into one line: key path, received, expected, fix."""
+    error = exc.errors()[0]
+    loc = _clean_loc(error["loc"])
+    path = ".".join(str(part) for part in loc) or "<root>"
+    if error["type"] == "extra_forbidden":
+        hint = _did_you_mean(loc, raw)
+        return f"unknown key `{path}`{hint}"
+    if error["type"] == "union_tag_invalid":
+        names = ", ".join(sorted(_MODEL_CLASSES))
+        return f"{path}.name: unknown model {error['ctx']['tag']!r}; expected one of {names}"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+    received = error.get("input")
+    return f"{path}: {error['msg'].lower()}, got {received!r}"
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union tag from paths like ('model', 'mlp', 'hidden')."""
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_CLASSES:
+        return (loc[0], *loc[2:])
+    return tuple(loc)
+
+
+def _did_you_mean(loc: tuple, raw: dict) -> str:
+    section_cls = _section_class(loc[:-1], raw)
+    if section_cls is None:
+        return ""
+    matches = difflib.get_close_matches(str(loc[-1]), list(section_cls.model_fields), n=1)
+    if not matches:
+        return f"; valid keys: {', '.join(section_cls.model_fields)}"
+    return f"; did you mean `{'.'.join([*map(str, loc[:-1]), matches[0]])}`?"
+
+
+def _section_class(parents: tuple, raw: dict) -> type[BaseModel] | None:
+    cls: type[BaseModel] = Config
+    node: Any = raw
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        if part == "model" and cls is Config:
+            name = node.get("name", "cnn") if isinstance(node, dict) else "cnn"
+            cls = _MODEL_CLASSES.get(name, CNNConfig)
+            continue
+        annotation = cls.model_fields.get(str(part))
+        if annotation is None or not isinstance(annotation.annotation, type):
+            return None
+        if not issubclass(annotation.annotation, BaseModel):
+            return None
+        cls = annotation.annotation
+    return cls

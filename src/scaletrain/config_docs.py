@@ -1,0 +1,73 @@
+"""Render docs/config.md from the schema so the reference cannot drift from the code."""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from scaletrain.config import Config, ModelConfig
+
+HEADER = """# Config reference
+
+Generated from `src/scaletrain/config.py` by `python -m scaletrain.config_docs > docs/config.md`
+(a test fails when this file is out of date). Every key can be set in YAML or overridden on the
+command line as `section.key=value`. Unknown keys and out-of-range values are rejected with
+the key path named.
+"""
+
+
+def render_config_reference() -> str:
+    lines = [HEADER]
+    for section, field in Config.model_fields.items():
+        if section == "model":
+            for cls in typing.get_args(typing.get_args(ModelConfig)[0]):
+                name = cls.model_fields["name"].default
+                lines += _section(f"model (name: {name})", "model", cls)
+            continue
+        lines += _section(section, section, field.annotation)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(title: str, prefix: str, cls: type[BaseModel]) -> list[str]:
+    lines = [f"## `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    nested = []
+    for key, field in cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested.append((f"{prefix}.{key}", annotation))
+            continue
+        kind = _type_name(annotation).replace("|", "\\|")
+        default = repr(field.default).replace("|", "\\|")
+        lines.append(f"| `{prefix}.{key}` | {kind} | `{default}` | {field.description or ''} |")
+    lines.append("")
+    for sub_prefix, sub_cls in nested:
+        if sub_prefix.endswith(".init") and prefix == "model" and title != "model (name: mlp)":
+            continue  # one init table is enough: it is the same for every model
+        lines += _section(sub_prefix, sub_prefix, sub_cls)
+    return lines
+
+
+def _type_name(annotation) -> str:
+    """A short, readable type: `list[int]`, `float | None`, `one of 'a', 'b'`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(value) for value in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+if __name__ == "__main__":
+    out = render_config_reference()
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(out)
+    else:
+        sys.stdout.write(out)

@@ -1,0 +1,280 @@
+"""File sources: csv, npy and npz; every bad cell is reported as ``file:row: column``.
+
+Formats:
+  csv  a header row, then one sample per row. ``data.label`` names the label column;
+       features are ``data.features`` or every other column. Labels may be numbers or
+       class names (``setosa``); features must be numbers.
+  npy  one 2-D numeric array (N, F + 1). ``data.label`` is the label's column index
+       (``-1``, ``0`` …) or ``last``; the default ``label`` also means the last column.
+  npz  arrays ``x`` (inputs: (N, F), (N, H, W) or (N, C, H, W)) and ``data.label`` (labels:
+       (N,) or (N, k)). Without an ``x`` key, the one other array is the input.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from scaletrain.config import DataConfig
+from scaletrain.data.registry import RawData, image_layout, register_source
+from scaletrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from scaletrain.data.bundle import DataSpec
+
+
+@dataclass
+class CsvTable:
+    """A CSV file's cells as text, with the file line number of every row for messages."""
+
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    line_numbers: list[int]  # 1-based line in the file (the header is line 1)
+
+    def column_index(self, name: str, *, role: str) -> int:
+        if name not in self.header:
+            columns = ", ".join(self.header)
+            raise DataError(f"{self.path}: no {role} column {name!r}; columns are: {columns}")
+        return self.header.index(name)
+
+    def parse_numbers(self, columns: list[int]) -> np.ndarray:
+        """Columns as float64 (N, len(columns)); the first bad or non-finite cell raises."""
+        cells = [[row[index] for index in columns] for row in self.rows]
+        try:
+            values = np.array(cells, dtype=np.float64).reshape(len(self.rows), len(columns))
+        except ValueError:
+            self._raise_first_unparsable(columns)
+        bad = first_non_finite(values)
+        if bad is not None:
+            row, column = bad
+            raise DataError(
+                f"{self.path}:{self.line_numbers[row]}: column {self.header[columns[column]]!r}: "
+                f"value {values[row, column]} is not finite"
+            )
+        return values
+
+    def _raise_first_unparsable(self, columns: list[int]) -> None:
+        # Only reached on failure: the per-cell scan costs Python time per cell.
+        for row, line in zip(self.rows, self.line_numbers, strict=True):
+            for index in columns:
+                try:
+                    float(row[index])
+                except ValueError:
+                    raise DataError(
+                        f"{self.path}:{line}: column {self.header[index]!r}: "
+                        f"cannot parse {row[index]!r} as a number"
+                    ) from None
+        raise AssertionError("numpy failed to parse a cell that float() accepts")
+
+
+def check_file(path: str | Path | None, *, key: str = "data.path") -> Path:
+    """The path as a Path, or a DataError saying it is unset, missing or empty."""
+    if path is None:
+        raise ConfigError(f"{key}: not set; give the data file to read")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    return path
+
+
+def read_csv_table(path: Path) -> CsvTable:
+    """Read a CSV with a header; blank lines are skipped, ragged rows are refused."""
+    rows: list[list[str]] = []
+    line_numbers: list[int] = []
+    header: list[str] | None = None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {len(row)} values, but the header has "
+                        f"{len(header)} columns"
+                    )
+                rows.append(row)
+                line_numbers.append(reader.line_num)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not valid CSV ({exc})") from None
+    if header is None:
+        raise DataError(f"{path}: file is empty; expected a header row, then one row per sample")
+    if len(set(header)) != len(header):
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        raise DataError(f"{path}: duplicate column names in the header: {', '.join(duplicates)}")
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header")
+    return CsvTable(path, header, rows, line_numbers)
+
+
+def first_non_finite(values: np.ndarray) -> tuple[int, int] | None:
+    """(sample, flat feature) of the first NaN/Inf, or None; one vectorized pass."""
+    flat = values.reshape(len(values), -1)
+    if not np.issubdtype(flat.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(flat)
+    if not bad.any():
+        return None
+    row = int(bad.any(axis=1).argmax())
+    return row, int(bad[row].argmax())
+
+
+@register_source("csv")
+def read_csv(cfg: DataConfig) -> RawData:
+    """Features and label columns of a CSV file."""
+    table = read_csv_table(check_file(cfg.path))
+    label_index = table.column_index(cfg.label, role="label")
+    names = cfg.features or [name for name in table.header if name != cfg.label]
+    if cfg.label in names:
+        raise ConfigError(f"data.features: lists the label column {cfg.label!r}")
+    feature_columns = [table.column_index(name, role="feature") for name in names]
+    inputs = table.parse_numbers(feature_columns).astype(np.float32)
+    return RawData(
+        inputs=inputs, labels=_csv_labels(table, label_index, cfg=cfg), origin=str(table.path)
+    )
+
+
+def _csv_labels(table: CsvTable, index: int, *, cfg: DataConfig) -> np.ndarray:
+    texts = [row[index].strip() for row in table.rows]
+    try:
+        np.array(texts, dtype=np.float64)
+    except ValueError:
+        # Class names such as "setosa" are labels too, unless the task needs numbers.
+        if cfg.task != "regression" and all(texts):
+            return np.array(texts)
+    return table.parse_numbers([index])[:, 0]  # raises at the first bad or non-finite cell
+
+
+@register_source("npy")
+def read_npy(cfg: DataConfig) -> RawData:
+    """A 2-D numeric array whose column ``data.label`` holds the label."""
+    path = check_file(_no_features(cfg).path)
+    array = _load_numpy(path)
+    if not isinstance(array, np.ndarray) or array.ndim != 2:
+        shape = getattr(array, "shape", None)
+        raise DataError(f"{path}: expected a 2-D array (samples, features + label), got {shape}")
+    column = _label_column(cfg.label, num_columns=array.shape[1], path=path)
+    array = _numeric(array, path=path)
+    inputs = np.delete(array, column, axis=1).astype(np.float32)
+    return RawData(inputs=inputs, labels=array[:, column], origin=str(path))
+
+
+def _label_column(label: str, *, num_columns: int, path: Path) -> int:
+    if label in ("label", "last"):
+        return num_columns - 1
+    try:
+        column = int(label)
+    except ValueError:
+        raise ConfigError(
+            f"data.label: {label!r} for an npy file; expected a column index (0, -1 …) or `last`"
+        ) from None
+    if not -num_columns <= column < num_columns:
+        raise DataError(f"{path}: no column {column}; the array has {num_columns} columns")
+    return column % num_columns
+
+
+@register_source("npz")
+def read_npz(cfg: DataConfig) -> RawData:
+    """Arrays ``x`` (inputs) and ``data.label`` (labels) of an ``.npz`` archive."""
+    path = check_file(_no_features(cfg).path)
+    archive = _load_numpy(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
+    with archive:
+        keys = list(archive.keys())
+        if cfg.label not in keys:
+            raise DataError(
+                f"{path}: no array {cfg.label!r} for the labels (set data.label); "
+                f"arrays: {', '.join(keys)}"
+            )
+        input_key = _npz_input_key(keys, label=cfg.label, path=path)
+        inputs = _numeric(archive[input_key], path=path, name=input_key)
+        labels = archive[cfg.label]
+    if len(inputs) != len(labels):
+        raise DataError(
+            f"{path}: {input_key!r} has {len(inputs)} samples but {cfg.label!r} has {len(labels)}"
+        )
+    inputs, is_image = image_layout(inputs)
+    return RawData(
+        inputs=inputs.astype(np.float32), labels=labels, origin=str(path), is_image=is_image
+    )
+
+
+def _npz_input_key(keys: list[str], *, label: str, path: Path) -> str:
+    if "x" in keys:
+        return "x"
+    others = [key for key in keys if key != label]
+    if len(others) != 1:
+        raise DataError(f"{path}: no input array 'x'; arrays: {', '.join(keys)}")
+    return others[0]
+
+
+def _no_features(cfg: DataConfig) -> DataConfig:
+    if cfg.features is not None:
+        raise ConfigError(
+            f"data.features: names csv columns, but data.source is {cfg.source!r}, which uses "
+            "every column except the label; remove data.features"
+        )
+    return cfg
+
+
+def _load_numpy(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a numeric numpy file ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read as .npy/.npz ({exc})") from None
+
+
+def _numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> np.ndarray:
+    where = f"{path}: array {name!r}" if name else str(path)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise DataError(f"{where}: expected numbers, got dtype {array.dtype}")
+    bad = first_non_finite(array)
+    if bad is not None:
+        raise DataError(
+            f"{where}: row {bad[0]} (0-based), column {bad[1]}: value is not finite "
+            f"({array.reshape(len(array), -1)[bad]})"
+        )
+    return array
+
+
+def read_inputs_file(
+    path: Path, *, spec: DataSpec, feature_columns: list[str] | None, label_column: str = "label"
+) -> torch.Tensor:
+    """Raw inputs for prediction, shaped (N, *spec.input_shape), before preprocessing."""
+    path = check_file(path, key="inputs file")
+    if path.suffix.lower() == ".csv":
+        table = read_csv_table(path)
+        names = feature_columns or [name for name in table.header if name != label_column]
+        columns = [table.column_index(name, role="feature") for name in names]
+        array = table.parse_numbers(columns)
+    elif path.suffix.lower() in (".npy", ".npz"):
+        array = _load_numpy(path)
+        if isinstance(array, np.lib.npyio.NpzFile):
+            with array:
+                array = array[_npz_input_key(list(array.keys()), label=label_column, path=path)]
+        array = _numeric(array, path=path)
+    else:
+        raise DataError(f"{path}: unknown inputs format {path.suffix!r}; use .csv, .npy or .npz")
+    per_sample = int(np.prod(spec.input_shape))
+    if array.ndim == 0 or int(np.prod(array.shape[1:])) != per_sample:
+        raise DataError(
+            f"{path}: inputs of shape {tuple(array.shape)}; expected (N, "
+            f"{', '.join(map(str, spec.input_shape))}) or (N, {per_sample})"
+        )
+    return torch.from_numpy(array.reshape(len(array), *spec.input_shape)).to(spec.input_dtype)

@@ -1,0 +1,55 @@
+"""Train/val/test split: a pure function of the sample count, fractions, labels and seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from scaletrain.errors import DataError
+
+
+@dataclass(frozen=True)
+class SplitIndices:
+    """Sorted sample indices of each split; None where its fraction is 0."""
+
+    train: np.ndarray
+    val: np.ndarray | None
+    test: np.ndarray | None
+
+
+def split_indices(
+    num_samples: int,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stratify_labels: np.ndarray | None = None,
+) -> SplitIndices:
+    """Hold out test, then val, each as a share of ALL samples; stratified when labels given."""
+    everything = np.arange(num_samples)
+    rest, test = _cut(everything, fraction=test_fraction, seed=seed, labels=stratify_labels)
+    # val_fraction is a share of all samples, so rescale it to the share of what is left.
+    rest_fraction = val_fraction / (1.0 - test_fraction)
+    rest_labels = None if stratify_labels is None else stratify_labels[rest]
+    train, val = _cut(rest, fraction=rest_fraction, seed=seed + 1, labels=rest_labels)
+    return SplitIndices(train=train, val=val, test=test)
+
+
+def _cut(
+    indices: np.ndarray, *, fraction: float, seed: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    if fraction == 0:
+        return indices, None
+    try:
+        kept, held = train_test_split(
+            indices, test_size=fraction, random_state=seed % 2**32, stratify=labels
+        )
+    except ValueError as exc:
+        hint = "set data.stratify=false or " if labels is not None else ""
+        raise DataError(
+            f"cannot split {len(indices)} samples with a held-out share of {fraction:.3g}: "
+            f"{exc}; {hint}change data.val_fraction / data.test_fraction"
+        ) from None
+    return np.sort(kept), np.sort(held)

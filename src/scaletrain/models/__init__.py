@@ -1,0 +1,33 @@
+"""Models: a plain-dict registry (``MODELS``) filled by the model modules, init and FLOPs."""
+
+from scaletrain.models import cnn, mlp, textcnn  # noqa: F401  (registration side effects)
+from scaletrain.models.cnn import CNN, ConvBlock
+from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
+from scaletrain.models.init import INITS, apply_init
+from scaletrain.models.mlp import MLP, MLPBlock
+from scaletrain.models.registry import (
+    MODELS,
+    ModelEntry,
+    build_model,
+    default_block_types,
+    register_model,
+)
+from scaletrain.models.textcnn import TextCNN, TextConvBlock
+
+__all__ = [
+    "CNN",
+    "INITS",
+    "MLP",
+    "MODELS",
+    "TRAIN_FLOPS_FACTOR",
+    "ConvBlock",
+    "MLPBlock",
+    "ModelEntry",
+    "TextCNN",
+    "TextConvBlock",
+    "apply_init",
+    "build_model",
+    "count_flops_per_sample",
+    "default_block_types",
+    "register_model",
+]

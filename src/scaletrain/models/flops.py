@@ -1,0 +1,42 @@
+"""Analytic forward FLOPs per sample, for model FLOPs utilization (MFU).
+
+Counts matrix products and convolutions only, as the MFU literature does (PaLM, nanoGPT):
+2 * in * out per Linear output row, 2 * k * C_in/groups * C_out * output positions per
+Conv1d/2d/3d, batched matmuls and attention likewise; elementwise ops, norms, pooling and
+embedding lookups count zero. A training step costs about ``TRAIN_FLOPS_FACTOR`` times
+the forward (the backward computes gradients for both inputs and weights: two products
+per forward product).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+TRAIN_FLOPS_FACTOR = 3  # forward + backward (2x forward) per training sample
+
+
+def count_flops_per_sample(
+    model: nn.Module, input_shape: tuple[int, ...], *, input_dtype: torch.dtype = torch.float32
+) -> int:
+    """Forward FLOPs of one sample, counted at the operator level on a batch of one.
+
+    Args:
+        model: the unwrapped module (before DDP/FSDP/compile), on any device.
+        input_shape: shape of one sample, without the batch dimension.
+        input_dtype: ``torch.int64`` for token ids, else the float dtype of the inputs.
+    """
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    # Zeros are valid token ids and images alike; the count does not depend on values.
+    inputs = torch.zeros((1, *input_shape), dtype=input_dtype, device=device)
+    was_training = model.training
+    # eval: BatchNorm cannot train on one sample, and its running stats must not move
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(inputs)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

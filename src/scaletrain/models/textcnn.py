@@ -1,0 +1,75 @@
+"""Kim (2014) text CNN: embeddings, parallel 1-D convs, max over time, linear classifier."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scaletrain.config import TextCNNConfig
+from scaletrain.errors import ConfigError
+from scaletrain.models.registry import register_model
+
+
+class TextConvBlock(nn.Module):
+    """One kernel width: Conv1d + ReLU + max over time."""
+
+    def __init__(self, embed_dim: int, num_filters: int, *, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(embed_dim, num_filters, kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, E, T) -> (B, F)
+        return F.relu(self.conv(x)).amax(dim=2)
+
+
+class TextCNN(nn.Module):
+    """Token ids (B, T) -> logits (B, num_outputs)."""
+
+    def __init__(self, cfg: TextCNNConfig, *, vocab_size: int, num_outputs: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=cfg.padding_idx)
+        self.blocks = nn.ModuleList(
+            TextConvBlock(cfg.embed_dim, cfg.num_filters, kernel_size=size)
+            for size in cfg.kernel_sizes
+        )
+        self.min_length = max(cfg.kernel_sizes)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = nn.Linear(cfg.num_filters * len(cfg.kernel_sizes), num_outputs)
+
+    def forward(self, token_ids: Tensor) -> Tensor:  # (B, T) int64 -> (B, num_outputs)
+        x = self.embedding(token_ids).transpose(1, 2)  # (B, E, T)
+        short_by = self.min_length - x.shape[2]
+        if short_by > 0:
+            # Zeros equal the (zero) padding embedding, so a short text reads as padded.
+            x = F.pad(x, (0, short_by))
+        pooled = torch.cat([block(x) for block in self.blocks], dim=1)  # (B, F * num_kernels)
+        return self.output(self.dropout(pooled))
+
+
+@register_model("textcnn", config_class=TextCNNConfig, block_types=(TextConvBlock,))
+def build_textcnn(
+    cfg: TextCNNConfig,
+    *,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    vocab_size: int | None = None,
+) -> TextCNN:
+    """Kim (2014) CNN for token-id sequences (B, T)."""
+    if len(input_shape) != 1:
+        raise ConfigError(
+            f"model.name: `textcnn` needs token-id sequences shaped (T,), got samples shaped "
+            f"{tuple(input_shape)}; use a text dataset or model.name: mlp / cnn"
+        )
+    vocab_size = cfg.vocab_size or vocab_size  # the config wins where set
+    if vocab_size is None:
+        raise ConfigError(
+            "model.vocab_size: `textcnn` needs a vocabulary size and the data gave none; "
+            "set model.vocab_size=N (largest token id + 1)"
+        )
+    padding_idx = cfg.padding_idx
+    if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
+        raise ConfigError(
+            f"model.padding_idx: must be a token id below model.vocab_size ({vocab_size}), "
+            f"got {padding_idx}; set it to an id in range or null"
+        )
+    return TextCNN(cfg, vocab_size=vocab_size, num_outputs=num_outputs)

@@ -1,0 +1,154 @@
+"""Optimizers from ``cfg.optim``: a plain-dict registry, weight-decay groups and the kernel choice.
+
+``build_optimizer`` is the only reader of ``optim.lr``; the schedule is a multiplier on it.
+With ``weight_decay > 0`` the trainable parameters split into two groups, ``decay`` and
+``no_decay`` (biases and norm-layer parameters, which decay would only pull towards zero
+for no regularizing benefit); each group keeps ``model.parameters()`` order.
+
+``implementation: auto`` takes torch's fused kernel (one kernel for all parameters) where
+torch has one for this optimizer and every parameter's device, else the ``foreach`` kernels
+(one launch per op over a list of tensors); ``loop`` is the per-parameter reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from scaletrain.config import OptimConfig
+from scaletrain.errors import ConfigError
+from scaletrain.optim.params import bias_and_norm_ids, trainable_parameters
+
+# builder(cfg, param_groups, kernel) -> optimizer; kernel holds the fused/foreach flags.
+OptimizerBuilder = Callable[[OptimConfig, list[dict], dict[str, bool]], torch.optim.Optimizer]
+OPTIMIZERS: dict[str, OptimizerBuilder] = {}
+
+# Device types (of those train.device offers) with a fused kernel per optimizer, torch >= 2.6.
+# RMSprop has none; fused Adagrad is CPU-only (torch 2.11 refuses it on CUDA at the first step).
+FUSED_DEVICES: dict[str, tuple[str, ...]] = {
+    "sgd": ("cpu", "cuda"),
+    "adam": ("cpu", "cuda"),
+    "adamw": ("cpu", "cuda"),
+    "adagrad": ("cpu",),
+}
+
+
+def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Add a builder under ``optim.name: name`` (its docstring is its description)."""
+
+    def decorator(builder: OptimizerBuilder) -> OptimizerBuilder:
+        assert name not in OPTIMIZERS, f"optimizer {name!r} registered twice"
+        OPTIMIZERS[name] = builder
+        return builder
+
+    return decorator
+
+
+@register_optimizer("sgd")
+def _sgd(cfg: OptimConfig, groups: list[dict], kernel: dict[str, bool]) -> torch.optim.Optimizer:
+    """SGD with optional (Nesterov) momentum; weight decay is coupled (L2 in the gradient)."""
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **kernel
+    )
+
+
+@register_optimizer("adam")
+def _adam(cfg: OptimConfig, groups: list[dict], kernel: dict[str, bool]) -> torch.optim.Optimizer:
+    """Adam; weight decay is coupled (added to the gradient before the moments)."""
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
+
+
+@register_optimizer("adamw")
+def _adamw(cfg: OptimConfig, groups: list[dict], kernel: dict[str, bool]) -> torch.optim.Optimizer:
+    """AdamW: Adam with decoupled weight decay (shrinks weights by lr * weight_decay)."""
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
+
+
+@register_optimizer("rmsprop")
+def _rmsprop(
+    cfg: OptimConfig, groups: list[dict], kernel: dict[str, bool]
+) -> torch.optim.Optimizer:
+    """RMSprop with smoothing ``alpha`` and optional momentum; coupled weight decay."""
+    return torch.optim.RMSprop(
+        groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, **kernel
+    )
+
+
+@register_optimizer("adagrad")
+def _adagrad(
+    cfg: OptimConfig, groups: list[dict], kernel: dict[str, bool]
+) -> torch.optim.Optimizer:
+    """Adagrad; coupled weight decay."""
+    return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps, **kernel)
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Build the optimizer named by ``cfg.name`` over the model's trainable parameters.
+
+    Args:
+        cfg: the ``optim`` config section.
+        model: the (possibly wrapped) module whose trainable parameters are optimized.
+    """
+    _check_momentum(cfg)
+    groups = build_param_groups(model, weight_decay=cfg.weight_decay)
+    params = [param for group in groups for param in group["params"]]
+    kernel = choose_kernel(cfg.name, cfg.implementation, params)
+    return OPTIMIZERS[cfg.name](cfg, groups, kernel)
+
+
+def build_param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
+    """One group without decay, or ``decay`` / ``no_decay`` (biases, norms); empty ones dropped."""
+    params = trainable_parameters(model)
+    if weight_decay == 0:
+        return [{"name": "all", "params": params, "weight_decay": 0.0}]
+    exempt = bias_and_norm_ids(model)
+    groups = [
+        {
+            "name": "decay",
+            "params": [param for param in params if id(param) not in exempt],
+            "weight_decay": weight_decay,
+        },
+        {
+            "name": "no_decay",
+            "params": [param for param in params if id(param) in exempt],
+            "weight_decay": 0.0,
+        },
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) -> dict[str, bool]:
+    """The ``fused``/``foreach`` keyword arguments for ``optim.implementation``."""
+    devices = FUSED_DEVICES.get(name, ())
+    fusable = bool(devices) and all(
+        param.device.type in devices and param.is_floating_point() for param in params
+    )
+    if implementation == "auto":
+        return {"fused": True} if fusable else {"foreach": True}
+    if implementation == "fused":
+        if not fusable:
+            found = sorted({param.device.type for param in params})
+            raise ConfigError(
+                f"optim.implementation: torch has no fused {name} for parameters on {found} "
+                f"(fused {name}: {list(devices) or 'none'}); use `auto` or `foreach`"
+            )
+        return {"fused": True}
+    if implementation == "foreach":
+        return {"foreach": True}
+    return {"foreach": False}  # loop: one parameter at a time, the reference implementation
+
+
+def _check_momentum(cfg: OptimConfig) -> None:
+    if cfg.nesterov and (cfg.name != "sgd" or cfg.momentum == 0):
+        raise ConfigError(
+            f"optim.nesterov: needs optim.name=sgd with optim.momentum > 0, got "
+            f"name={cfg.name}, momentum={cfg.momentum}; set optim.momentum=0.9 or "
+            "optim.nesterov=false"
+        )
+    if cfg.momentum and cfg.name not in ("sgd", "rmsprop"):
+        raise ConfigError(
+            f"optim.momentum: only sgd and rmsprop use it, got optim.name={cfg.name}; "
+            "remove it (adam/adamw use optim.betas)"
+        )

@@ -1,0 +1,49 @@
+"""Strategies: how a model and its data are spread over processes and devices."""
+
+from __future__ import annotations
+
+from scaletrain.config import ParallelConfig
+from scaletrain.errors import ConfigError
+from scaletrain.parallel.auto import AutoStrategy
+from scaletrain.parallel.ddp import DDPStrategy
+from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.env import LaunchEnv, read_launch_env
+from scaletrain.parallel.fsdp import FSDPStrategy
+from scaletrain.parallel.memory_plan import optimizer_states_per_param
+from scaletrain.parallel.strategy import SingleStrategy, Strategy, resolve_device
+
+STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "auto": AutoStrategy}
+
+
+def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
+    """The Strategy named by `parallel.strategy`, on the device named by `train.device`.
+
+    `auto` in a single process is `single`; under torchrun it joins the group and lets
+    the memory planner choose when the model is wrapped. Call `setup()` before use.
+    """
+    env = read_launch_env()
+    device = resolve_device(device_name, local_rank=env.local_rank)
+    if cfg.strategy == "single" or (cfg.strategy == "auto" and env.world_size == 1):
+        if env.world_size > 1:
+            raise ConfigError(
+                f"parallel.strategy: `single` trains in one process, but {env.world_size} were "
+                "launched; use ddp, fsdp or auto, or launch one process"
+            )
+        return SingleStrategy(device, cfg)
+    return STRATEGIES[cfg.strategy](cfg, env=env, device=device)
+
+
+__all__ = [
+    "STRATEGIES",
+    "AutoStrategy",
+    "DDPStrategy",
+    "DistributedStrategy",
+    "FSDPStrategy",
+    "LaunchEnv",
+    "SingleStrategy",
+    "Strategy",
+    "build_strategy",
+    "optimizer_states_per_param",
+    "read_launch_env",
+    "resolve_device",
+]

@@ -1,0 +1,113 @@
+"""`parallel.strategy: auto`: the memory planner picks ddp or an fsdp flavour per model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scaletrain.errors import ConfigError
+from scaletrain.parallel.ddp import DDPStrategy
+from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.fsdp import FSDPStrategy
+from scaletrain.parallel.memory_plan import MemoryPlan, device_memory_bytes, plan_memory
+
+_GB = 2**30
+
+
+class AutoStrategy(DistributedStrategy):
+    """Joins the process group like ddp/fsdp; chooses between them once it sees the model."""
+
+    name = "auto"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chosen: DistributedStrategy | None = None
+        self.plan: MemoryPlan | None = None
+
+    def wrap_model(self, model: nn.Module, **context) -> nn.Module:
+        """Plan with the same numbers on every rank, then wrap as the first that fits."""
+        facts = self.measure(
+            model, precision=context.get("precision"), block_types=context.get("block_types"),
+            example_input=context.get("example_input"),
+        )
+        states = context.get("optimizer_states_per_param")
+        self.plan = plan_memory(
+            facts, self.cfg, world_size=self.world_size,
+            local_world_size=self.env.local_world_size, device_type=self.device.type,
+            optimizer_states=2 if states is None else states,
+            device_memory_bytes=self._smallest_device_memory(),
+        )
+        chosen = self.plan.recommended
+        if chosen is None:
+            smallest = min(self.plan.estimates, key=lambda each: each.total_bytes)
+            raise ConfigError(
+                f"parallel.strategy: `auto` found nothing that fits {_gb(self.plan.device_memory_bytes)}"
+                f" per device; the smallest, {smallest.strategy}, needs {_gb(smallest.total_bytes)}"
+                "; lower train.micro_batch_size, add processes or set parallel.device_memory_gb"
+            )
+        settings = {
+            "strategy": chosen.candidate.strategy,
+            "activation_checkpointing": chosen.candidate.activation_checkpointing,
+            "offload": chosen.candidate.offload,
+            "fsdp": self.cfg.fsdp.model_copy(
+                update={"reshard_after_forward": chosen.candidate.reshard_after_forward}
+            ),
+        }
+        strategy_class = DDPStrategy if chosen.candidate.strategy == "ddp" else FSDPStrategy
+        self.chosen = strategy_class(
+            self.cfg.model_copy(update=settings), env=self.env, device=self.device
+        )
+        if self.is_main:
+            print(f"parallel.strategy=auto: chose {chosen.strategy} "
+                  f"({_gb(chosen.total_bytes)} of {_gb(self.plan.device_memory_bytes)} per device)",
+                  file=sys.stderr)
+        return self.chosen.wrap_model(model, **context)
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return self._delegate().unwrap_model(model)
+
+    @contextmanager
+    def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
+        with self._delegate().no_sync(model, enabled=enabled):
+            yield
+
+    @contextmanager
+    def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
+        with self._delegate().evaluation(model) as module:
+            yield module
+
+    def memory_report(self) -> dict | None:
+        return self.chosen.memory_report() if self.chosen else None
+
+    def memory_line(self) -> str:
+        return self._delegate().memory_line()
+
+    def teardown(self) -> None:
+        if self.chosen is not None:
+            self.chosen.teardown()
+        super().teardown()
+
+    def _delegate(self) -> DistributedStrategy:
+        assert self.chosen is not None, "auto strategy used before wrap_model chose one"
+        return self.chosen
+
+    def _smallest_device_memory(self) -> int:
+        """Every rank must choose alike: plan with the smallest device of the job."""
+        if self.cfg.device_memory_gb is not None:
+            return int(self.cfg.device_memory_gb * _GB)
+        local = device_memory_bytes(
+            self.device.type, local_world_size=self.env.local_world_size,
+            index=self.device.index or 0,
+        )
+        value = torch.tensor([local], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return int(value.item())
+
+
+def _gb(num_bytes: int | None) -> str:
+    return "unknown" if num_bytes is None else f"{num_bytes / _GB:.2f} GB"

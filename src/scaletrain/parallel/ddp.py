@@ -1,0 +1,66 @@
+"""DDP: every rank holds the whole model; gradients are averaged by bucketed all-reduce."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
+from scaletrain.parallel.distributed import DistributedStrategy
+
+
+class DDPStrategy(DistributedStrategy):
+    """DistributedDataParallel with the bucket settings of `parallel.ddp`."""
+
+    name = "ddp"
+
+    def wrap_model(
+        self,
+        model: nn.Module,
+        *,
+        precision=None,
+        block_types: tuple[type[nn.Module], ...] | None = None,
+        example_input=None,
+        optimizer_states_per_param: int | None = None,
+    ) -> nn.Module:
+        """Checkpoint blocks if asked, move to this rank's device, wrap in DDP."""
+        self.plan_memory(
+            model, precision=precision, block_types=block_types,
+            example_input=example_input, optimizer_states_per_param=optimizer_states_per_param,
+        )
+        blocks = find_blocks(
+            model, block_types=block_types, class_names=self.cfg.fsdp.block_types
+        )
+        apply_activation_checkpointing(
+            blocks, mode=self.cfg.activation_checkpointing,
+            every=self.cfg.activation_checkpointing_every,
+        )
+        model = model.to(self.device)
+        settings = self.cfg.ddp
+        return DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            bucket_cap_mb=settings.bucket_cap_mb,
+            static_graph=settings.static_graph,
+            gradient_as_bucket_view=settings.gradient_as_bucket_view,
+        )
+
+    @contextmanager
+    def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
+        """DDP reads the flag in forward: the backward of a forward run here skips all-reduce."""
+        with model.no_sync() if enabled else nullcontext():
+            yield
+
+    @contextmanager
+    def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The inner module: DDP's forward may broadcast buffers, a collective per batch."""
+        inner = model.module
+        was_training = inner.training
+        inner.eval()
+        try:
+            yield inner
+        finally:
+            inner.train(was_training)

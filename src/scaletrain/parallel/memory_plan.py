@@ -1,0 +1,191 @@
+"""The memory planner: bytes per device for each strategy, which fit, which to use.
+
+Method (docs/distributed.md has the measured error): parameters, gradients and optimizer
+state follow from the parameter bytes and the strategy's sharding; activations come from
+a meta-device forward (`memory_probe.measure_model`); FSDP's working set is the gathered
+(unsharded) parameters and gradients of the blocks in flight; DDP adds one bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from scaletrain.config import ParallelConfig
+from scaletrain.parallel.memory_probe import ModelFacts
+
+_MB = 2**20
+
+# Optimizer state tensors per parameter (each the parameter's size).
+_OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 0, "rmsprop": 1, "adagrad": 1}
+
+
+def optimizer_states_per_param(name: str, *, momentum: float = 0.0) -> int:
+    """Adam keeps two moments; SGD a momentum buffer only when momentum > 0."""
+    extra = 1 if momentum > 0 and name in ("sgd", "rmsprop") else 0
+    return _OPTIMIZER_STATES.get(name, 2) + extra
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run: a strategy with its memory-relevant settings."""
+
+    strategy: str  # single | ddp | fsdp
+    reshard_after_forward: bool = True
+    activation_checkpointing: str = "none"
+    offload: str = "none"
+
+    @property
+    def label(self) -> str:
+        if self.strategy != "fsdp":
+            text = self.strategy
+        else:
+            text = "fsdp-zero3" if self.reshard_after_forward else "fsdp-zero2"
+        if self.activation_checkpointing != "none":
+            text += f"+ac-{self.activation_checkpointing}"
+        return text + ("+offload" if self.offload == "cpu" else "")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on one device (and in host memory, for offloaded state)."""
+
+    strategy: str
+    candidate: Candidate
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    communication_bytes: int
+    host_bytes: int = 0
+    fits: bool | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            self.params_bytes + self.grads_bytes + self.optimizer_bytes
+            + self.activations_bytes + self.communication_bytes
+        )
+
+    def breakdown_mb(self) -> dict[str, float]:
+        parts = ("params", "grads", "optimizer", "activations", "communication", "host")
+        return {part: round(getattr(self, f"{part}_bytes") / _MB, 2) for part in parts}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    estimates: list[MemoryEstimate]
+    recommended: MemoryEstimate | None  # the first candidate (least traffic) that fits
+    device_memory_bytes: int | None
+    world_size: int
+
+
+def candidates(cfg: ParallelConfig, *, world_size: int, device_type: str) -> list[Candidate]:
+    """Ordered by traffic and recompute cost: the planner recommends the first that fits."""
+    checkpointing = cfg.activation_checkpointing
+    if world_size == 1:
+        return [Candidate("single", activation_checkpointing=checkpointing)]
+    found = [
+        Candidate("ddp", activation_checkpointing=checkpointing),
+        Candidate("fsdp", reshard_after_forward=False, activation_checkpointing=checkpointing),
+        Candidate("fsdp", reshard_after_forward=True, activation_checkpointing=checkpointing),
+    ]
+    if checkpointing == "none":
+        found.append(replace(found[-1], activation_checkpointing="full"))
+    if device_type == "cuda":  # offloading to the host only frees memory on an accelerator
+        found.append(replace(found[-1], offload="cpu"))
+    return found
+
+
+def estimate(
+    facts: ModelFacts,
+    candidate: Candidate,
+    *,
+    world_size: int,
+    shard_size: int | None = None,
+    optimizer_states: int = 2,
+    bucket_cap_mb: float = 25.0,
+    checkpoint_every: int = 2,
+) -> MemoryEstimate:
+    """Per-device bytes of `candidate`; `shard_size` < world size for hybrid sharding."""
+    params = facts.param_bytes
+    activations = activation_bytes(facts, candidate.activation_checkpointing, checkpoint_every)
+    if candidate.strategy in ("single", "ddp"):
+        bucket = min(bucket_cap_mb * _MB, params) if candidate.strategy == "ddp" else 0
+        return MemoryEstimate(
+            candidate.label, candidate, params + facts.buffer_bytes, params,
+            optimizer_states * params, activations, int(bucket),
+        )
+    shards = shard_size or world_size
+    sharded = math.ceil(params / shards)
+    largest_block = max(facts.block_param_bytes, default=0)
+    if candidate.reshard_after_forward:  # in flight: the running block and the prefetched one
+        gathered = facts.root_param_bytes + 2 * largest_block
+    else:  # every block stays gathered from its forward until its backward
+        gathered = params
+    working_set = gathered + largest_block  # + the unsharded gradient being reduce-scattered
+    state = (sharded, sharded, optimizer_states * sharded)
+    if candidate.offload == "cpu":
+        return MemoryEstimate(
+            candidate.label, candidate, facts.buffer_bytes, 0, 0, activations, working_set,
+            host_bytes=sum(state),
+        )
+    return MemoryEstimate(
+        candidate.label, candidate, state[0] + facts.buffer_bytes, state[1], state[2],
+        activations, working_set,
+    )
+
+
+def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
+    """Saved activations, less what checkpointed blocks drop (they keep only their input)."""
+    backward_transient = facts.largest_saved_bytes  # a gradient as large as the largest saved
+    if checkpointing == "none" or not facts.block_saved_bytes:
+        return facts.saved_bytes + backward_transient
+    indexes = range(len(facts.block_saved_bytes))
+    chosen = list(indexes) if checkpointing == "full" else list(indexes)[::every]
+    dropped = sum(facts.block_saved_bytes[i] for i in chosen)
+    kept_inputs = sum(facts.block_input_bytes[i] for i in chosen)
+    recomputed = max(facts.block_saved_bytes[i] for i in chosen)  # one block at a time
+    return facts.saved_bytes - dropped + kept_inputs + recomputed + backward_transient
+
+
+def plan_memory(
+    facts: ModelFacts,
+    cfg: ParallelConfig,
+    *,
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
+    optimizer_states: int,
+    device_memory_bytes: int | None,
+) -> MemoryPlan:
+    """Every candidate's estimate, whether it fits, and the recommendation."""
+    shard_size = local_world_size if cfg.fsdp.hybrid else world_size
+    estimates = []
+    for candidate in candidates(cfg, world_size=world_size, device_type=device_type):
+        found = estimate(
+            facts, candidate, world_size=world_size, shard_size=shard_size,
+            optimizer_states=optimizer_states, bucket_cap_mb=cfg.ddp.bucket_cap_mb,
+            checkpoint_every=cfg.activation_checkpointing_every,
+        )
+        fits = None if device_memory_bytes is None else found.total_bytes <= device_memory_bytes
+        estimates.append(replace(found, fits=fits))
+    fitting = [each for each in estimates if each.fits]
+    recommended = fitting[0] if fitting else None
+    return MemoryPlan(estimates, recommended, device_memory_bytes, world_size)
+
+
+def device_memory_bytes(device_type: str, *, local_world_size: int, index: int = 0) -> int:
+    """What one rank may use: the GPU's memory, or available RAM shared by local ranks."""
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(index).total_memory * 0.9)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // max(local_world_size, 1)
+    except OSError:
+        pass
+    return 8 * 2**30 // max(local_world_size, 1)  # no /proc: assume a small machine

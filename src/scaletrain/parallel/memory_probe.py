@@ -1,0 +1,203 @@
+"""Measure what the memory planner needs: parameter sizes, block sizes, activation bytes.
+
+Activations are measured, not guessed: one forward and backward of the real model on
+the *meta* device (shapes only, no memory, no RNG or buffer side effects) while a
+saved-tensor hook sums the bytes autograd keeps for backward, attributed to the block
+that was running. Then the peak reading of a real run, for comparing with the estimate.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+from torch.func import functional_call
+
+_MB = 2**20
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Sizes in bytes for one micro batch; the planner combines them per strategy."""
+
+    param_bytes: int
+    buffer_bytes: int
+    block_param_bytes: tuple[int, ...]  # one entry per block (FSDP unit)
+    saved_bytes: int  # all activations autograd keeps, outside and inside blocks
+    block_saved_bytes: tuple[int, ...]  # the share of `saved_bytes` inside each block
+    block_input_bytes: tuple[int, ...]  # what a checkpointed block keeps instead
+    largest_saved_bytes: int  # one tensor: backward briefly holds its gradient too
+    micro_batch_size: int
+
+    @property
+    def root_param_bytes(self) -> int:
+        """Parameters outside every block: FSDP's root unit."""
+        return self.param_bytes - sum(self.block_param_bytes)
+
+
+def measure_model(
+    model: nn.Module,
+    *,
+    blocks: list[nn.Module],
+    example_input: torch.Tensor | None,
+    compute_dtype: torch.dtype | None = None,
+) -> ModelFacts:
+    """Sizes of `model` and of one forward/backward on a batch shaped like `example_input`.
+
+    Args:
+        model: the unwrapped model (left untouched: its tensors are swapped for meta ones).
+        blocks: the units FSDP shards / checkpointing recomputes, as `find_blocks` returns.
+        example_input: one micro batch (only its shape and dtype are read); without it,
+            activations count as zero.
+        compute_dtype: autocast's dtype; the meta pass runs in it (meta has no autocast).
+    """
+    params = dict(model.named_parameters())
+    param_ids = {id(param) for param in params.values()}
+    saved = _SavedTensorCounter(model, blocks, param_ids)
+    if example_input is not None:
+        meta_state = _meta_state(model, compute_dtype)
+        saved.param_ids |= {id(tensor) for tensor in meta_state.values()}
+        inputs = torch.empty_like(example_input, device="meta")
+        if compute_dtype is not None and inputs.is_floating_point():
+            inputs = inputs.to(compute_dtype)
+        with saved.hooks(), saved_tensors_hooks(saved.pack, saved.unpack):
+            functional_call(model, meta_state, (inputs,))  # forward only decides what is saved
+    return ModelFacts(
+        param_bytes=sum(_nbytes(param) for param in params.values()),
+        buffer_bytes=sum(_nbytes(buffer) for buffer in model.buffers()),
+        block_param_bytes=tuple(sum(_nbytes(p) for p in block.parameters()) for block in blocks),
+        saved_bytes=saved.total,
+        block_saved_bytes=tuple(saved.per_block),
+        block_input_bytes=tuple(saved.block_inputs),
+        largest_saved_bytes=saved.largest,
+        micro_batch_size=int(example_input.shape[0]) if example_input is not None else 0,
+    )
+
+
+class _SavedTensorCounter:
+    """Sums saved-for-backward bytes, once per tensor, skipping parameters."""
+
+    def __init__(self, model: nn.Module, blocks: list[nn.Module], param_ids: set[int]):
+        self.model, self.blocks, self.param_ids = model, blocks, param_ids
+        self.total = self.largest = 0
+        self.per_block = [0] * len(blocks)
+        self.block_inputs = [0] * len(blocks)
+        self._seen: dict[int, torch.Tensor] = {}  # keeps tensors alive so ids stay unique
+        self._running: list[int] = []  # stack of block indexes now in forward
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) in self.param_ids or id(base) in self.param_ids or id(base) in self._seen:
+            return tensor
+        self._seen[id(base)] = base
+        size = _nbytes(base)
+        self.total += size
+        self.largest = max(self.largest, size)
+        if self._running:
+            self.per_block[self._running[0]] += size
+        return tensor
+
+    def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def hooks(self):
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        for index, block in enumerate(self.blocks):
+            stack.callback(block.register_forward_pre_hook(self._enter(index)).remove)
+            stack.callback(block.register_forward_hook(self._leave).remove)
+        return stack
+
+    def _enter(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not self._running:
+                self.block_inputs[index] = sum(_nbytes(a) for a in args if torch.is_tensor(a))
+            self._running.append(index)
+
+        return hook
+
+    def _leave(self, module: nn.Module, args: tuple, output) -> None:
+        self._running.pop()
+
+
+def _meta_state(model: nn.Module, compute_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, tensor in chain(model.named_parameters(), model.named_buffers()):
+        dtype = compute_dtype if compute_dtype and tensor.is_floating_point() else tensor.dtype
+        meta = torch.empty_like(tensor, device="meta", dtype=dtype)
+        state[name] = meta.requires_grad_(tensor.requires_grad)
+    return state
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class PeakTracker:
+    """Peak memory since `start()`: CUDA's allocator peak, or the process's peak RSS.
+
+    On CPU the kernel's high-water mark is reset through /proc/self/clear_refs where that
+    is allowed, so earlier peaks (data loading) do not count; otherwise ru_maxrss is used.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.baseline_bytes = 0
+        self.method = "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS"
+
+    def start(self, *, already_counted_bytes: int = 0) -> None:
+        """Remember the baseline; `already_counted_bytes` are resident but in the estimate."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            return
+        self.method = "peak RSS" if _reset_rss_peak() else "ru_maxrss"
+        self.baseline_bytes = _rss_bytes() - already_counted_bytes
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.baseline_bytes) / _MB
+        return (_peak_rss_bytes() - self.baseline_bytes) / _MB
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_bytes() -> int:
+    status = _proc_status()
+    if "VmRSS" in status:
+        return status["VmRSS"]
+    return _peak_rss_bytes()
+
+
+def _peak_rss_bytes() -> int:
+    status = _proc_status()
+    if "VmHWM" in status:
+        return status["VmHWM"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _proc_status() -> dict[str, int]:
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    values = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values

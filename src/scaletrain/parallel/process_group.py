@@ -1,0 +1,53 @@
+"""Start and stop the default process group: nccl on CUDA, gloo on CPU."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from scaletrain.errors import ConfigError
+from scaletrain.parallel.env import LaunchEnv
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl talks GPU to GPU; gloo is the CPU (and fallback) backend."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) -> None:
+    """Join the group torchrun set up (env://); outside torchrun, a group of one process."""
+    if dist.is_initialized():
+        return
+    backend = backend_for(device)
+    timeout = timedelta(seconds=timeout_s)
+    device_id = device if device.type == "cuda" else None
+    if env.launched_by_torchrun:
+        dist.init_process_group(backend, timeout=timeout, device_id=device_id)
+        return
+    # ddp/fsdp asked for in a plain `python` process: an in-memory store, no ports needed
+    dist.init_process_group(
+        backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, device_id=device_id
+    )
+
+
+def destroy_process_group() -> None:
+    """Idempotent: safe from `finally` blocks after errors and Ctrl-C."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def build_mesh(env: LaunchEnv, *, device: torch.device, hybrid: bool) -> DeviceMesh:
+    """1-D mesh over all ranks, or (nodes, ranks per node) for hybrid sharding."""
+    if not hybrid:
+        return init_device_mesh(device.type, (env.world_size,), mesh_dim_names=("shard",))
+    per_node = env.local_world_size
+    if env.world_size % per_node:
+        raise ConfigError(
+            f"parallel.fsdp.hybrid: world size {env.world_size} is not a multiple of the "
+            f"{per_node} processes per node; start the same --nproc on every node"
+        )
+    shape = (env.world_size // per_node, per_node)
+    return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))

@@ -1,0 +1,267 @@
+"""``report.html``: one self-contained page per run, built from the run directory alone."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+from scaletrain.report.page import (
+    Markup,
+    escape,
+    facts,
+    figure,
+    format_number,
+    format_seconds,
+    note,
+    page,
+    section,
+    table,
+)
+from scaletrain.report.plots import Marker, Series, line_plot
+from scaletrain.report.rundata import RunData, read_run, scalar_names
+from scaletrain.report.sections import classification_section, regression_section
+from scaletrain.rundir import RunDir, atomic_write_text
+
+STEP_AXIS = "step (optimizer updates)"
+# Config values worth seeing without opening the full config (dotted paths).
+KEY_SETTINGS = (
+    "data.source",
+    "data.name",
+    "data.task",
+    "model.name",
+    "model.hidden",
+    "model.channels",
+    "optim.name",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.schedule.name",
+    "loss.name",
+    "train.batch_size",
+    "train.max_epochs",
+    "train.max_steps",
+    "parallel.strategy",
+    "run.seed",
+)
+PLAN_KEYS = (
+    "global_batch_size",
+    "micro_batch_size",
+    "grad_accum_steps",
+    "steps_per_epoch",
+    "total_steps",
+    "warmup_steps",
+)
+# Train-record curves after the loss: (key, title, y-axis label).
+TRAIN_CURVES = (
+    ("lr", "Learning rate", "learning rate"),
+    ("grad_norm", "Gradient norm", "gradient L2 norm (before clipping)"),
+    ("samples_per_s", "Throughput", "samples / s (all ranks)"),
+    ("mfu", "Model FLOPs utilization", "MFU (fraction of peak)"),
+    ("rss_mb", "Memory", "resident memory (MB, rank 0)"),
+)
+
+
+def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
+    """Write the run's self-contained ``report.html`` (default: inside the run directory).
+
+    Args:
+        run_dir: a run directory (holds ``config.yaml``); finished, unfinished or copied.
+        out: where to write the page instead of ``<run_dir>/report.html``.
+    """
+    run = read_run(run_dir)
+    target = Path(out) if out is not None else RunDir(run.root).report
+    sections = [
+        final_metrics_section(run),
+        curves_section(run),
+        classification_section(run) if run.task == "classification" else "",
+        regression_section(run) if run.task == "regression" else "",
+        events_section(run),
+    ]
+    body = [header(run, sections=[part for part in sections if part]), *sections]
+    atomic_write_text(target, page(f"{run.name} · scaletrain report", body))
+    return target
+
+
+def header(run: RunData, *, sections: list[str]) -> Markup:
+    """Name, status, where and how it ran, key settings and the full resolved config."""
+    status_class = "status-" + run.status.replace(" ", "-").replace("/", "-")
+    title = (
+        f'<header><h1>{escape(run.name)}<span class="status {escape(status_class)}">'
+        f"{escape(run.status)}</span></h1>{_nav(sections)}"
+    )
+    settings = [(key, _dotted(run.config, key)) for key in KEY_SETTINGS]
+    settings += [(f"plan.{key}", run.plan[key]) for key in PLAN_KEYS if key in run.plan]
+    details = (
+        "<details><summary>Resolved config (config.yaml)</summary>"
+        f"<pre>{escape(run.config_text)}</pre></details>"
+    )
+    return Markup(
+        f"{title}{facts(_run_facts(run))}<h3>Key settings</h3>"
+        f"{facts([item for item in settings if item[1] is not None])}{details}</header>"
+    )
+
+
+def final_metrics_section(run: RunData) -> Markup:
+    metrics = run.final_metrics()
+    source = "summary.json" if run.summary else "the last evaluation in metrics.jsonl"
+    if not metrics:
+        return section("final-metrics", "Final metrics", [note("No evaluation recorded yet.")])
+    splits = list(metrics)
+    names = sorted(scalar_names(metrics), key=lambda name: (name != "loss", name == "num_samples"))
+    rows = [[name, *(metrics[split].get(name) for split in splits)] for name in names]
+    body = [
+        table(["metric", *splits], rows, table_id="final-metrics-table"),
+        note(f"From {source}."),
+    ]
+    return section("final-metrics", "Final metrics", body)
+
+
+def curves_section(run: RunData) -> Markup:
+    """Loss, each validation metric, then learning rate, gradients, speed and memory."""
+    if not run.train and not run.evals:
+        return section("curves", "Training curves", [note("No records in metrics.jsonl yet.")])
+    markers = [
+        Marker(float(event["step"]), str(event["event"]))
+        for event in run.events
+        if isinstance(event.get("step"), (int, float))
+    ]
+    plots = [_loss_plot(run, markers)]
+    plots += _validation_plots(run, markers)
+    for key, title, ylabel in TRAIN_CURVES:
+        points = [(r["step"], r[key]) for r in run.train if r.get(key) is not None]
+        if points:
+            series = Series("train", *zip(*points, strict=True))
+            plots.append(
+                line_plot(
+                    [series],
+                    title=title,
+                    xlabel=STEP_AXIS,
+                    ylabel=ylabel,
+                    markers=markers,
+                    key=f"curve-{key}",
+                )
+            )
+    legend = "Vertical lines mark events from metrics.jsonl (checkpoints, early stop, …)."
+    body = [Markup('<div class="grid">'), *map(figure, plots), Markup("</div>")]
+    return section("curves", "Training curves", [*body, note(legend) if markers else ""])
+
+
+def events_section(run: RunData) -> Markup:
+    if not run.events:
+        return Markup("")
+    rows = [
+        [e.get("event"), e.get("step"), format_seconds(e.get("time_s")), str(e.get("detail", ""))]
+        for e in run.events
+    ]
+    counts = collections.Counter(str(event.get("event")) for event in run.events)
+    summary = ", ".join(f"{count} × {kind}" for kind, count in counts.items())
+    details = f"<details><summary>{escape(summary)}</summary>"
+    events_table = table(["event", "step", "time", "detail"], rows, table_id="events-table")
+    return section("events", "Events", [Markup(details), events_table, Markup("</details>")])
+
+
+def _loss_plot(run: RunData, markers: list[Marker]) -> str:
+    series = []
+    train = [(r["step"], r["loss"]) for r in run.train if r.get("loss") is not None]
+    if train:
+        series.append(Series("train", *zip(*train, strict=True)))
+    for split, records in run.evals.items():
+        points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+        if points:
+            series.append(Series(split, *zip(*points, strict=True), marker="o"))
+    return line_plot(
+        series,
+        title="Loss",
+        xlabel=STEP_AXIS,
+        ylabel="loss (mean per sample)",
+        markers=markers,
+        key="curve-loss",
+    )
+
+
+def _validation_plots(run: RunData, markers: list[Marker]) -> list[str]:
+    """One plot per validation metric; macro and weighted P/R/F1 share one plot each."""
+    records = run.evals.get("val", [])
+    groups: dict[str, list[str]] = {}
+    for name in scalar_names({"val": records[-1].get("metrics") or {}} if records else {}):
+        if name == "num_samples":
+            continue
+        suffix = name.rpartition("_")[2]
+        groups.setdefault(suffix if suffix in ("macro", "weighted") else name, []).append(name)
+    plots = []
+    for group, names in groups.items():
+        series = []
+        for name in names:
+            points = [(r["step"], (r.get("metrics") or {}).get(name)) for r in records]
+            points = [point for point in points if isinstance(point[1], (int, float))]
+            if points:
+                series.append(Series(name, *zip(*points, strict=True), marker="o"))
+        title = f"Validation {group}" + (" averages" if len(names) > 1 else "")
+        plots.append(
+            line_plot(
+                series,
+                title=title,
+                xlabel=STEP_AXIS,
+                ylabel=f"{group} (val)",
+                markers=markers,
+                key=f"curve-val-{group}",
+            )
+        )
+    return plots
+
+
+def _run_facts(run: RunData) -> list[tuple[str, Any]]:
+    summary = run.summary or {}
+    versions = summary.get("versions") or {}
+    counters = summary.get("counters") or {}
+    best = summary.get("best_metric") or {}
+    wall = summary.get("wall_s")
+    wall_label = "wall time" if wall is not None else "wall time (so far)"
+    total = run.plan.get("total_steps")
+    items = [
+        (wall_label, format_seconds(wall if wall is not None else run.last_time_s())),
+        ("steps", f"{run.steps} of {total}" if total and run.steps is not None else run.steps),
+        ("epochs", summary.get("epochs")),
+        ("world size", summary.get("world_size", run.plan.get("world_size"))),
+        ("device", summary.get("device", run.plan.get("device"))),
+        ("precision", summary.get("precision", run.plan.get("precision"))),
+        ("best " + str(best.get("name", "")), _best(best, summary.get("best_step"))),
+        ("train samples/s", summary.get("train_samples_per_s")),
+        ("peak memory (MB)", summary.get("peak_rss_mb")),
+        ("MFU", summary.get("mfu")),
+        ("overhead fraction", summary.get("overhead_fraction")),
+        *((name.replace("_", " "), value) for name, value in counters.items()),
+        *((f"{name} version", versions.get(name)) for name in ("scaletrain", "torch", "python")),
+    ]
+    return [(label, value) for label, value in items if value is not None]
+
+
+def _best(best: dict, step: Any) -> str | None:
+    if best.get("value") is None:
+        return None
+    return f"{format_number(best['value'])} at step {step}"
+
+
+def _nav(sections: list[str]) -> str:
+    titles = {
+        "final-metrics": "Final metrics",
+        "curves": "Curves",
+        "classification": "Classification",
+        "regression": "Regression",
+        "events": "Events",
+    }
+    links = [
+        f'<a href="#{key}">{title}</a>'
+        for key, title in titles.items()
+        if any(f'<section id="{key}">' in part for part in sections)
+    ]
+    return f"<nav>{''.join(links)}</nav>"
+
+
+def _dotted(tree: dict, path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node

@@ -1,0 +1,170 @@
+"""What a report needs, read from the files of a run directory and nothing else.
+
+No torch and no training code are imported here: a report works on a copied run
+directory and on a run that crashed, and ``scaletrain report`` starts in about a second.
+Every number the report shows comes from ``summary.json`` or ``metrics.jsonl``; the
+prediction arrays only feed the scatter plot and the misclassified examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from scaletrain.errors import UserError
+from scaletrain.rundir import RunDir, open_run_dir, read_json
+
+STATUS_LABELS = {
+    "finished": "finished",
+    "stopped_early": "stopped early",
+    "failed": "failed",
+    "interrupted": "interrupted",
+}
+UNFINISHED = "interrupted/unfinished"  # no summary.json: the run is going on or died
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The parsed files of one run directory (``summary`` is None for an unfinished run)."""
+
+    root: Path
+    config: dict[str, Any]
+    config_text: str
+    plan: dict[str, Any]
+    summary: dict[str, Any] | None
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # split -> records
+    events: list[dict[str, Any]] = field(default_factory=list)
+    data_spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        summary_name = (self.summary or {}).get("name")
+        return str(summary_name or self.config.get("run", {}).get("name") or self.root.name)
+
+    @property
+    def status(self) -> str:
+        if self.summary is None:
+            return UNFINISHED
+        status = str(self.summary.get("status", "unknown"))
+        return STATUS_LABELS.get(status, status)
+
+    @property
+    def task(self) -> str | None:
+        """classification or regression: from the summary, the data spec, else the metrics."""
+        task = (self.summary or {}).get("task") or self.data_spec.get("task")
+        if task:
+            return str(task)
+        for metrics in self.final_metrics().values():
+            if "confusion_matrix" in metrics:
+                return "classification"
+            if "mse" in metrics:
+                return "regression"
+        return None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = (self.summary or {}).get("class_names") or self.data_spec.get("class_names")
+        return [str(name) for name in names] if names else None
+
+    def final_metrics(self) -> dict[str, dict[str, Any]]:
+        """Metrics per split: the summary's, else the last evaluation logged for each split."""
+        if self.summary and self.summary.get("metrics"):
+            return dict(self.summary["metrics"])
+        return {
+            split: {"loss": records[-1].get("loss"), **(records[-1].get("metrics") or {})}
+            for split, records in self.evals.items()
+            if records
+        }
+
+    @property
+    def steps(self) -> int | None:
+        """Optimizer steps taken: the summary's count, else the last step logged."""
+        if self.summary and self.summary.get("steps") is not None:
+            return int(self.summary["steps"])
+        records = itertools.chain(self.train, self.events, *self.evals.values())
+        steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+        return max(steps) if steps else None
+
+    def last_time_s(self) -> float | None:
+        """Seconds since the start at the last record: the wall time of an unfinished run."""
+        records = itertools.chain(self.train, self.events, *self.evals.values())
+        times = [r["time_s"] for r in records if isinstance(r.get("time_s"), (int, float))]
+        return max(times) if times else None
+
+    def predictions(self, split: str) -> dict[str, np.ndarray] | None:
+        """Arrays of ``predictions/<split>.npz`` (target, pred, maybe input), if written."""
+        path = RunDir(self.root).predictions / f"{split}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {key: arrays[key] for key in arrays.files}
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path}: not a readable .npz file ({error})") from None
+
+
+def read_run(path: str | Path) -> RunData:
+    """Parse a run directory; UserError when it is missing or holds no config.yaml."""
+    run = open_run_dir(path)
+    config_text = run.config.read_text(encoding="utf-8")
+    try:
+        config = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{run.config}: not valid YAML ({error})") from None
+    records = read_records(run.metrics)
+    evals: dict[str, list[dict]] = {}
+    for record in records:
+        if "event" not in record and record.get("split") not in (None, "train"):
+            evals.setdefault(str(record["split"]), []).append(record)
+    spec_path = run.root / "data_spec.json"
+    return RunData(
+        root=run.root,
+        config=config if isinstance(config, dict) else {},
+        config_text=config_text,
+        plan=read_json(run.plan) if run.plan.is_file() else {},
+        summary=read_json(run.summary) if run.summary.is_file() else None,
+        train=[record for record in records if record.get("split") == "train"],
+        evals=evals,
+        events=[record for record in records if "event" in record],
+        data_spec=read_json(spec_path) if spec_path.is_file() else {},
+    )
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl``; a last line cut short by a crash is dropped."""
+    if not path.is_file():
+        return []  # a run that died before its first log line
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if index == len(lines) - 1:
+                break
+            raise UserError(
+                f"{path}:{index + 1}: not a JSON record ({error.msg}); "
+                "only the last line may be cut short by a crash"
+            ) from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def scalar_names(metrics_by_split: dict[str, dict[str, Any]]) -> list[str]:
+    """Metric names with a number in any split, in first-seen order (lists left out)."""
+    names: dict[str, None] = {}
+    for metrics in metrics_by_split.values():
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                names.setdefault(name, None)
+    return list(names)

@@ -1,0 +1,116 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+
+
+def scaletrain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scaletrain", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "culprit"),
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("optim.lr=-1", "optim.lr"),
+        ("train.precision=16-mixed", "train.precision"),
+        ("model.name=resnet9000", "model.name"),
+        ("data.name=nope", "data.name"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, override, culprit):
+    result = scaletrain(
+        "train",
+        str(ROOT / "configs/default.yaml"),
+        f"run.out_dir={tmp_path}",
+        override,
+        "train.device=cpu",
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], result.stderr
+    assert not any(tmp_path.iterdir()), "a failed config left a run directory behind"
+
+
+def test_config_show_and_check(tmp_path):
+    shown = scaletrain("config", "show", str(ROOT / "configs/default.yaml"), "optim.lr=0.5")
+    assert shown.returncode == 0, shown.stderr
+    resolved = yaml.safe_load(shown.stdout)
+    assert resolved["optim"]["lr"] == 0.5 and resolved["train"]["precision"] == "auto"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lrr: 1\n")
+    checked = scaletrain("config", "check", str(bad))
+    assert checked.returncode == 2 and "optim.lrr" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    "kind", ["models", "datasets", "optimizers", "schedules", "losses", "inits"]
+)
+def test_list(kind):
+    result = scaletrain("list", kind)
+    assert result.returncode == 0, result.stderr
+    expected = {
+        "models": "textcnn",
+        "datasets": "digits",
+        "optimizers": "rmsprop",
+        "schedules": "onecycle",
+        "losses": "huber",
+        "inits": "orthogonal",
+    }[kind]
+    assert expected in result.stdout
+
+
+def test_help_on_every_command():
+    for command in ("train", "resume", "eval", "predict", "config", "list", "report", "compare"):
+        result = scaletrain(command, "--help")
+        assert result.returncode == 0 and "usage" in result.stdout.lower(), command
+
+
+def test_default_config_trains_eval_and_predict(tmp_path):
+    """`make run`'s config reaches >= 0.97 test accuracy; eval/predict reuse the run."""
+    result = scaletrain(
+        "train", str(ROOT / "configs/default.yaml"), "--out", str(tmp_path), "log.report=false"
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "digits-cnn"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["metrics"]["test"]["accuracy"] >= 0.97
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+
+    again = scaletrain("train", str(ROOT / "configs/default.yaml"), "--out", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+    evaluated = scaletrain("eval", str(run), "--split", "test")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"{summary['metrics']['test']['accuracy']:.4f}" in evaluated.stdout
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    inputs = tmp_path / "inputs.npy"
+    import numpy as np
+
+    np.save(inputs, digits.data[:50].reshape(50, 1, 8, 8).astype("float32"))
+    out = tmp_path / "pred.csv"
+    predicted = scaletrain("predict", str(run), str(inputs), "--out", str(out))
+    assert predicted.returncode == 0, predicted.stderr
+    rows = out.read_text().strip().splitlines()[1:]
+    labels = [int(row.split(",")[0]) for row in rows]
+    assert np.mean(np.array(labels) == digits.target[:50]) >= 0.9
+
+    not_a_run = scaletrain("eval", str(tmp_path))
+    assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
