@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
-# Imported on first use, so `scaletrain --help` and config tools start without torch.
-_PUBLIC = {
-    "train": "scaletrain.api",
-    "resume": "scaletrain.api",
-    "evaluate": "scaletrain.api",
-    "predict": "scaletrain.api",
-    "load_run": "scaletrain.api",
-    "Run": "scaletrain.api",
-    "Config": "scaletrain.config",
-    "load_config": "scaletrain.config",
-    "UserError": "scaletrain.errors",
-}
-__all__ = sorted(_PUBLIC)
+# Bound after the import on purpose: importing api loads the `scaletrain.train` package,
+# which would otherwise shadow the `train` function under the same name.
+from scaletrain.api import Run, evaluate, load_run, predict, resume, train  # noqa: E402
+from scaletrain.config import Config, load_config  # noqa: E402
+from scaletrain.errors import UserError  # noqa: E402
 
-
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'scaletrain' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__all__ = [
+    "Config",
+    "Run",
+    "UserError",
+    "evaluate",
+    "load_config",
+    "load_run",
+    "predict",
+    "resume",
+    "train",
+]

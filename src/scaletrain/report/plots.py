@@ -114,7 +114,7 @@ def confusion_plot(matrix: np.ndarray, *, class_names: Sequence[str], key: str) 
     counts = np.asarray(matrix, dtype=np.int64)
     support = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-    size = max(3.2, 0.3 * len(counts) + 1.2)
+    size = min(max(3.2, 0.3 * len(counts) + 1.2), 8.0)  # inches per panel
     with rc_context({**STYLE, "axes.grid": False}):
         figure = Figure(figsize=(2 * size + 0.8, size), layout="constrained")
         left, right = figure.subplots(1, 2)
@@ -238,8 +238,12 @@ def _heatmap(
     image = axes.imshow(shade, cmap="Blues", vmin=0, vmax=1, interpolation="none")
     ticks = range(len(values))
     short = [name if len(name) <= 12 else name[:11] + "…" for name in names]
-    axes.set_xticks(ticks, short, rotation=45 if len(values) > 6 else 0, ha="right")
-    axes.set_yticks(ticks, short)
+    if len(values) <= 40:  # beyond that, tick labels overlap: matplotlib picks a few
+        rotated = len(values) > 6
+        axes.set_xticks(
+            ticks, short, rotation=45 if rotated else 0, ha="right" if rotated else "center"
+        )
+        axes.set_yticks(ticks, short)
     axes.set(xlabel="predicted class", ylabel="true class")
     if len(values) <= 20:  # beyond that the numbers no longer fit their cells
         for row, column in np.ndindex(values.shape):

@@ -31,7 +31,7 @@ def classification_section(run: RunData) -> Markup:
         ["true \\ predicted", *names],
         [[name, *row] for name, row in zip(names, confusion.tolist(), strict=True)],
         table_id="confusion-matrix-counts",
-    )
+    )  # C² cells: 100 classes add about 0.3 MB
     matrix = (
         f'<div id="confusion-matrix"><h3>Confusion matrix</h3>'
         f"{figure(confusion_plot(confusion, class_names=names, key='confusion'), wide=True)}"

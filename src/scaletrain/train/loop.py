@@ -95,10 +95,10 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     )
     state = TrainState(model, optimizer, schedule, loader, scaler=precision.scaler)
     store = CheckpointStore(run.checkpoints, keep_last=cfg.checkpoint.keep_last)
-    logger = MetricsLogger(run.root, tensorboard=cfg.log.tensorboard) if strategy.is_main else None
     monitor = Monitor(cfg.train.monitor, cfg.train.early_stopping, state)
     if resume:
-        _restore(state, store, strategy, run)
+        _restore(state, store, strategy, run)  # before the logger opens metrics.jsonl
+    logger = MetricsLogger(run.root, tensorboard=cfg.log.tensorboard) if strategy.is_main else None
 
     def log(record: dict) -> None:
         if logger is not None:
