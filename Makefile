@@ -21,7 +21,7 @@ run: setup
 	$(PY) -m scaletrain train configs/default.yaml --overwrite
 
 test: setup
-	$(PY) -m pytest -x -q -p no:cacheprovider
+	$(PY) -m pytest -x -p no:cacheprovider
 
 lint: setup
 	.venv/bin/ruff check src tests bench

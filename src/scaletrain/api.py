@@ -17,7 +17,7 @@ from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
 from scaletrain.errors import UserError
-from scaletrain.metrics import peak_rss_mb
+from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import build_model
 from scaletrain.parallel import build_strategy
 from scaletrain.rundir import (
@@ -140,6 +140,9 @@ def _fit(run: RunDir, cfg: Config, strategy, bundle, model, *, resume: bool, cal
     finally:
         if strategy.is_main:
             _write_summary(run, cfg, strategy, result, status, locals().get("metrics", {}))
+    if strategy.is_main and cfg.log.tensorboard and status != "interrupted":
+        with MetricsLogger(run.root, tensorboard=True) as logger:
+            logger.log_hparams(cfg.to_dict(), locals().get("metrics", {}))
     if strategy.is_main and cfg.log.report:
         _write_report(run)
     trained = strategy.unwrap_model(result.state.model)

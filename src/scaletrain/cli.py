@@ -27,13 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what launched workers rerun
+    from scaletrain.launch import quiet_unless_rank_zero, record_worker_error
+
+    if quiet_unless_rank_zero():  # a torchrun worker of rank > 0: rank 0 speaks for the job
+        console.quiet = True
     try:
         return args.handler(args) or 0
     except UserError as exc:
+        record_worker_error(exc)
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        if not console.quiet:
+            print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(
             "interrupted: a final checkpoint was written; `scaletrain resume` continues",
@@ -43,9 +50,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- commands -----------------------------------------------------------------------------
+def _launched(args) -> bool:
+    """With --nproc/--nnodes and outside torchrun: rerun this command in torchrun workers."""
+    from scaletrain.launch import LaunchOptions, launch, needs_launch
+
+    options = LaunchOptions(
+        nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
+        rdzv_endpoint=args.rdzv_endpoint, max_restarts=args.max_restarts,
+        rdzv_timeout_s=args.rdzv_timeout,
+    )
+    if not needs_launch(options):
+        return False
+    launch(options, args.argv)
+    return True
+
+
 def _train(args) -> int:
     from scaletrain import api
 
+    if _launched(args):
+        return 0
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
@@ -57,8 +81,23 @@ def _train(args) -> int:
 def _resume(args) -> int:
     from scaletrain import api
 
+    if _launched(args):
+        return 0
     run = api.resume(args.run_dir)
     _print_result(run.run_dir, run.metrics, run.status)
+    return 0
+
+
+def _plan(args) -> int:
+    from scaletrain.config import load_config
+    from scaletrain.launch.planning import plan_for_config, plan_table, recommendation_line
+
+    cfg = load_config(args.config, list(args.overrides))
+    plan, batch_plan = plan_for_config(
+        cfg, nproc=args.nproc, nnodes=args.nnodes, device_memory_gb=args.device_memory
+    )
+    Console().print(plan_table(plan, batch_plan))
+    Console().print(recommendation_line(plan))
     return 0
 
 
@@ -187,8 +226,18 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
 
+    _add_launch_flags(sub)
+
     sub = command("resume", _resume, "Continue an interrupted run from its latest checkpoint.")
     sub.add_argument("run_dir", help="Run directory to continue.")
+    _add_launch_flags(sub)
+
+    sub = command("plan", _plan, "Estimate memory per device for each strategy; recommend one.")
+    sub.add_argument("config", help="YAML config file.")
+    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
+    sub.add_argument("--nproc", type=int, default=1, help="Processes per node.")
+    sub.add_argument("--nnodes", type=int, default=1, help="Nodes.")
+    sub.add_argument("--device-memory", type=float, help="GB per device (default: measured).")
 
     sub = command("eval", _eval, "Reload a run's model and evaluate it on a split.")
     sub.add_argument("run_dir", help="Run directory.")
@@ -234,6 +283,18 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="compare.html", help="Output HTML file.")
     sub.add_argument("--align", default="step", choices=["step", "time"], help="X axis.")
     return parser
+
+
+def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("distributed (through torchrun's elastic agent)")
+    group.add_argument("--nproc", type=int, default=1, help="Worker processes on this node.")
+    group.add_argument("--nnodes", type=int, default=1, help="Nodes in the job.")
+    group.add_argument("--node-rank", type=int, default=0, help="This node: 0 hosts the rendezvous.")
+    group.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0 (c10d rendezvous).")
+    group.add_argument("--max-restarts", type=int, default=0, help="Restart failed workers N times.")
+    group.add_argument(
+        "--rdzv-timeout", type=int, default=600, help="Seconds to wait for every node to join."
+    )
 
 
 if __name__ == "__main__":

@@ -260,6 +260,9 @@ class LogConfig(Section):
     progress: bool = Field(True, description="Rich progress bar (off when not a TTY).")
     tensorboard: bool = Field(True, description="Write TensorBoard events to `tb/`.")
     report: bool = Field(True, description="Write `report.html` at the end of the run.")
+    histograms_every: PositiveInt | None = Field(
+        None, description="TensorBoard weight/gradient histograms every N steps (costly)."
+    )
 
 
 # --------------------------------------------------------------------------- parallel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import torch
@@ -10,6 +11,11 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from scaletrain.errors import ConfigError
 from scaletrain.parallel.env import LaunchEnv
+
+# Several runs in one process (tune, ensembles) re-create the group on torchrun's store,
+# which outlives them: a fresh key prefix per group keeps a fast rank from reading the
+# previous group's (dead) addresses. Every rank creates groups in the same order.
+_generations = itertools.count()
 
 
 def backend_for(device: torch.device) -> str:
@@ -25,11 +31,14 @@ def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) 
     timeout = timedelta(seconds=timeout_s)
     device_id = device if device.type == "cuda" else None
     if env.launched_by_torchrun:
-        dist.init_process_group(backend, timeout=timeout, device_id=device_id)
-        return
-    # ddp/fsdp asked for in a plain `python` process: an in-memory store, no ports needed
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        store = dist.PrefixStore(f"scaletrain/{next(_generations)}", store)
+    else:  # ddp/fsdp asked for in a plain `python` process: in-memory store, no ports
+        store, rank, world_size = dist.HashStore(), 0, 1
     dist.init_process_group(
-        backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, device_id=device_id
+        backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
+        device_id=device_id,
     )
 
 

@@ -19,6 +19,7 @@ from cycler import cycler
 from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PALETTE = (  # matplotlib's tab10, reordered so the first two (train, val) contrast most
     "#1f77b4",
@@ -103,6 +104,9 @@ def line_plot(
         values = [value for item in series for value in item.y if value is not None]
         if _wants_log(values):
             axes.set_yscale("log")
+            # plain "0.01" labels: with text kept as SVG text, mathtext would show raw TeX
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.yaxis.set_minor_formatter(NullFormatter())
         axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
         if len(series) > 1 or markers:
             axes.legend(loc="best")

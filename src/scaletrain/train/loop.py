@@ -171,6 +171,12 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     precision.scaler.update()
                 else:
                     optimizer.step()
+                if (
+                    logger
+                    and cfg.log.histograms_every
+                    and (state.step + 1) % cfg.log.histograms_every == 0
+                ):
+                    logger.log_histograms(model, state.step + 1)  # before grads are dropped
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
                 state.step += 1

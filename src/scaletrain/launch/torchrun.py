@@ -1,0 +1,171 @@
+"""Start N local workers (and join other nodes) through torchrun's elastic agent.
+
+We call `torch.distributed.run.run(args)` in this process rather than spawning a
+`torchrun` subprocess: the agent's failures then arrive as typed exceptions
+(`ChildFailedError` with every rank's exit code and recorded error, rendezvous timeouts,
+connection errors) that become one clear line, and there is one interpreter fewer. The
+arguments go through torchrun's own parser, so every default matches `torchrun`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from scaletrain.errors import UserError
+
+DEFAULT_PORT = 29400  # torchrun's c10d default
+
+
+class LaunchError(UserError):
+    """The job could not start or a worker failed; the message names the cause."""
+
+    def __init__(self, message: str, *, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # HOST:PORT of node 0; default: a free local port
+    max_restarts: int = 0
+    rdzv_timeout_s: int = 600  # how long agents wait for every node to join
+
+    @property
+    def is_multi_process(self) -> bool:
+        return self.nproc > 1 or self.nnodes > 1
+
+
+def inside_torchrun() -> bool:
+    """True in a worker that torchrun's agent started (never relaunch from there)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def needs_launch(options: LaunchOptions) -> bool:
+    return options.is_multi_process and not inside_torchrun()
+
+
+def torchrun_args(options: LaunchOptions, command: list[str]) -> list[str]:
+    """The torchrun command line (without `torchrun`) that runs `python -m scaletrain ...`."""
+    _check_options(options)
+    endpoint = options.rdzv_endpoint or "127.0.0.1:0"  # port 0: the agent binds a free one
+    # c10d ranks nodes by arrival; --node-rank only says who hosts the rendezvous store
+    host_flag = int(options.node_rank == 0)
+    return [
+        "--nnodes", str(options.nnodes),
+        "--nproc-per-node", str(options.nproc),
+        "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", endpoint,
+        "--rdzv-id", f"scaletrain-{endpoint}",
+        "--rdzv-conf", f"join_timeout={options.rdzv_timeout_s},is_host={host_flag}",
+        "--max-restarts", str(options.max_restarts),
+        "--module", "scaletrain", *command,
+    ]  # fmt: skip
+
+
+def launch(options: LaunchOptions, command: list[str]) -> int:
+    """Run `scaletrain COMMAND` on every worker; raise LaunchError naming what failed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import (
+        RendezvousClosedError,
+        RendezvousConnectionError,
+        RendezvousTimeoutError,
+    )
+    from torch.distributed.run import get_args_parser, run
+
+    if options.rdzv_endpoint and options.node_rank == 0:
+        _check_port_free(options.rdzv_endpoint)
+    # the command is set after parsing: argparse would read its flags (--nproc) as torchrun's
+    args = get_args_parser().parse_args(torchrun_args(options, []))
+    args.training_script_args = list(command)
+    try:
+        run(args)
+    except ChildFailedError as error:
+        raise _worker_failure(error) from None
+    except RendezvousTimeoutError:
+        raise LaunchError(
+            f"rendezvous at {args.rdzv_endpoint} did not complete within "
+            f"{options.rdzv_timeout_s} s: not all {options.nnodes} nodes joined; start the "
+            "same command with --node-rank 1..N-1 on the other nodes (--rdzv-timeout to wait longer)"
+        ) from None
+    except SignalException as error:  # the agent has already stopped the workers
+        if error.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise LaunchError(
+            f"stopped by {error.sigval.name}; workers were stopped", exit_code=128 + error.sigval
+        ) from None
+    except (RendezvousConnectionError, RendezvousClosedError) as error:
+        cause = error.__cause__ or error
+        raise LaunchError(
+            f"cannot use the rendezvous at {args.rdzv_endpoint}: {cause}; check the host, "
+            "the port and that node 0 is running"
+        ) from None
+    return 0
+
+
+def _worker_failure(error) -> LaunchError:
+    rank, failure = error.get_first_failure()
+    message = failure.message if isinstance(failure.message, str) else ""
+    if not message or message.startswith("To enable traceback"):
+        message = "see its output above"
+    exit_code = failure.exitcode if failure.exitcode > 0 else 1
+    return LaunchError(
+        f"worker rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) exited with "
+        f"code {failure.exitcode}: {message.strip().splitlines()[-1]}; "
+        f"{len(error.failures)} worker(s) failed, all were stopped",
+        exit_code=exit_code,
+    )
+
+
+def _check_options(options: LaunchOptions) -> None:
+    if options.nproc < 1 or options.nnodes < 1:
+        raise LaunchError(f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}")
+    if not 0 <= options.node_rank < options.nnodes:
+        raise LaunchError(
+            f"--node-rank: expected 0..{options.nnodes - 1} for --nnodes {options.nnodes}, "
+            f"got {options.node_rank}"
+        )
+    if options.nnodes > 1 and not options.rdzv_endpoint:
+        raise LaunchError(
+            "--rdzv-endpoint: multi-node runs need HOST:PORT of node 0, e.g. 10.0.0.1:29400"
+        )
+
+
+def _check_port_free(endpoint: str) -> None:
+    """Node 0 binds the rendezvous port: fail now, clearly, if something else holds it."""
+    host, _, port_text = endpoint.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise LaunchError(f"--rdzv-endpoint: expected HOST:PORT, got {endpoint!r}")
+    port = int(port_text)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise LaunchError(
+                f"--rdzv-endpoint {endpoint}: port {port} is already in use "
+                f"({error.strerror}); pick a free port, or stop the process holding it"
+            ) from None
+
+
+def quiet_unless_rank_zero() -> bool:
+    """In workers of rank > 0, silence stdout (results, tables); errors stay on stderr."""
+    if not inside_torchrun() or os.environ.get("RANK", "0") == "0":
+        return False
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    return True
+
+
+def record_worker_error(error: BaseException) -> None:
+    """Hand torchrun's agent this worker's error (call it inside the `except` block)."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(error)
