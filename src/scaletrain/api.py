@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import scaletrain
+from scaletrain._alloc import tune_malloc
 from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
@@ -47,6 +48,7 @@ class Run:
     model: nn.Module | None
     config: Config
     status: str = "finished"
+    exit_code: int = 0  # 128 + signal number when stopped by SIGTERM/SIGINT
 
 
 def train(
@@ -68,6 +70,7 @@ def train(
         overwrite: replace an existing run directory of the same name.
         callbacks: objects with any of the ``train.callbacks`` events.
     """
+    tune_malloc()  # before the first training allocations; a no-op where MALLOC_* is set
     cfg = load_config(config, list(overrides))
     if model is not None:
         cfg = _replace(cfg, model=UserModelConfig(class_name=type(model).__qualname__))
@@ -92,6 +95,7 @@ def train(
 
 def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | None = None) -> Run:
     """Continue an interrupted run from its newest valid checkpoint."""
+    tune_malloc()
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
     if isinstance(cfg.model, UserModelConfig) and model is None:
@@ -146,7 +150,8 @@ def _fit(run: RunDir, cfg: Config, strategy, bundle, model, *, resume: bool, cal
     if strategy.is_main and cfg.log.report:
         _write_report(run)
     trained = strategy.unwrap_model(result.state.model)
-    return Run(run.root, locals().get("metrics", {}), trained, cfg, status)
+    exit_code = 128 + result.stop_signal if result.stop_signal else 0
+    return Run(run.root, locals().get("metrics", {}), trained, cfg, status, exit_code)
 
 
 def _final_evaluation(result: LoopResult, bundle: DataBundle, run: RunDir, strategy) -> dict:
@@ -241,6 +246,19 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:
     return Run(run.root, summary.get("metrics", {}), model, cfg, summary.get("status", "unknown"))
 
 
+def export(
+    run_dir: str | Path, *, out: str | Path | None = None, checkpoint: str = "best"
+) -> Path:
+    """Full, unsharded weights as safetensors (no pickle), with the resolved config inside."""
+    from scaletrain.checkpoint.export import export_safetensors
+
+    run = open_run_dir(run_dir)
+    target = Path(out) if out else run.root / "model.safetensors"
+    return export_safetensors(
+        run.checkpoints, target, which=checkpoint, config_text=run.config.read_text()
+    )
+
+
 # --- helpers ------------------------------------------------------------------------------
 def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     return build_model(
@@ -296,8 +314,11 @@ def _write_summary(run: RunDir, cfg: Config, strategy, result, status: str, metr
         "metrics": metrics,
         "train_samples_per_s": result.samples_seen / seconds if result and seconds else None,
         "peak_rss_mb": peak_rss_mb(),
-        "mfu": None,
+        "mfu": result.mfu if result else None,
+        "overhead_fraction": result.overhead_fraction if result else None,
+        "compile_s": result.compile_s if result else None,
         "counters": state.counters if state else {},
+        "stop_signal": result.stop_signal if result else None,
     }
     spec_file = run.root / "data_spec.json"
     if spec_file.is_file():

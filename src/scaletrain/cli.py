@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +18,7 @@ console = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options (`train c.yaml --out d optim.lr=1`).
@@ -55,9 +57,13 @@ def _launched(args) -> bool:
     from scaletrain.launch import LaunchOptions, launch, needs_launch
 
     options = LaunchOptions(
-        nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
-        rdzv_endpoint=args.rdzv_endpoint, max_restarts=args.max_restarts,
+        nproc=args.nproc,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        rdzv_endpoint=args.rdzv_endpoint,
+        max_restarts=args.max_restarts,
         rdzv_timeout_s=args.rdzv_timeout,
+        local_addr=args.local_addr,
     )
     if not needs_launch(options):
         return False
@@ -73,9 +79,16 @@ def _train(args) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
-    run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
+    if args.resume:
+        from scaletrain.config import load_config
+
+        cfg = load_config(args.config, overrides)
+        run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        run = api.resume(run_dir) if run_dir.exists() else api.train(cfg)
+    else:
+        run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
     _print_result(run.run_dir, run.metrics, run.status)
-    return EXIT_INTERRUPTED if run.status == "interrupted" else 0
+    return run.exit_code
 
 
 def _resume(args) -> int:
@@ -85,7 +98,7 @@ def _resume(args) -> int:
         return 0
     run = api.resume(args.run_dir)
     _print_result(run.run_dir, run.metrics, run.status)
-    return 0
+    return run.exit_code
 
 
 def _plan(args) -> int:
@@ -167,7 +180,44 @@ def _compare(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from scaletrain import api
+
+    path = api.export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
+    console.print(f"exported {path}")
+    return 0
+
+
+def _prepare(args) -> int:
+    from scaletrain.config import load_config
+    from scaletrain.data.shards import parse_size, prepare_shards
+
+    cfg = load_config(args.config, list(args.overrides))
+    manifest = prepare_shards(
+        cfg.data,
+        Path(args.out),
+        seed=cfg.run.seed,
+        shard_bytes=parse_size(args.shard_size),
+        overwrite=args.overwrite,
+    )
+    splits = manifest["splits"]
+    counts = ", ".join(f"{name} {split['num_samples']}" for name, split in splits.items())
+    num_shards = sum(len(split["shards"]) for split in splits.values())
+    console.print(f"prepared {args.out}: {num_shards} shards; samples: {counts}")
+    return 0
+
+
 # --- output -------------------------------------------------------------------------------
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """scaletrain's own warnings (a skipped checkpoint ...) are one line for the user."""
+    if category.__name__ == "CheckpointWarning":
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:
     from scaletrain.metrics import format_table
 
@@ -225,6 +275,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
+    sub.add_argument(
+        "--resume", action="store_true", help="Continue the run directory if it exists."
+    )
 
     _add_launch_flags(sub)
 
@@ -282,6 +335,21 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_dirs", nargs="+", help="Run directories.")
     sub.add_argument("--out", default="compare.html", help="Output HTML file.")
     sub.add_argument("--align", default="step", choices=["step", "time"], help="X axis.")
+
+    sub = command("export", _export, "Export a run's weights for use elsewhere (no pickle).")
+    sub.add_argument("run_dir", help="Run directory.")
+    sub.add_argument("--format", default="safetensors", choices=["safetensors"], help="Format.")
+    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+    sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors).")
+
+    sub = command("prepare", _prepare, "Write a config's data as memory-mapped shards.")
+    sub.add_argument("config", help="YAML config whose `data` section names the source.")
+    sub.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides: data.path=x.csv."
+    )
+    sub.add_argument("--out", required=True, help="Folder to write (shards + manifest.json).")
+    sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")
+    sub.add_argument("--overwrite", action="store_true", help="Replace an existing shard folder.")
     return parser
 
 
@@ -289,12 +357,17 @@ def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
     group = sub.add_argument_group("distributed (through torchrun's elastic agent)")
     group.add_argument("--nproc", type=int, default=1, help="Worker processes on this node.")
     group.add_argument("--nnodes", type=int, default=1, help="Nodes in the job.")
-    group.add_argument("--node-rank", type=int, default=0, help="This node: 0 hosts the rendezvous.")
+    group.add_argument(
+        "--node-rank", type=int, default=0, help="This node: 0 hosts the rendezvous."
+    )
     group.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0 (c10d rendezvous).")
-    group.add_argument("--max-restarts", type=int, default=0, help="Restart failed workers N times.")
+    group.add_argument(
+        "--max-restarts", type=int, default=0, help="Restart failed workers N times."
+    )
     group.add_argument(
         "--rdzv-timeout", type=int, default=600, help="Seconds to wait for every node to join."
     )
+    group.add_argument("--local-addr", help="This node's address as the others reach it.")
 
 
 if __name__ == "__main__":

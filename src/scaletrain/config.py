@@ -35,19 +35,110 @@ class RunConfig(Section):
 
 
 # --------------------------------------------------------------------------- data
+class TableConfig(Section):
+    categorical: list[str] = Field(
+        [], description="Columns holding categories (any text); the other features must be numbers."
+    )
+    categorical_encoding: Literal["onehot", "index"] = Field(
+        "onehot",
+        description="`onehot` columns, or one index column (0 = unknown, 1..K = train categories).",
+    )
+    impute: Literal["none", "mean", "median", "constant"] = Field(
+        "none",
+        description="Missing/NaN/Inf numbers: `none` = error naming file:row:column; else fill "
+        "with the train split's mean/median or `impute_value` (categories: the unknown bucket).",
+    )
+    impute_value: float = Field(0.0, description="Fill value for `impute: constant`.")
+
+
+class TextConfig(Section):
+    column: str = Field("text", description="Text column (text_csv) or key (text_jsonl).")
+    lowercase: bool = Field(False, description="Lowercase text before vectorizing.")
+    strip_accents: bool = Field(False, description="Drop accents (NFKD, combining marks).")
+    vectorizer: Literal["bpe", "char", "byte", "ngrams", "tfidf"] = Field(
+        "bpe",
+        description="Token-id sequences (`bpe` byte-level BPE, `char`, `byte`) or vectors for "
+        "MLPs (`ngrams` counts, `tfidf`); fit on the train split only.",
+    )
+    vocab_size: PositiveInt = Field(
+        4096, description="BPE vocabulary size; the vocabulary cap for char/ngrams/tfidf."
+    )
+    min_frequency: PositiveInt = Field(
+        1, description="Train-split count a token/n-gram/char needs to enter the vocabulary."
+    )
+    ngram_max: PositiveInt = Field(1, description="ngrams/tfidf: word n-grams of 1..ngram_max.")
+    max_length: PositiveInt = Field(
+        256, description="Token sequences are cut or padded (id 0) to this length."
+    )
+
+
+class ImageConfig(Section):
+    size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="Resize every image to [height, width]; default: all must match."
+    )
+    mode: Literal["RGB", "L", "keep"] = Field(
+        "RGB", description="Convert every image to this Pillow mode; `keep`: all must agree."
+    )
+
+
+class AugmentConfig(Section):
+    crop_padding: NonNegInt = Field(0, description="Random crop after zero-padding this many px.")
+    hflip: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Probability of a horizontal flip."
+    )
+    rotation: NonNegFloat = Field(0.0, description="Random rotation within +-degrees.")
+    color_jitter: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Brightness/contrast/saturation jitter strength (RGB in [0, 1])."
+    )
+    noise_std: NonNegFloat = Field(0.0, description="Gaussian noise std (normalized units).")
+    cutout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="Zero one random square of this share of the image side."
+    )
+    mixup_alpha: NonNegFloat = Field(0.0, description="Mixup Beta(alpha, alpha); 0 = off.")
+    cutmix_alpha: NonNegFloat = Field(0.0, description="CutMix Beta(alpha, alpha); 0 = off.")
+
+
+class ShardsConfig(Section):
+    verify: Literal["full", "size"] = Field(
+        "full", description="`full`: SHA-256 of every shard at start; `size`: file sizes only."
+    )
+    max_open: PositiveInt = Field(
+        16, description="Shards memory-mapped at once per process (bounds address space)."
+    )
+
+
 class DataConfig(Section):
-    source: Literal["builtin", "csv", "npy", "npz", "tensors"] = Field(
+    source: Literal[
+        "builtin",
+        "csv",
+        "parquet",
+        "npy",
+        "npz",
+        "image_folder",
+        "text_csv",
+        "text_jsonl",
+        "text_corpus",
+        "shards",
+        "tensors",
+    ] = Field(
         "builtin", description="Where samples come from (`tensors` = passed to the Python API)."
     )
     name: str = Field("digits", description="Built-in dataset name (`scaletrain list datasets`).")
-    path: str | None = Field(None, description="File for csv/npy/npz sources.")
+    path: str | None = Field(
+        None, description="File, folder or glob to read; for `shards`, the prepared folder."
+    )
     label: str = Field(
-        "label", description="Label column (csv), array key (npz), column index or `last` (npy)."
+        "label",
+        description="Label column (csv/parquet/text_csv), key (npz/text_jsonl), column index or "
+        "`last` (npy).",
     )
     features: list[str] | None = Field(None, description="Feature columns; default all but label.")
-    task: Literal["auto", "classification", "regression"] = Field(
+    task: Literal["auto", "classification", "regression", "language_model"] = Field(
         "auto",
         description="`auto`: classification for class names or few distinct integer labels.",
+    )
+    classes: list[str] | None = Field(
+        None, description="Declared class names; a label outside them is an error."
     )
     layout: Literal["auto", "image", "flat"] = Field(
         "auto", description="`image` keeps (C, H, W) inputs (digits: 1x8x8); `flat` flattens."
@@ -58,10 +149,25 @@ class DataConfig(Section):
     normalize: Literal["standardize", "minmax", "none"] = Field(
         "standardize", description="Feature scaling fit on the train split only."
     )
-    num_workers: NonNegInt = Field(
-        0, description="Loader worker processes for Dataset inputs (tensors are batched in place)."
+    context_length: PositiveInt = Field(
+        128, description="language_model: tokens per sample (windows of context_length + 1)."
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle",
+        description="`balanced`: draw train samples with replacement, weighted 1/class count.",
+    )
+    num_workers: NonNegInt | Literal["auto"] = Field(
+        "auto",
+        description="Loader worker processes for Dataset/shard inputs; `auto`: none for shards "
+        "(read in-process, prefetched by a thread on CUDA) or on CPU, up to 4 for user "
+        "Datasets on CUDA; in-memory tensors never need workers.",
     )
     drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
+    table: TableConfig = TableConfig()
+    text: TextConfig = TextConfig()
+    image: ImageConfig = ImageConfig()
+    augment: AugmentConfig = AugmentConfig()
+    shards: ShardsConfig = ShardsConfig()
 
     @model_validator(mode="after")
     def _check_fractions(self) -> DataConfig:
@@ -219,6 +325,38 @@ class EarlyStoppingConfig(Section):
     min_delta: NonNegFloat = Field(0.0, description="Smallest change that counts as better.")
 
 
+class SpikeConfig(Section):
+    threshold: PositiveFloat | None = Field(
+        None,
+        description="A step whose loss is this many standard deviations above the mean of the "
+        "last `window` good steps is a spike (handled like a non-finite step); null = off.",
+    )
+    window: Annotated[int, Field(ge=8)] = Field(
+        50, description="Good steps in the moving window (no spike is called before it fills)."
+    )
+
+
+class GuardConfig(Section):
+    nonfinite: Literal["skip", "rollback", "stop", "off"] = Field(
+        "skip",
+        description="On a NaN/Inf loss or gradient on any rank (or a spike): `skip` that "
+        "optimizer step on every rank; `rollback` to the last checkpoint with a lower lr, "
+        "skipping the offending batches; `stop` with a checkpoint; `off`: no per-step check.",
+    )
+    max_consecutive_bad: PositiveInt = Field(
+        3,
+        description="skip: stop after this many bad steps in a row; rollback: roll back "
+        "once this many are seen in a row (a spike rolls back at once).",
+    )
+    lr_backoff: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="rollback: multiply the learning rate by this at every rollback."
+    )
+    max_rollbacks: PositiveInt = Field(
+        3, description="rollback: stop (with a checkpoint) once this many did not help."
+    )
+    spike: SpikeConfig = SpikeConfig()
+
+
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"]
 
 
@@ -233,11 +371,21 @@ class TrainConfig(Section):
         "auto", description="`auto`: bf16-mixed where the device has fast bf16, else 32."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")
-    compile: bool = Field(False, description="Wrap the model with torch.compile.")
+    compile: bool = Field(
+        False,
+        description="torch.compile each block of the model (regional: faster cold start); "
+        "the first step's seconds, compilation included, go to summary.json `compile_s`.",
+    )
+    num_threads: PositiveInt | None = Field(
+        None,
+        description="CPU intra-op threads for this process; default: PyTorch's (one per "
+        "core, 1 per rank under torchrun). 1 is fastest for small models on shared cores.",
+    )
     deterministic: bool = Field(False, description="torch deterministic algorithms.")
     eval_every_steps: PositiveInt | None = Field(None, description="Default: once per epoch.")
     monitor: MonitorConfig = MonitorConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    guard: GuardConfig = GuardConfig()
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -250,8 +398,20 @@ class TrainConfig(Section):
 class CheckpointConfig(Section):
     every_steps: PositiveInt | None = Field(None, description="Save every N steps.")
     every_epochs: NonNegInt = Field(1, description="Save at the end of every N epochs; 0 = off.")
-    keep_last: PositiveInt = Field(2, description="Step checkpoints kept (plus best and final).")
+    every_minutes: PositiveFloat | None = Field(
+        None, description="Also save when this many minutes passed since the last save."
+    )
+    keep_last: PositiveInt = Field(
+        2,
+        description="Step checkpoints kept (plus best and final); older ones are deleted only "
+        "after a newer one is committed.",
+    )
     save_best: bool = Field(True, description="Keep the best checkpoint by train.monitor.")
+    async_save: bool = Field(
+        False,
+        description="Copy the state to CPU memory, then write in a background thread: training "
+        "stalls only for the copy (logged as `stall_s`); one save in flight at a time.",
+    )
 
 
 # --------------------------------------------------------------------------- log

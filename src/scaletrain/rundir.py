@@ -47,8 +47,8 @@ def prepare_run_dir(out_dir: str | Path, name: str, *, overwrite: bool = False) 
     if root.exists():
         if not overwrite:
             raise UserError(
-                f"run directory {root} already exists; pass --overwrite to replace it "
-                f"or `scaletrain resume {root}` to continue it"
+                f"run directory {root} already exists; pass --resume to continue it "
+                "(or run `scaletrain resume` on it) or --overwrite to replace it"
             )
         if not (root / "config.yaml").is_file():
             raise UserError(f"refusing to overwrite {root}: it is not a run directory")

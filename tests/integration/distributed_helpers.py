@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,34 +32,89 @@ def free_port() -> int:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The test's environment, one thread per worker (2 cores), src importable."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), **extra}
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
     env.pop("TORCHELASTIC_RUN_ID", None)
     return env
 
 
 def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 120, **env: str) -> Finished:
-    """`python -m torch.distributed.run --standalone` with `args`; kills the job on timeout."""
+    """`python -m torch.distributed.run` on a free local port; kills the job on timeout."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-        "--max-restarts", "0", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--max-restarts",
+        "0",
+        *args,
     ]
     return run(command, timeout=timeout, env=child_env(**env))
 
 
 def run(command: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Finished:
-    """Run in its own session so a timeout can kill every descendant."""
+    """Run with output captured; on timeout stop the whole process tree, then fail."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env or child_env(), start_new_session=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or child_env(),
     )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         output, _ = process.communicate()
         raise AssertionError(f"timed out after {timeout}s: {' '.join(command)}\n{output}") from None
     return Finished(process.returncode, output)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (torchrun puts workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGTERM the agent (it stops its workers), then SIGKILL whatever is left."""
+    tree = [pid, *descendants(pid)]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(3)
+    for each in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (zombies count as gone)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
 
 
 def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from distributed_helpers import WORKERS, load_weights, torchrun
 
 from scaletrain import api
-from scaletrain.data import BatchLoader, build_data
 from scaletrain.config import DataConfig
-from distributed_helpers import WORKERS, load_weights, torchrun
+from scaletrain.data import BatchLoader, build_data
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,13 @@ CONFIG = {
     "run": {"seed": 3},
     "data": {"source": "builtin", "name": "digits"},
     "model": {"name": "mlp", "hidden": [48, 32]},
-    "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
+    # clipping at 0.5 acts from step 2 on: the global grad norm must be the same everywhere
+    "optim": {
+        "name": "adamw",
+        "lr": 0.01,
+        "weight_decay": 0.01,
+        "clip": {"mode": "norm", "max": 0.5},
+    },
     "train": {"max_steps": NUM_STEPS, "batch_size": 64, "precision": "32", "device": "cpu"},
     "checkpoint": {"every_epochs": 0, "save_best": False},
     "log": {"progress": False, "tensorboard": False, "report": False, "every_steps": 2},
@@ -35,6 +41,8 @@ VARIANTS = {
         "parallel.activation_checkpointing=every_n,parallel.activation_checkpointing_every=1"
     ),
     "fsdp_accumulate": "parallel.strategy=fsdp,train.micro_batch_size=16",
+    "fsdp_hybrid": "parallel.strategy=fsdp,parallel.fsdp.hybrid=true",
+    "fsdp_offload": "parallel.strategy=fsdp,parallel.offload=cpu",
 }
 
 
@@ -58,7 +66,9 @@ def test_matches_single_process(runs, name):
     for key in reference:
         torch.testing.assert_close(candidate[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
     # the weights moved: equality is not that of an untrained model
-    assert not torch.allclose(reference["output.weight"], torch.zeros_like(reference["output.weight"]))
+    assert not torch.allclose(
+        reference["output.weight"], torch.zeros_like(reference["output.weight"])
+    )
 
 
 def test_accumulation_equals_larger_micro_batch(runs):
@@ -67,22 +77,28 @@ def test_accumulation_equals_larger_micro_batch(runs):
         torch.testing.assert_close(two_micro[key], one_micro[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_logged_losses_match_single(runs):
-    def losses(name):
+def test_logged_losses_and_grad_norms_match_single(runs):
+    def logged(name, key):
         lines = (runs["out"] / name / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines]
-        return [r["loss"] for r in records if r.get("split") == "train"]
+        return [r[key] for r in records if r.get("split") == "train"]
 
-    reference = losses("single")
-    assert len(reference) == NUM_STEPS // 2
-    for name in VARIANTS:
-        assert losses(name) == pytest.approx(reference, rel=1e-5), name
+    for key in ("loss", "grad_norm"):
+        reference = logged("single", key)
+        assert len(reference) == NUM_STEPS // 2
+        for name in VARIANTS:
+            assert logged(name, key) == pytest.approx(reference, rel=1e-5), (name, key)
 
 
 def test_two_ranks_read_the_single_process_sample_order():
     bundle = build_data(DataConfig(name="digits"), seed=3)
-    options = {"global_batch_size": 64, "micro_batch_size": 32, "shuffle": True, "seed": 3,
-               "drop_last": False}
+    options = {
+        "global_batch_size": 64,
+        "micro_batch_size": 32,
+        "shuffle": True,
+        "seed": 3,
+        "drop_last": False,
+    }
     single = BatchLoader(bundle.train, **options)
     ranks = [BatchLoader(bundle.train, **options, rank=r, world_size=2) for r in (0, 1)]
     for steps in zip(single, *ranks, strict=True):

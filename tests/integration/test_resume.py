@@ -1,7 +1,9 @@
 """Interrupted + resumed == uninterrupted: bitwise weights and identical logged losses."""
 
 import json
+import os
 import shutil
+import signal
 
 import torch
 
@@ -10,14 +12,14 @@ from scaletrain.api import resume
 
 
 class InterruptAt:
-    """Simulates Ctrl-C after a given optimizer step."""
+    """Sends this process a real SIGINT (Ctrl-C) during a given optimizer step."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_step_end(self, state):
         if state.step == self.step:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _config(tmp_path, name):
@@ -45,11 +47,11 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
     reference = scaletrain.train(_config(tmp_path, "full"))
 
     interrupted = scaletrain.train(_config(tmp_path, "cut"), callbacks=[InterruptAt(25)])
-    assert interrupted.status == "interrupted"
+    assert interrupted.status == "interrupted" and interrupted.exit_code == 130
     run_dir = interrupted.run_dir
     # Simulate a crash instead of a clean Ctrl-C: drop the interrupt checkpoint, so the
-    # resume must replay steps 21-25 from the step-20 checkpoint.
-    shutil.rmtree(run_dir / "checkpoints" / "step_00000025")
+    # resume must replay steps 21-26 from the step-20 checkpoint.
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000026")  # stopped at the next boundary
 
     resumed = resume(run_dir)
     assert resumed.status == "finished"

@@ -1,6 +1,6 @@
 """Atomic, verified, pickle-free checkpoints (DCP tensors + JSON side state + manifest)."""
 
 from scaletrain.checkpoint.manifest import verify_manifest, write_manifest
-from scaletrain.checkpoint.store import CheckpointStore
+from scaletrain.checkpoint.store import CheckpointStore, CheckpointWarning
 
-__all__ = ["CheckpointStore", "verify_manifest", "write_manifest"]
+__all__ = ["CheckpointStore", "CheckpointWarning", "verify_manifest", "write_manifest"]

@@ -37,7 +37,7 @@ def write_manifest(directory: Path, *, step: int) -> None:
         json.dump(manifest, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def verify_manifest(directory: Path) -> dict:
@@ -58,6 +58,8 @@ def verify_manifest(directory: Path) -> dict:
         )
     for name, meta in manifest["files"].items():
         file = directory / name
+        if not _is_plain_name(name) or file.is_symlink():
+            raise CheckpointError(f"{path}: lists {name!r}, which is not a file of this folder")
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in the manifest but missing")
         if file.stat().st_size != meta["bytes"]:
@@ -69,12 +71,18 @@ def verify_manifest(directory: Path) -> dict:
     return manifest
 
 
+def _is_plain_name(name: str) -> bool:
+    """A manifest names files of its own folder only: no `..`, no absolute paths."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -2,73 +2,177 @@
 
 Tensors (model, optimizer) go through torch.distributed.checkpoint so any strategy and
 world size can reload them; everything else is JSON, one file per rank (RNG differs).
+Older checkpoints are pruned only after a newer one is committed, so a crash or a full
+disk at any moment leaves the previous complete checkpoint in place.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import threading
+import time
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
-from scaletrain.checkpoint.manifest import verify_manifest, write_manifest
-from scaletrain.checkpoint.safe_reader import SafeFileSystemReader, SafeLoadPlanner
+from scaletrain.checkpoint.commit import (
+    commit,
+    describe_failure,
+    new_checkpoint_group,
+    write_json,
+    write_json_atomic,
+)
+from scaletrain.checkpoint.manifest import verify_manifest
+from scaletrain.checkpoint.safe_reader import (
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    load_metadata_safely,
+)
 from scaletrain.errors import CheckpointError
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_TMP_DIR = re.compile(r"^step_(\d{8})\.tmp$")
 BEST_FILE = "best.json"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped; the CLI prints these as one `warning:` line."""
+
+
+@dataclass
+class SaveResult:
+    path: Path  # the step directory (committed, or being written in the background)
+    stall_s: float  # seconds the training loop was blocked by this save
+
+
+@dataclass
+class _InFlight:
+    path: Path
+    future: Future
 
 
 @dataclass
 class CheckpointStore:
     root: Path
     keep_last: int = 2
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _in_flight: _InFlight | None = field(default=None, repr=False)
+    _group: object = field(default=None, repr=False)
 
     def save(self, *, step: int, tensors: dict, side_state: dict, strategy) -> Path:
         """Collective: every rank calls it. Returns the committed directory."""
+        return self._save(step, tensors, side_state, strategy, asynchronous=False).path
+
+    def save_async(self, *, step: int, tensors: dict, side_state: dict, strategy) -> SaveResult:
+        """Collective: stage to CPU memory, write and commit in a background thread."""
+        return self._save(step, tensors, side_state, strategy, asynchronous=True)
+
+    def wait(self, strategy) -> Path | None:
+        """Collective: finish the save in flight (if any); raise on every rank if it failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return None
+        error = in_flight.future.exception()
+        if strategy.any_flag(error is not None):
+            reason = describe_failure(error, in_flight.path.parent) if error else "another rank"
+            raise CheckpointError(
+                f"saving checkpoint {in_flight.path} failed: {reason}; earlier checkpoints "
+                "are untouched"
+            )
+        return in_flight.path
+
+    def drain(self) -> None:
+        """Let the save in flight finish (committed by its thread, or cleaned up); no collective."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.future.exception()
+
+    def _save(self, step, tensors, side_state, strategy, *, asynchronous: bool) -> SaveResult:
+        started = time.perf_counter()
+        self.wait(strategy)  # one save in flight at a time: its stall counts here
         final = self.root / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         if strategy.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self._remove_incomplete()
             tmp.mkdir(parents=True)
         strategy.barrier()
-        ok = True
+        error = None
         try:
-            dcp.save(tensors, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
-            _write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state)
-        except OSError as exc:
-            ok = False
+            write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state)
+            writer = dcp.FileSystemWriter(tmp, sync_files=True)
+            if asynchronous:
+                if self._group is None:  # never the training group: no interleaving
+                    self._group = new_checkpoint_group(strategy)
+                upload = dcp.async_save(tensors, storage_writer=writer, process_group=self._group)
+            else:
+                dcp.save(tensors, storage_writer=writer)
+        except (Exception, CheckpointException) as exc:  # a BaseException wrapping ENOSPC
             error = exc
-        if strategy.any_flag(not ok):
+        if strategy.any_flag(error is not None):
             if strategy.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-            reason = error.strerror if not ok else "another rank failed to write"
+            reason = describe_failure(error, self.root) if error else "another rank failed"
             raise CheckpointError(
                 f"saving checkpoint {final} failed: {reason}; earlier checkpoints are untouched"
             )
+        if asynchronous:
+            future = _background(self._finish_async, upload, tmp, final, step, strategy.is_main)
+            self._in_flight = _InFlight(final, future)
+        else:
+            self._finish(tmp, final, step, strategy)
+        return SaveResult(final, time.perf_counter() - started)
+
+    def _finish(self, tmp: Path, final: Path, step: int, strategy) -> None:
+        """Every rank's files are written: manifest, rename, then prune (rank 0)."""
+        error = None
         if strategy.is_main:
-            write_manifest(tmp, step=step)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune()
-        strategy.barrier()
-        return final
+            try:
+                self._commit(tmp, final, step)
+            except Exception as exc:  # e.g. no space left for the manifest
+                error = exc
+        if strategy.any_flag(error is not None):  # also the barrier after the commit
+            reason = describe_failure(error, self.root) if error else "rank 0 failed to commit"
+            raise CheckpointError(
+                f"saving checkpoint {final} failed: {reason}; earlier checkpoints are untouched"
+            )
+
+    def _finish_async(self, upload: Future, tmp: Path, final: Path, step: int, is_main) -> None:
+        try:  # rank 0's DCP finish step gathers every rank's write results: all files exist
+            upload.result()
+        except BaseException:  # DCP's CheckpointException is not an Exception
+            if is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if is_main:
+            self._commit(tmp, final, step)
+
+    def _commit(self, tmp: Path, final: Path, step: int) -> None:
+        try:
+            with self._lock:
+                commit(tmp, final, step=step)
+                self._prune()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def mark_best(self, step: int, *, metric: str, value: float) -> None:
-        _write_json(self.root / BEST_FILE, {"step": step, "metric": metric, "value": value})
+        with self._lock:
+            write_json_atomic(
+                self.root / BEST_FILE, {"step": step, "metric": metric, "value": value}
+            )
 
     def best_step(self) -> int | None:
         path = self.root / BEST_FILE
         return json.loads(path.read_text())["step"] if path.is_file() else None
 
     def committed(self) -> list[Path]:
-        """Committed step directories, oldest first (those with a manifest)."""
+        """Committed step directories, oldest first (`.tmp` ones are never checkpoints)."""
         if not self.root.is_dir():
             return []
         dirs = [p for p in self.root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()]
@@ -78,35 +182,57 @@ class CheckpointStore:
         """Newest checkpoint whose files match its manifest; warn and fall back otherwise."""
         for path in reversed(self.committed()):
             try:
-                verify_manifest(path)
+                self.verify(path)
                 return path
             except CheckpointError as exc:
-                warnings.warn(f"skipping corrupt checkpoint: {exc}", stacklevel=2)
+                warnings.warn(
+                    f"skipping corrupt checkpoint: {exc}", CheckpointWarning, stacklevel=2
+                )
         return None
 
     def find(self, which: str) -> Path:
         """`last`, `best` or `step_N` -> a verified checkpoint directory."""
-        if which == "best" and (step := self.best_step()) is not None:
-            path = self.root / f"step_{step:08d}"
+        best = self.best_step() if which == "best" else None
+        if best is not None and (self.root / f"step_{best:08d}").is_dir():
+            path = self.root / f"step_{best:08d}"
         elif which in ("last", "best"):
             path = self.latest_valid()
-        else:
+        elif _STEP_DIR.match(which):  # a bare name: no separators, no `..`, no absolute path
             path = self.root / which
+        else:
+            raise CheckpointError(
+                f"--checkpoint: expected best, last or step_NNNNNNNN, got {which!r}"
+            )
         if path is None or not path.is_dir():
             raise CheckpointError(f"no checkpoint `{which}` in {self.root}")
-        verify_manifest(path)
+        self.verify(path)
         return path
+
+    def verify(self, path: Path) -> None:
+        """Checksums match the manifest, the files a DCP checkpoint needs are listed, and the
+        folder really is inside this store (a symlink cannot point reads elsewhere)."""
+        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+            raise CheckpointError(f"{path}: a link out of {self.root}; refusing to read it")
+        manifest = verify_manifest(path)
+        missing = {".metadata", "rank_00000.json"} - set(manifest["files"])
+        if missing:
+            raise CheckpointError(f"{path}: not a scaletrain checkpoint (lacks {sorted(missing)})")
 
     def load(self, path: Path, *, tensors: dict, rank: int) -> dict:
         """Fill `tensors` in place from a verified checkpoint; return this rank's side state."""
-        verify_manifest(path)
+        self.verify(path)
+        load_metadata_safely((path / ".metadata").read_bytes())  # refuse before DCP reads it
         dcp.load(tensors, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
         side = path / f"rank_{rank:05d}.json"
         if not side.is_file():  # resumed with more ranks than saved: rank 0's shared state
             side = path / "rank_00000.json"
-        return json.loads(side.read_text())
+        try:
+            return json.loads(side.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{side}: side state is not JSON; refusing to read it") from None
 
     def _prune(self) -> None:
+        """Keep the newest `keep_last` committed checkpoints and the best one."""
         keep = {p.name for p in self.committed()[-self.keep_last :]}
         best = self.best_step()
         if best is not None:
@@ -115,9 +241,17 @@ class CheckpointStore:
             if path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)
 
+    def _remove_incomplete(self) -> None:
+        """Half-written `.tmp` folders of crashed saves (none is in flight: we waited)."""
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if _TMP_DIR.match(path.name):
+                    shutil.rmtree(path, ignore_errors=True)
 
-def _write_json(path: Path, data: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+
+def _background(function, *args) -> Future:
+    """Run `function(*args)` in a short-lived daemon-free worker thread."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scaletrain-checkpoint")
+    future = executor.submit(function, *args)
+    executor.shutdown(wait=False)
+    return future

@@ -1,7 +1,16 @@
 """Data: sources -> targets -> split -> preprocessing -> loaders with exact-resume state."""
 
+# Source modules register themselves in SOURCES / DATASETS when imported.
+import scaletrain.data.builtin
+import scaletrain.data.files
+import scaletrain.data.images
+import scaletrain.data.parquet
+import scaletrain.data.shards.source
+import scaletrain.data.stdlib_text
+import scaletrain.data.text_sources  # noqa: F401
+from scaletrain.data.augment import build_augmentation
 from scaletrain.data.bundle import DataBundle, DataSpec, Split, build_data
-from scaletrain.data.files import read_inputs_file
+from scaletrain.data.inputs import InputsFile, read_inputs_file
 from scaletrain.data.loader import BatchLoader, EvalLoader, StepBatch, epoch_order, rank_slice
 from scaletrain.data.preprocess import Preprocessor
 from scaletrain.data.registry import (
@@ -19,10 +28,12 @@ __all__ = [
     "DataBundle",
     "DataSpec",
     "EvalLoader",
+    "InputsFile",
     "Preprocessor",
     "RawData",
     "Split",
     "StepBatch",
+    "build_augmentation",
     "build_data",
     "epoch_order",
     "rank_slice",

@@ -15,17 +15,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from scaletrain.config import DataConfig
 from scaletrain.data.registry import RawData, image_layout, register_source
+from scaletrain.data.table import Column, build_table
 from scaletrain.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from scaletrain.data.bundle import DataSpec
 
 
 @dataclass
@@ -42,6 +38,12 @@ class CsvTable:
             columns = ", ".join(self.header)
             raise DataError(f"{self.path}: no {role} column {name!r}; columns are: {columns}")
         return self.header.index(name)
+
+    def column(self, name: str) -> Column:
+        """One column's cells as text, with their file lines for messages."""
+        index = self.column_index(name, role="feature")
+        cells = np.array([row[index] for row in self.rows], dtype=object)
+        return Column(name, cells, lambda row: f"{self.path}:{self.line_numbers[row]}")
 
     def parse_numbers(self, columns: list[int]) -> np.ndarray:
         """Columns as float64 (N, len(columns)); the first bad or non-finite cell raises."""
@@ -134,20 +136,35 @@ def first_non_finite(values: np.ndarray) -> tuple[int, int] | None:
 
 @register_source("csv")
 def read_csv(cfg: DataConfig) -> RawData:
-    """Features and label columns of a CSV file."""
+    """Feature and label columns of a CSV file (numbers, or categories if declared)."""
     table = read_csv_table(check_file(cfg.path))
     label_index = table.column_index(cfg.label, role="label")
-    names = cfg.features or [name for name in table.header if name != cfg.label]
-    if cfg.label in names:
-        raise ConfigError(f"data.features: lists the label column {cfg.label!r}")
-    feature_columns = [table.column_index(name, role="feature") for name in names]
-    inputs = table.parse_numbers(feature_columns).astype(np.float32)
+    names = feature_names(table.header, cfg, path=table.path)
+    columns = [table.column(name) for name in names]
     return RawData(
-        inputs=inputs, labels=_csv_labels(table, label_index, cfg=cfg), origin=str(table.path)
+        inputs=build_table(columns, cfg.table, origin=str(table.path), feature_names=names),
+        labels=csv_labels(table, label_index, cfg=cfg),
+        origin=str(table.path),
+        row_lines=np.asarray(table.line_numbers),
+        input_kind="table",
+        raw_columns=names,
     )
 
 
-def _csv_labels(table: CsvTable, index: int, *, cfg: DataConfig) -> np.ndarray:
+def feature_names(header: list[str], cfg: DataConfig, *, path: Path) -> list[str]:
+    """``data.features``, or every column except the label; each checked to exist."""
+    names = cfg.features or [name for name in header if name != cfg.label]
+    if cfg.label in names:
+        raise ConfigError(f"data.features: lists the label column {cfg.label!r}")
+    for name in names:
+        if name not in header:
+            raise DataError(f"{path}: no feature column {name!r}; columns are: {', '.join(header)}")
+    if not names:
+        raise DataError(f"{path}: no feature columns besides the label {cfg.label!r}")
+    return names
+
+
+def csv_labels(table: CsvTable, index: int, *, cfg: DataConfig) -> np.ndarray:
     texts = [row[index].strip() for row in table.rows]
     try:
         np.array(texts, dtype=np.float64)
@@ -162,12 +179,12 @@ def _csv_labels(table: CsvTable, index: int, *, cfg: DataConfig) -> np.ndarray:
 def read_npy(cfg: DataConfig) -> RawData:
     """A 2-D numeric array whose column ``data.label`` holds the label."""
     path = check_file(_no_features(cfg).path)
-    array = _load_numpy(path)
+    array = load_numpy(path)
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         shape = getattr(array, "shape", None)
         raise DataError(f"{path}: expected a 2-D array (samples, features + label), got {shape}")
     column = _label_column(cfg.label, num_columns=array.shape[1], path=path)
-    array = _numeric(array, path=path)
+    array = check_numeric(array, path=path)
     inputs = np.delete(array, column, axis=1).astype(np.float32)
     return RawData(inputs=inputs, labels=array[:, column], origin=str(path))
 
@@ -190,7 +207,7 @@ def _label_column(label: str, *, num_columns: int, path: Path) -> int:
 def read_npz(cfg: DataConfig) -> RawData:
     """Arrays ``x`` (inputs) and ``data.label`` (labels) of an ``.npz`` archive."""
     path = check_file(_no_features(cfg).path)
-    archive = _load_numpy(path)
+    archive = load_numpy(path)
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
     with archive:
@@ -200,8 +217,8 @@ def read_npz(cfg: DataConfig) -> RawData:
                 f"{path}: no array {cfg.label!r} for the labels (set data.label); "
                 f"arrays: {', '.join(keys)}"
             )
-        input_key = _npz_input_key(keys, label=cfg.label, path=path)
-        inputs = _numeric(archive[input_key], path=path, name=input_key)
+        input_key = npz_input_key(keys, label=cfg.label, path=path)
+        inputs = check_numeric(archive[input_key], path=path, name=input_key)
         labels = archive[cfg.label]
     if len(inputs) != len(labels):
         raise DataError(
@@ -213,7 +230,7 @@ def read_npz(cfg: DataConfig) -> RawData:
     )
 
 
-def _npz_input_key(keys: list[str], *, label: str, path: Path) -> str:
+def npz_input_key(keys: list[str], *, label: str, path: Path) -> str:
     if "x" in keys:
         return "x"
     others = [key for key in keys if key != label]
@@ -231,7 +248,7 @@ def _no_features(cfg: DataConfig) -> DataConfig:
     return cfg
 
 
-def _load_numpy(path: Path):
+def load_numpy(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -240,7 +257,7 @@ def _load_numpy(path: Path):
         raise DataError(f"{path}: cannot read as .npy/.npz ({exc})") from None
 
 
-def _numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> np.ndarray:
+def check_numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> np.ndarray:
     where = f"{path}: array {name!r}" if name else str(path)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise DataError(f"{where}: expected numbers, got dtype {array.dtype}")
@@ -253,28 +270,14 @@ def _numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> np.nd
     return array
 
 
-def read_inputs_file(
-    path: Path, *, spec: DataSpec, feature_columns: list[str] | None, label_column: str = "label"
-) -> torch.Tensor:
-    """Raw inputs for prediction, shaped (N, *spec.input_shape), before preprocessing."""
-    path = check_file(path, key="inputs file")
+def read_columns(path: Path, names: list[str]) -> list[Column]:
+    """The named columns of a predict file (.csv or .parquet), for a fitted TableEncoder."""
     if path.suffix.lower() == ".csv":
         table = read_csv_table(path)
-        names = feature_columns or [name for name in table.header if name != label_column]
-        columns = [table.column_index(name, role="feature") for name in names]
-        array = table.parse_numbers(columns)
-    elif path.suffix.lower() in (".npy", ".npz"):
-        array = _load_numpy(path)
-        if isinstance(array, np.lib.npyio.NpzFile):
-            with array:
-                array = array[_npz_input_key(list(array.keys()), label=label_column, path=path)]
-        array = _numeric(array, path=path)
-    else:
-        raise DataError(f"{path}: unknown inputs format {path.suffix!r}; use .csv, .npy or .npz")
-    per_sample = int(np.prod(spec.input_shape))
-    if array.ndim == 0 or int(np.prod(array.shape[1:])) != per_sample:
-        raise DataError(
-            f"{path}: inputs of shape {tuple(array.shape)}; expected (N, "
-            f"{', '.join(map(str, spec.input_shape))}) or (N, {per_sample})"
-        )
-    return torch.from_numpy(array.reshape(len(array), *spec.input_shape)).to(spec.input_dtype)
+        return [table.column(name) for name in names]
+    if path.suffix.lower() in (".parquet", ".pq"):
+        from scaletrain.data.parquet import parquet_column, read_parquet_table
+
+        table = read_parquet_table(path)
+        return [parquet_column(table, name, path=path) for name in names]
+    raise DataError(f"{path}: unknown table format {path.suffix!r}; use .csv or .parquet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,9 +34,17 @@ def encode_targets(
     task: Literal["auto", "classification", "regression"],
     class_names: list[str] | None,
     origin: str,
+    declared: list[str] | None = None,
+    locate: Callable[[int], str] | None = None,
 ) -> Targets:
-    """Infer the task when ``auto``; remap classes to 0..K-1 in sorted order of their labels."""
+    """Infer the task when ``auto``; remap classes to 0..K-1 in sorted order of their labels.
+
+    With ``declared`` class names (``data.classes``), ids follow that order and a label
+    outside it is an error naming its row.
+    """
     labels = np.asarray(labels)
+    if declared is not None and task != "regression":
+        return _declared_classes(labels, declared, locate=locate or (lambda row: origin))
     if labels.dtype.kind in "USO":  # text labels are class names
         if task == "regression":
             raise DataError(f"{origin}: task regression needs numeric labels, got {labels[0]!r}")
@@ -86,3 +95,22 @@ def _classes(labels: np.ndarray, *, names: list[str] | None, origin: str) -> Tar
         class_names = [str(u) for u in uniques]
     class_ids = torch.from_numpy(class_ids.reshape(-1).astype(np.int64))
     return Targets("classification", class_ids, class_names, num_outputs=len(uniques))
+
+
+def _declared_classes(
+    labels: np.ndarray, declared: list[str], *, locate: Callable[[int], str]
+) -> Targets:
+    texts = labels.reshape(len(labels), -1)[:, 0]
+    if texts.dtype.kind == "f" and np.array_equal(texts, np.round(texts)):
+        texts = texts.astype(np.int64)  # 3.0 in a float column is class "3"
+    texts = texts.astype(str)
+    lookup = {name: index for index, name in enumerate(declared)}
+    ids = np.array([lookup.get(text, -1) for text in texts], dtype=np.int64)
+    unknown = np.flatnonzero(ids < 0)
+    if len(unknown):
+        row = int(unknown[0])
+        raise DataError(
+            f"{locate(row)}: label {str(texts[row])!r} is not among data.classes "
+            f"({', '.join(declared)})"
+        )
+    return Targets("classification", torch.from_numpy(ids), list(declared), len(declared))

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
 
 from scaletrain.data.bundle import Split
+from scaletrain.data.dataset_loader import DatasetBatches, MicroBatch
+from scaletrain.data.eval_loader import EvalLoader, rank_slice
 from scaletrain.errors import DataError
 
-MicroBatch = tuple[torch.Tensor, torch.Tensor]
+__all__ = ["BatchLoader", "EvalLoader", "MicroBatch", "StepBatch", "epoch_order", "rank_slice"]
 
 
 @dataclass
@@ -32,20 +33,26 @@ class StepBatch:
     sample_ids: torch.Tensor  # int64 global ids this rank used, CPU
 
 
-def epoch_order(num_samples: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    """Global sample order of one epoch: a function of (seed, epoch) only, int64 on CPU."""
-    if not shuffle:
+def epoch_order(
+    num_samples: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Global sample order of one epoch: a function of (seed, epoch) only, int64 on CPU.
+
+    With ``weights`` (data.sampler: balanced) the epoch is ``num_samples`` draws with
+    replacement in proportion to them, still keyed on (seed, epoch) only.
+    """
+    if not shuffle and weights is None:
         return torch.arange(num_samples)
     digest = hashlib.sha256(f"scaletrain-order:{seed}:{epoch}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    if weights is not None:
+        return torch.multinomial(weights, num_samples, replacement=True, generator=generator)
     return torch.randperm(num_samples, generator=generator)
-
-
-def rank_slice(num_samples: int, *, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous share; shares differ in size by at most one."""
-    base, extra = divmod(num_samples, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 class BatchLoader:
@@ -61,10 +68,11 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
     ):
         assert global_batch_size > 0 and micro_batch_size > 0 and 0 <= rank < world_size
         self.num_samples = len(split)
+        self.weights = split.sample_weights
         if drop_last and self.num_samples < global_batch_size:
             raise DataError(
                 f"data.drop_last: the train split has {self.num_samples} samples, fewer than "
@@ -77,17 +85,19 @@ class BatchLoader:
         self.device = torch.device(device)
         self.epoch = 0
         self.samples_consumed = 0  # global samples of this epoch already handed out
-        self._dataset_loader: _DatasetLoader | None = None
+        self._dataset_loader: DatasetBatches | None = None
         if split.inputs is not None:
             # The fast path: every rank holds the whole split on its device, copied once.
             self._inputs = split.inputs.to(self.device)
             self._targets = split.targets.to(self.device)
         else:
-            self._dataset_loader = _DatasetLoader(
+            # Datasets and memory-mapped shards: each micro batch is read when needed.
+            self._dataset_loader = DatasetBatches(
                 split.dataset,
                 micro_batch_size=micro_batch_size,
                 device=self.device,
                 num_workers=num_workers,
+                transform=split.transform,
             )
 
     def steps_per_epoch(self) -> int:
@@ -133,7 +143,11 @@ class BatchLoader:
             # loader restored from state_dict() would, not yield an empty epoch.
             self.set_epoch(self.epoch + 1)
         order = epoch_order(
-            self.num_samples, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle
+            self.num_samples,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=self.shuffle,
+            weights=self.weights,
         )
         bounds = self._step_bounds(self.samples_consumed)
         if self._dataset_loader is None:
@@ -182,104 +196,3 @@ class BatchLoader:
         self, order: torch.Tensor, bounds: list[tuple[int, int]]
     ) -> list[torch.Tensor]:
         return [order[slice(*self._rank_ids(start, stop))] for start, stop in bounds]
-
-
-class _MicroBatchSampler(Sampler[list[int]]):
-    """Hands the DataLoader the micro-batch index lists planned for the current epoch."""
-
-    def __init__(self):
-        self.micro_batches: list[list[int]] = []
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(list(self.micro_batches))
-
-    def __len__(self) -> int:
-        return len(self.micro_batches)
-
-
-class _DatasetLoader:
-    """A user Dataset read by a DataLoader whose batch sampler is refilled every epoch."""
-
-    def __init__(self, dataset, *, micro_batch_size: int, device: torch.device, num_workers: int):
-        self.device = device
-        self.micro_batch_size = micro_batch_size
-        self.sampler = _MicroBatchSampler()
-        # One DataLoader for the whole run so persistent workers survive across epochs; its
-        # own generator keeps it from drawing worker seeds from the global RNG.
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.sampler,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    def steps(
-        self, rank_ids: list[torch.Tensor]
-    ) -> Iterator[tuple[list[MicroBatch], torch.Tensor]]:
-        """Per step: this rank's micro batches, read in the planned order, and their ids."""
-        plan = [ids.split(self.micro_batch_size) if len(ids) else () for ids in rank_ids]
-        self.sampler.micro_batches = [chunk.tolist() for chunks in plan for chunk in chunks]
-        batches = iter(self.loader) if self.sampler.micro_batches else iter(())
-        for ids, chunks in zip(rank_ids, plan, strict=True):
-            yield [self._to_device(next(batches)) for _ in chunks], ids
-
-    def _to_device(self, batch) -> MicroBatch:
-        inputs, targets = batch
-        # Pinned host memory makes the copy asynchronous on CUDA.
-        non_blocking = self.device.type == "cuda"
-        return (
-            inputs.to(self.device, non_blocking=non_blocking),
-            targets.to(self.device, non_blocking=non_blocking),
-        )
-
-
-class EvalLoader:
-    """Rank's contiguous, unpadded shard of a split, in order, as (inputs, targets) batches.
-
-    Shards differ in size by at most one sample and cover every sample exactly once, so
-    summed metrics over ranks are exact. The shard is copied to the device once.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        *,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-        num_workers: int = 0,
-    ):
-        assert batch_size > 0 and 0 <= rank < world_size
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shard_start, self.shard_stop = rank_slice(len(split), rank=rank, world_size=world_size)
-        self.num_samples = self.shard_stop - self.shard_start
-        self._dataset_loader: _DatasetLoader | None = None
-        if split.inputs is not None:
-            self._inputs = split.inputs[self.shard_start : self.shard_stop].to(self.device)
-            self._targets = split.targets[self.shard_start : self.shard_stop].to(self.device)
-        else:
-            shard = Subset(split.dataset, range(self.shard_start, self.shard_stop))
-            self._dataset_loader = _DatasetLoader(
-                shard, micro_batch_size=batch_size, device=self.device, num_workers=num_workers
-            )
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def sample_ids(self) -> torch.Tensor:
-        """Global ids of this rank's samples, in the order the batches yield them."""
-        return torch.arange(self.shard_start, self.shard_stop)
-
-    def __iter__(self) -> Iterator[MicroBatch]:
-        if self.num_samples == 0:
-            return
-        if self._dataset_loader is None:
-            inputs = self._inputs.split(self.batch_size)
-            yield from zip(inputs, self._targets.split(self.batch_size), strict=True)
-            return
-        for micro_batches, _ in self._dataset_loader.steps([torch.arange(self.num_samples)]):
-            yield from micro_batches

@@ -1,16 +1,38 @@
-"""Input scaling fit on the train split only, saved in the run dir and reapplied by eval/predict."""
+"""Preprocessing fit on the train split only, saved in the run dir and reapplied by eval/predict.
+
+Two stages: an optional *encoder* (table columns, text, image files -> numbers; fit on train)
+and *scaling* ``(inputs - shift) / scale`` per feature (per channel for images). Both go into
+``preprocess.json``, so predict turns raw files into exactly the tensors the model saw.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
+
+from scaletrain.data.inputs import InputsFile
+from scaletrain.data.stats import RunningMoments
 
 Method = Literal["standardize", "minmax", "none"]
 
 
+def encoder_from_state(state: dict | None) -> Any:
+    """Rebuild a table/text/image encoder from its ``state_dict`` (None stays None)."""
+    if state is None:
+        return None
+    # Imported on use: text and image encoders pull in tokenizers / Pillow.
+    from scaletrain.data.images import ImageDecoder
+    from scaletrain.data.table import TableEncoder
+    from scaletrain.data.text import TextEncoder
+
+    classes = {"table": TableEncoder, "text": TextEncoder, "image": ImageDecoder}
+    return classes[state["kind"]].from_state_dict(state)
+
+
 class Preprocessor:
-    """``(inputs - shift) / scale`` with per-feature (per-channel for images) statistics."""
+    """Encoder (optional) then ``(inputs - shift) / scale`` with train-split statistics."""
 
     def __init__(
         self,
@@ -19,34 +41,64 @@ class Preprocessor:
         shift: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
         is_image: bool = False,
+        encoder: Any = None,
     ):
         assert (method == "none") == (shift is None), "statistics exactly when scaling"
         self.method = method
         self.is_image = is_image
         self.shift = shift  # float64, broadcastable against one sample
         self.scale = scale
+        self.encoder = encoder  # TableEncoder | TextEncoder | ImageDecoder | None
         self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def fit(
-        cls, cfg_normalize: Method, train_inputs: torch.Tensor, *, is_image: bool
+        cls,
+        cfg_normalize: Method,
+        train_inputs: torch.Tensor,
+        *,
+        is_image: bool,
+        num_scaled: int | None = None,
+        encoder: Any = None,
     ) -> Preprocessor:
-        """Statistics of the train inputs in float64; a constant feature gets scale 1."""
-        if cfg_normalize == "none":
-            return cls("none", is_image=is_image)
-        values = train_inputs.to(torch.float64)
-        # Images share one statistic per channel (dim 1); tables keep one per feature.
-        dims = [0, *range(2, values.ndim)] if is_image else [0]
-        if cfg_normalize == "standardize":
-            scale, shift = torch.std_mean(values, dim=dims, correction=0, keepdim=True)
-        else:
-            shift = values.amin(dim=dims, keepdim=True)
-            scale = values.amax(dim=dims, keepdim=True) - shift
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return cls(cfg_normalize, shift=shift[0], scale=scale[0], is_image=is_image)
+        """Statistics of the train inputs in float64; a constant feature gets scale 1.
 
-    def transform(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Scaled float32 inputs on the inputs' device; identity for ``none``."""
+        ``num_scaled`` limits scaling to the leading features (a table's numbers, not its
+        one-hot or index columns, which get shift 0 and scale 1).
+        """
+        if cfg_normalize == "none":
+            return cls("none", is_image=is_image, encoder=encoder)
+        moments = RunningMoments(is_image=is_image, num_scaled=num_scaled)
+        moments.update(train_inputs)
+        return cls.from_moments(
+            cfg_normalize, moments, num_features=train_inputs.shape[1], encoder=encoder
+        )
+
+    @classmethod
+    def from_moments(
+        cls, method: Method, moments: RunningMoments, *, num_features: int, encoder: Any = None
+    ) -> Preprocessor:
+        """Scaling from streamed statistics (a pass over shards)."""
+        if method == "none" or moments.count == 0:
+            return cls("none", is_image=moments.is_image, encoder=encoder)
+        extra = num_features if moments.num_scaled is not None else None
+        shift, scale = moments.shift_scale(method, num_features=extra)
+        return cls(method, shift=shift, scale=scale, is_image=moments.is_image, encoder=encoder)
+
+    def encode(self, raw: Any) -> torch.Tensor:
+        """Raw samples (RawTable, RawTexts, RawImages) -> unscaled tensor, via the encoder."""
+        if isinstance(raw, torch.Tensor):
+            return raw
+        if isinstance(raw, np.ndarray):
+            return torch.from_numpy(raw)
+        assert self.encoder is not None, f"no encoder for raw inputs {type(raw).__name__}"
+        if isinstance(raw, InputsFile):
+            raw = self.encoder.read(raw.path)  # a predict file: read as the encoder was fit
+        return torch.from_numpy(np.ascontiguousarray(self.encoder.encode(raw)))
+
+    def transform(self, inputs: Any) -> torch.Tensor:
+        """Scaled float32 inputs on the inputs' device; raw samples are encoded first."""
+        inputs = self.encode(inputs)
         if self.method == "none":
             return inputs
         shift, scale = self._on(inputs.device)
@@ -62,23 +114,29 @@ class Preprocessor:
         return self._cache[device]
 
     def state_dict(self) -> dict:
-        """JSON-safe: method, flag and flat lists of floats with their shape."""
+        """JSON-safe: method, flag, flat lists of floats with their shape, the encoder."""
         state: dict = {"method": self.method, "is_image": self.is_image}
         if self.method != "none":
             state["shape"] = list(self.shift.shape)
             state["shift"] = self.shift.flatten().tolist()
             state["scale"] = self.scale.flatten().tolist()
+        if self.encoder is not None:
+            state["encoder"] = self.encoder.state_dict()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Preprocessor:
         """Rebuild exactly what ``state_dict`` saved."""
+        encoder = encoder_from_state(state.get("encoder"))
         if state["method"] == "none":
-            return cls("none", is_image=state["is_image"])
+            return cls("none", is_image=state["is_image"], encoder=encoder)
         shape = state["shape"]
         shift = torch.tensor(state["shift"], dtype=torch.float64).reshape(shape)
         scale = torch.tensor(state["scale"], dtype=torch.float64).reshape(shape)
-        return cls(state["method"], shift=shift, scale=scale, is_image=state["is_image"])
+        return cls(
+            state["method"], shift=shift, scale=scale, is_image=state["is_image"], encoder=encoder
+        )
 
     def __repr__(self) -> str:
-        return f"Preprocessor({self.method!r}, is_image={self.is_image})"
+        kind = self.encoder.kind if self.encoder is not None else None
+        return f"Preprocessor({self.method!r}, is_image={self.is_image}, encoder={kind!r})"

@@ -37,6 +37,37 @@ def split_indices(
     return SplitIndices(train=train, val=val, test=test)
 
 
+def split_groups(
+    groups: np.ndarray,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stratify_labels: np.ndarray | None = None,
+) -> SplitIndices:
+    """Split whole groups (e.g. source files), so no group has samples in two splits.
+
+    The fractions count groups, not samples; a group's stratification label is the label of
+    its first sample.
+    """
+    names, first, group_of_sample = np.unique(groups, return_index=True, return_inverse=True)
+    group_labels = None if stratify_labels is None else stratify_labels[first]
+    cut = split_indices(
+        len(names),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        stratify_labels=group_labels,
+    )
+
+    def samples_of(group_ids: np.ndarray | None) -> np.ndarray | None:
+        if group_ids is None:
+            return None
+        return np.flatnonzero(np.isin(group_of_sample.reshape(-1), group_ids))
+
+    return SplitIndices(samples_of(cut.train), samples_of(cut.val), samples_of(cut.test))
+
+
 def _cut(
     indices: np.ndarray, *, fraction: float, seed: int, labels: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:

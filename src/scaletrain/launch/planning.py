@@ -15,7 +15,7 @@ from scaletrain.parallel.memory_plan import (
     optimizer_states_per_param,
     plan_memory,
 )
-from scaletrain.parallel.memory_probe import measure_model
+from scaletrain.parallel.memory_probe import ModelFacts, measure_model
 from scaletrain.train.plan import Plan, make_plan
 from scaletrain.train.precision import Precision
 
@@ -29,36 +29,28 @@ def plan_for_config(
     """Per-device memory of every strategy for `cfg` on `nnodes` x `nproc` processes."""
     world_size = nproc * nnodes
     bundle = build_data(cfg.data, seed=cfg.run.seed)
-    spec = bundle.spec
     batch_plan = make_plan(
-        cfg.train, world_size=world_size, num_train_samples=len(bundle.train),
+        cfg.train,
+        world_size=world_size,
+        num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )
-    with torch.device("meta"):  # shapes only: plans models larger than this machine
-        model = build_model(
-            cfg.model, input_shape=spec.input_shape, num_outputs=spec.num_outputs,
-            vocab_size=spec.vocab_size,
-        )
-    entry = MODELS.get(cfg.model.name)
-    block_types = entry.block_types if entry else default_block_types(model)
-    blocks = find_blocks(model, block_types=block_types, class_names=cfg.parallel.fsdp.block_types)
     device_type = _target_device_type(cfg.train.device)
-    precision = Precision.from_config(cfg.train.precision, torch.device(device_type))
-    example = torch.empty(
-        (batch_plan.micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"
+    facts = _measure(
+        cfg, bundle.spec, micro_batch_size=batch_plan.micro_batch_size, device_type=device_type
     )
-    facts = measure_model(
-        model.to(dtype=precision.param_dtype), blocks=blocks, example_input=example,
-        compute_dtype=precision.autocast_dtype,
-    )
-    if device_memory_gb is None and cfg.parallel.device_memory_gb is not None:
+    if device_memory_gb is None:
         device_memory_gb = cfg.parallel.device_memory_gb
     memory = (
-        int(device_memory_gb * _GB) if device_memory_gb is not None
+        int(device_memory_gb * _GB)
+        if device_memory_gb is not None
         else device_memory_bytes(device_type, local_world_size=nproc)
     )
     plan = plan_memory(
-        facts, cfg.parallel, world_size=world_size, local_world_size=nproc,
+        facts,
+        cfg.parallel,
+        world_size=world_size,
+        local_world_size=nproc,
         device_type=device_type,
         optimizer_states=optimizer_states_per_param(cfg.optim.name, momentum=cfg.optim.momentum),
         device_memory_bytes=memory,
@@ -66,11 +58,35 @@ def plan_for_config(
     return plan, batch_plan
 
 
+def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str) -> ModelFacts:
+    """Build the model on the meta device (shapes only: plans models larger than RAM)."""
+    with torch.device("meta"):
+        model = build_model(
+            cfg.model,
+            input_shape=spec.input_shape,
+            num_outputs=spec.num_outputs,
+            vocab_size=spec.vocab_size,
+        )
+    entry = MODELS.get(cfg.model.name)
+    block_types = entry.block_types if entry else default_block_types(model)
+    blocks = find_blocks(model, block_types=block_types, class_names=cfg.parallel.fsdp.block_types)
+    precision = Precision.from_config(cfg.train.precision, torch.device(device_type))
+    example = torch.empty(
+        (micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"
+    )
+    return measure_model(
+        model.to(dtype=precision.param_dtype),
+        blocks=blocks,
+        example_input=example,
+        compute_dtype=precision.autocast_dtype,
+    )
+
+
 def plan_table(plan: MemoryPlan, batch_plan: Plan) -> Table:
     """One row per strategy: MB per device by part, the total, whether it fits."""
     title = (
         f"MB per device, {plan.world_size} process(es), "
-        f"{plan.device_memory_bytes / _GB:.2f} GB each; global batch "
+        f"{_mb(plan.device_memory_bytes)} MB each; global batch "
         f"{batch_plan.global_batch_size} = micro {batch_plan.micro_batch_size} x accumulation "
         f"{batch_plan.grad_accum_steps} x world {batch_plan.world_size}"
     )
@@ -80,12 +96,19 @@ def plan_table(plan: MemoryPlan, batch_plan: Plan) -> Table:
     for name in [*columns, *(["host"] if offloads else []), "fits"]:
         table.add_column(name, justify="left" if name == "strategy" else "right", no_wrap=True)
     for each in plan.estimates:
-        parts = [each.params_bytes, each.grads_bytes, each.optimizer_bytes,
-                 each.activations_bytes, each.communication_bytes, each.total_bytes]
+        parts = [
+            each.params_bytes,
+            each.grads_bytes,
+            each.optimizer_bytes,
+            each.activations_bytes,
+            each.communication_bytes,
+            each.total_bytes,
+        ]
         parts += [each.host_bytes] if offloads else []
         marker = "*" if each is plan.recommended else ""
-        table.add_row(each.strategy + marker, *(_mb(part) for part in parts),
-                      "yes" if each.fits else "no")
+        table.add_row(
+            each.strategy + marker, *(_mb(part) for part in parts), "yes" if each.fits else "no"
+        )
     return table
 
 
@@ -95,7 +118,9 @@ def recommendation_line(plan: MemoryPlan) -> str:
     candidate = plan.recommended.candidate
     overrides = [f"parallel.strategy={candidate.strategy}"]
     if candidate.strategy == "fsdp":
-        overrides.append(f"parallel.fsdp.reshard_after_forward={str(candidate.reshard_after_forward).lower()}")
+        overrides.append(
+            f"parallel.fsdp.reshard_after_forward={str(candidate.reshard_after_forward).lower()}"
+        )
     if candidate.activation_checkpointing != "none":
         overrides.append(f"parallel.activation_checkpointing={candidate.activation_checkpointing}")
     if candidate.offload != "none":

@@ -36,6 +36,7 @@ class LaunchOptions:
     rdzv_endpoint: str | None = None  # HOST:PORT of node 0; default: a free local port
     max_restarts: int = 0
     rdzv_timeout_s: int = 600  # how long agents wait for every node to join
+    local_addr: str | None = None  # this node's address as peers see it (multi-homed hosts)
 
     @property
     def is_multi_process(self) -> bool:
@@ -65,19 +66,13 @@ def torchrun_args(options: LaunchOptions, command: list[str]) -> list[str]:
         "--rdzv-id", f"scaletrain-{endpoint}",
         "--rdzv-conf", f"join_timeout={options.rdzv_timeout_s},is_host={host_flag}",
         "--max-restarts", str(options.max_restarts),
+        *(["--local-addr", options.local_addr] if options.local_addr else []),
         "--module", "scaletrain", *command,
     ]  # fmt: skip
 
 
 def launch(options: LaunchOptions, command: list[str]) -> int:
     """Run `scaletrain COMMAND` on every worker; raise LaunchError naming what failed."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import (
-        RendezvousClosedError,
-        RendezvousConnectionError,
-        RendezvousTimeoutError,
-    )
     from torch.distributed.run import get_args_parser, run
 
     if options.rdzv_endpoint and options.node_rank == 0:
@@ -85,29 +80,50 @@ def launch(options: LaunchOptions, command: list[str]) -> int:
     # the command is set after parsing: argparse would read its flags (--nproc) as torchrun's
     args = get_args_parser().parse_args(torchrun_args(options, []))
     args.training_script_args = list(command)
+    saved_environment = dict(os.environ)  # the agent sets variables for its workers
+    # torchrun would set 1 thread per worker (and warn); share this node's cores instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // options.nproc)))
     try:
         run(args)
-    except ChildFailedError as error:
-        raise _worker_failure(error) from None
-    except RendezvousTimeoutError:
-        raise LaunchError(
-            f"rendezvous at {args.rdzv_endpoint} did not complete within "
-            f"{options.rdzv_timeout_s} s: not all {options.nnodes} nodes joined; start the "
-            "same command with --node-rank 1..N-1 on the other nodes (--rdzv-timeout to wait longer)"
-        ) from None
-    except SignalException as error:  # the agent has already stopped the workers
-        if error.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise LaunchError(
-            f"stopped by {error.sigval.name}; workers were stopped", exit_code=128 + error.sigval
-        ) from None
-    except (RendezvousConnectionError, RendezvousClosedError) as error:
-        cause = error.__cause__ or error
-        raise LaunchError(
-            f"cannot use the rendezvous at {args.rdzv_endpoint}: {cause}; check the host, "
-            "the port and that node 0 is running"
-        ) from None
+    except Exception as error:
+        explained = _explain(error, options, endpoint=args.rdzv_endpoint)
+        if explained is error:
+            raise
+        raise explained from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environment)
     return 0
+
+
+def _explain(error: Exception, options: LaunchOptions, *, endpoint: str) -> BaseException:
+    """The agent's exception as one clear LaunchError (or KeyboardInterrupt for Ctrl-C)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import (
+        RendezvousClosedError,
+        RendezvousConnectionError,
+        RendezvousTimeoutError,
+    )
+
+    if isinstance(error, ChildFailedError):
+        return _worker_failure(error)
+    if isinstance(error, RendezvousTimeoutError):
+        return LaunchError(
+            f"rendezvous at {endpoint} did not complete within {options.rdzv_timeout_s} s: "
+            f"not all {options.nnodes} nodes joined; start the same command with "
+            "--node-rank 1..N-1 on the other nodes (--rdzv-timeout to wait longer)"
+        )
+    if isinstance(error, SignalException):  # the agent has already stopped the workers
+        if error.sigval == signal.SIGINT:
+            return KeyboardInterrupt()
+        return LaunchError(f"stopped by {error.sigval.name}", exit_code=128 + error.sigval)
+    if isinstance(error, (RendezvousConnectionError, RendezvousClosedError)):
+        return LaunchError(
+            f"cannot use the rendezvous at {endpoint}: {error.__cause__ or error}; check the "
+            "host, the port and that node 0 is running"
+        )
+    return error
 
 
 def _worker_failure(error) -> LaunchError:
@@ -126,7 +142,9 @@ def _worker_failure(error) -> LaunchError:
 
 def _check_options(options: LaunchOptions) -> None:
     if options.nproc < 1 or options.nnodes < 1:
-        raise LaunchError(f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}")
+        raise LaunchError(
+            f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}"
+        )
     if not 0 <= options.node_rank < options.nnodes:
         raise LaunchError(
             f"--node-rank: expected 0..{options.nnodes - 1} for --nnodes {options.nnodes}, "

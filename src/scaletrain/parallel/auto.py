@@ -14,7 +14,12 @@ from scaletrain.errors import ConfigError
 from scaletrain.parallel.ddp import DDPStrategy
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.fsdp import FSDPStrategy
-from scaletrain.parallel.memory_plan import MemoryPlan, device_memory_bytes, plan_memory
+from scaletrain.parallel.memory_plan import (
+    MemoryEstimate,
+    MemoryPlan,
+    device_memory_bytes,
+    plan_memory,
+)
 
 _GB = 2**30
 
@@ -31,42 +36,54 @@ class AutoStrategy(DistributedStrategy):
 
     def wrap_model(self, model: nn.Module, **context) -> nn.Module:
         """Plan with the same numbers on every rank, then wrap as the first that fits."""
-        facts = self.measure(
-            model, precision=context.get("precision"), block_types=context.get("block_types"),
+        chosen = self._choose(model, context)
+        candidate = chosen.candidate
+        settings = {
+            "strategy": candidate.strategy,
+            "activation_checkpointing": candidate.activation_checkpointing,
+            "offload": candidate.offload,
+            "fsdp": self.cfg.fsdp.model_copy(
+                update={"reshard_after_forward": candidate.reshard_after_forward}
+            ),
+        }
+        strategy_class = DDPStrategy if candidate.strategy == "ddp" else FSDPStrategy
+        cfg = self.cfg.model_copy(update=settings)
+        self.chosen = strategy_class(cfg, env=self.env, device=self.device)
+        if self.is_main:
+            available = _gb(self.plan.device_memory_bytes)
+            print(
+                f"parallel.strategy=auto: chose {chosen.strategy} "
+                f"({_gb(chosen.total_bytes)} of {available} per device)",
+                file=sys.stderr,
+            )
+        return self.chosen.wrap_model(model, **context)
+
+    def _choose(self, model: nn.Module, context: dict) -> MemoryEstimate:
+        facts = self.memory.measure(
+            model,
+            precision=context.get("precision"),
+            block_types=context.get("block_types"),
             example_input=context.get("example_input"),
         )
         states = context.get("optimizer_states_per_param")
         self.plan = plan_memory(
-            facts, self.cfg, world_size=self.world_size,
-            local_world_size=self.env.local_world_size, device_type=self.device.type,
+            facts,
+            self.cfg,
+            world_size=self.world_size,
+            local_world_size=self.env.local_world_size,
+            device_type=self.device.type,
             optimizer_states=2 if states is None else states,
             device_memory_bytes=self._smallest_device_memory(),
         )
-        chosen = self.plan.recommended
-        if chosen is None:
+        if self.plan.recommended is None:
             smallest = min(self.plan.estimates, key=lambda each: each.total_bytes)
             raise ConfigError(
-                f"parallel.strategy: `auto` found nothing that fits {_gb(self.plan.device_memory_bytes)}"
-                f" per device; the smallest, {smallest.strategy}, needs {_gb(smallest.total_bytes)}"
-                "; lower train.micro_batch_size, add processes or set parallel.device_memory_gb"
+                f"parallel.strategy: `auto` found nothing that fits "
+                f"{_gb(self.plan.device_memory_bytes)} per device; the smallest, "
+                f"{smallest.strategy}, needs {_gb(smallest.total_bytes)}; lower "
+                "train.micro_batch_size, add processes or set parallel.device_memory_gb"
             )
-        settings = {
-            "strategy": chosen.candidate.strategy,
-            "activation_checkpointing": chosen.candidate.activation_checkpointing,
-            "offload": chosen.candidate.offload,
-            "fsdp": self.cfg.fsdp.model_copy(
-                update={"reshard_after_forward": chosen.candidate.reshard_after_forward}
-            ),
-        }
-        strategy_class = DDPStrategy if chosen.candidate.strategy == "ddp" else FSDPStrategy
-        self.chosen = strategy_class(
-            self.cfg.model_copy(update=settings), env=self.env, device=self.device
-        )
-        if self.is_main:
-            print(f"parallel.strategy=auto: chose {chosen.strategy} "
-                  f"({_gb(chosen.total_bytes)} of {_gb(self.plan.device_memory_bytes)} per device)",
-                  file=sys.stderr)
-        return self.chosen.wrap_model(model, **context)
+        return self.plan.recommended
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         return self._delegate().unwrap_model(model)
@@ -84,9 +101,6 @@ class AutoStrategy(DistributedStrategy):
     def memory_report(self) -> dict | None:
         return self.chosen.memory_report() if self.chosen else None
 
-    def memory_line(self) -> str:
-        return self._delegate().memory_line()
-
     def teardown(self) -> None:
         if self.chosen is not None:
             self.chosen.teardown()
@@ -101,7 +115,8 @@ class AutoStrategy(DistributedStrategy):
         if self.cfg.device_memory_gb is not None:
             return int(self.cfg.device_memory_gb * _GB)
         local = device_memory_bytes(
-            self.device.type, local_world_size=self.env.local_world_size,
+            self.device.type,
+            local_world_size=self.env.local_world_size,
             index=self.device.index or 0,
         )
         value = torch.tensor([local], dtype=torch.int64, device=self.device)

@@ -28,14 +28,18 @@ class DDPStrategy(DistributedStrategy):
     ) -> nn.Module:
         """Checkpoint blocks if asked, move to this rank's device, wrap in DDP."""
         self.plan_memory(
-            model, precision=precision, block_types=block_types,
-            example_input=example_input, optimizer_states_per_param=optimizer_states_per_param,
+            model,
+            {
+                "precision": precision,
+                "block_types": block_types,
+                "example_input": example_input,
+                "optimizer_states_per_param": optimizer_states_per_param,
+            },
         )
-        blocks = find_blocks(
-            model, block_types=block_types, class_names=self.cfg.fsdp.block_types
-        )
+        blocks = find_blocks(model, block_types=block_types, class_names=self.cfg.fsdp.block_types)
         apply_activation_checkpointing(
-            blocks, mode=self.cfg.activation_checkpointing,
+            blocks,
+            mode=self.cfg.activation_checkpointing,
             every=self.cfg.activation_checkpointing_every,
         )
         model = model.to(self.device)

@@ -11,10 +11,9 @@ import torch.distributed as dist
 from torch import nn
 
 from scaletrain.config import ParallelConfig
-from scaletrain.parallel.blocks import find_blocks
 from scaletrain.parallel.env import LaunchEnv
-from scaletrain.parallel.memory_plan import Candidate, MemoryEstimate, estimate
-from scaletrain.parallel.memory_probe import ModelFacts, PeakTracker, measure_model
+from scaletrain.parallel.memory_account import MemoryAccount
+from scaletrain.parallel.memory_plan import Candidate
 from scaletrain.parallel.process_group import destroy_process_group, init_process_group
 
 
@@ -29,8 +28,7 @@ class DistributedStrategy:
         self.device = device
         self.rank = env.rank
         self.world_size = env.world_size
-        self.memory_estimate: MemoryEstimate | None = None  # set by wrap_model
-        self.peak_tracker = PeakTracker(device)
+        self.memory = MemoryAccount(cfg, device)
 
     @property
     def is_main(self) -> bool:
@@ -42,8 +40,9 @@ class DistributedStrategy:
 
     def teardown(self) -> None:
         """Idempotent; runs from `finally`, so after errors and Ctrl-C too."""
-        if self.is_main and self.memory_estimate is not None:
-            print(self.memory_line(), file=sys.stderr)
+        line = self.memory.line()
+        if self.is_main and line:
+            print(line, file=sys.stderr)
         destroy_process_group()
 
     # --- model -------------------------------------------------------------------------
@@ -90,63 +89,19 @@ class DistributedStrategy:
     def candidate(self) -> Candidate:
         return Candidate(self.name, activation_checkpointing=self.cfg.activation_checkpointing)
 
-    def plan_memory(
-        self,
-        model: nn.Module,
-        *,
-        precision=None,
-        block_types: tuple[type[nn.Module], ...] | None = None,
-        example_input: torch.Tensor | None = None,
-        optimizer_states_per_param: int | None = None,
-    ) -> None:
+    def plan_memory(self, model: nn.Module, context: dict) -> None:
         """Estimate this rank's memory before wrapping; start measuring the real peak."""
-        facts = None
-        if example_input is not None:
-            facts = self.measure(model, precision=precision, block_types=block_types,
-                                 example_input=example_input)
-            self.memory_estimate = estimate(
-                facts, self.candidate(), world_size=self.world_size,
-                shard_size=self.env.local_world_size if self.cfg.fsdp.hybrid else None,
-                optimizer_states=2 if optimizer_states_per_param is None else optimizer_states_per_param,
-                bucket_cap_mb=self.cfg.ddp.bucket_cap_mb,
-                checkpoint_every=self.cfg.activation_checkpointing_every,
-            )
-        resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        on_device = next(model.parameters()).device == self.device if resident else False
-        self.peak_tracker.start(already_counted_bytes=resident if on_device else 0)
-
-    def measure(self, model: nn.Module, *, precision, block_types, example_input) -> ModelFacts:
-        blocks = find_blocks(model, block_types=block_types, class_names=self.cfg.fsdp.block_types)
-        return measure_model(
-            model, blocks=blocks, example_input=example_input,
-            compute_dtype=getattr(precision, "autocast_dtype", None),
+        self.memory.plan(
+            model,
+            self.candidate(),
+            world_size=self.world_size,
+            context=context,
+            shard_size=self.env.local_world_size if self.cfg.fsdp.hybrid else None,
         )
 
     def memory_report(self) -> dict | None:
-        """Planned vs measured per-rank memory (MB), for the run's summary and console."""
-        if self.memory_estimate is None:
-            return None
-        estimate_mb = self.memory_estimate.total_bytes / 2**20
-        peak_mb = self.peak_tracker.peak_mb()
-        error = (estimate_mb - peak_mb) / peak_mb if peak_mb > 0 else None
-        return {
-            "strategy": self.memory_estimate.strategy,
-            "estimate_mb": round(estimate_mb, 2),
-            "estimate": self.memory_estimate.breakdown_mb(),
-            "measured_peak_mb": round(peak_mb, 2),
-            "measured_by": self.peak_tracker.method,
-            "relative_error": round(error, 4) if error is not None else None,
-        }
-
-    def memory_line(self) -> str:
-        report = self.memory_report()
-        error = report["relative_error"]
-        error_text = f"{error:+.0%}" if error is not None else "n/a"
-        return (
-            f"memory per rank ({report['strategy']}): planned {report['estimate_mb']:.1f} MB, "
-            f"measured peak {report['measured_peak_mb']:.1f} MB ({report['measured_by']}), "
-            f"planner error {error_text}"
-        )
+        """Planned vs measured per-rank memory (MB), for the run's summary."""
+        return self.memory.report()
 
 
 def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -163,5 +118,8 @@ def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:
     padded[tuple(slice(0, size) for size in payload.shape)] = payload
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded.contiguous())
-    pieces = [part[tuple(slice(0, size) for size in dims)] for part, dims in zip(gathered, sizes, strict=True)]
+    pieces = [
+        part[tuple(slice(0, size) for size in dims)]
+        for part, dims in zip(gathered, sizes, strict=True)
+    ]
     return [piece.to(torch.bool) for piece in pieces] if tensor.dtype == torch.bool else pieces

@@ -28,8 +28,10 @@ class FSDPStrategy(DistributedStrategy):
 
     def candidate(self) -> Candidate:
         return Candidate(
-            "fsdp", reshard_after_forward=self.cfg.fsdp.reshard_after_forward,
-            activation_checkpointing=self.cfg.activation_checkpointing, offload=self.cfg.offload,
+            "fsdp",
+            reshard_after_forward=self.cfg.fsdp.reshard_after_forward,
+            activation_checkpointing=self.cfg.activation_checkpointing,
+            offload=self.cfg.offload,
         )
 
     def wrap_model(
@@ -43,13 +45,19 @@ class FSDPStrategy(DistributedStrategy):
     ) -> nn.Module:
         """Checkpoint, then shard each block bottom-up, then the root (which owns the rest)."""
         self.plan_memory(
-            model, precision=precision, block_types=block_types,
-            example_input=example_input, optimizer_states_per_param=optimizer_states_per_param,
+            model,
+            {
+                "precision": precision,
+                "block_types": block_types,
+                "example_input": example_input,
+                "optimizer_states_per_param": optimizer_states_per_param,
+            },
         )
         settings = self.cfg.fsdp
         blocks = find_blocks(model, block_types=block_types, class_names=settings.block_types)
         apply_activation_checkpointing(
-            blocks, mode=self.cfg.activation_checkpointing,
+            blocks,
+            mode=self.cfg.activation_checkpointing,
             every=self.cfg.activation_checkpointing_every,
         )
         options = {

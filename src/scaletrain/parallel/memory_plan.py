@@ -3,7 +3,8 @@
 Method (docs/distributed.md has the measured error): parameters, gradients and optimizer
 state follow from the parameter bytes and the strategy's sharding; activations come from
 a meta-device forward (`memory_probe.measure_model`); FSDP's working set is the gathered
-(unsharded) parameters and gradients of the blocks in flight; DDP adds one bucket.
+(unsharded) parameters and gradients of the blocks in flight; DDP adds a gradient copy
+unless its buckets are views.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class MemoryEstimate:
     @property
     def total_bytes(self) -> int:
         return (
-            self.params_bytes + self.grads_bytes + self.optimizer_bytes
-            + self.activations_bytes + self.communication_bytes
+            self.params_bytes
+            + self.grads_bytes
+            + self.optimizer_bytes
+            + self.activations_bytes
+            + self.communication_bytes
         )
 
     def breakdown_mb(self) -> dict[str, float]:
@@ -101,40 +105,60 @@ def candidates(cfg: ParallelConfig, *, world_size: int, device_type: str) -> lis
 def estimate(
     facts: ModelFacts,
     candidate: Candidate,
+    cfg: ParallelConfig,
     *,
     world_size: int,
     shard_size: int | None = None,
     optimizer_states: int = 2,
-    bucket_cap_mb: float = 25.0,
-    checkpoint_every: int = 2,
 ) -> MemoryEstimate:
-    """Per-device bytes of `candidate`; `shard_size` < world size for hybrid sharding."""
-    params = facts.param_bytes
-    activations = activation_bytes(facts, candidate.activation_checkpointing, checkpoint_every)
-    if candidate.strategy in ("single", "ddp"):
-        bucket = min(bucket_cap_mb * _MB, params) if candidate.strategy == "ddp" else 0
-        return MemoryEstimate(
-            candidate.label, candidate, params + facts.buffer_bytes, params,
-            optimizer_states * params, activations, int(bucket),
-        )
-    shards = shard_size or world_size
-    sharded = math.ceil(params / shards)
-    largest_block = max(facts.block_param_bytes, default=0)
-    if candidate.reshard_after_forward:  # in flight: the running block and the prefetched one
-        gathered = facts.root_param_bytes + 2 * largest_block
-    else:  # every block stays gathered from its forward until its backward
-        gathered = params
-    working_set = gathered + largest_block  # + the unsharded gradient being reduce-scattered
-    state = (sharded, sharded, optimizer_states * sharded)
-    if candidate.offload == "cpu":
-        return MemoryEstimate(
-            candidate.label, candidate, facts.buffer_bytes, 0, 0, activations, working_set,
-            host_bytes=sum(state),
-        )
-    return MemoryEstimate(
-        candidate.label, candidate, state[0] + facts.buffer_bytes, state[1], state[2],
-        activations, working_set,
+    """Per-device bytes of `candidate`; `shard_size` < world size for hybrid sharding.
+
+    `cfg` supplies the DDP bucket settings and `activation_checkpointing_every`.
+    """
+    activations = activation_bytes(
+        facts, candidate.activation_checkpointing, cfg.activation_checkpointing_every
     )
+    params = facts.param_bytes
+    if candidate.strategy in ("single", "ddp"):
+        parts = (params + facts.buffer_bytes, params, optimizer_states * params)
+        buffers = _ddp_buffers(params, candidate, cfg)
+        return MemoryEstimate(candidate.label, candidate, *parts, activations, buffers)
+    sharded = math.ceil(params / (shard_size or world_size))
+    parts = (sharded + facts.buffer_bytes, sharded, optimizer_states * sharded)
+    working_set = _fsdp_working_set(facts, reshard_after_forward=candidate.reshard_after_forward)
+    if candidate.offload == "cpu":  # the sharded state lives in host memory
+        host = sum(parts) - facts.buffer_bytes
+        return MemoryEstimate(
+            candidate.label,
+            candidate,
+            facts.buffer_bytes,
+            0,
+            0,
+            activations,
+            working_set,
+            host_bytes=host,
+        )
+    return MemoryEstimate(candidate.label, candidate, *parts, activations, working_set)
+
+
+def _fsdp_working_set(facts: ModelFacts, *, reshard_after_forward: bool) -> int:
+    """Unsharded bytes in flight: gathered parameters, plus one block's gradients."""
+    blocks = sorted(facts.block_param_bytes, reverse=True) + [0, 0]
+    if reshard_after_forward:  # the running block and the prefetched one, and the root
+        gathered = facts.root_param_bytes + blocks[0] + blocks[1]
+    else:  # every block stays gathered from its forward until its backward
+        gathered = facts.param_bytes
+    return gathered + blocks[0]  # + the unsharded gradient being reduce-scattered
+
+
+def _ddp_buffers(params: int, candidate: Candidate, cfg: ParallelConfig) -> int:
+    """DDP's buckets hold every gradient: as views they are the gradients, else a copy.
+
+    The all-reduce runs in place on the buckets (measured: no extra bucket-sized buffer).
+    """
+    if candidate.strategy != "ddp" or cfg.ddp.gradient_as_bucket_view:
+        return 0
+    return params
 
 
 def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
@@ -146,7 +170,8 @@ def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
     chosen = list(indexes) if checkpointing == "full" else list(indexes)[::every]
     dropped = sum(facts.block_saved_bytes[i] for i in chosen)
     kept_inputs = sum(facts.block_input_bytes[i] for i in chosen)
-    recomputed = max(facts.block_saved_bytes[i] for i in chosen)  # one block at a time
+    # backward recomputes one block at a time; its input is already among the kept ones
+    recomputed = max(facts.block_recompute_bytes[i] for i in chosen)
     return facts.saved_bytes - dropped + kept_inputs + recomputed + backward_transient
 
 
@@ -165,9 +190,12 @@ def plan_memory(
     estimates = []
     for candidate in candidates(cfg, world_size=world_size, device_type=device_type):
         found = estimate(
-            facts, candidate, world_size=world_size, shard_size=shard_size,
-            optimizer_states=optimizer_states, bucket_cap_mb=cfg.ddp.bucket_cap_mb,
-            checkpoint_every=cfg.activation_checkpointing_every,
+            facts,
+            candidate,
+            cfg,
+            world_size=world_size,
+            shard_size=shard_size,
+            optimizer_states=optimizer_states,
         )
         fits = None if device_memory_bytes is None else found.total_bytes <= device_memory_bytes
         estimates.append(replace(found, fits=fits))

@@ -32,6 +32,7 @@ class ModelFacts:
     saved_bytes: int  # all activations autograd keeps, outside and inside blocks
     block_saved_bytes: tuple[int, ...]  # the share of `saved_bytes` inside each block
     block_input_bytes: tuple[int, ...]  # what a checkpointed block keeps instead
+    block_recompute_bytes: tuple[int, ...]  # saved in the block, less its (kept) input
     largest_saved_bytes: int  # one tensor: backward briefly holds its gradient too
     micro_batch_size: int
 
@@ -75,6 +76,9 @@ def measure_model(
         saved_bytes=saved.total,
         block_saved_bytes=tuple(saved.per_block),
         block_input_bytes=tuple(saved.block_inputs),
+        block_recompute_bytes=tuple(
+            total - own for total, own in zip(saved.per_block, saved.inputs_saved, strict=True)
+        ),
         largest_saved_bytes=saved.largest,
         micro_batch_size=int(example_input.shape[0]) if example_input is not None else 0,
     )
@@ -88,6 +92,8 @@ class _SavedTensorCounter:
         self.total = self.largest = 0
         self.per_block = [0] * len(blocks)
         self.block_inputs = [0] * len(blocks)
+        self.inputs_saved = [0] * len(blocks)  # a block's input, first saved inside it
+        self._input_ids: dict[int, set[int]] = {}  # block index -> ids of its inputs
         self._seen: dict[int, torch.Tensor] = {}  # keeps tensors alive so ids stay unique
         self._running: list[int] = []  # stack of block indexes now in forward
 
@@ -100,7 +106,10 @@ class _SavedTensorCounter:
         self.total += size
         self.largest = max(self.largest, size)
         if self._running:
-            self.per_block[self._running[0]] += size
+            outer = self._running[0]
+            self.per_block[outer] += size
+            if id(base) in self._input_ids.get(outer, ()):
+                self.inputs_saved[outer] += size
         return tensor
 
     def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -118,7 +127,11 @@ class _SavedTensorCounter:
     def _enter(self, index: int):
         def hook(module: nn.Module, args: tuple) -> None:
             if not self._running:
-                self.block_inputs[index] = sum(_nbytes(a) for a in args if torch.is_tensor(a))
+                tensors = [a for a in args if torch.is_tensor(a)]
+                self.block_inputs[index] = sum(_nbytes(t) for t in tensors)
+                self._input_ids[index] = {
+                    id(t._base if t._base is not None else t) for t in tensors
+                }
             self._running.append(index)
 
         return hook
@@ -144,27 +157,34 @@ class PeakTracker:
     """Peak memory since `start()`: CUDA's allocator peak, or the process's peak RSS.
 
     On CPU the kernel's high-water mark is reset through /proc/self/clear_refs where that
-    is allowed, so earlier peaks (data loading) do not count; otherwise ru_maxrss is used.
+    is allowed (earlier peaks, such as data loading, then do not count); otherwise
+    ru_maxrss is used. Library code paged in meanwhile (file-backed RSS) is not memory the
+    run allocated and is subtracted.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.baseline_bytes = 0
+        self.file_bytes = 0
         self.method = "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS"
 
     def start(self, *, already_counted_bytes: int = 0) -> None:
         """Remember the baseline; `already_counted_bytes` are resident but in the estimate."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device) - already_counted_bytes
             return
         self.method = "peak RSS" if _reset_rss_peak() else "ru_maxrss"
-        self.baseline_bytes = _rss_bytes() - already_counted_bytes
+        status = _proc_status()
+        self.file_bytes = status.get("RssFile", 0)
+        self.baseline_bytes = status.get("VmRSS", _peak_rss_bytes()) - already_counted_bytes
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return (torch.cuda.max_memory_allocated(self.device) - self.baseline_bytes) / _MB
-        return (_peak_rss_bytes() - self.baseline_bytes) / _MB
+        status = _proc_status()
+        paged_in = max(0, status.get("RssFile", 0) - self.file_bytes)
+        return (_peak_rss_bytes() - paged_in - self.baseline_bytes) / _MB
 
 
 def _reset_rss_peak() -> bool:
@@ -173,13 +193,6 @@ def _reset_rss_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def _rss_bytes() -> int:
-    status = _proc_status()
-    if "VmRSS" in status:
-        return status["VmRSS"]
-    return _peak_rss_bytes()
 
 
 def _peak_rss_bytes() -> int:
@@ -191,6 +204,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _proc_status() -> dict[str, int]:
+    """VmRSS, VmHWM and RssFile in bytes (empty where /proc does not exist)."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
@@ -198,6 +212,6 @@ def _proc_status() -> dict[str, int]:
     values = {}
     for line in lines:
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssFile"):
             values[key] = int(rest.split()[0]) * 1024
     return values

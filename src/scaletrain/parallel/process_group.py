@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from datetime import timedelta
 
 import torch
@@ -37,7 +38,11 @@ def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) 
     else:  # ddp/fsdp asked for in a plain `python` process: in-memory store, no ports
         store, rank, world_size = dist.HashStore(), 0, 1
     dist.init_process_group(
-        backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
+        backend,
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
         device_id=device_id,
     )
 
@@ -45,6 +50,11 @@ def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) 
 def destroy_process_group() -> None:
     """Idempotent: safe from `finally` blocks after errors and Ctrl-C."""
     if dist.is_available() and dist.is_initialized():
+        # torch 2.13 + gloo: a worker thread frees a finished collective's tensors under its
+        # queue lock and needs the GIL to do so; if the group's last reference (often held
+        # by a DDP reducer) is dropped at that moment, ~ProcessGroupGloo waits for the lock
+        # while holding the GIL: a deadlock. Sleeping releases the GIL so they finish first.
+        time.sleep(0.1)
         dist.destroy_process_group()
 
 

@@ -16,10 +16,13 @@ from torch import nn
 from scaletrain.config import ParallelConfig
 from scaletrain.errors import ConfigError
 from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
+from scaletrain.parallel.memory_account import MemoryAccount
+from scaletrain.parallel.memory_plan import Candidate
 
 
 @runtime_checkable
 class Strategy(Protocol):
+    name: str
     rank: int
     world_size: int
     device: torch.device
@@ -45,6 +48,11 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("train.device: `cuda` requested but no CUDA device is available")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+            "start at most one process per GPU (--nproc)"
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
@@ -59,6 +67,7 @@ class SingleStrategy:
     def __init__(self, device: torch.device, cfg: ParallelConfig | None = None):
         self.device = device
         self.cfg = cfg or ParallelConfig(strategy="single")
+        self.memory = MemoryAccount(self.cfg, device)
 
     @property
     def is_main(self) -> bool:
@@ -77,12 +86,25 @@ class SingleStrategy:
         optimizer_states_per_param: int | None = None,
     ) -> nn.Module:
         """Checkpoint blocks if `parallel.activation_checkpointing` asks, move to the device."""
+        candidate = Candidate("single", activation_checkpointing=self.cfg.activation_checkpointing)
+        self.memory.plan(
+            model,
+            candidate,
+            world_size=1,
+            context={
+                "precision": precision,
+                "block_types": block_types,
+                "example_input": example_input,
+                "optimizer_states_per_param": optimizer_states_per_param,
+            },
+        )
         if self.cfg.activation_checkpointing != "none":
             blocks = find_blocks(
                 model, block_types=block_types, class_names=self.cfg.fsdp.block_types
             )
             apply_activation_checkpointing(
-                blocks, mode=self.cfg.activation_checkpointing,
+                blocks,
+                mode=self.cfg.activation_checkpointing,
                 every=self.cfg.activation_checkpointing_every,
             )
         return model.to(self.device)
@@ -117,7 +139,8 @@ class SingleStrategy:
         pass
 
     def memory_report(self) -> dict | None:
-        return None
+        """Planned vs measured memory (MB), once wrap_model had an `example_input`."""
+        return self.memory.report()
 
     def teardown(self) -> None:
         pass

@@ -32,8 +32,6 @@ def evaluate_split(
     keep_predictions: bool = False,
 ) -> EvalResult:
     """Loss and metrics over `split`; ranks read disjoint shards and reduce exact sums."""
-    was_training = model.training
-    model.eval()
     metrics = build_metrics(
         spec.task, num_classes=spec.num_outputs if spec.task == "classification" else None
     ).to(strategy.device)
@@ -47,18 +45,20 @@ def evaluate_split(
         world_size=strategy.world_size,
         device=strategy.device,
     )
-    for inputs, targets in batches:
-        with precision.autocast():
-            output = model(inputs)
-        output = output.float()
-        loss_sum += loss_fn(output, targets).double() * len(targets)
-        count += len(targets)
-        metrics.update(output, targets)
-        if keep_predictions:
-            _keep(kept, output, targets, inputs, spec)
+    # eval mode; under FSDP the whole model is gathered once, so ranks with different
+    # batch counts (uneven shards) need no per-batch collectives
+    with strategy.evaluation(model) as eval_model:
+        for inputs, targets in batches:
+            with precision.autocast():
+                output = eval_model(inputs)
+            output = output.float()
+            loss_sum += loss_fn(output, targets).double() * len(targets)
+            count += len(targets)
+            metrics.update(output, targets)
+            if keep_predictions:
+                _keep(kept, output, targets, inputs, spec)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, count]))
     computed = metrics.compute(all_gather=strategy.all_gather if strategy.world_size > 1 else None)
-    model.train(was_training)
     predictions = _gather_predictions(kept, strategy) if keep_predictions else None
     return EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
 

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config
 from scaletrain.data import BatchLoader, DataBundle
-from scaletrain.errors import CheckpointError
 from scaletrain.metrics import MetricsLogger, current_rss_mb
 from scaletrain.optim import (
     build_loss,
@@ -21,13 +19,25 @@ from scaletrain.optim import (
     build_schedule,
     clip_gradients,
 )
-from scaletrain.rundir import RunDir, append_record, atomic_write_json, truncate_metrics
+from scaletrain.rundir import RunDir, atomic_write_json
 from scaletrain.train.callbacks import CallbackList
+from scaletrain.train.checkpointing import Checkpointer
 from scaletrain.train.evaluate import EvalResult, evaluate_split
+from scaletrain.train.guards import StepGuard, on_bad_step, pass_over
+from scaletrain.train.heartbeat import Heartbeat
+from scaletrain.train.ledger import LEDGER, Ledger, batch_span
+from scaletrain.train.mfu import mfu, peak_flops, train_flops_per_sample
 from scaletrain.train.monitor import Monitor
 from scaletrain.train.plan import Plan, make_plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.progress import Progress
+from scaletrain.train.signals import StopRequest
+from scaletrain.train.speed import (
+    FirstStepClock,
+    apply_num_threads,
+    block_types_of,
+    compile_regions,
+)
 from scaletrain.train.state import TrainState
 
 
@@ -41,6 +51,10 @@ class LoopResult:
     wall_s: float
     train_seconds: float
     samples_seen: int
+    mfu: float | None = None
+    stop_signal: int | None = None
+    overhead_fraction: float | None = None
+    compile_s: float | None = None  # first step, compilation included
 
 
 def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architecture.md)
@@ -58,6 +72,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     started = time.perf_counter()
     callbacks = callbacks or CallbackList([])
     precision = Precision.from_config(cfg.train.precision, strategy.device)
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=False)
     plan = make_plan(
         cfg.train,
         world_size=strategy.world_size,
@@ -69,9 +84,13 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
             run.plan,
             {**plan.to_dict(), "precision": precision.name, "device": str(strategy.device)},
         )
+    apply_num_threads(cfg.train.num_threads)  # before the peak FLOP/s (keyed by threads)
+    flops_per_sample = train_flops_per_sample(model, data.spec.input_shape, data.spec.input_dtype)
+    peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
+    first_step = FirstStepClock(model) if cfg.train.compile else None
+    if cfg.train.compile:  # per block, before wrapping (as torchtitan): one graph per block type
+        compile_regions(model, block_types_of(cfg.model, model))
     model = strategy.wrap_model(model.to(dtype=precision.param_dtype))
-    if cfg.train.compile:
-        model = torch.compile(model)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total_steps=plan.total_steps)
     penalty = build_penalty(cfg.optim.penalty, model)
@@ -94,10 +113,20 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         num_workers=cfg.data.num_workers,
     )
     state = TrainState(model, optimizer, schedule, loader, scaler=precision.scaler)
-    store = CheckpointStore(run.checkpoints, keep_last=cfg.checkpoint.keep_last)
+    guard = StepGuard(cfg.train.guard, strategy=strategy, log_every_steps=cfg.log.every_steps)
+    ledger = Ledger(run.root / LEDGER, enabled=strategy.is_main)
+    saver = Checkpointer(
+        cfg.checkpoint, run=run, state=state, strategy=strategy, guard=guard, ledger=ledger
+    )
     monitor = Monitor(cfg.train.monitor, cfg.train.early_stopping, state)
     if resume:
-        _restore(state, store, strategy, run)  # before the logger opens metrics.jsonl
+        saver.resume()  # before the logger opens metrics.jsonl
+    heartbeat = Heartbeat(
+        run.root / "heartbeat",
+        rank=strategy.rank,
+        world_size=strategy.world_size,
+        timeout_s=cfg.parallel.timeout_s,
+    )
     logger = MetricsLogger(run.root, tensorboard=cfg.log.tensorboard) if strategy.is_main else None
 
     def log(record: dict) -> None:
@@ -129,31 +158,40 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         return result
 
     def checkpoint(reason: str, *, best: bool = False) -> None:
-        state.pending_loss = float(running_loss)  # the partial log window survives a resume
-        path = store.save(
-            step=state.step,
-            tensors=state.tensors(),
-            side_state=state.side_state(),
-            strategy=strategy,
-        )
-        if best and strategy.is_main:
-            store.mark_best(state.step, metric=monitor.name, value=state.best_value)
-        log({"event": "checkpoint", "step": state.step, "detail": f"{reason}: {path.name}"})
+        state.pending_steps = window_steps  # the partial log window survives a resume
+        path, stall_s = saver.save(pending_loss=float(running_loss))
+        if best:
+            saver.mark_best(metric=monitor.name)
+        detail = f"{reason}: {path.name}"
+        log({"event": "checkpoint", "step": state.step, "detail": detail, "stall_s": stall_s})
 
     # --- loop --------------------------------------------------------------------------
     world = strategy.world_size
     progress = Progress(plan.total_steps, enabled=cfg.log.progress and strategy.is_main)
     running_loss = torch.full((), state.pending_loss, device=strategy.device)
+    step_loss = torch.zeros((), device=strategy.device)
     window_samples, window_start, train_seconds, samples_seen = 0, time.perf_counter(), 0.0, 0
+    compute_seconds = 0.0  # forward/backward/optimizer only: the rest is overhead
     status = "finished"
+    stop = StopRequest()
+    window_steps = state.pending_steps  # steps whose loss is in running_loss
     callbacks.on_train_start(state)
     try:
+        stop.__enter__()
         while state.step < plan.total_steps and status == "finished":
             for batch in loader:
+                span = batch_span(loader, batch)
+                if span in state.skip_spans:  # it made a rollback necessary: never train on it
+                    pass_over(state, ledger, span)
+                    continue
                 model.train()
+                compute_start = time.perf_counter()
+                step_loss.zero_()
                 # forward / backward over this rank's micro batches; only the last syncs grads
                 for index, (inputs, targets) in enumerate(batch.micro_batches):
                     last = index == len(batch.micro_batches) - 1
+                    if precision.param_dtype != torch.float32 and inputs.is_floating_point():
+                        inputs = inputs.to(precision.param_dtype)  # bf16-true: no autocast
                     with strategy.no_sync(model, enabled=not last), precision.autocast():
                         loss = loss_fn(model(inputs), targets)
                         # mean over the micro batch -> share of the global step's mean loss
@@ -161,16 +199,34 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                         scaled = loss * share if share != 1.0 else loss
                         if penalty is not None and last:
                             scaled = scaled + penalty()
-                    running_loss += loss.detach() * (len(targets) / batch.num_samples_global)
+                    step_loss += loss.detach() * (len(targets) / batch.num_samples_global)
                     (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
                 if precision.scaler is not None:
                     precision.scaler.unscale_(optimizer)
                 grad_norm = clip_gradients(cfg.optim.clip, model.parameters())
-                if precision.scaler is not None:
-                    precision.scaler.step(optimizer)
-                    precision.scaler.update()
-                else:
-                    optimizer.step()
+                # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save
+                verdict = guard.check(
+                    state.step + 1,
+                    loss=step_loss,
+                    grad_norm=None if precision.scaler else grad_norm,  # the scaler skips infs
+                    stop_requested=stop.requested,
+                    save_due=saver.due_by_time(),
+                    span=span,
+                )
+                if verdict.bad and on_bad_step(
+                    verdict, state.step + 1, guard, saver, checkpoint, log
+                ):
+                    running_loss.fill_(state.pending_loss)  # rolled back: replay from there
+                    window_steps = state.pending_steps
+                    break
+                if not verdict.bad:
+                    if precision.scaler is not None:
+                        precision.scaler.step(optimizer)
+                        precision.scaler.update()
+                    else:
+                        optimizer.step()
+                    running_loss += step_loss
+                    window_steps += 1
                 if (
                     logger
                     and cfg.log.histograms_every
@@ -179,16 +235,21 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     logger.log_histograms(model, state.step + 1)  # before grads are dropped
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
+                compute_seconds += time.perf_counter() - compute_start  # async on CUDA: approx.
                 state.step += 1
+                ledger.record(state.step, span, skipped=verdict.reason)
                 window_samples += batch.num_samples_global
+                if verdict.interrupt:
+                    status = "interrupted"  # every rank stops after the same step
                 samples_seen += batch.num_samples_global
 
-                # log (the only host sync of a step, and only every log.every_steps)
-                if state.step % cfg.log.every_steps == 0 or state.step == plan.total_steps:
-                    steps_in_window = (state.step - 1) % cfg.log.every_steps + 1
-                    loss_value = (
-                        strategy.all_reduce_sum(running_loss).item() / world / steps_in_window
-                    )
+                # log every log.every_steps (a window of skipped steps only: carried over)
+                at_log_step = (
+                    state.step % cfg.log.every_steps == 0 or state.step == plan.total_steps
+                )
+                if at_log_step and window_steps:
+                    ledger.flush()
+                    loss_value = strategy.all_reduce_sum(running_loss).item() / window_steps
                     elapsed = time.perf_counter() - window_start
                     train_seconds += elapsed
                     record = {
@@ -199,14 +260,14 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                         "lr": optimizer.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm),
                         "samples_per_s": window_samples / elapsed,
-                        "mfu": None,
+                        "mfu": mfu(window_samples / elapsed / world, flops_per_sample, peak),
                         "rss_mb": current_rss_mb(),
                     }
                     log(record)
                     progress.update(state.step, record)
                     callbacks.on_log(state, record)
                     running_loss.zero_()
-                    window_samples, window_start = 0, time.perf_counter()
+                    window_samples, window_start, window_steps = 0, time.perf_counter(), 0
                     if not math.isfinite(loss_value):
                         status = "failed"
                         raise FloatingPointError(
@@ -219,7 +280,10 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     status = _evaluate_and_monitor(evaluate, monitor, checkpoint, cfg, log, state)
                 if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                     checkpoint("every_steps")
+                elif verdict.save_due:
+                    checkpoint("every_minutes")
                 window_start += time.perf_counter() - paused
+                heartbeat.beat(state.step)  # hang diagnosis: this rank finished the step
                 callbacks.on_step_end(state)
                 if state.step >= plan.total_steps or status != "finished":
                     break
@@ -235,10 +299,19 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 window_start += time.perf_counter() - paused
         if status in ("finished", "stopped_early"):
             checkpoint("final")
-    except KeyboardInterrupt:
+        elif status == "interrupted":
+            checkpoint(f"interrupted by signal {stop.signum}")
+        saver.finish()  # a background save commits (or raises) before the run ends
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last committed checkpoint
         status = "interrupted"
-        checkpoint("interrupted")
+    except Exception as error:
+        heartbeat.failed(state.step, error)  # a collective timed out? name the stalled rank
+        raise
     finally:
+        heartbeat.stop()
+        saver.drain()
+        ledger.flush()
+        stop.__exit__()
         progress.close()
         if logger is not None:
             logger.close()
@@ -252,6 +325,10 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         wall_s=time.perf_counter() - started,
         train_seconds=train_seconds,
         samples_seen=samples_seen,
+        stop_signal=stop.signum,
+        mfu=mfu(samples_seen / max(train_seconds, 1e-9) / world, flops_per_sample, peak),
+        overhead_fraction=max(0.0, 1 - compute_seconds / train_seconds) if train_seconds else None,
+        compile_s=first_step.seconds if first_step else None,
     )
 
 
@@ -267,19 +344,3 @@ def _evaluate_and_monitor(evaluate, monitor: Monitor, checkpoint, cfg: Config, l
         log({"event": "early_stop", "step": state.step, "detail": monitor.describe()})
         return "stopped_early"
     return "finished"
-
-
-def _restore(state: TrainState, store: CheckpointStore, strategy, run: RunDir) -> None:
-    """Load the newest valid checkpoint; forget metric lines logged after it."""
-    path = store.latest_valid()
-    if path is None:
-        raise CheckpointError(f"no valid checkpoint to resume from in {store.root}")
-    tensors = state.tensors()
-    side = store.load(path, tensors=tensors, rank=strategy.rank)
-    state.load_tensors(tensors)
-    state.load_side_state(side)
-    state.counters["restarts"] += 1
-    if strategy.is_main:
-        truncate_metrics(run.metrics, after_step=state.step)
-        append_record(run.metrics, {"event": "resume", "step": state.step, "detail": path.name})
-    strategy.barrier()

@@ -19,6 +19,11 @@ class Precision:
     param_dtype: torch.dtype
     scaler: torch.amp.GradScaler | None
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype matmuls run in (what the MFU peak is measured for)."""
+        return self.autocast_dtype or self.param_dtype
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()

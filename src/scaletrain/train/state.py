@@ -25,9 +25,21 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     pending_loss: float = 0.0  # loss summed since the last log line (not yet logged)
+    pending_steps: int = 0  # steps in that sum (skipped steps are not)
     counters: dict = field(
-        default_factory=lambda: {"skipped_steps": 0, "rollbacks": 0, "restarts": 0}
+        default_factory=lambda: {
+            "skipped_steps": 0,
+            "skipped_batches": 0,
+            "rollbacks": 0,
+            "restarts": 0,
+        }
     )
+    lr_scale: float = 1.0  # product of train.guard.lr_backoff over the rollbacks so far
+    skip_spans: list = field(default_factory=list)  # [epoch, start, stop] never to train on
+    guard: dict = field(default_factory=dict)  # StepGuard.state_dict(): its moving window
+
+    def __post_init__(self):
+        self._base_lrs = list(self.schedule.base_lrs)  # optim.lr per group, before backoff
 
     def tensors(self) -> dict:
         """Model and optimizer state keyed by parameter names (reshardable by DCP)."""
@@ -50,7 +62,11 @@ class TrainState:
             "best_step": self.best_step,
             "evals_without_improvement": self.evals_without_improvement,
             "pending_loss": self.pending_loss,
+            "pending_steps": self.pending_steps,
             "counters": dict(self.counters),
+            "lr_scale": self.lr_scale,
+            "skip_spans": [list(span) for span in self.skip_spans],
+            "guard": self.guard,
             "schedule": {"last_epoch": self.schedule.last_epoch},
             "scaler": _scaler_state(self.scaler),
             "loader": self.loader.state_dict(),
@@ -61,15 +77,30 @@ class TrainState:
         keys = ("step", "epoch", "best_value", "best_step", "evals_without_improvement")
         for key in (*keys, "pending_loss"):
             setattr(self, key, side[key])
-        self.counters = dict(side["counters"])
+        self.pending_steps = side.get("pending_steps", 0)
+        self.counters = {**self.counters, **side["counters"]}
+        self.guard = dict(side.get("guard", {}))
+        self.skip_spans = [list(span) for span in side.get("skip_spans", [])]
         self.schedule.last_epoch = side["schedule"]["last_epoch"]
-        self.schedule._last_lr = [
-            group["lr"] for group in self.optimizer.param_groups
-        ]  # the optimizer's lr came back with its state
+        self.set_lr_scale(side.get("lr_scale", 1.0))
         if self.scaler is not None and side["scaler"]:
             self.scaler.load_state_dict(side["scaler"])
         self.loader.load_state_dict(side["loader"])
         restore_rng(side["rng"])
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Scale the schedule's base lr (and the current lr) by `scale` from now on."""
+        self.lr_scale = scale
+        self.schedule.base_lrs = [base * scale for base in self._base_lrs]
+        if scale != 1.0:  # recompute exactly as LambdaLR does; 1.0 keeps the restored lr bits
+            for group, base, factor in zip(
+                self.optimizer.param_groups,
+                self.schedule.base_lrs,
+                self.schedule.lr_lambdas,
+                strict=True,
+            ):
+                group["lr"] = base * factor(self.schedule.last_epoch)
+        self.schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def _scaler_state(scaler: torch.amp.GradScaler | None) -> dict | None:

@@ -62,14 +62,20 @@ def test_non_numeric_value_names_line_and_column(tmp_path):
     with pytest.raises(DataError) as caught:
         load_csv(path)
     # Line 4: the header is line 1 and the blank line 3 still counts.
-    assert str(caught.value) == f"{path}:4: column 'b': cannot parse 'abc' as a number"
+    assert str(caught.value) == (
+        f"{path}:4: column 'b': cannot parse 'abc' as a number "
+        "(list the column in data.table.categorical if it holds categories)"
+    )
 
 
 def test_empty_cell_is_reported(tmp_path):
     path = write(tmp_path / "hole.csv", "a,b,label\n" + GOOD_ROWS + "1,,0\n")
     with pytest.raises(DataError) as caught:
         load_csv(path)
-    assert str(caught.value) == f"{path}:22: column 'b': cannot parse '' as a number"
+    assert str(caught.value) == (
+        f"{path}:22: column 'b': missing value ''; set data.table.impute (mean, median or "
+        "constant) to fill missing values"
+    )
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
@@ -78,7 +84,7 @@ def test_non_finite_feature_names_line_and_column(tmp_path, value):
     with pytest.raises(DataError) as caught:
         load_csv(path)
     assert str(caught.value).startswith(f"{path}:22: column 'a': value ")
-    assert str(caught.value).endswith("is not finite")
+    assert "is not finite; set data.table.impute" in str(caught.value)
 
 
 def test_non_finite_label(tmp_path):

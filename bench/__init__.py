@@ -1,0 +1,1 @@
+"""Benchmarks: long measurements kept out of the timed test suite (`make bench`)."""

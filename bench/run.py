@@ -1,0 +1,39 @@
+"""`make bench`: every benchmark in turn, a table each, JSON in bench/results/.
+
+Run: `python -m bench.run [--quick] [--only parity tta peers alloc]`. Timings on a shared
+machine are noisy: compare ratios taken in one run (the suites alternate A B A B).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import alloc_ab, parity, peers, tta
+
+SUITES = ["parity", "tta", "peers", "alloc"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="Fewer steps and repeats (smoke).")
+    parser.add_argument("--only", nargs="*", choices=SUITES, default=SUITES)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per run.")
+    args = parser.parse_args(argv)
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    repeats = ["--repeats", "1" if args.quick else "2"]
+    if "parity" in args.only:
+        print("\n== parity: scaletrain vs a hand-written loop (median step, A B A B) ==")
+        parity.main([*(["--quick"] if args.quick else []), *repeats, *threads])
+    if "tta" in args.only:
+        print("\n== time to 98 % test accuracy, digits CNN ==")
+        tta.main(repeats)
+    if "peers" in args.only:
+        print("\n== peers on workload (a): samples/s ==")
+        peers.main([*repeats, *threads, "--steps", "40" if args.quick else "120"])
+    if "alloc" in args.only:
+        print("\n== malloc: glibc defaults vs scaletrain's start-up tuning (workload a) ==")
+        alloc_ab.main([*repeats, *threads, "--steps", "40" if args.quick else "150"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The commit step of a save, its small durable writes, and failure messages a user can act on."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+from scaletrain.checkpoint.manifest import fsync_dir, write_manifest
+
+# DCP reports a full disk as "unexpected pos ..." from its zip writer, not as ENOSPC.
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def commit(tmp: Path, final: Path, *, step: int) -> None:
+    """Manifest (hashes of fsynced files) last, then one rename: the checkpoint exists."""
+    write_manifest(tmp, step=step)
+    if final.exists():  # a save at the same step (e.g. `best` then `final`): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Readers (a background prune) never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_json(tmp, data)
+    os.replace(tmp, path)
+
+
+def describe_failure(error: BaseException | None, directory: Path) -> str:
+    """One line: the OS reason if there is one, `No space left on device` on a full disk."""
+    root = _root_cause(error)
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    free = _free_bytes(directory)
+    if free is not None and free < _LOW_SPACE_BYTES:
+        return f"{os.strerror(errno.ENOSPC)} ({free} bytes free in {directory})"
+    text = str(root).strip().splitlines()
+    return text[0] if text else type(root).__name__
+
+
+def new_checkpoint_group(strategy):
+    """A process group for background saves, so their collectives never interleave with the
+    training loop's on the default group; None for one process (no collectives)."""
+    if strategy.world_size == 1:
+        return None
+    group = getattr(strategy, "checkpoint_group", None)  # a strategy may provide its own
+    if group is None:
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo")  # collective: every rank saves together
+    return group
+
+
+def _root_cause(error: BaseException | None) -> BaseException | None:
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException: rank -> (exc, tb)
+    if failures:
+        first = next(iter(failures.values()))
+        error = first[0] if isinstance(first, tuple) else first
+    while error is not None and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _free_bytes(directory: Path) -> int | None:
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return None

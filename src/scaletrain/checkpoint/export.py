@@ -1,0 +1,60 @@
+"""Export a checkpoint's weights as one safetensors file: full (unsharded), no pickle to load.
+
+The tensors are read straight from the DCP checkpoint (any world size, any strategy), so no
+model code is needed: a run trained with a user module exports the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from scaletrain.checkpoint.safe_reader import (
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    load_metadata_safely,
+)
+from scaletrain.checkpoint.store import CheckpointStore
+from scaletrain.errors import CheckpointError
+
+FORMAT = "scaletrain-weights"
+
+
+def read_full_tensors(path: Path, *, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Every tensor saved under `prefix` in the checkpoint folder `path`, unsharded, on CPU."""
+    metadata = load_metadata_safely((path / ".metadata").read_bytes())
+    names = {
+        key.removeprefix(prefix): meta
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    if not names:
+        raise CheckpointError(f"{path}: holds no tensors under {prefix!r}")
+    tensors = {
+        name: torch.empty(meta.size, dtype=meta.properties.dtype) for name, meta in names.items()
+    }
+    group = prefix.rstrip(".")
+    state = {group: tensors}
+    dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+    return state[group]
+
+
+def export_safetensors(
+    checkpoints: Path, out: Path, *, which: str = "best", config_text: str = ""
+) -> Path:
+    """Write the weights of checkpoint `which` (best | last | step_N) to `out`."""
+    from safetensors.torch import save_file
+
+    store = CheckpointStore(checkpoints)
+    path = store.find(which)  # verified against its manifest
+    tensors = {name: value.contiguous() for name, value in read_full_tensors(path).items()}
+    step = int(path.name.removeprefix("step_"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "config": config_text, "step": str(step), "checkpoint": which}
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(out)
+    return out

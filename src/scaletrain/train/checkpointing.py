@@ -1,0 +1,138 @@
+"""When and how the loop saves and reloads a TrainState: policy, stall timing, resume, rollback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from scaletrain.checkpoint import CheckpointStore
+from scaletrain.config import CheckpointConfig
+from scaletrain.errors import CheckpointError
+from scaletrain.rundir import RunDir, append_record, truncate_metrics
+from scaletrain.train.guards import StepGuard
+from scaletrain.train.ledger import Ledger
+from scaletrain.train.state import TrainState
+
+
+class Checkpointer:
+    """The loop's one door to checkpoints (collective: every rank calls the same methods)."""
+
+    def __init__(
+        self,
+        cfg: CheckpointConfig,
+        *,
+        run: RunDir,
+        state: TrainState,
+        strategy,
+        guard: StepGuard,
+        ledger: Ledger,
+    ):
+        self.cfg = cfg
+        self.run = run
+        self.state = state
+        self.strategy = strategy
+        self.guard = guard
+        self.ledger = ledger
+        self.store = CheckpointStore(run.checkpoints, keep_last=cfg.keep_last)
+        self.last_step: int | None = None
+        self.last_path: Path | None = None
+        self._last_save_time = time.monotonic()
+
+    def due_by_time(self) -> bool:
+        """Rank 0's clock only: ranks agree through the guard's step-boundary reduction."""
+        minutes = self.cfg.every_minutes
+        return minutes is not None and time.monotonic() - self._last_save_time >= 60 * minutes
+
+    def save(self, *, pending_loss: float) -> tuple[Path, float | None]:
+        """Save the state unless it was saved at this step already; (path, stall seconds)."""
+        state = self.state
+        if self.last_step == state.step:
+            return self.last_path, None
+        state.pending_loss = pending_loss  # the partial log window survives a resume
+        state.guard = self.guard.state_dict()
+        self.ledger.flush()  # the ledger covers at least what the checkpoint holds
+        arguments = {
+            "step": state.step,
+            "tensors": state.tensors(),
+            "side_state": state.side_state(),
+            "strategy": self.strategy,
+        }
+        started = time.perf_counter()
+        if self.cfg.async_save:
+            result = self.store.save_async(**arguments)
+            path, stall = result.path, result.stall_s
+        else:
+            path = self.store.save(**arguments)
+            stall = time.perf_counter() - started
+        self.last_step, self.last_path = state.step, path
+        self._last_save_time = time.monotonic()
+        return path, stall
+
+    def mark_best(self, *, metric: str) -> None:
+        if self.strategy.is_main:
+            self.store.mark_best(self.state.step, metric=metric, value=self.state.best_value)
+
+    def finish(self) -> None:
+        """Wait for a background save; raise CheckpointError (on every rank) if it failed."""
+        self.store.wait(self.strategy)
+
+    def drain(self) -> None:
+        """On the way out after an error: let a background save end, without collectives."""
+        self.store.drain()
+
+    def resume(self) -> Path:
+        """Load the newest valid checkpoint; forget metric and ledger lines logged after it."""
+        path = self._load()
+        # a resumed process killed before its next save left its count only in metrics.jsonl
+        logged = _count_events(self.run.metrics, "resume") if self.strategy.is_main else 0
+        self.state.counters["restarts"] = max(self.state.counters["restarts"], logged) + 1
+        if self.strategy.is_main:  # the metrics logger is not open yet: rewrite the file
+            truncate_metrics(self.run.metrics, after_step=self.state.step)
+            self.ledger.truncate(after_step=self.state.step)
+            event = {"event": "resume", "step": self.state.step, "detail": path.name}
+            append_record(self.run.metrics, event)
+        self.strategy.barrier()
+        return path
+
+    def rollback(self, *, lr_backoff: float) -> Path:
+        """Reload the last good checkpoint; keep the counters and the list of batches to
+        skip; lower the learning rate (kept in the state, so a resume keeps it too)."""
+        state = self.state
+        counters, skip_spans = dict(state.counters), [*state.skip_spans]
+        skip_spans += [span for span in self.guard.bad_spans if span not in skip_spans]
+        scale = state.lr_scale * lr_backoff
+        path = self._load()
+        state.counters = {**counters, "rollbacks": counters["rollbacks"] + 1}
+        state.skip_spans = skip_spans
+        state.set_lr_scale(scale)
+        self.guard.rolled_back()
+        self.last_step = None  # the state at the restored step differs now (lr, skips)
+        if self.strategy.is_main:  # metrics.jsonl keeps the undone steps: they happened
+            self.ledger.truncate(after_step=state.step)
+        return path
+
+    def _load(self) -> Path:
+        self.finish()
+        path = self.store.latest_valid()
+        if path is None:
+            raise CheckpointError(f"no valid checkpoint to load in {self.store.root}")
+        tensors = self.state.tensors()
+        side = self.store.load(path, tensors=tensors, rank=self.strategy.rank)
+        self.state.load_tensors(tensors)
+        self.state.load_side_state(side)
+        self.guard.load_state_dict(self.state.guard)
+        return path
+
+
+def _count_events(path: Path, event: str) -> int:
+    """`event` records in a metrics.jsonl (a line cut short by a crash is not one)."""
+    if not path.is_file():
+        return 0
+    count = 0
+    for line in path.read_text().splitlines():
+        try:
+            count += json.loads(line).get("event") == event
+        except json.JSONDecodeError:
+            continue
+    return count

@@ -1,0 +1,135 @@
+"""Model FLOPs utilization: achieved training FLOP/s over the device's measured peak.
+
+The peak is measured once per (device, dtype, torch version, threads) by a matmul and cached
+in `~/.cache/scaletrain/peak_flops.json`, so later runs pay nothing and the first pays well
+under a second. FLOPs per sample are counted analytically (`models.flops`: 2 per
+multiply-add, training = 3x forward), so MFU = samples/s * FLOPs per sample / peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
+
+CACHE = Path.home() / ".cache" / "scaletrain"
+CACHE_FILE = CACHE / "peak_flops.json"
+TARGET_SECONDS = 0.02  # one timed matmul: long enough to time, short enough to stay < 1 s
+CPU_SIZES = (256, 512, 1024, 2048)
+CUDA_SIZE = 8192  # ~1 TFLOP: ~1 ms on an H100 in bf16, enough to reach its clocks
+
+
+def train_flops_per_sample(
+    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
+) -> int | None:
+    """Forward+backward FLOPs of one sample, or None where the model cannot be counted."""
+    try:
+        forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
+    except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
+        return None
+    return TRAIN_FLOPS_FACTOR * forward or None
+
+
+def mfu(samples_per_s: float, flops_per_sample: int | None, peak: float | None) -> float | None:
+    """Achieved / peak FLOP/s for one device (pass per-device samples/s)."""
+    if not flops_per_sample or not peak:
+        return None
+    return samples_per_s * flops_per_sample / peak
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Measured matmul FLOP/s on `device` in `dtype` (cached on disk after the first run).
+
+    None where it cannot be measured (an unknown device type): the run reports no MFU.
+    """
+    if device.type not in ("cpu", "cuda"):
+        return None
+    key = "|".join(
+        [_device_name(device), str(dtype), torch.__version__, str(torch.get_num_threads())]
+    )
+    cache = _read_cache()
+    if key not in cache:
+        cache[key] = measure_peak_flops(device, dtype)
+        _write_cache(cache)
+    return cache[key]
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Best FLOP/s of square matmuls, over the two kernels training uses.
+
+    `a @ b` and `linear(a, b)` (= a @ b.T) can take different kernels: on CPUs without bf16
+    units, bf16 `mm` falls to a slow reference path while `linear` goes through oneDNN, ~10x
+    apart. The peak is the best the device offers in this dtype, as MFU's definition asks.
+    """
+    kernels: list[Callable] = [torch.matmul, F.linear]
+    if device.type == "cuda":
+        return max(_flops_at(kernel, device, dtype, CUDA_SIZE, repeats=10) for kernel in kernels)
+    return max(_cpu_flops(kernel, device, dtype) for kernel in kernels)
+
+
+def _cpu_flops(kernel: Callable, device: torch.device, dtype: torch.dtype) -> float:
+    """Grow the size until one product takes TARGET_SECONDS (caches and threads warm up)."""
+    for size in CPU_SIZES:
+        flops = _flops_at(kernel, device, dtype, size, repeats=1)
+        if 2 * size**3 / flops >= TARGET_SECONDS:
+            break
+    return max(flops, _flops_at(kernel, device, dtype, size, repeats=2))
+
+
+def _flops_at(
+    kernel: Callable, device: torch.device, dtype: torch.dtype, size: int, *, repeats: int
+) -> float:
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    kernel(a, b)  # warm-up: kernel selection, first-touch of the output
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        kernel(a, b)
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu:{torch.backends.cpu.get_cpu_capability()}:{_cpu_model()}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            line = next((line for line in handle if line.startswith("model name")), "")
+    except OSError:
+        return "unknown"
+    return line.partition(":")[2].strip() or "unknown"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(CACHE_FILE.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    """Atomic replace: concurrent ranks may write the same key; the last whole file wins."""
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE_FILE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(CACHE_FILE)
+    except OSError:  # a read-only home: measure again next run rather than fail training
+        pass

@@ -1,0 +1,192 @@
+"""Loading from shards across ranks AND loader workers: every sample once per epoch, the
+global order independent of world size and worker count, exact resume into another layout,
+the balanced sampler, and eval shards that pad nothing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from scaletrain.config import DataConfig
+from scaletrain.data import BatchLoader, EvalLoader, Split, build_data, epoch_order
+from scaletrain.data.shards import SampleShardWriter, write_manifest
+from scaletrain.data.shards.reader import ShardSamples
+
+NUM_SAMPLES = 103  # prime: no batch size divides it
+# 3 workers on a 2-core machine are deliberate here (sharding, not speed, is under test).
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
+
+
+@pytest.fixture(scope="module")
+def id_shards(tmp_path_factory) -> Split:
+    """Shards whose inputs and targets encode each sample's global id (7 per shard)."""
+    root = tmp_path_factory.mktemp("ids")
+    fields = {
+        "inputs": {"dtype": "float32", "shape": [2]},
+        "targets": {"dtype": "int64", "shape": []},
+    }
+    writer = SampleShardWriter(root, "train", fields=fields, shard_bytes=7 * 16)
+    ids = np.arange(NUM_SAMPLES)
+    for start in range(0, NUM_SAMPLES, 10):
+        chunk = ids[start : start + 10]
+        writer.append(inputs=np.stack([chunk, -chunk], axis=1), targets=chunk)
+    split = writer.close()
+    assert len(split["shards"]) == 15
+    write_manifest(root, {"splits": {"train": split}, "fields": fields})
+    return Split(None, None, dataset=ShardSamples(root, split, fields, max_open=3))
+
+
+def loaders(split, *, world_size: int, num_workers: int, **options) -> list[BatchLoader]:
+    settings = {
+        "global_batch_size": 16,
+        "micro_batch_size": 3,
+        "shuffle": True,
+        "seed": 11,
+        "drop_last": False,
+    }
+    settings.update(options)
+    return [
+        BatchLoader(split, rank=rank, world_size=world_size, num_workers=num_workers, **settings)
+        for rank in range(world_size)
+    ]
+
+
+def global_steps(group: list[BatchLoader], num_steps: int | None = None) -> list[list[int]]:
+    """Each rank runs its own loop; per step, the concatenation of the ranks' sample ids,
+    checked against the ids the inputs and targets themselves carry."""
+    per_rank = []
+    for loader in group:
+        steps = []
+        while num_steps is None or len(steps) < num_steps:
+            for batch in loader:
+                read = [t for _, t in batch.micro_batches]
+                got = torch.cat(read) if read else torch.empty(0, dtype=torch.int64)
+                assert torch.equal(got, batch.sample_ids)
+                for inputs, targets in batch.micro_batches:
+                    assert torch.equal(inputs[:, 0].long(), targets)
+                steps.append(batch.sample_ids)
+                if num_steps is not None and len(steps) == num_steps:
+                    break
+            if num_steps is None:
+                break
+        per_rank.append(steps)
+    return [torch.cat(ids).tolist() for ids in zip(*per_rank, strict=True)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_every_sample_once_for_any_world_size_and_worker_count(id_shards, world_size):
+    order = epoch_order(NUM_SAMPLES, seed=11, epoch=0, shuffle=True).tolist()
+    expected = [order[start : start + 16] for start in range(0, NUM_SAMPLES, 16)]
+    for num_workers in (0, 1, 2, 3):
+        steps = global_steps(loaders(id_shards, world_size=world_size, num_workers=num_workers))
+        counts = Counter(i for step in steps for i in step)
+        assert sorted(counts) == list(range(NUM_SAMPLES)) and max(counts.values()) == 1
+        assert steps == expected  # the global order is the (seed, epoch) permutation
+
+
+def test_drop_last_drops_only_the_final_partial_step(id_shards):
+    steps = global_steps(loaders(id_shards, world_size=3, num_workers=2, drop_last=True))
+    order = epoch_order(NUM_SAMPLES, seed=11, epoch=0, shuffle=True).tolist()
+    assert [i for step in steps for i in step] == order[: (NUM_SAMPLES // 16) * 16]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [((2, 0), (3, 2)), ((1, 3), (4, 1)), ((3, 2), (1, 0))]
+)
+def test_resume_into_another_world_size_and_worker_count(id_shards, first, second):
+    reference = global_steps(loaders(id_shards, world_size=1, num_workers=0), 20)
+    run = loaders(id_shards, world_size=first[0], num_workers=first[1])
+    assert global_steps(run, 9) == reference[:9]
+    state = json.loads(json.dumps(run[0].state_dict()))
+    assert all(loader.state_dict() == state for loader in run)
+    resumed = loaders(id_shards, world_size=second[0], num_workers=second[1], micro_batch_size=4)
+    for loader in resumed:
+        loader.load_state_dict(state)
+    assert global_steps(resumed, 11) == reference[9:]  # crosses into epoch 1
+
+
+def test_balanced_sampler_is_seeded_and_evens_out_classes():
+    bundle = build_data(DataConfig(name="breast_cancer", sampler="balanced"), seed=0)
+    counts = torch.tensor(bundle.spec.class_counts)
+    assert counts.max() > 1.4 * counts.min()  # imbalanced to begin with
+
+    def epoch_ids(world_size: int) -> list[int]:
+        group = loaders(bundle.train, world_size=world_size, num_workers=0, global_batch_size=32)
+        per_rank = [[batch.sample_ids for batch in loader] for loader in group]
+        return torch.cat([torch.cat(step) for step in zip(*per_rank, strict=True)]).tolist()
+
+    drawn = torch.tensor(epoch_ids(2))
+    assert len(drawn) == len(bundle.train)  # an epoch is still N draws
+    per_class = torch.bincount(bundle.train.targets[drawn])
+    assert abs(per_class[0] - per_class[1]) < 0.15 * len(drawn)
+    assert epoch_ids(4) == drawn.tolist()  # a function of (seed, epoch) only
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+def test_eval_over_shards_covers_each_sample_once_without_padding(id_shards, world_size):
+    targets = []
+    for rank in range(world_size):
+        shard = EvalLoader(
+            id_shards, batch_size=8, rank=rank, world_size=world_size, num_workers=rank % 2
+        )
+        got = [t for _, t in shard]
+        assert sum(len(t) for t in got) == shard.num_samples
+        targets += got
+    assert torch.equal(torch.cat(targets), torch.arange(NUM_SAMPLES))
+
+
+def test_prefetch_thread_keeps_order_raises_errors_and_stops_when_left():
+    import threading
+
+    from scaletrain.data.dataset_loader import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad shard")
+
+    got = []
+    with pytest.raises(ValueError, match="bad shard"):
+        for item in prefetch(failing(), depth=2):
+            got.append(item)
+    assert got == [1]
+    early = prefetch(iter(range(10_000)), depth=2)
+    assert next(early) == 0
+    early.close()  # the consumer leaves: the thread must end, not block on a full queue
+    assert not any(t.name == "scaletrain-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_shard_path_prefetches_pinned_batches_equal_to_cpu(id_shards):
+    import threading
+
+    expected = loaders(id_shards, world_size=2, num_workers=0)
+    on_cuda = [
+        BatchLoader(
+            id_shards,
+            global_batch_size=16,
+            micro_batch_size=3,
+            shuffle=True,
+            seed=11,
+            drop_last=False,
+            rank=rank,
+            world_size=2,
+            device="cuda",
+        )
+        for rank in range(2)
+    ]
+    for want_loader, got_loader in zip(expected, on_cuda, strict=True):
+        for want, got in zip(want_loader, got_loader, strict=True):
+            assert torch.equal(want.sample_ids, got.sample_ids)
+            for (inputs, targets), (got_inputs, got_targets) in zip(
+                want.micro_batches, got.micro_batches, strict=True
+            ):
+                assert got_inputs.is_cuda and torch.equal(inputs, got_inputs.cpu())
+                assert torch.equal(targets, got_targets.cpu())
+    assert not any(t.name == "scaletrain-prefetch" for t in threading.enumerate())
