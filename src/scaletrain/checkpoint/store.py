@@ -222,7 +222,10 @@ class CheckpointStore:
         """Fill `tensors` in place from a verified checkpoint; return this rank's side state."""
         self.verify(path)
         load_metadata_safely((path / ".metadata").read_bytes())  # refuse before DCP reads it
-        dcp.load(tensors, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+        try:
+            dcp.load(tensors, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+        except CheckpointException as exc:  # a BaseException: surface our own refusal as is
+            raise _first_failure(exc, path) from None
         side = path / f"rank_{rank:05d}.json"
         if not side.is_file():  # resumed with more ranks than saved: rank 0's shared state
             side = path / "rank_00000.json"
@@ -247,6 +250,15 @@ class CheckpointStore:
             for path in self.root.iterdir():
                 if _TMP_DIR.match(path.name):
                     shutil.rmtree(path, ignore_errors=True)
+
+
+def _first_failure(exc: CheckpointException, path: Path) -> CheckpointError:
+    """DCP wraps each rank's error; our refusals are CheckpointErrors already."""
+    for failure, _trace in exc.failures.values():
+        if isinstance(failure, CheckpointError):
+            return failure
+        return CheckpointError(f"{path}: {type(failure).__name__}: {failure}")
+    return CheckpointError(f"{path}: {exc}")
 
 
 def _background(function, *args) -> Future:
