@@ -1,23 +1,44 @@
-"""scaletrain: one config and one command, from a laptop CPU to many GPUs."""
+"""scaletrain: one config and one command, from a laptop CPU to many GPUs.
+
+The API is imported on first use, so `scaletrain --help` and `scaletrain list` start in
+about the time torch takes to import instead of also paying for scikit-learn, torchmetrics
+and torch.distributed.checkpoint.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-# Bound after the import on purpose: importing api loads the `scaletrain.train` package,
-# which would otherwise shadow the `train` function under the same name.
-from scaletrain.api import Run, evaluate, load_run, predict, resume, train  # noqa: E402
-from scaletrain.config import Config, load_config  # noqa: E402
-from scaletrain.errors import UserError  # noqa: E402
+_LAZY = {
+    "Config": "scaletrain.config",
+    "load_config": "scaletrain.config",
+    "UserError": "scaletrain.errors",
+    "Run": "scaletrain.api",
+    "evaluate": "scaletrain.api",
+    "load_run": "scaletrain.api",
+    "predict": "scaletrain.api",
+    "resume": "scaletrain.api",
+    "train": "scaletrain.api",
+}
+__all__ = sorted(_LAZY)
 
-__all__ = [
-    "Config",
-    "Run",
-    "UserError",
-    "evaluate",
-    "load_config",
-    "load_run",
-    "predict",
-    "resume",
-    "train",
-]
+# The `scaletrain.train` subpackage and the `train` function share a name. Import the
+# package now, then drop the attribute its import binds: later `scaletrain.train.*` imports
+# find it in sys.modules and leave this module alone, and `scaletrain.train` goes through
+# __getattr__ below to the function.
+importlib.import_module("scaletrain.train")
+del train  # noqa: F821  (bound by the import above)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'scaletrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -21,6 +21,19 @@ def scaletrain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
     )
 
 
+def scaletrain_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The same `main` the console script runs, without paying the import per command."""
+    from scaletrain.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize(
     ("override", "culprit"),
     [
@@ -31,37 +44,47 @@ def scaletrain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
         ("data.name=nope", "data.name"),
     ],
 )
-def test_bad_config_exits_2_with_one_line(tmp_path, override, culprit):
-    result = scaletrain(
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, override, culprit):
+    code, _, err = scaletrain_in_process(
+        capsys,
         "train",
         str(ROOT / "configs/default.yaml"),
         f"run.out_dir={tmp_path}",
         override,
         "train.device=cpu",
     )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and culprit in lines[0], result.stderr
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], err
     assert not any(tmp_path.iterdir()), "a failed config left a run directory behind"
 
 
-def test_config_show_and_check(tmp_path):
-    shown = scaletrain("config", "show", str(ROOT / "configs/default.yaml"), "optim.lr=0.5")
-    assert shown.returncode == 0, shown.stderr
-    resolved = yaml.safe_load(shown.stdout)
+def test_bad_config_exit_code_of_the_real_process(tmp_path):
+    result = scaletrain("train", str(ROOT / "configs/default.yaml"), "optim.lrr=1")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: unknown key `optim.lrr`; did you mean `optim.lr`?"
+    ], result.stderr
+
+
+def test_config_show_and_check(tmp_path, capsys):
+    code, out, err = scaletrain_in_process(
+        capsys, "config", "show", str(ROOT / "configs/default.yaml"), "optim.lr=0.5"
+    )
+    assert code == 0, err
+    resolved = yaml.safe_load(out)
     assert resolved["optim"]["lr"] == 0.5 and resolved["train"]["precision"] == "auto"
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lrr: 1\n")
-    checked = scaletrain("config", "check", str(bad))
-    assert checked.returncode == 2 and "optim.lrr" in checked.stderr
+    code, _, err = scaletrain_in_process(capsys, "config", "check", str(bad))
+    assert code == 2 and "optim.lrr" in err
 
 
 @pytest.mark.parametrize(
     "kind", ["models", "datasets", "optimizers", "schedules", "losses", "inits"]
 )
-def test_list(kind):
-    result = scaletrain("list", kind)
-    assert result.returncode == 0, result.stderr
+def test_list(capsys, kind):
+    code, out, err = scaletrain_in_process(capsys, "list", kind)
+    assert code == 0, err
     expected = {
         "models": "textcnn",
         "datasets": "digits",
@@ -70,13 +93,16 @@ def test_list(kind):
         "losses": "huber",
         "inits": "orthogonal",
     }[kind]
-    assert expected in result.stdout
+    assert expected in out
 
 
-def test_help_on_every_command():
-    for command in ("train", "resume", "eval", "predict", "config", "list", "report", "compare"):
-        result = scaletrain(command, "--help")
-        assert result.returncode == 0 and "usage" in result.stdout.lower(), command
+def test_help_on_every_command(capsys):
+    commands = ("train", "resume", "eval", "predict", "config", "list", "report", "compare")
+    for command in (*commands, "export", "prepare", "plan"):
+        code, out, _ = scaletrain_in_process(capsys, command, "--help")
+        assert code == 0 and "usage" in out.lower(), command
+    result = scaletrain("--help")  # and once through `python -m scaletrain`
+    assert result.returncode == 0 and "train" in result.stdout
 
 
 def test_default_config_trains_eval_and_predict(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 
 import numpy as np
-from sklearn import datasets as sklearn_datasets
 
 from scaletrain.config import DataConfig
 from scaletrain.data.registry import DATASETS, RawData, register_dataset, register_source
@@ -29,7 +28,7 @@ def read_builtin(cfg: DataConfig) -> RawData:
 @register_dataset("digits")
 def load_digits() -> RawData:
     """8x8 grey images of handwritten digits (1797 samples, 10 classes, values 0..16)."""
-    bunch = sklearn_datasets.load_digits()
+    bunch = _sklearn_datasets().load_digits()
     images = bunch.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
     return RawData(
         inputs=images,
@@ -57,23 +56,30 @@ def _table(name: str, bunch, *, task: str) -> RawData:
 @register_dataset("iris")
 def load_iris() -> RawData:
     """Iris flowers: 150 samples, 4 features, 3 classes."""
-    return _table("iris", sklearn_datasets.load_iris(), task="classification")
+    return _table("iris", _sklearn_datasets().load_iris(), task="classification")
 
 
 @register_dataset("wine")
 def load_wine() -> RawData:
     """Wine cultivars: 178 samples, 13 features, 3 classes."""
-    return _table("wine", sklearn_datasets.load_wine(), task="classification")
+    return _table("wine", _sklearn_datasets().load_wine(), task="classification")
 
 
 @register_dataset("breast_cancer")
 def load_breast_cancer() -> RawData:
     """Breast cancer diagnosis: 569 samples, 30 features, 2 classes."""
-    return _table("breast_cancer", sklearn_datasets.load_breast_cancer(), task="classification")
+    return _table("breast_cancer", _sklearn_datasets().load_breast_cancer(), task="classification")
 
 
 @register_dataset("diabetes")
 def load_diabetes() -> RawData:
     """Diabetes progression: 442 samples, 10 raw (unscaled) features, 1 regression target."""
-    bunch = sklearn_datasets.load_diabetes(scaled=False)
+    bunch = _sklearn_datasets().load_diabetes(scaled=False)
     return _table("diabetes", bunch, task="regression")
+
+
+def _sklearn_datasets():
+    """Imported on first use: scikit-learn costs a second at every CLI start otherwise."""
+    from sklearn import datasets
+
+    return datasets

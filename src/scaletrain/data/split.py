@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from scaletrain.errors import DataError
 
@@ -74,6 +73,8 @@ def _cut(
     if fraction == 0:
         return indices, None
     try:
+        from sklearn.model_selection import train_test_split  # slow import: on first use
+
         kept, held = train_test_split(
             indices, test_size=fraction, random_state=seed % 2**32, stratify=labels
         )
