@@ -136,7 +136,7 @@ def run_pair(workload: Workload, *, precision: str, repeats: int, device: str, t
                     raise RuntimeError(f"{side} failed:\n{output.stderr[-3000:]}")
                 last[side] = json.loads(output.stdout.strip().splitlines()[-1])
                 times[side] += last[side]["seconds"][warmup:]
-        raw_w, ours_w = (torch.load(Path(tmp) / f"{s}.pt") for s in times)
+        raw_w, ours_w = (torch.load(Path(tmp) / f"{s}.pt", weights_only=True) for s in times)
         equal = all(torch.equal(raw_w[k], ours_w[k]) for k in raw_w) and raw_w.keys() == ours_w.keys()
     raw_median, ours_median = (statistics.median(v) for v in times.values())
     return {

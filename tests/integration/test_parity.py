@@ -3,9 +3,9 @@
 import copy
 
 import torch
+from bench.raw_loop import raw_train, scaletrain_config
 
 import scaletrain
-from bench.raw_loop import raw_train, scaletrain_config
 
 
 def test_loop_matches_hand_written_loop_bitwise(tmp_path):
