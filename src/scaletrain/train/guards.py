@@ -49,7 +49,7 @@ class StepGuard:
     def check(self, step: int, *, loss, grad_norm, stop_requested: bool, save_due: bool, span):
         """Verdict for update `step` (1-based), after backward and clipping, before the step.
 
-        Cost: one all-reduce of 4 numbers and one host sync per step while the guard is on
+        Cost: one all-reduce of up to 4 numbers and one host sync per step while it is on
         (off: only at log steps, where the loop syncs anyway).
         """
         checking = self.cfg.nonfinite != "off"
@@ -58,21 +58,28 @@ class StepGuard:
             return Verdict(interrupt=stop_requested, save_due=save_due)
         if not checking and world > 1 and step % self.log_every_steps:
             return Verdict()
+        # Sums stay non-finite when any rank's value is (NaN and inf propagate; inf - inf is
+        # NaN), so the raw values travel: few small ops per step, one vector, one read.
+        values = []
         if checking:
-            loss = loss.detach().float()
-            bad = ~torch.isfinite(loss)
-            if grad_norm is not None:  # None under a GradScaler, which handles its infs itself
-                bad |= ~torch.isfinite(_local(grad_norm).detach().float())
-            local = torch.stack([bad.float(), torch.where(bad, 0.0, loss)])
+            values.append(loss.detach().float())
+            if grad_norm is not None:  # None under a GradScaler, which handles infs itself
+                values.append(_local(grad_norm).detach().float())
+        if world > 1:
+            flags = torch.tensor([float(stop_requested), float(save_due)])
+            values.extend(flags.to(loss.device).unbind())
+            *values, num_stop, num_save = self.strategy.all_reduce_sum(
+                torch.stack(values)
+            ).tolist()  # the step's one host sync
         else:
-            local = torch.zeros(2, device=loss.device)
-        flags = torch.tensor([float(stop_requested), float(save_due)]).to(local.device)
-        total = self.strategy.all_reduce_sum(torch.cat([local, flags]))
-        num_bad, global_loss, num_stop, num_save = total.tolist()  # the step's one host sync
+            values = torch.stack(values).tolist()  # the step's one host sync
+            num_stop, num_save = stop_requested, save_due
         verdict = Verdict(interrupt=num_stop > 0, save_due=num_save > 0)
         if not checking:
             return verdict
-        reason = "nonfinite" if num_bad else self._spike(global_loss)
+        nonfinite = not all(math.isfinite(value) for value in values)
+        global_loss = values[0]  # the ranks' shares of the step's mean loss, summed
+        reason = "nonfinite" if nonfinite else self._spike(global_loss)
         if reason is None:
             self.consecutive_bad, self.bad_spans = 0, []
             self.window.append(global_loss)
@@ -80,7 +87,7 @@ class StepGuard:
         self.consecutive_bad += 1
         self.bad_spans.append(list(span))
         action = self._action(reason)
-        loss_value = global_loss if not num_bad else math.nan
+        loss_value = math.nan if nonfinite else global_loss
         return Verdict(action, reason, loss_value, verdict.interrupt, verdict.save_due)
 
     def _spike(self, loss: float) -> str | None:

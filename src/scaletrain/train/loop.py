@@ -175,6 +175,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     status = "finished"
     stop = StopRequest()
     window_steps = state.pending_steps  # steps whose loss is in running_loss
+    model.train()  # and again only after evaluation switched it off
     callbacks.on_train_start(state)
     try:
         stop.__enter__()
@@ -184,7 +185,8 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 if span in state.skip_spans:  # it made a rollback necessary: never train on it
                     pass_over(state, ledger, span)
                     continue
-                model.train()
+                if not model.training:  # evaluation ran (the call walks every submodule)
+                    model.train()
                 compute_start = time.perf_counter()
                 step_loss.zero_()
                 # forward / backward over this rank's micro batches; only the last syncs grads

@@ -77,3 +77,12 @@ def test_value_clamps_each_entry_and_returns_the_pre_clip_norm():
 def test_no_gradients_give_zero():
     model = nn.Linear(3, 2)
     assert clip_gradients(ClipConfig(mode="norm"), model.parameters()).item() == 0.0
+
+
+def test_mixed_dtypes_take_the_general_path_and_agree():
+    model = model_with_grads()
+    model[0].double()  # one layer in float64: not the one-device-one-dtype fast path
+    model[0].weight.grad = model[0].weight.grad.double()
+    model[0].bias.grad = model[0].bias.grad.double()
+    norm = clip_gradients(ClipConfig(mode="none"), model.parameters())
+    assert torch.allclose(norm.double(), reference_norm(model), rtol=1e-6)
