@@ -56,10 +56,22 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         [_device_name(device), str(dtype), torch.__version__, str(torch.get_num_threads())]
     )
     cache = _read_cache()
-    if key not in cache:
-        cache[key] = measure_peak_flops(device, dtype)
+    if key in cache:
+        return cache[key]
+    value = measure_peak_flops(device, dtype)
+    if device.type == "cuda" or not _cpu_oversubscribed():
+        cache[key] = max(value, _read_cache().get(key, 0.0))  # a peak only ever rises
         _write_cache(cache)
-    return cache[key]
+    return value
+
+
+def _cpu_oversubscribed() -> bool:
+    """More runnable work than cores: a peak measured now would be too low for later runs
+    (MFU above 1), so it is used for this run only and measured again next time."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:

@@ -42,6 +42,7 @@ def test_model_without_matmuls_reports_no_mfu():
 def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(mfu_module, "CACHE", tmp_path)
     monkeypatch.setattr(mfu_module, "CACHE_FILE", tmp_path / "peak_flops.json")
+    monkeypatch.setattr(mfu_module, "_cpu_oversubscribed", lambda: False)  # the load probe
     first = peak_flops(torch.device("cpu"), torch.float32)
     assert first > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
     cached = json.loads((tmp_path / "peak_flops.json").read_text())
@@ -49,3 +50,13 @@ def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     key = next(iter(cached))
     (tmp_path / "peak_flops.json").write_text(json.dumps({key: 123.0}))
     assert peak_flops(torch.device("cpu"), torch.float32) == 123.0  # no second measurement
+
+
+def test_a_peak_measured_on_an_oversubscribed_cpu_is_not_cached(tmp_path, monkeypatch):
+    """Measured while other work shares the cores, the peak is too low: MFU would read > 1
+    on every later run. It serves this run only."""
+    monkeypatch.setattr(mfu_module, "CACHE", tmp_path)
+    monkeypatch.setattr(mfu_module, "CACHE_FILE", tmp_path / "peak_flops.json")
+    monkeypatch.setattr(mfu_module, "_cpu_oversubscribed", lambda: True)
+    assert peak_flops(torch.device("cpu"), torch.float32) > 1e8
+    assert not (tmp_path / "peak_flops.json").exists()
