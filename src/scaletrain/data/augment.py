@@ -1,6 +1,7 @@
 """Train-only image augmentation, batch-wise on the device (no per-sample Python loop).
 
-The loop calls ``inputs, targets = augment(inputs, targets)`` on every training micro batch;
+``build_data`` attaches it to the train split and the training ``BatchLoader`` calls
+``inputs, targets = augment(inputs, targets)`` on every micro batch (evaluation never does);
 with nothing enabled ``augment`` returns its arguments untouched. Random crop (zero padding,
 i.e. the mean colour after standardization), flip, noise, cutout, mixup and cutmix are plain
 tensor code; rotation and colour jitter use kornia. Colour jitter needs pixels in [0, 1], so

@@ -65,6 +65,8 @@ class Split:
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Training draws samples with replacement in proportion to these (data.sampler).
     sample_weights: torch.Tensor | None = None
+    # (inputs, targets) -> (inputs, targets) on each training micro batch: the train split only.
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs) if self.inputs is not None else len(self.dataset)
@@ -88,6 +90,17 @@ def build_data(cfg: DataConfig, *, seed: int, user_data: Any = None) -> DataBund
         user_data: ``{"train": Dataset | (inputs, targets), "val": ..., "test": ...}`` from
             the Python API; it replaces ``cfg.source``. Missing val/test are split off train.
     """
+    bundle = _build_bundle(cfg, seed=seed, user_data=user_data)
+    if any(cfg.augment.model_dump().values()):
+        from scaletrain.data.augment import build_augmentation  # kornia: only when used
+
+        bundle.train.augment = build_augmentation(
+            cfg.augment, spec=bundle.spec, preprocessor=bundle.preprocessor
+        )
+    return bundle
+
+
+def _build_bundle(cfg: DataConfig, *, seed: int, user_data: Any) -> DataBundle:
     if user_data is not None:
         # Imported here: user.py builds on the types defined above.
         from scaletrain.data.user import build_user_data

@@ -73,6 +73,7 @@ class BatchLoader:
         assert global_batch_size > 0 and micro_batch_size > 0 and 0 <= rank < world_size
         self.num_samples = len(split)
         self.weights = split.sample_weights
+        self.augment = split.augment  # train-only: EvalLoader never applies it
         if drop_last and self.num_samples < global_batch_size:
             raise DataError(
                 f"data.drop_last: the train split has {self.num_samples} samples, fewer than "
@@ -155,6 +156,8 @@ class BatchLoader:
         else:
             steps = self._dataset_loader.steps(self._rank_ids_per_step(order, bounds))
         for (start, stop), (micro_batches, sample_ids) in zip(bounds, steps, strict=True):
+            if self.augment is not None:  # in this thread, in order: torch's RNG, checkpointed
+                micro_batches = [self.augment(*batch) for batch in micro_batches]
             # Counted as consumed when handed out: a checkpoint taken after training on this
             # step must resume after it.
             self.samples_consumed = stop
@@ -168,7 +171,17 @@ class BatchLoader:
         bounds = [
             (start, min(start + self.global_batch_size, self.num_samples)) for start in starts
         ]
-        return bounds[: self._num_steps_from(position)]
+        bounds = bounds[: self._num_steps_from(position)]
+        last = bounds[-1][1] - bounds[-1][0] if bounds else 0
+        if len(bounds) >= 2 and last < self.world_size:
+            # A final step shorter than the world would leave a rank with no sample, and a
+            # rank that runs no backward stalls DDP/FSDP's gradient collectives. Instead of
+            # padding (duplicates that must not count), the last two steps share their
+            # samples: same order, same number of steps, every rank gets at least one.
+            (start, _), (_, stop) = bounds[-2], bounds[-1]
+            middle = start + (stop - start + 1) // 2
+            bounds[-2:] = [(start, middle), (middle, stop)]
+        return bounds
 
     def _rank_ids(self, start: int, stop: int) -> tuple[int, int]:
         """Positions [low, high) of this rank's share of the step [start, stop)."""

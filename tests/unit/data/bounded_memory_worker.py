@@ -56,7 +56,8 @@ def main() -> None:
     for step in loader:
         for inputs, targets in step.micro_batches:
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(bundle.train.transform(inputs)), targets)
+            # the loader already scaled the batch (Split.transform) on its way to the device
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets)
             loss.backward()
             optimizer.step()
             seen += len(targets)

@@ -13,8 +13,18 @@ from PIL import Image
 from scaletrain.cli import main
 from scaletrain.config import DataConfig
 from scaletrain.data.shards import prepare_shards, read_manifest
+from scaletrain.data.split import split_indices
 
 ROWS = "".join(f"{i},{i * 2},{i % 2}\n" for i in range(20))
+# The first test row of 21 (run.seed 0, unstratified): a label only there is never trained on.
+HELD_OUT = int(
+    split_indices(
+        21,
+        val_fraction=DataConfig().val_fraction,
+        test_fraction=DataConfig().test_fraction,
+        seed=0,
+    ).test[0]
+)
 
 
 def write_config(tmp_path, data: dict):
@@ -44,6 +54,12 @@ def image_folder(tmp_path, *, extra):
 def csv_data(tmp_path, text, **options):
     (tmp_path / "d.csv").write_text(text)
     return {"source": "csv", "path": str(tmp_path / "d.csv"), **options}
+
+
+def label_only_outside_train(tmp_path):
+    rows = [*ROWS.splitlines(), "20,40,0"]
+    rows[HELD_OUT] = f"{HELD_OUT},0,7"
+    return csv_data(tmp_path, "a,b,label\n" + "\n".join(rows) + "\n", stratify=False)
 
 
 def corrupt_shard(tmp_path):
@@ -87,6 +103,11 @@ CASES = {
     "undeclared label": (
         lambda t: csv_data(t, "a,b,label\n" + ROWS + "1,2,7\n", classes=["0", "1"]),
         "{t}/d.csv:22: label '7' is not among data.classes (0, 1)",
+    ),
+    "label not in train": (
+        label_only_outside_train,
+        f"{{t}}/d.csv:{HELD_OUT + 2}: label '7' is in the test split but not among the train "
+        "split's classes",
     ),
     "unreadable image": (
         lambda t: image_folder(t, extra=lambda root: (root / "a" / "x.png").write_bytes(b"no")),

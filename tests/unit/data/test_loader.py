@@ -104,6 +104,36 @@ def test_rank_slices_are_balanced_and_micro_batches_concatenate(world_size):
     assert per_rank[0][-1].num_samples_global == NUM_SAMPLES % 16
 
 
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_a_final_step_shorter_than_the_world_leaves_no_rank_empty(world_size):
+    """97 = 6 x 16 + 1: one sample in the last step would leave ranks without a backward
+    (DDP/FSDP stall); the last two steps share their 17 samples instead, in the same order."""
+    split = id_split(97)
+    per_rank = [list(loader) for loader in make_loaders(split, world_size=world_size)]
+    assert all(len(steps) == 7 for steps in per_rank)  # as many steps as make_plan counts
+    for steps in per_rank:
+        assert all(len(step.sample_ids) >= 1 and step.micro_batches for step in steps)
+    sizes = [per_rank[0][index].num_samples_global for index in range(7)]
+    assert sizes == [16] * 5 + [9, 8]
+    steps = [torch.cat([steps[i].sample_ids for steps in per_rank]).tolist() for i in range(7)]
+    order = epoch_order(97, seed=11, epoch=0, shuffle=True).tolist()
+    assert [i for step in steps for i in step] == order  # every sample once, in (seed, epoch) order
+    # one process keeps the plain steps (16 x 6 + 1); resuming from it mid-epoch into this
+    # world size continues with exactly the next samples
+    single = make_loaders(split, world_size=1)[0]
+    assert [len(step.sample_ids) for step in single] == [16] * 6 + [1]
+    first = make_loaders(split, world_size=1)[0]
+    iterator = iter(first)
+    for _ in range(3):
+        next(iterator)
+    resumed = make_loaders(split, world_size=world_size)
+    for loader in resumed:
+        loader.load_state_dict(first.state_dict())
+    rest = [torch.cat([s.sample_ids for s in step]).tolist() for step in zip(*resumed, strict=True)]
+    assert [i for step in rest for i in step] == order[48:]
+    assert all(len(s.sample_ids) >= 1 for step in zip(*resumed, strict=True) for s in step)
+
+
 def test_epochs_differ_and_no_shuffle_is_in_order():
     loader = make_loaders(id_split(), world_size=1)[0]
     first = torch.cat([step.sample_ids for step in loader])

@@ -188,3 +188,15 @@ def test_declared_classes_and_classes_missing_from_train(tmp_path):
     assert messages, "no seed put the 'rare' sample outside train"
     assert "label 'rare' is in the" in messages[0] and "not among the train split" in messages[0]
     assert messages[0].startswith(f"{tmp_path / 'rare.csv'}:42: label 'rare'")
+
+
+def test_nan_and_inf_cells_are_imputed_when_asked(tmp_path):
+    rows = [[index, index * 2, index % 2] for index in range(30)]
+    rows[3][1], rows[5][1], rows[8][0] = "inf", "nan", "-Infinity"
+    write_rows(tmp_path / "d.csv", ["a", "b", "label"], rows)
+    with pytest.raises(DataError, match=r"d.csv:10: column 'a': value -inf is not finite"):
+        load(tmp_path / "d.csv")
+    bundle, _ = load(tmp_path / "d.csv", impute="constant", impute_value=-7.0)
+    everything = torch.cat([bundle.train.inputs, bundle.val.inputs, bundle.test.inputs])
+    assert torch.isfinite(everything).all()
+    assert (everything == -7).sum() == 3  # exactly the three non-finite cells
