@@ -39,6 +39,21 @@ def windows(stream: np.ndarray, context_length: int) -> tuple[torch.Tensor, torc
     return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(targets.copy())
 
 
+def language_model_spec(context_length: int, vocab_size: int, *, raw_columns=None) -> DataSpec:
+    """Windows of token ids in, the next token's id out (in memory and from token shards)."""
+    return DataSpec(
+        task="language_model",
+        input_shape=(context_length,),
+        input_dtype=torch.int64,
+        num_outputs=vocab_size,
+        class_names=None,
+        class_counts=None,
+        vocab_size=vocab_size,
+        input_kind="text",
+        raw_columns=raw_columns,
+    )
+
+
 def check_vectorizer(cfg: DataConfig) -> None:
     """Language models need token ids, not n-gram vectors."""
     if cfg.text.vectorizer not in SEQUENCE_KINDS:
@@ -95,16 +110,6 @@ def language_model_bundle(cfg: DataConfig, raw: RawData, *, seed: int) -> DataBu
         inputs, targets = windows(stream, length)
         return Split(inputs=inputs, targets=targets)
 
-    spec = DataSpec(
-        task="language_model",
-        input_shape=(length,),
-        input_dtype=torch.int64,
-        num_outputs=encoder.vocab_size,
-        class_names=None,
-        class_counts=None,
-        vocab_size=encoder.vocab_size,
-        input_kind="text",
-        raw_columns=raw.raw_columns,
-    )
+    spec = language_model_spec(length, encoder.vocab_size, raw_columns=raw.raw_columns)
     splits = [make_split(name, getattr(cut, name)) for name in ("train", "val", "test")]
     return DataBundle(spec, *splits, Preprocessor("none", encoder=encoder))

@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from scaletrain.config import DataConfig
-from scaletrain.data.bundle import DataSpec
-from scaletrain.data.lm import check_vectorizer, split_files, token_dtype
+from scaletrain.data.lm import check_vectorizer, language_model_spec, split_files, token_dtype
 from scaletrain.data.registry import SOURCES, RawTexts
 from scaletrain.data.shards.format import SPLITS
 from scaletrain.data.shards.writer import TokenShardWriter
@@ -70,16 +68,7 @@ def token_shards(cfg: DataConfig, staging: Path, seed: int, shard_bytes: int) ->
                 f"{origin}: the {name} split has {splits[name]['num_tokens']} tokens, fewer "
                 f"than data.context_length + 1 = {cfg.context_length + 1}"
             )
-    spec = DataSpec(
-        task="language_model",
-        input_shape=(cfg.context_length,),
-        input_dtype=torch.int64,
-        num_outputs=encoder.vocab_size,
-        class_names=None,
-        class_counts=None,
-        vocab_size=encoder.vocab_size,
-        input_kind="text",
-    )
+    spec = language_model_spec(cfg.context_length, encoder.vocab_size)
     return {
         "kind": "tokens",
         "spec": spec.to_dict(),
