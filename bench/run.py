@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in turn, a table each, JSON in bench/results/.
 
-Run: `python -m bench.run [--quick] [--only parity tta peers alloc]`. Timings on a shared
+Run: `python -m bench.run [--quick] [--only parity tta peers alloc channels_last]`. Timings on a shared
 machine are noisy: compare ratios taken in one run (the suites alternate A B A B).
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import alloc_ab, parity, peers, tta
+from bench import alloc_ab, channels_last, parity, peers, tta
 
-SUITES = ["parity", "tta", "peers", "alloc"]
+SUITES = ["parity", "tta", "peers", "alloc", "channels_last"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     if "alloc" in args.only:
         print("\n== malloc: glibc defaults vs scaletrain's start-up tuning (workload a) ==")
         alloc_ab.main([*repeats, *threads, "--steps", "40" if args.quick else "150"])
+    if "channels_last" in args.only:
+        print("\n== channels_last vs the default memory format, CNN ==")
+        channels_last.main([*repeats, "--steps", "20" if args.quick else "60"])
 
 
 if __name__ == "__main__":
