@@ -33,6 +33,11 @@ CONFIG = {
 VARIANTS = {
     "ddp": "parallel.strategy=ddp",
     "ddp_accumulate": "parallel.strategy=ddp,train.micro_batch_size=16",
+    # static graph + accumulation (no_sync), small buckets, gradients copied out of buckets
+    "ddp_static": (
+        "parallel.strategy=ddp,train.micro_batch_size=16,parallel.ddp.static_graph=true,"
+        "parallel.ddp.bucket_cap_mb=0.01,parallel.ddp.gradient_as_bucket_view=false"
+    ),
     "fsdp_zero3": "parallel.strategy=fsdp,parallel.fsdp.reshard_after_forward=true",
     "fsdp_zero2": "parallel.strategy=fsdp,parallel.fsdp.reshard_after_forward=false",
     "fsdp_zero3_ac": "parallel.strategy=fsdp,parallel.activation_checkpointing=full",
@@ -43,6 +48,7 @@ VARIANTS = {
     "fsdp_accumulate": "parallel.strategy=fsdp,train.micro_batch_size=16",
     "fsdp_hybrid": "parallel.strategy=fsdp,parallel.fsdp.hybrid=true",
     "fsdp_offload": "parallel.strategy=fsdp,parallel.offload=cpu",
+    "auto": "parallel.strategy=auto",  # plenty of memory: the planner picks ddp
 }
 
 
@@ -56,7 +62,7 @@ def runs(tmp_path_factory) -> dict:
     assert finished.returncode == 0, finished.output
     single = api.train({**CONFIG, "run": {"seed": 3, "name": "single", "out_dir": str(out)}})
     weights = {name: load_weights(out / name) for name in [*VARIANTS, "single"]}
-    return {"weights": weights, "single_run": single, "out": out}
+    return {"weights": weights, "single_run": single, "out": out, "output": finished.output}
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "ddp_accumulate"])
@@ -69,6 +75,17 @@ def test_matches_single_process(runs, name):
     assert not torch.allclose(
         reference["output.weight"], torch.zeros_like(reference["output.weight"])
     )
+
+
+def test_auto_chose_ddp(runs):
+    assert runs["output"].count("parallel.strategy=auto: chose ddp") == 1  # rank 0 says it
+
+
+def test_each_rank_seeds_from_the_run_seed(runs):
+    seeds = [json.loads((runs["out"] / f"seeds.rank{rank}.json").read_text()) for rank in (0, 1)]
+    for name in VARIANTS:
+        # run.seed 3: rank r trains with 3 + 1000 r + 1 (dropout, noise); init used run.seed
+        assert (seeds[0][name], seeds[1][name]) == (4, 1004), name
 
 
 def test_accumulation_equals_larger_micro_batch(runs):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from distributed_helpers import alive, child_env, descendants, free_port, run
+from distributed_helpers import alive, child_env, descendants, free_port, kill_tree, run
 
 from scaletrain.launch import LaunchError, LaunchOptions, launch, torchrun_args
 
@@ -53,12 +55,54 @@ def workers_of(marker: str) -> list[int]:
 
 
 def test_nproc_2_runs_two_ranks_and_prints_once(config_file, tmp_path):
-    code, output = scaletrain("train", str(config_file), "--nproc", "2", "--out", str(tmp_path))
+    code, output = scaletrain(
+        "train",
+        str(config_file),
+        "--nproc",
+        "2",
+        "--out",
+        str(tmp_path),
+        "train.micro_batch_size=8",
+        "log.tensorboard=true",
+    )
     assert code == 0, output
-    summary = json.loads((tmp_path / "launched" / "summary.json").read_text())
+    run_dir = tmp_path / "launched"
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "finished"
     assert output.count("run directory:") == 1  # rank 0 only
     assert output.count("Results") == 1
+    plan = json.loads((run_dir / "plan.json").read_text())
+    expected = {"global_batch_size": 32, "micro_batch_size": 8, "grad_accum_steps": 2}
+    assert {key: plan[key] for key in expected} == expected and plan["world_size"] == 2
+    # events.out.tfevents.<time>.<host>.<pid>.<n>: every TensorBoard file from one process
+    events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
+    assert events and len({path.name.split(".")[-2] for path in events}) == 1
+
+
+def test_ctrl_c_stops_every_worker_and_exits_130(config_file, tmp_path):
+    command = [sys.executable, "-m", "scaletrain", "train", str(config_file), "--nproc", "2"]
+    command += ["--out", str(tmp_path), "train.max_steps=1000000", "log.every_steps=1"]
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
+    )
+    try:
+        metrics = tmp_path / "launched" / "metrics.jsonl"
+        deadline = time.monotonic() + 90
+        while not (metrics.is_file() and '"train"' in metrics.read_text()):
+            assert launcher.poll() is None and time.monotonic() < deadline, "training never began"
+            time.sleep(0.5)
+        workers = descendants(launcher.pid)
+        assert len(workers) >= 2
+        launcher.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends the launcher
+        output, _ = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            kill_tree(launcher.pid)
+    assert launcher.returncode == 130, output
+    assert "interrupted" in output
+    assert not alive(workers), output
+    summary = json.loads((tmp_path / "launched" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["world_size"] == 2
 
 
 def test_plain_torchrun_module_works(config_file, tmp_path):

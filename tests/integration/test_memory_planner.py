@@ -1,6 +1,6 @@
 """The memory planner: closed-form parts, and estimates within 25 % of measured peaks.
 
-Measurement method (also in docs/distributed.md): each grid point trains 3 AdamW steps on
+Measurement method (also in docs/distributed.md): each grid point trains 2 AdamW steps on
 2 gloo ranks; the peak is the process's peak RSS (VmHWM, reset through
 /proc/self/clear_refs when the model is wrapped) minus the RSS at that moment, plus the
 model's own bytes (resident before wrapping and counted by the estimate). The workers run
@@ -14,11 +14,16 @@ import json
 
 import pytest
 import torch
+import yaml
 from distributed_helpers import WORKERS, torchrun
+from torch import nn
 
-from scaletrain.config import MLPConfig, ParallelConfig
+from scaletrain.cli import main as scaletrain_main
+from scaletrain.config import Config, MLPConfig, ParallelConfig
+from scaletrain.errors import ConfigError
+from scaletrain.launch.planning import plan_for_config
 from scaletrain.models import MLPBlock, build_model
-from scaletrain.parallel.blocks import find_blocks
+from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
 from scaletrain.parallel.memory_plan import Candidate, estimate, plan_memory
 from scaletrain.parallel.memory_probe import measure_model
 
@@ -109,6 +114,80 @@ def test_recommends_the_first_candidate_that_fits():
     assert nothing.recommended is None
 
 
+class UserModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.layers = nn.ModuleList([MLPBlock(8, 8, activation="relu") for _ in range(2)])
+        self.activation = nn.ReLU()  # no parameters: not a block
+        self.head = nn.Linear(8, 2)
+
+
+def test_blocks_default_registry_and_config_override():
+    model = UserModel()
+    # a user module: its direct children with parameters, looking inside the ModuleList
+    assert find_blocks(model) == [model.embed, *model.layers, model.head]
+    assert find_blocks(model, block_types=(MLPBlock,)) == list(model.layers)  # the registry's
+    # parallel.fsdp.block_types names classes and wins; the outermost matches are blocks
+    assert find_blocks(model, block_types=(MLPBlock,), class_names=["Linear"]) == [
+        model.embed,
+        model.layers[0].linear,
+        model.layers[1].linear,
+        model.head,
+    ]
+    with pytest.raises(ConfigError, match="no module of class 'Block'.*MLPBlock"):
+        find_blocks(model, class_names=["Block"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "every", "expected_calls"),
+    [
+        ("none", 2, [1, 1, 1, 1]),
+        ("full", 2, [2, 2, 2, 2]),
+        ("every_n", 2, [2, 1, 2, 1]),
+        ("every_n", 3, [2, 1, 1, 2]),
+    ],
+)
+def test_activation_checkpointing_recomputes_the_chosen_blocks(mode, every, expected_calls):
+    model = build_model(MLPConfig(hidden=[8, 8, 8, 8]), input_shape=(4,), num_outputs=2)
+    blocks = find_blocks(model, block_types=(MLPBlock,))
+    calls = [0] * len(blocks)
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda *_, i=index: calls.__setitem__(i, calls[i] + 1))
+    chosen = apply_activation_checkpointing(blocks, mode=mode, every=every)
+    model(torch.randn(3, 4)).sum().backward()
+    assert calls == expected_calls  # a checkpointed block runs again in backward
+    assert chosen == sum(count == 2 for count in expected_calls)
+
+
+def test_plan_command_marks_what_fits_and_recommends(tmp_path, capsys):
+    config = {
+        "data": {"source": "builtin", "name": "digits"},
+        "model": {"name": "mlp", "hidden": [256, 256, 256, 256]},
+        "train": {"batch_size": 64, "micro_batch_size": 16, "device": "cpu"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan, _ = plan_for_config(Config.model_validate(config), nproc=2, device_memory_gb=1)
+    ddp, zero2, zero3 = (each.total_bytes for each in plan.estimates[:3])
+    assert ddp > zero2 > zero3  # sharding more state, then resharding, saves memory
+    between_gb = (zero2 + zero3) / 2 / 2**30  # room for ZeRO-3, not for ZeRO-2
+    argv = ["plan", str(path), "--nproc", "2", "--device-memory", str(between_gb)]
+    assert scaletrain_main(argv) == 0
+    output = capsys.readouterr().out
+    text = " ".join(output.split())  # rich wraps long lines at the terminal width
+    assert "global batch 64 = micro 16 x accumulation 2 x world 2" in text
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    rows = {row[0]: row[1:] for row in cells if row}
+    assert set(rows) == {"ddp", "fsdp-zero2", "fsdp-zero3*", "fsdp-zero3+ac-full"}
+    assert [rows[name][-1] for name in ("ddp", "fsdp-zero2", "fsdp-zero3*")] == ["no", "no", "yes"]
+    assert float(rows["ddp"][-2]) == pytest.approx(ddp / 2**20, abs=0.05)  # total, MB
+    assert (
+        "recommended (*): fsdp-zero3: parallel.strategy=fsdp "
+        "parallel.fsdp.reshard_after_forward=true"
+    ) in text
+
+
 @pytest.mark.slow
 def test_estimates_are_within_25_percent_of_measured_peaks(tmp_path):
     out = tmp_path / "grid.json"
@@ -122,6 +201,10 @@ def test_estimates_are_within_25_percent_of_measured_peaks(tmp_path):
         p for rank in (0, 1) for p in json.loads(out.with_name(f"grid.json.rank{rank}").read_text())
     ]
     assert len(points) == 2 * 2 * 2 * 2  # ranks x strategies x models x batch sizes
+    # rank 0 alone prints the estimate when wrapping and again beside the peak at teardown
+    lines = [line for line in finished.output.splitlines() if "memory per rank (" in line]
+    assert len(lines) == 2 * 2 * 2 * 2, finished.output
+    assert sum(", measured peak " in line for line in lines) == 2 * 2 * 2
     for point in points:
         error = (point["estimate_mb"] - point["measured_peak_mb"]) / point["measured_peak_mb"]
         assert abs(error) <= TOLERANCE, point

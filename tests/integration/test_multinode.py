@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from distributed_helpers import child_env, free_port, kill_tree
+from distributed_helpers import child_env, free_port, kill_tree, load_weights
+
+from scaletrain import api
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +71,7 @@ def start_node(
 
 
 def start_torchrun_agent(
-    config: Path, out: Path, *, node_rank: int, endpoint: str
+    config: Path, out: Path, *, node_rank: int, endpoint: str, overrides=()
 ) -> subprocess.Popen:
     """One node as a plain torchrun agent running `-m scaletrain train` in its worker."""
     command = [
@@ -91,6 +94,7 @@ def start_torchrun_agent(
         str(config),
         "--out",
         str(out),
+        *overrides,
     ]
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
@@ -126,12 +130,22 @@ def config_file(tmp_path) -> Path:
 
 
 def test_two_torchrun_agents_on_one_host(config_file, tmp_path):
+    # hybrid FSDP on 2 nodes x 1 process: a (replicate 2, shard 1) mesh, so the gradients
+    # travel over the replicate (inter-node) dimension; the result must equal 1 process
+    hybrid = ["parallel.strategy=fsdp", "parallel.fsdp.hybrid=true"]
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [
-        start_torchrun_agent(config_file, tmp_path, node_rank=rank, endpoint=endpoint)
+        start_torchrun_agent(
+            config_file, tmp_path, node_rank=rank, endpoint=endpoint, overrides=hybrid
+        )
         for rank in (1, 0)  # the non-host node first: it waits for the store to appear
     ]
     check_trained_together(tmp_path, wait_all(nodes))
+    single = {**CONFIG, "run": {"name": "single", "seed": 0, "out_dir": str(tmp_path)}}
+    api.train({**single, "parallel": {"strategy": "single"}})
+    reference, together = load_weights(tmp_path / "single"), load_weights(tmp_path / "two-nodes")
+    for key in reference:
+        torch.testing.assert_close(together[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 class Namespaces:

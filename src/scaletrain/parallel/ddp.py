@@ -17,6 +17,10 @@ class DDPStrategy(DistributedStrategy):
 
     name = "ddp"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._synced_models: set[int] = set()  # models that ran a synced backward already
+
     def wrap_model(
         self,
         model: nn.Module,
@@ -54,8 +58,17 @@ class DDPStrategy(DistributedStrategy):
 
     @contextmanager
     def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
-        """DDP reads the flag in forward: the backward of a forward run here skips all-reduce."""
-        with model.no_sync() if enabled else nullcontext():
+        """DDP reads the flag in forward: the backward of a forward run here skips all-reduce.
+
+        With `static_graph` the first step all-reduces every micro batch: torch 2.13's reducer
+        records the graph on the first backward and fails an internal assert if that
+        backward runs under `no_sync` (pytorch#143580). Averaging each micro batch's
+        gradients gives the same sum, at the cost of extra traffic in that one step.
+        """
+        skip = enabled and (not model.static_graph or id(model) in self._synced_models)
+        if not enabled:
+            self._synced_models.add(id(model))
+        with model.no_sync() if skip else nullcontext():
             yield
 
     @contextmanager

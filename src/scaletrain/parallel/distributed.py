@@ -90,7 +90,10 @@ class DistributedStrategy:
         return Candidate(self.name, activation_checkpointing=self.cfg.activation_checkpointing)
 
     def plan_memory(self, model: nn.Module, context: dict) -> None:
-        """Estimate this rank's memory before wrapping; start measuring the real peak."""
+        """Estimate this rank's memory before wrapping (rank 0 prints it); start the peak.
+
+        Teardown prints the estimate again next to the measured peak.
+        """
         self.memory.plan(
             model,
             self.candidate(),
@@ -98,6 +101,9 @@ class DistributedStrategy:
             context=context,
             shard_size=self.env.local_world_size if self.cfg.fsdp.hybrid else None,
         )
+        line = self.memory.planned_line()
+        if self.is_main and line:
+            print(line, file=sys.stderr)
 
     def memory_report(self) -> dict | None:
         """Planned vs measured per-rank memory (MB), for the run's summary."""

@@ -79,6 +79,15 @@ class MemoryAccount:
             "relative_error": round(error, 4) if error is not None else None,
         }
 
+    def planned_line(self) -> str | None:
+        """The estimate by part, for the start of a run."""
+        if self.estimate is None:
+            return None
+        breakdown = self.estimate.breakdown_mb().items()
+        parts = ", ".join(f"{part} {size_mb:.1f}" for part, size_mb in breakdown if size_mb)
+        total = round(self.estimate.total_bytes / _MB, 2)  # rounded as report() rounds it
+        return f"memory per rank ({self.estimate.strategy}): planned {total:.1f} MB ({parts})"
+
     def line(self) -> str | None:
         report = self.report()
         if report is None:
