@@ -1,8 +1,8 @@
 """Model FLOPs utilization: achieved training FLOP/s over the device's measured peak.
 
 The peak is measured once per (device, dtype, torch version, threads) by a matmul and cached
-in `~/.cache/scaletrain/peak_flops.json`, so later runs pay nothing and the first pays well
-under a second. FLOPs per sample are counted analytically (`models.flops`: 2 per
+in `~/.cache/scaletrain/peak_flops.json`, so later runs pay nothing and the first pays about two
+seconds. FLOPs per sample are counted analytically (`models.flops`: 2 per
 multiply-add, training = 3x forward), so MFU = samples/s * FLOPs per sample / peak.
 """
 
@@ -22,8 +22,9 @@ from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
 
 CACHE = Path.home() / ".cache" / "scaletrain"
 CACHE_FILE = CACHE / "peak_flops.json"
-TARGET_SECONDS = 0.02  # one timed matmul: long enough to time, short enough to stay < 1 s
-CPU_SIZES = (256, 512, 1024, 2048)
+# (rows, inner, cols), cheapest first: squares and a batch-shaped product, ~2 s in all
+CPU_SHAPES = [(256,) * 3, (512,) * 3, (256, 1024, 1024), (1024,) * 3, (2048,) * 3]
+SLOW_PRODUCT_S = 0.5  # shapes predicted to take longer are skipped (emulated bf16)
 CUDA_SIZE = 8192  # ~1 TFLOP: ~1 ms on an H100 in bf16, enough to reach its clocks
 
 
@@ -75,33 +76,44 @@ def _cpu_oversubscribed() -> bool:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best FLOP/s of square matmuls, over the two kernels training uses.
+    """Best FLOP/s of matrix products, over the two kernels training uses and several shapes.
 
     `a @ b` and `linear(a, b)` (= a @ b.T) can take different kernels: on CPUs without bf16
     units, bf16 `mm` falls to a slow reference path while `linear` goes through oneDNN, ~10x
-    apart. The peak is the best the device offers in this dtype, as MFU's definition asks.
+    apart. CPU BLAS speed also depends on the shape (a 256-row batch times a 1024-wide layer
+    can beat a 2048 cube by 1.5x), so the peak is the best over square and batch-shaped
+    products, each timed 3 times after a warm-up: the best the device offers in this dtype,
+    as MFU's definition asks (a lower one would put MFU above 1).
     """
     kernels: list[Callable] = [torch.matmul, F.linear]
     if device.type == "cuda":
-        return max(_flops_at(kernel, device, dtype, CUDA_SIZE, repeats=10) for kernel in kernels)
+        return max(_flops_at(kernel, device, dtype, (CUDA_SIZE,) * 3, 10) for kernel in kernels)
     return max(_cpu_flops(kernel, device, dtype) for kernel in kernels)
 
 
 def _cpu_flops(kernel: Callable, device: torch.device, dtype: torch.dtype) -> float:
-    """Grow the size until one product takes TARGET_SECONDS (caches and threads warm up)."""
-    for size in CPU_SIZES:
-        flops = _flops_at(kernel, device, dtype, size, repeats=1)
-        if 2 * size**3 / flops >= TARGET_SECONDS:
-            break
-    return max(flops, _flops_at(kernel, device, dtype, size, repeats=2))
+    best = 0.0
+    for rows, inner, cols in CPU_SHAPES:
+        if best and 2 * rows * inner * cols / best > SLOW_PRODUCT_S:
+            break  # larger products would only add seconds at this speed
+        best = max(best, _flops_at(kernel, device, dtype, (rows, inner, cols), 3))
+    return best
 
 
 def _flops_at(
-    kernel: Callable, device: torch.device, dtype: torch.dtype, size: int, *, repeats: int
+    kernel: Callable,
+    device: torch.device,
+    dtype: torch.dtype,
+    shape: tuple[int, int, int],
+    repeats: int,
 ) -> float:
+    """Best FLOP/s of `repeats` timed products after a warm-up."""
+    rows, inner, cols = shape
     generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
-    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    a = torch.randn(rows, inner, device=device, generator=generator).to(dtype)
+    b = torch.randn(inner, cols, device=device, generator=generator).to(dtype)
+    if kernel is F.linear:
+        b = b.T.contiguous()  # linear(a, w) multiplies by w.T: the same product
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     kernel(a, b)  # warm-up: kernel selection, first-touch of the output
     sync()
@@ -111,7 +123,7 @@ def _flops_at(
         kernel(a, b)
         sync()
         best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+    return 2 * rows * inner * cols / best
 
 
 def _device_name(device: torch.device) -> str:
