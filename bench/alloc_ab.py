@@ -31,12 +31,26 @@ def _child(tuned: bool, steps: int, threads: int, precision: str) -> None:
     workload = WORKLOADS[0]
     inputs, targets = synthetic(workload)
     torch.manual_seed(0)
-    result = raw_train(workload.build(), inputs, targets, steps=steps,
-                       batch_size=workload.batch_size, lr=1e-3, bf16=precision == "bf16-mixed")
+    result = raw_train(
+        workload.build(),
+        inputs,
+        targets,
+        steps=steps,
+        batch_size=workload.batch_size,
+        lr=1e-3,
+        bf16=precision == "bf16-mixed",
+    )
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    times = result.step_seconds[min(10, steps // 4):]
-    print(json.dumps({"step_ms": statistics.median(times) * 1e3, "sys_s": usage.ru_stime,
-                      "minor_faults": usage.ru_minflt}))
+    times = result.step_seconds[min(10, steps // 4) :]
+    print(
+        json.dumps(
+            {
+                "step_ms": statistics.median(times) * 1e3,
+                "sys_s": usage.ru_stime,
+                "minor_faults": usage.ru_minflt,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -54,13 +68,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     samples: dict[str, list[dict]] = {"default": [], "tuned": []}
     for _ in range(args.repeats):
         for side in samples:
-            command = [sys.executable, "-m", "bench.alloc_ab", "--child", side,
-                       "--steps", str(args.steps), "--threads", str(args.threads),
-                       "--precision", args.precision]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.alloc_ab",
+                "--child",
+                side,
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+                "--precision",
+                args.precision,
+            ]
             output = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             samples[side].append(json.loads(output.stdout.strip().splitlines()[-1]))
-    row = {"workload": "mlp-784-1024-1024-10", "precision": args.precision,
-           "threads": args.threads, "steps": args.steps, "repeats": args.repeats}
+    row = {
+        "workload": "mlp-784-1024-1024-10",
+        "precision": args.precision,
+        "threads": args.threads,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
     for side, runs in samples.items():
         for key in ("step_ms", "sys_s", "minor_faults"):
             row[f"{side}_{key}"] = statistics.median(run[key] for run in runs)

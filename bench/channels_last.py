@@ -24,8 +24,9 @@ SHAPES = {"digits-1x8x8": ((1, 8, 8), 64), "cifar-3x32x32": ((3, 32, 32), 128)}
 
 def _step_times(shape, batch, *, channels_last: bool, steps: int, device: str) -> list[float]:
     torch.manual_seed(0)
-    model = build_model(CNNConfig(channels=[32, 64], head=[128]), input_shape=shape,
-                        num_outputs=10).to(device)
+    model = build_model(
+        CNNConfig(channels=[32, 64], head=[128]), input_shape=shape, num_outputs=10
+    ).to(device)
     inputs = torch.randn(batch, *shape, device=device)
     targets = torch.randint(0, 10, (batch,), device=device)
     if channels_last:
@@ -56,15 +57,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for _ in range(args.repeats):
             for channels_last in times:
                 times[channels_last] += _step_times(
-                    shape, batch, channels_last=channels_last, steps=args.steps,
+                    shape,
+                    batch,
+                    channels_last=channels_last,
+                    steps=args.steps,
                     device=args.device,
                 )
         default, last = (statistics.median(times[key]) for key in (False, True))
-        rows.append({"shape": name, "batch": batch, "device": args.device,
-                     "default_step_ms": default * 1e3, "channels_last_step_ms": last * 1e3,
-                     "ratio": last / default})
-        print(f"{name:<16} batch {batch:4d}  default {default * 1e3:8.2f} ms  "
-              f"channels_last {last * 1e3:8.2f} ms  ratio {last / default:.3f}", flush=True)
+        rows.append(
+            {
+                "shape": name,
+                "batch": batch,
+                "device": args.device,
+                "default_step_ms": default * 1e3,
+                "channels_last_step_ms": last * 1e3,
+                "ratio": last / default,
+            }
+        )
+        print(
+            f"{name:<16} batch {batch:4d}  default {default * 1e3:8.2f} ms  "
+            f"channels_last {last * 1e3:8.2f} ms  ratio {last / default:.3f}",
+            flush=True,
+        )
     save_results(f"channels_last_{args.device}", rows)
     return rows
 

@@ -94,31 +94,55 @@ def _run_side(args) -> None:
     model = workload.build()
     started = time.perf_counter()
     if args.side == "raw":
-        result = raw_train(model, inputs, targets, steps=args.steps, lr=1e-3,
-                           batch_size=workload.batch_size, bf16=args.precision == "bf16-mixed")
+        result = raw_train(
+            model,
+            inputs,
+            targets,
+            steps=args.steps,
+            lr=1e-3,
+            batch_size=workload.batch_size,
+            bf16=args.precision == "bf16-mixed",
+        )
         model, seconds, mfu = result.model, result.step_seconds, None
     else:
         import scaletrain
 
         timer = StepTimer(args.device)
         with tempfile.TemporaryDirectory() as out:
-            cfg = scaletrain_config(name="parity", out_dir=out, steps=args.steps, lr=1e-3,
-                                    batch_size=workload.batch_size, precision=args.precision,
-                                    device=args.device)
-            run = scaletrain.train(cfg, model=model, data={"train": (inputs, targets)},
-                                   callbacks=[timer])
+            cfg = scaletrain_config(
+                name="parity",
+                out_dir=out,
+                steps=args.steps,
+                lr=1e-3,
+                batch_size=workload.batch_size,
+                precision=args.precision,
+                device=args.device,
+            )
+            run = scaletrain.train(
+                cfg, model=model, data={"train": (inputs, targets)}, callbacks=[timer]
+            )
             summary = json.loads((run.run_dir / "summary.json").read_text())
         # on_step_end deltas start at step 2: pad so warm-up trims the same steps on both sides
         model, seconds, mfu = run.model, [float("nan"), *timer.seconds], summary["mfu"]
     total = time.perf_counter() - started
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.weights)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
-    print(json.dumps({"seconds": seconds, "total_s": total, "peak_rss_mb": peak_rss_mb(),
-                      "peak_gpu_mb": peak_gpu, "mfu": mfu}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "total_s": total,
+                "peak_rss_mb": peak_rss_mb(),
+                "peak_gpu_mb": peak_gpu,
+                "mfu": mfu,
+            }
+        )
+    )
 
 
-def run_pair(workload: Workload, *, precision: str, repeats: int, device: str, threads: int,
-             steps: int) -> dict:
+def run_pair(
+    workload: Workload, *, precision: str, repeats: int, device: str, threads: int, steps: int
+) -> dict:
     """A B A B over fresh processes; medians of the pooled post-warm-up step times."""
     warmup = max(5, min(20, steps // 5))
     times: dict[str, list[float]] = {"raw": [], "scaletrain": []}
@@ -127,24 +151,48 @@ def run_pair(workload: Workload, *, precision: str, repeats: int, device: str, t
         for _ in range(repeats):
             for side in times:
                 weights = Path(tmp) / f"{side}.pt"
-                command = [sys.executable, "-m", "bench.parity", "--side", side,
-                           "--workload", workload.name, "--precision", precision,
-                           "--device", device, "--threads", str(threads),
-                           "--steps", str(steps), "--weights", str(weights)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "bench.parity",
+                    "--side",
+                    side,
+                    "--workload",
+                    workload.name,
+                    "--precision",
+                    precision,
+                    "--device",
+                    device,
+                    "--threads",
+                    str(threads),
+                    "--steps",
+                    str(steps),
+                    "--weights",
+                    str(weights),
+                ]
                 output = subprocess.run(command, capture_output=True, text=True)
                 if output.returncode:
                     raise RuntimeError(f"{side} failed:\n{output.stderr[-3000:]}")
                 last[side] = json.loads(output.stdout.strip().splitlines()[-1])
                 times[side] += last[side]["seconds"][warmup:]
         raw_w, ours_w = (torch.load(Path(tmp) / f"{s}.pt", weights_only=True) for s in times)
-        equal = all(torch.equal(raw_w[k], ours_w[k]) for k in raw_w) and raw_w.keys() == ours_w.keys()
+        equal = (
+            all(torch.equal(raw_w[k], ours_w[k]) for k in raw_w) and raw_w.keys() == ours_w.keys()
+        )
     raw_median, ours_median = (statistics.median(v) for v in times.values())
     return {
-        "workload": workload.name, "precision": precision, "device": device,
-        "threads": threads, "steps_per_run": steps, "warmup_steps": warmup,
-        "steps_timed_per_side": len(times["raw"]), "repeats": repeats,
-        "raw_step_ms": raw_median * 1e3, "scaletrain_step_ms": ours_median * 1e3,
-        "ratio": ours_median / raw_median, "bitwise_equal": equal,
+        "workload": workload.name,
+        "precision": precision,
+        "device": device,
+        "threads": threads,
+        "steps_per_run": steps,
+        "warmup_steps": warmup,
+        "steps_timed_per_side": len(times["raw"]),
+        "repeats": repeats,
+        "raw_step_ms": raw_median * 1e3,
+        "scaletrain_step_ms": ours_median * 1e3,
+        "ratio": ours_median / raw_median,
+        "bitwise_equal": equal,
         "raw_peak_rss_mb": last["raw"]["peak_rss_mb"],
         "scaletrain_peak_rss_mb": last["scaletrain"]["peak_rss_mb"],
         "raw_peak_gpu_mb": last["raw"]["peak_gpu_mb"],
@@ -183,20 +231,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     slow_bf16 = not has_fast_bf16(torch.device(args.device))
     if slow_bf16 and "bf16-mixed" in args.precisions:
-        print("note: no fast bf16 on this device (emulated bf16 matmuls); bf16-mixed runs "
-              "use 1/8 of the steps")
+        print(
+            "note: no fast bf16 on this device (emulated bf16 matmuls); bf16-mixed runs "
+            "use 1/8 of the steps"
+        )
     rows = []
     for workload in (w for w in WORKLOADS if w.name in args.workloads):
         for precision in args.precisions:
             steps = _steps(workload, precision, args, slow_bf16)
-            row = run_pair(workload, precision=precision, repeats=args.repeats,
-                           device=args.device, threads=args.threads, steps=steps)
+            row = run_pair(
+                workload,
+                precision=precision,
+                repeats=args.repeats,
+                device=args.device,
+                threads=args.threads,
+                steps=steps,
+            )
             rows.append(row)
             mfu = row["scaletrain_mfu"]
-            print(f"{row['workload']:<22} {precision:<10} raw {row['raw_step_ms']:9.2f} ms  "
-                  f"scaletrain {row['scaletrain_step_ms']:9.2f} ms  ratio {row['ratio']:.3f}  "
-                  f"bitwise {row['bitwise_equal']}  mfu {mfu if mfu is None else round(mfu, 3)}",
-                  flush=True)
+            print(
+                f"{row['workload']:<22} {precision:<10} raw {row['raw_step_ms']:9.2f} ms  "
+                f"scaletrain {row['scaletrain_step_ms']:9.2f} ms  ratio {row['ratio']:.3f}  "
+                f"bitwise {row['bitwise_equal']}  mfu {mfu if mfu is None else round(mfu, 3)}",
+                flush=True,
+            )
     save_results(f"parity_{args.device}", rows)
     return rows
 

@@ -63,8 +63,11 @@ class Clock:
 def _scaletrain(clock: Clock, steps: int, out: str, fast: bool) -> None:
     import scaletrain
 
-    cfg = {"run": {"name": "peer", "out_dir": out}, "train": {"max_steps": steps,
-           "batch_size": BATCH}, "optim": {"lr": 1e-3}}
+    cfg = {
+        "run": {"name": "peer", "out_dir": out},
+        "train": {"max_steps": steps, "batch_size": BATCH},
+        "optim": {"lr": 1e-3},
+    }
     if fast:
         cfg["log"] = {"progress": False, "tensorboard": False, "report": False}
         cfg["checkpoint"] = {"every_epochs": 0, "save_best": False}
@@ -97,11 +100,19 @@ def _lightning(clock: Clock, steps: int, out: str, fast: bool) -> None:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(*_data()), batch_size=BATCH, shuffle=True
     )
-    options = {"max_steps": steps, "default_root_dir": out, "callbacks": [Tick()],
-               "accelerator": "cpu"}
+    options = {
+        "max_steps": steps,
+        "default_root_dir": out,
+        "callbacks": [Tick()],
+        "accelerator": "cpu",
+    }
     if fast:
-        options.update(enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                       enable_model_summary=False)
+        options.update(
+            enable_progress_bar=False,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
     L.Trainer(**options).fit(Module(), loader)
 
 
@@ -113,13 +124,21 @@ def _keras(clock: Clock, steps: int, out: str, fast: bool) -> None:
         + [keras.layers.Dense(w, activation="relu") for w in WIDTHS[1:-1]]
         + [keras.layers.Dense(WIDTHS[-1])]
     )
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     inputs, targets = (t.numpy() for t in _data())
     tick = keras.callbacks.LambdaCallback(on_train_batch_end=clock.tick)
     epochs = -(-steps // (NUM_SAMPLES // BATCH))
-    model.fit(inputs, targets, batch_size=BATCH, epochs=epochs, callbacks=[tick],
-              verbose=0 if fast else "auto")
+    model.fit(
+        inputs,
+        targets,
+        batch_size=BATCH,
+        epochs=epochs,
+        callbacks=[tick],
+        verbose=0 if fast else "auto",
+    )
 
 
 def _child(variant: str, steps: int, threads: int) -> None:
@@ -145,29 +164,48 @@ def main(argv: list[str] | None = None) -> list[dict]:
         _child(args.child, args.steps, args.threads)
         return []
     if missing():
-        print(f"peers skipped: {', '.join(missing())} not installed "
-              "(pip install -e '.[bench]' to compare with Lightning and Keras)")
+        print(
+            f"peers skipped: {', '.join(missing())} not installed "
+            "(pip install -e '.[bench]' to compare with Lightning and Keras)"
+        )
         return []
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     samples: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for _ in range(args.repeats):
         for variant in VARIANTS:
-            command = [sys.executable, "-m", "bench.peers", "--child", variant,
-                       "--steps", str(args.steps), "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.peers",
+                "--child",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+            ]
             output = subprocess.run(command, capture_output=True, text=True, env=env)
             if output.returncode:
                 raise RuntimeError(f"{variant} failed:\n{output.stderr[-3000:]}")
             step_s = json.loads(output.stdout.strip().splitlines()[-1])["step_s"]
-            samples[variant] += step_s[min(10, len(step_s) // 4):]
+            samples[variant] += step_s[min(10, len(step_s) // 4) :]
     ours = BATCH / statistics.median(samples["scaletrain-default"])
     rows = []
     for variant, step_s in samples.items():
         per_s = BATCH / statistics.median(step_s)
-        rows.append({"variant": variant, "samples_per_s": per_s,
-                     "scaletrain_default_over_this": ours / per_s, "threads": args.threads,
-                     "steps_timed": len(step_s)})
-        print(f"{variant:<20} {per_s:9.0f} samples/s   scaletrain-default / this: "
-              f"{ours / per_s:.2f}", flush=True)
+        rows.append(
+            {
+                "variant": variant,
+                "samples_per_s": per_s,
+                "scaletrain_default_over_this": ours / per_s,
+                "threads": args.threads,
+                "steps_timed": len(step_s),
+            }
+        )
+        print(
+            f"{variant:<20} {per_s:9.0f} samples/s   scaletrain-default / this: {ours / per_s:.2f}",
+            flush=True,
+        )
     save_results("peers", rows)
     return rows
 

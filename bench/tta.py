@@ -33,10 +33,18 @@ def _child(config: str, out_dir: str) -> None:
     )
     seconds = time.perf_counter() - started
     summary = json.loads((run.run_dir / "summary.json").read_text())
-    print(json.dumps({"seconds": seconds, "test_accuracy": run.metrics["test"]["accuracy"],
-                      "epochs": summary["epochs"], "steps": summary["steps"],
-                      "mfu": summary.get("mfu"),
-                      "overhead_fraction": summary.get("overhead_fraction")}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "test_accuracy": run.metrics["test"]["accuracy"],
+                "epochs": summary["epochs"],
+                "steps": summary["steps"],
+                "mfu": summary.get("mfu"),
+                "overhead_fraction": summary.get("overhead_fraction"),
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -68,9 +76,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "runs": runs,
         }
         rows.append(row)
-        print(f"{config:<28} {row['median_seconds']:7.2f} s  test accuracy >= "
-              f"{row['min_test_accuracy']:.4f}  target {TARGET:.0%} met: {row['reached_target']}",
-              flush=True)
+        print(
+            f"{config:<28} {row['median_seconds']:7.2f} s  test accuracy >= "
+            f"{row['min_test_accuracy']:.4f}  target {TARGET:.0%} met: {row['reached_target']}",
+            flush=True,
+        )
     save_results("tta", rows)
     return rows
 

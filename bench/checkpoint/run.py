@@ -109,7 +109,9 @@ def sync_save(store: CheckpointStore, tensors: dict, step: int, strategy) -> flo
 def async_save(store: CheckpointStore, tensors: dict, step: int, strategy) -> tuple[float, float]:
     """(stall: seconds until training may go on, total: until the checkpoint is committed)."""
     started = time.perf_counter()
-    result = store.save_async(step=step, tensors=tensors, side_state={"step": step}, strategy=strategy)
+    result = store.save_async(
+        step=step, tensors=tensors, side_state={"step": step}, strategy=strategy
+    )
     store.wait(strategy)
     return result.stall_s, time.perf_counter() - started
 

@@ -246,9 +246,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:
     return Run(run.root, summary.get("metrics", {}), model, cfg, summary.get("status", "unknown"))
 
 
-def export(
-    run_dir: str | Path, *, out: str | Path | None = None, checkpoint: str = "best"
-) -> Path:
+def export(run_dir: str | Path, *, out: str | Path | None = None, checkpoint: str = "best") -> Path:
     """Full, unsharded weights as safetensors (no pickle), with the resolved config inside."""
     from scaletrain.checkpoint.export import export_safetensors
 
@@ -314,6 +312,7 @@ def _write_summary(run: RunDir, cfg: Config, strategy, result, status: str, metr
         "metrics": metrics,
         "train_samples_per_s": result.samples_seen / seconds if result and seconds else None,
         "peak_rss_mb": peak_rss_mb(),
+        "memory": strategy.memory_report(),  # planner estimate vs measured peak, per rank
         "mfu": result.mfu if result else None,
         "overhead_fraction": result.overhead_fraction if result else None,
         "compile_s": result.compile_s if result else None,

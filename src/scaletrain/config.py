@@ -364,8 +364,11 @@ class TrainConfig(Section):
     max_epochs: PositiveInt | None = Field(10, description="Epochs to train (or max_steps).")
     max_steps: PositiveInt | None = Field(None, description="Optimizer steps; wins if set.")
     batch_size: PositiveInt = Field(64, description="Global batch: samples per optimizer step.")
-    micro_batch_size: PositiveInt | None = Field(
-        None, description="Samples per forward pass per rank; default batch_size / world size."
+    micro_batch_size: PositiveInt | Literal["auto"] | None = Field(
+        None,
+        description="Samples per forward pass per rank; default batch_size / world size. "
+        "`auto`: start there and halve it on an out-of-memory error in the first steps "
+        "(one process), accumulating more so the global batch stays the same.",
     )
     precision: Precision = Field(
         "auto", description="`auto`: bf16-mixed where the device has fast bf16, else 32."

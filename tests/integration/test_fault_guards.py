@@ -167,3 +167,31 @@ def test_stop_saves_and_raises_one_clear_error(tmp_path):
     assert side["skip_spans"] == [[0, 64, 96]] and side["loader"]["samples_consumed"] == 96
     summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
     assert summary["status"] == "failed"
+
+
+def test_loss_spike_under_rollback_reloads_at_once(tmp_path):
+    # one spike is enough (max_consecutive_bad counts non-finite steps): back to step 8
+    inputs, targets, _ = _data(poison_at_step=12, factor=100.0, num_samples=2 * NUM_SAMPLES)
+    guard = {"nonfinite": "rollback", "lr_backoff": 0.5, "spike": {"threshold": 6.0, "window": 8}}
+    run = scaletrain.train(
+        _config(tmp_path, "spike_rollback", steps=14, guard=guard, every_steps=4),
+        model=_model(),
+        data={"train": (inputs, targets)},
+    )
+    assert run.status == "finished"
+    records = _records(run.run_dir)
+    rollbacks = [r for r in records if r.get("event") == "rollback"]
+    assert len(rollbacks) == 1 and "loss spike" in rollbacks[0]["detail"], rollbacks
+    assert "step_00000008" in rollbacks[0]["detail"] and rollbacks[0]["step"] == 8
+    assert not [r for r in records if r.get("event") == "skip"]
+    # metrics.jsonl keeps the undone steps 9-11 (they happened); then 9-14 again, lr halved
+    cut = records.index(rollbacks[0])
+    before = [(r["step"], r["lr"]) for r in records[:cut] if r.get("split") == "train"]
+    after = [(r["step"], r["lr"]) for r in records[cut:] if r.get("split") == "train"]
+    assert before == [(step, 0.01) for step in range(1, 12)]
+    assert after == [(step, 0.005) for step in range(9, 15)]
+    counters = json.loads((run.run_dir / "summary.json").read_text())["counters"]
+    assert (counters["rollbacks"], counters["skipped_batches"]) == (1, 1)
+    ledger = expand_ledger(read_ledger(run.run_dir / LEDGER))
+    assert [row[1:] for row in ledger if row[4] == "offending"] == [(0, 352, 384, "offending")]
+    assert [row[0] for row in ledger if row[4] is None] == list(range(1, 15))

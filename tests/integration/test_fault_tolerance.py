@@ -34,7 +34,9 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     process = subprocess.Popen(
         [sys.executable, "-m", "scaletrain", "train", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     metrics = tmp_path / "pre" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -70,7 +72,9 @@ def test_nonfinite_steps_are_skipped_on_every_epoch(tmp_path):
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["counters"]["skipped_steps"] == 3  # the poisoned step, once per epoch
-    records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert sum(r.get("event") == "skip" for r in records) == 3
     assert all(np.isfinite(r["loss"]) for r in records if r.get("split") == "train")
 
@@ -79,7 +83,9 @@ def test_export_is_pickle_free_and_equals_the_model(tmp_path):
     run = scaletrain.train(_cfg(tmp_path, "exp", max_steps=5))
     result = subprocess.run(
         [sys.executable, "-m", "scaletrain", "export", str(run.run_dir), "--checkpoint", "last"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     tensors = load_file(str(run.run_dir / "model.safetensors"))

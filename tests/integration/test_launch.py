@@ -77,6 +77,10 @@ def test_nproc_2_runs_two_ranks_and_prints_once(config_file, tmp_path):
     # events.out.tfevents.<time>.<host>.<pid>.<n>: every TensorBoard file from one process
     events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert events and len({path.name.split(".")[-2] for path in events}) == 1
+    # the planner's estimate at the start and next to the measured peak at the end, once
+    memory = [line for line in output.splitlines() if line.startswith("memory per rank (")]
+    assert len(memory) == 2 and ", measured peak " in memory[1], memory
+    assert summary["memory"]["estimate_mb"] > 0 and summary["memory"]["measured_peak_mb"] > 0
 
 
 def test_ctrl_c_stops_every_worker_and_exits_130(config_file, tmp_path):

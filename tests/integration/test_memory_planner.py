@@ -208,3 +208,28 @@ def test_estimates_are_within_25_percent_of_measured_peaks(tmp_path):
     for point in points:
         error = (point["estimate_mb"] - point["measured_peak_mb"]) / point["measured_peak_mb"]
         assert abs(error) <= TOLERANCE, point
+
+
+class _ReadsAValue(nn.Module):
+    """A forward the meta device cannot run: it reads a tensor's value."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(512, 512)  # 1 MB of parameters
+
+    def forward(self, inputs):
+        scale = float(inputs.abs().max().item()) or 1.0
+        return self.linear(inputs / scale)
+
+
+def test_a_forward_the_meta_device_cannot_run_still_trains():
+    from scaletrain.parallel import SingleStrategy
+
+    strategy = SingleStrategy(torch.device("cpu"))
+    model = strategy.wrap_model(
+        _ReadsAValue(), example_input=torch.empty(8, 512, device="meta"), block_types=()
+    )
+    model(torch.randn(8, 512)).sum().backward()  # the wrapped model runs
+    report = strategy.memory_report()
+    assert report["estimate"]["activations"] == 0  # planned without activations
+    assert report["estimate_mb"] > 0  # parameters, gradients and optimizer state still counted

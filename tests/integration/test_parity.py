@@ -13,9 +13,7 @@ def test_loop_matches_hand_written_loop_bitwise(tmp_path):
     inputs = torch.randn(300, 20, generator=generator)
     targets = torch.randint(0, 4, (300,), generator=generator)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
-    )
+    model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     raw = raw_train(copy.deepcopy(model), inputs, targets, steps=25, batch_size=32, lr=1e-2)
     run = scaletrain.train(
         scaletrain_config(name="parity", out_dir=str(tmp_path), steps=25, batch_size=32, lr=1e-2),

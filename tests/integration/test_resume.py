@@ -61,3 +61,32 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["counters"]["restarts"] == 1
     assert summary["metrics"]["test"] == reference.metrics["test"]
+
+
+def test_resume_warns_once_when_the_training_config_changed(tmp_path):
+    import warnings
+
+    import yaml
+
+    from scaletrain.checkpoint import CheckpointWarning
+
+    config = _config(tmp_path, "changed")
+    config["train"]["max_steps"] = 4
+    run_dir = scaletrain.train(config).run_dir
+
+    def resume_after(edit) -> list[str]:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        edit(saved)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resume(run_dir)
+        return [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+
+    # logging, checkpointing and parallel settings may change: no warning
+    assert resume_after(lambda c: c["log"].update(every_steps=2)) == []
+    assert resume_after(lambda c: c["parallel"].update(timeout_s=60)) == []
+    # the training math changed (the hash of data/model/optim/loss/train/seed): one line
+    messages = resume_after(lambda c: c["optim"].update(lr=0.02))
+    assert len(messages) == 1 and "step_00000004" in messages[0], messages
+    assert "saved under another config" in messages[0] and "\n" not in messages[0]

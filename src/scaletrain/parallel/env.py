@@ -13,6 +13,7 @@ class LaunchEnv:
     world_size: int
     local_world_size: int
     run_id: str | None = None  # TORCHELASTIC_RUN_ID: set by torchrun's agent in every worker
+    restart_count: int = 0  # TORCHELASTIC_RESTART_COUNT: workers restarted by the agent so far
 
     @property
     def launched_by_torchrun(self) -> bool:
@@ -30,4 +31,5 @@ def read_launch_env() -> LaunchEnv:
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
         run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
+        restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
     )

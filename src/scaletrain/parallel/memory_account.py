@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -43,12 +45,16 @@ class MemoryAccount:
         """Estimate before wrapping (needs `example_input` in `context`); start the peak."""
         example_input = context.get("example_input")
         if example_input is not None:
-            facts = self.measure(
+            measure = partial(
+                self.measure,
                 model,
                 precision=context.get("precision"),
                 block_types=context.get("block_types"),
-                example_input=example_input,
             )
+            try:
+                facts = measure(example_input=example_input)
+            except Exception:  # a forward the meta device cannot run (.item(), numpy, ...):
+                facts = measure(example_input=None)  # plan without activations, train anyway
             states = context.get("optimizer_states_per_param")
             self.estimate = estimate(
                 facts,

@@ -15,7 +15,9 @@ from scaletrain.parallel.env import LaunchEnv
 
 # Several runs in one process (tune, ensembles) re-create the group on torchrun's store,
 # which outlives them: a fresh key prefix per group keeps a fast rank from reading the
-# previous group's (dead) addresses. Every rank creates groups in the same order.
+# previous group's (dead) addresses. Every rank creates groups in the same order. Workers
+# that torchrun's agent restarts after a failure meet on the same store too: the restart
+# count is part of the prefix, or they would connect to the dead workers' addresses.
 _generations = itertools.count()
 
 
@@ -34,7 +36,8 @@ def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) 
     if env.launched_by_torchrun:
         store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)
-        store = dist.PrefixStore(f"scaletrain/{next(_generations)}", store)
+        prefix = f"scaletrain/{env.restart_count}/{next(_generations)}"
+        store = dist.PrefixStore(prefix, store)
     else:  # ddp/fsdp asked for in a plain `python` process: in-memory store, no ports
         store, rank, world_size = dist.HashStore(), 0, 1
     dist.init_process_group(

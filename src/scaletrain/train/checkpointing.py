@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
-from scaletrain.checkpoint import CheckpointStore
-from scaletrain.config import CheckpointConfig
+from scaletrain.checkpoint import CheckpointStore, CheckpointWarning
+from scaletrain.config import CheckpointConfig, Config
 from scaletrain.errors import CheckpointError
 from scaletrain.rundir import RunDir, append_record, truncate_metrics
 from scaletrain.train.guards import StepGuard
@@ -27,8 +29,10 @@ class Checkpointer:
         strategy,
         guard: StepGuard,
         ledger: Ledger,
+        config_hash: str,
     ):
         self.cfg = cfg
+        self.config_hash = config_hash
         self.run = run
         self.state = state
         self.strategy = strategy
@@ -37,6 +41,7 @@ class Checkpointer:
         self.store = CheckpointStore(run.checkpoints, keep_last=cfg.keep_last)
         self.last_step: int | None = None
         self.last_path: Path | None = None
+        self._saved_config_hash: str | None = None  # of the checkpoint loaded last
         self._last_save_time = time.monotonic()
 
     def due_by_time(self) -> bool:
@@ -55,7 +60,7 @@ class Checkpointer:
         arguments = {
             "step": state.step,
             "tensors": state.tensors(),
-            "side_state": state.side_state(),
+            "side_state": {**state.side_state(), "config_sha256": self.config_hash},
             "strategy": self.strategy,
         }
         started = time.perf_counter()
@@ -84,6 +89,13 @@ class Checkpointer:
     def resume(self) -> Path:
         """Load the newest valid checkpoint; forget metric and ledger lines logged after it."""
         path = self._load()
+        if self.strategy.is_main and self._saved_config_hash not in (None, self.config_hash):
+            warnings.warn(
+                f"{path} was saved under another config: {self.run.config.name} changed "
+                "since (data, model, optim, loss, train or run.seed); resuming with it as is",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         # a resumed process killed before its next save left its count only in metrics.jsonl
         logged = _count_events(self.run.metrics, "resume") if self.strategy.is_main else 0
         self.state.counters["restarts"] = max(self.state.counters["restarts"], logged) + 1
@@ -121,6 +133,7 @@ class Checkpointer:
         side = self.store.load(path, tensors=tensors, rank=self.strategy.rank)
         self.state.load_tensors(tensors)
         self.state.load_side_state(side)
+        self._saved_config_hash = side.get("config_sha256")
         self.guard.load_state_dict(self.state.guard)
         return path
 
@@ -136,3 +149,11 @@ def _count_events(path: Path, event: str) -> int:
         except json.JSONDecodeError:
             continue
     return count
+
+
+def config_hash(cfg: Config) -> str:
+    """SHA-256 of what decides the training math; `parallel` (world size, strategy), `log`,
+    `checkpoint` and the run's name and folder may change between save and resume."""
+    kept = {k: v for k, v in cfg.to_dict().items() if k not in ("parallel", "log", "checkpoint")}
+    kept["run"] = {"seed": cfg.run.seed}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()

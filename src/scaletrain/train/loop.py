@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from scaletrain.optim import (
     build_schedule,
     clip_gradients,
 )
+from scaletrain.parallel import optimizer_states_per_param
 from scaletrain.rundir import RunDir, atomic_write_json
 from scaletrain.train.callbacks import CallbackList
-from scaletrain.train.checkpointing import Checkpointer
+from scaletrain.train.checkpointing import Checkpointer, config_hash
 from scaletrain.train.evaluate import EvalResult, evaluate_split
 from scaletrain.train.guards import StepGuard, on_bad_step, pass_over
 from scaletrain.train.heartbeat import Heartbeat
@@ -39,6 +41,8 @@ from scaletrain.train.speed import (
     compile_regions,
 )
 from scaletrain.train.state import TrainState
+
+OOM_BACKOFF_STEPS = 3  # train.micro_batch_size auto: an out-of-memory error this early halves it
 
 
 @dataclass
@@ -80,17 +84,28 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         drop_last=cfg.data.drop_last,
     )
     if strategy.is_main:
-        atomic_write_json(
-            run.plan,
-            {**plan.to_dict(), "precision": precision.name, "device": str(strategy.device)},
-        )
+        _write_plan(run, plan, precision, strategy)
     apply_num_threads(cfg.train.num_threads)  # before the peak FLOP/s (keyed by threads)
     flops_per_sample = train_flops_per_sample(model, data.spec.input_shape, data.spec.input_dtype)
     peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
     first_step = FirstStepClock(model) if cfg.train.compile else None
+    block_types = block_types_of(cfg.model, model)
     if cfg.train.compile:  # per block, before wrapping (as torchtitan): one graph per block type
-        compile_regions(model, block_types_of(cfg.model, model))
-    model = strategy.wrap_model(model.to(dtype=precision.param_dtype))
+        compile_regions(model, block_types)
+    model = strategy.wrap_model(
+        model.to(dtype=precision.param_dtype),
+        precision=precision,  # FSDP: MixedPrecisionPolicy from autocast's dtype
+        block_types=block_types,  # the registry's blocks: FSDP units, checkpointed blocks
+        # one micro batch's shape: the planner measures activations on the meta device
+        example_input=torch.empty(
+            (plan.micro_batch_size, *data.spec.input_shape),
+            dtype=data.spec.input_dtype,
+            device="meta",
+        ),
+        optimizer_states_per_param=optimizer_states_per_param(
+            cfg.optim.name, momentum=cfg.optim.momentum
+        ),
+    )
     optimizer = build_optimizer(cfg.optim, model)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total_steps=plan.total_steps)
     penalty = build_penalty(cfg.optim.penalty, model)
@@ -100,23 +115,33 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         num_outputs=data.spec.num_outputs,
         class_counts=data.spec.class_counts,
     ).to(strategy.device)
-    loader = BatchLoader(
-        data.train,
-        global_batch_size=plan.global_batch_size,
-        micro_batch_size=plan.micro_batch_size,
-        shuffle=True,
-        seed=cfg.run.seed,
-        drop_last=cfg.data.drop_last,
-        rank=strategy.rank,
-        world_size=strategy.world_size,
-        device=strategy.device,
-        num_workers=cfg.data.num_workers,
-    )
+
+    def build_loader(micro_batch_size: int) -> BatchLoader:
+        return BatchLoader(
+            data.train,
+            global_batch_size=plan.global_batch_size,
+            micro_batch_size=micro_batch_size,
+            shuffle=True,
+            seed=cfg.run.seed,
+            drop_last=cfg.data.drop_last,
+            rank=strategy.rank,
+            world_size=strategy.world_size,
+            device=strategy.device,
+            num_workers=cfg.data.num_workers,
+        )
+
+    loader = build_loader(plan.micro_batch_size)
     state = TrainState(model, optimizer, schedule, loader, scaler=precision.scaler)
     guard = StepGuard(cfg.train.guard, strategy=strategy, log_every_steps=cfg.log.every_steps)
     ledger = Ledger(run.root / LEDGER, enabled=strategy.is_main)
     saver = Checkpointer(
-        cfg.checkpoint, run=run, state=state, strategy=strategy, guard=guard, ledger=ledger
+        cfg.checkpoint,
+        run=run,
+        state=state,
+        strategy=strategy,
+        guard=guard,
+        ledger=ledger,
+        config_hash=config_hash(cfg),  # a resume warns if the training math was changed
     )
     monitor = Monitor(cfg.train.monitor, cfg.train.early_stopping, state)
     if resume:
@@ -175,6 +200,9 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     status = "finished"
     stop = StopRequest()
     window_steps = state.pending_steps  # steps whose loss is in running_loss
+    # auto micro batch: one process only (ranks would have to agree before a collective)
+    auto_micro = cfg.train.micro_batch_size == "auto" and world == 1
+    backoff_until = state.step + OOM_BACKOFF_STEPS if auto_micro else -1
     model.train()  # and again only after evaluation switched it off
     callbacks.on_train_start(state)
     try:
@@ -190,19 +218,36 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 compute_start = time.perf_counter()
                 step_loss.zero_()
                 # forward / backward over this rank's micro batches; only the last syncs grads
-                for index, (inputs, targets) in enumerate(batch.micro_batches):
-                    last = index == len(batch.micro_batches) - 1
-                    if precision.param_dtype != torch.float32 and inputs.is_floating_point():
-                        inputs = inputs.to(precision.param_dtype)  # bf16-true: no autocast
-                    with strategy.no_sync(model, enabled=not last), precision.autocast():
-                        loss = loss_fn(model(inputs), targets)
-                        # mean over the micro batch -> share of the global step's mean loss
-                        share = len(targets) * world / batch.num_samples_global
-                        scaled = loss * share if share != 1.0 else loss
-                        if penalty is not None and last:
-                            scaled = scaled + penalty()
-                    step_loss += loss.detach() * (len(targets) / batch.num_samples_global)
-                    (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
+                try:
+                    for index, (inputs, targets) in enumerate(batch.micro_batches):
+                        last = index == len(batch.micro_batches) - 1
+                        if precision.param_dtype != torch.float32 and inputs.is_floating_point():
+                            inputs = inputs.to(precision.param_dtype)  # bf16-true: no autocast
+                        with strategy.no_sync(model, enabled=not last), precision.autocast():
+                            loss = loss_fn(model(inputs), targets)
+                            # mean over the micro batch -> share of the global step's mean loss
+                            share = len(targets) * world / batch.num_samples_global
+                            scaled = loss * share if share != 1.0 else loss
+                            if penalty is not None and last:
+                                scaled = scaled + penalty()
+                        step_loss += loss.detach() * (len(targets) / batch.num_samples_global)
+                        (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
+                except torch.OutOfMemoryError:
+                    if state.step >= backoff_until or plan.micro_batch_size == 1:
+                        raise
+                    # same global batch, smaller micro batches: redo this step from its start
+                    loss = scaled = None  # drop the graph before trying again
+                    optimizer.zero_grad(set_to_none=True)
+                    plan = _halve_micro_batch(plan)
+                    loader = state.loader = _rewind(build_loader(plan.micro_batch_size), span)
+                    if strategy.is_main:
+                        _write_plan(run, plan, precision, strategy)
+                    detail = (
+                        f"out of memory: micro batch {plan.micro_batch_size} x "
+                        f"{plan.grad_accum_steps} accumulation steps from now on"
+                    )
+                    log({"event": "oom_backoff", "step": state.step + 1, "detail": detail})
+                    break
                 if precision.scaler is not None:
                     precision.scaler.unscale_(optimizer)
                 grad_norm = clip_gradients(cfg.optim.clip, model.parameters())
@@ -332,6 +377,25 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         overhead_fraction=max(0.0, 1 - compute_seconds / train_seconds) if train_seconds else None,
         compile_s=first_step.seconds if first_step else None,
     )
+
+
+def _halve_micro_batch(plan: Plan) -> Plan:
+    micro = max(1, plan.micro_batch_size // 2)
+    per_rank = plan.global_batch_size // plan.world_size
+    return dataclasses.replace(
+        plan, micro_batch_size=micro, grad_accum_steps=math.ceil(per_rank / micro)
+    )
+
+
+def _rewind(loader: BatchLoader, span: list[int]) -> BatchLoader:
+    """Position `loader` at the start of the step `span` ([epoch, start, stop])."""
+    loader.load_state_dict({"epoch": span[0], "samples_consumed": span[1]})
+    return loader
+
+
+def _write_plan(run: RunDir, plan: Plan, precision: Precision, strategy) -> None:
+    extra = {"precision": precision.name, "device": str(strategy.device)}
+    atomic_write_json(run.plan, {**plan.to_dict(), **extra})
 
 
 def _evaluate_and_monitor(evaluate, monitor: Monitor, checkpoint, cfg: Config, log, state) -> str:

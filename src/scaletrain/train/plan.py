@@ -32,7 +32,8 @@ def make_plan(
             f"train.batch_size: {cfg.batch_size} is not divisible by the world size {world_size}"
         )
     per_rank = cfg.batch_size // world_size
-    micro = min(cfg.micro_batch_size or per_rank, per_rank)
+    requested = None if cfg.micro_batch_size == "auto" else cfg.micro_batch_size
+    micro = min(requested or per_rank, per_rank)  # auto: the largest, halved on OOM
     if num_train_samples < cfg.batch_size and drop_last:
         raise ConfigError(
             f"train.batch_size: {cfg.batch_size} exceeds the {num_train_samples} training "

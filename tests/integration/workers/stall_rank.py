@@ -39,8 +39,12 @@ def main() -> None:
         "checkpoint": {"every_epochs": 0, "save_best": False},
         "log": {"every_steps": 1, "progress": False, "tensorboard": False, "report": False},
     }
-    api.train(config, model=model, data={"train": (inputs, targets)},
-              callbacks=[SleepForever(stall_rank, stall_step)])
+    api.train(
+        config,
+        model=model,
+        data={"train": (inputs, targets)},
+        callbacks=[SleepForever(stall_rank, stall_step)],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Issue 5, test 10: a loader worker that dies, or a sample that raises, stops the run with
+an error (never a hang). Naming the sample index in that error is not done yet (data/)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from distributed_helpers import WORKERS, run
+
+BAD_INDEX = 77  # workers/loader_fault.py
+BOUND_S = 90  # a process start, a few steps and the error, on a loaded 2-core machine
+
+
+def _fail(tmp_path, mode: str, num_workers: int) -> str:
+    command = [sys.executable, str(WORKERS / "loader_fault.py"), str(tmp_path), mode]
+    finished = run([*command, str(num_workers)], timeout=BOUND_S)  # a hang fails here
+    assert finished.returncode == 1, finished.output
+    lines = [line for line in finished.output.splitlines() if line.startswith("FAILED ")]
+    assert len(lines) == 1, finished.output
+    return lines[0]
+
+
+def test_killed_loader_worker_stops_the_run_naming_the_worker(tmp_path):
+    line = _fail(tmp_path, "kill", 2)
+    assert "DataLoader worker (pid" in line and "exited unexpectedly" in line, line
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sample_that_raises_stops_the_run_with_its_error(tmp_path, num_workers):
+    line = _fail(tmp_path, "raise", num_workers)
+    assert f"cannot decode images/{BAD_INDEX:05d}.png" in line, line
