@@ -94,6 +94,10 @@ def _run_side(args) -> None:
     model = workload.build()
     started = time.perf_counter()
     if args.side == "raw":
+        # the same memory format scaletrain's `train.channels_last: auto` picks
+        channels_last = args.device == "cpu" and any(
+            isinstance(module, nn.Conv2d) for module in model.modules()
+        )
         result = raw_train(
             model,
             inputs,
@@ -102,6 +106,7 @@ def _run_side(args) -> None:
             lr=1e-3,
             batch_size=workload.batch_size,
             bf16=args.precision == "bf16-mixed",
+            channels_last=channels_last,
         )
         model, seconds, mfu = result.model, result.step_seconds, None
     else:

@@ -33,6 +33,7 @@ def raw_train(
     lr: float,
     seed: int = 0,
     bf16: bool = False,
+    channels_last: bool = False,
 ) -> RawResult:
     """AdamW (fused) + cross-entropy, optionally under bf16 autocast, `steps` optimizer steps.
 
@@ -40,6 +41,8 @@ def raw_train(
     """
     device = inputs.device
     model = model.to(device)
+    if channels_last:  # as scaletrain's `train.channels_last: auto` does for CPU CNNs
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -55,8 +58,11 @@ def raw_train(
         started = time.perf_counter()
         index = order[position : position + batch_size]
         position += batch_size
+        batch = inputs[index]
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast:
-            loss = F.cross_entropy(model(inputs[index]), targets[index])
+            loss = F.cross_entropy(model(batch), targets[index])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -379,6 +379,12 @@ class TrainConfig(Section):
         description="torch.compile each block of the model (regional: faster cold start); "
         "the first step's seconds, compilation included, go to summary.json `compile_s`.",
     )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="Models with 2-D convolutions and their image inputs in channels_last "
+        "memory format. `auto`: on for one CPU process (0.77-0.79x the step time on this "
+        "project's CPU, bench/README.md); elsewhere only when set to true.",
+    )
     num_threads: PositiveInt | None = Field(
         None,
         description="CPU intra-op threads for this process; default: PyTorch's (one per "

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 
+import pytest
 import torch
 
 import scaletrain
@@ -22,11 +23,19 @@ class InterruptAt:
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def _config(tmp_path, name):
+MODELS = {
+    "mlp": ({"name": "mlp", "hidden": [32], "dropout": 0.2}, "flat"),  # dropout: RNG resumes
+    # batch norm statistics, and channels_last weights (train.channels_last: auto on CPU)
+    "cnn": ({"name": "cnn", "channels": [8, 16], "head": [32], "dropout": 0.2}, "image"),
+}
+
+
+def _config(tmp_path, name, model="mlp"):
+    model_cfg, layout = MODELS[model]
     return {
         "run": {"name": name, "seed": 3, "out_dir": str(tmp_path)},
-        "data": {"source": "builtin", "name": "digits", "layout": "flat"},
-        "model": {"name": "mlp", "hidden": [32], "dropout": 0.2},  # dropout: RNG must resume too
+        "data": {"source": "builtin", "name": "digits", "layout": layout},
+        "model": model_cfg,
         "optim": {"name": "adamw", "lr": 0.01, "schedule": {"name": "cosine"}},
         "train": {"max_steps": 40, "batch_size": 32, "precision": "32", "eval_every_steps": 10},
         "checkpoint": {"every_steps": 10, "every_epochs": 0, "keep_last": 3},
@@ -43,10 +52,11 @@ def _weights(run):
     return {k: v.clone() for k, v in run.model.state_dict().items()}
 
 
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
-    reference = scaletrain.train(_config(tmp_path, "full"))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, model):
+    reference = scaletrain.train(_config(tmp_path, "full", model))
 
-    interrupted = scaletrain.train(_config(tmp_path, "cut"), callbacks=[InterruptAt(25)])
+    interrupted = scaletrain.train(_config(tmp_path, "cut", model), callbacks=[InterruptAt(25)])
     assert interrupted.status == "interrupted" and interrupted.exit_code == 130
     run_dir = interrupted.run_dir
     # Simulate a crash instead of a clean Ctrl-C: drop the interrupt checkpoint, so the

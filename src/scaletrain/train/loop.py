@@ -39,6 +39,7 @@ from scaletrain.train.speed import (
     apply_num_threads,
     block_types_of,
     compile_regions,
+    wants_channels_last,
 )
 from scaletrain.train.state import TrainState
 
@@ -90,6 +91,11 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
     first_step = FirstStepClock(model) if cfg.train.compile else None
     block_types = block_types_of(cfg.model, model)
+    channels_last = wants_channels_last(
+        cfg.train.channels_last, model, device=strategy.device, world_size=strategy.world_size
+    )
+    if channels_last:  # NHWC convolution weights; each image batch is converted to match
+        model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:  # per block, before wrapping (as torchtitan): one graph per block type
         compile_regions(model, block_types)
     model = strategy.wrap_model(
@@ -221,6 +227,8 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 try:
                     for index, (inputs, targets) in enumerate(batch.micro_batches):
                         last = index == len(batch.micro_batches) - 1
+                        if channels_last and inputs.dim() == 4:
+                            inputs = inputs.contiguous(memory_format=torch.channels_last)
                         if precision.param_dtype != torch.float32 and inputs.is_floating_point():
                             inputs = inputs.to(precision.param_dtype)  # bf16-true: no autocast
                         with strategy.no_sync(model, enabled=not last), precision.autocast():

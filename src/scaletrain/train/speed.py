@@ -62,3 +62,12 @@ def block_types_of(model_cfg, model: nn.Module) -> tuple[type[nn.Module], ...]:
 
     entry = MODELS.get(getattr(model_cfg, "name", ""))
     return entry.block_types if entry and entry.block_types else default_block_types(model)
+
+
+def wants_channels_last(setting: bool | str, model: nn.Module, *, device, world_size: int) -> bool:
+    """`train.channels_last`: `auto` is on where it was measured to help (one CPU process
+    with 2-D convolutions); FSDP shards and GPU kernels were not measured with it yet."""
+    if setting != "auto":
+        return bool(setting)
+    has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    return has_conv and device.type == "cpu" and world_size == 1
