@@ -48,6 +48,7 @@ def atomic_write_json(path: Path, data: dict) -> None:
     """Temp file + fsync + rename: a reader sees the old file or the whole new one."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(descriptor, 0o644)  # mkstemp makes 0600: run files are for sharing
         with os.fdopen(descriptor, "w") as handle:
             json.dump(data, handle, indent=1)
             handle.flush()
