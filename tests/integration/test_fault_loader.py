@@ -1,5 +1,5 @@
 """Issue 5, test 10: a loader worker that dies, or a sample that raises, stops the run with
-an error (never a hang). Naming the sample index in that error is not done yet (data/)."""
+one line naming the sample (and the worker), never a hang."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ def test_killed_loader_worker_stops_the_run_naming_the_worker(tmp_path):
     assert "DataLoader worker (pid" in line and "exited unexpectedly" in line, line
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_sample_that_raises_stops_the_run_with_its_error(tmp_path, num_workers):
-    line = _fail(tmp_path, "raise", num_workers)
-    assert f"cannot decode images/{BAD_INDEX:05d}.png" in line, line
+@pytest.mark.parametrize(
+    ("mode", "num_workers"), [("raise", 0), ("raise_in_loader", 0), ("raise_in_loader", 2)]
+)
+def test_sample_that_raises_stops_the_run_naming_the_sample(tmp_path, mode, num_workers):
+    line = _fail(tmp_path, mode, num_workers)
+    assert line.startswith("FAILED DataError: "), line  # a user error: one line, exit 2 in CLI
+    assert f"Fragile[{BAD_INDEX}]: ValueError: cannot decode images/{BAD_INDEX:05d}.png" in line
+    if num_workers:
+        assert "(in DataLoader worker process" in line, line

@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from scaletrain.errors import DataError
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]
 
@@ -73,6 +75,43 @@ def _whole_batch(batch):
     return batch  # __getitems__ already returned (inputs, targets) tensors
 
 
+class NamedSamples(Dataset):
+    """A user Dataset whose failing sample raises one DataError naming the sample's index."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if isinstance(self.dataset, NamedSamples):  # wrapped once, named once
+            return self.dataset[index]
+        try:
+            return self.dataset[index]
+        except Exception as error:
+            name, index = _origin(self.dataset, index)
+            raise DataError(f"{name}[{index}]: {type(error).__name__}: {error}") from error
+
+
+def _origin(dataset: Dataset, index: int) -> tuple[str, int]:
+    """The user's Dataset and its own index of a sample, through the split's Subsets."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    return type(dataset).__name__, index
+
+
+def _one_line(error: DataError) -> str:
+    """A DataError re-raised from a loader worker carries the worker's traceback: keep the
+    message itself, and say which worker."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    message = text.rsplit("DataError: ", 1)[-1].strip().splitlines()[0]
+    worker = text.splitlines()[0].removeprefix("Caught DataError in ").rstrip(".")
+    return f"{message} (in {worker})"
+
+
 class _MicroBatchSampler(Sampler[list[int]]):
     """Hands the DataLoader the micro-batch index lists planned for the current epoch."""
 
@@ -103,6 +142,8 @@ class DatasetBatches:
         self.transform = transform
         self.sampler = _MicroBatchSampler()
         batched = getattr(dataset, "returns_batches", False)
+        if not batched:  # shards name their own files; a user Dataset's sample is named here
+            dataset = NamedSamples(dataset)
         num_workers = resolve_num_workers(num_workers, device=device, batched=batched)
         # Shards without workers skip the DataLoader: one __getitems__ call per micro batch.
         self.direct = dataset if batched and num_workers == 0 else None
@@ -135,7 +176,11 @@ class DatasetBatches:
             batches = prefetch(batches, depth=self.prefetch_depth)
         try:
             for ids, chunks in zip(rank_ids, plan, strict=True):
-                yield [self._to_device(next(batches)) for _ in chunks], ids
+                try:
+                    read = [next(batches) for _ in chunks]
+                except DataError as error:
+                    raise DataError(_one_line(error)) from None
+                yield [self._to_device(batch) for batch in read], ids
         finally:
             if hasattr(batches, "close"):
                 batches.close()  # stops a prefetch thread when the epoch is left early

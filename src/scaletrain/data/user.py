@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 from scaletrain.config import DataConfig
 from scaletrain.data.bundle import DataBundle, DataSpec, Split, bundle_from_raw
+from scaletrain.data.dataset_loader import NamedSamples
 from scaletrain.data.files import first_non_finite
 from scaletrain.data.preprocess import Preprocessor
 from scaletrain.data.registry import RawData, image_layout
@@ -142,9 +143,10 @@ def _is_integer(target: Any) -> bool:
 
 def _dataset_targets(dataset: Dataset) -> torch.Tensor:
     """All targets (class ids): the ``targets`` attribute, else one pass over the samples."""
+    dataset = NamedSamples(dataset)  # a sample that fails is named by its index
     if not _is_integer(dataset[0][1]):
         return torch.empty(0, dtype=torch.int64)
-    values = getattr(dataset, "targets", None)
+    values = getattr(dataset.dataset, "targets", None)
     if values is None:
         values = [dataset[index][1] for index in range(len(dataset))]
     values = torch.as_tensor(np.asarray(values)).reshape(-1).to(torch.int64)

@@ -1,7 +1,10 @@
 """Worker: train on a dataset whose sample BAD_INDEX fails; print the error as one line.
 
 Usage: loader_fault.py OUT_DIR MODE NUM_WORKERS
-  MODE raise: __getitem__(BAD_INDEX) raises ValueError (a file that cannot be decoded)
+  MODE raise: __getitem__(BAD_INDEX) raises ValueError (a file that cannot be decoded);
+              found when scaletrain first reads every sample for the class counts
+  MODE raise_in_loader: the same, but the Dataset has `targets`, so the error comes from
+              the training loader (in a worker process when NUM_WORKERS > 0)
   MODE kill:  the loader worker process reading BAD_INDEX SIGKILLs itself
 """
 
@@ -20,12 +23,14 @@ BAD_INDEX = 77
 class Fragile(Dataset):
     def __init__(self, mode: str):
         self.mode = mode
+        if mode == "raise_in_loader":
+            self.targets = [index % 2 for index in range(256)]
 
     def __len__(self) -> int:
         return 256
 
     def __getitem__(self, index: int):
-        if index == BAD_INDEX and self.mode == "raise":
+        if index == BAD_INDEX and self.mode.startswith("raise"):
             raise ValueError(f"cannot decode images/{index:05d}.png")
         if index == BAD_INDEX and self.mode == "kill" and get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
