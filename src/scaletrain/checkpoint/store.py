@@ -254,11 +254,12 @@ class CheckpointStore:
 
 def _first_failure(exc: CheckpointException, path: Path) -> CheckpointError:
     """DCP wraps each rank's error; our refusals are CheckpointErrors already."""
-    for failure, _trace in exc.failures.values():
-        if isinstance(failure, CheckpointError):
-            return failure
-        return CheckpointError(f"{path}: {type(failure).__name__}: {failure}")
-    return CheckpointError(f"{path}: {exc}")
+    failure, _trace = next(iter(exc.failures.values()), (None, None))
+    if isinstance(failure, CheckpointError):
+        return failure
+    if failure is None:
+        return CheckpointError(f"{path}: {exc}")
+    return CheckpointError(f"{path}: {type(failure).__name__}: {failure}")
 
 
 def _background(function, *args) -> Future:

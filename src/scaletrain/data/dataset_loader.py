@@ -85,8 +85,6 @@ class NamedSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        if isinstance(self.dataset, NamedSamples):  # wrapped once, named once
-            return self.dataset[index]
         try:
             return self.dataset[index]
         except Exception as error:

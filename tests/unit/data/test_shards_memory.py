@@ -13,50 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from scaletrain.data.shards import SampleShardWriter, write_manifest
+from bench.data.bounded_memory import WIDTH, write  # float32 features: 16 KiB per sample
 
 HEADROOM_MIB = 64
 DATASET_MIB = 4 * HEADROOM_MIB
-WIDTH = 4096  # float32 features: 16 KiB per sample
 
 
 def write_big_shards(root: Path) -> int:
     """DATASET_MIB of random samples written chunk by chunk (never all in memory)."""
-    fields = {
-        "inputs": {"dtype": "float32", "shape": [WIDTH]},
-        "targets": {"dtype": "int64", "shape": []},
-    }
-    writer = SampleShardWriter(root, "train", fields=fields, shard_bytes=16 << 20)
     num_rows = (DATASET_MIB << 20) // (WIDTH * 4)
-    generator = np.random.default_rng(0)
-    for _ in range(0, num_rows, 1024):
-        inputs = generator.standard_normal((1024, WIDTH), dtype=np.float32)
-        writer.append(inputs=inputs, targets=(inputs[:, 0] > 0).astype(np.int64))
-    spec = {
-        "task": "classification",
-        "input_shape": [WIDTH],
-        "input_dtype": "float32",
-        "num_outputs": 2,
-        "class_names": ["0", "1"],
-        "class_counts": None,
-        "vocab_size": None,
-        "is_image": False,
-        "input_kind": "array",
-        "raw_columns": None,
-    }
-    write_manifest(
-        root,
-        {
-            "kind": "samples",
-            "spec": spec,
-            "fields": fields,
-            "splits": {"train": writer.close()},
-            "statistics": {"count": 0},
-            "encoder": None,
-        },
-    )
+    write(root, num_rows)  # the bench's writer: the same shards, 16 MiB each
     return num_rows
 
 
