@@ -122,6 +122,7 @@ def _run_side(args) -> None:
                 batch_size=workload.batch_size,
                 precision=args.precision,
                 device=args.device,
+                guard=args.guard,
             )
             run = scaletrain.train(
                 cfg, model=model, data={"train": (inputs, targets)}, callbacks=[timer]
@@ -146,7 +147,14 @@ def _run_side(args) -> None:
 
 
 def run_pair(
-    workload: Workload, *, precision: str, repeats: int, device: str, threads: int, steps: int
+    workload: Workload,
+    *,
+    precision: str,
+    repeats: int,
+    device: str,
+    threads: int,
+    steps: int,
+    guard: str = "off",
 ) -> dict:
     """A B A B over fresh processes; medians of the pooled post-warm-up step times."""
     warmup = max(5, min(20, steps // 5))
@@ -174,6 +182,8 @@ def run_pair(
                     str(steps),
                     "--weights",
                     str(weights),
+                    "--guard",
+                    guard,
                 ]
                 output = subprocess.run(command, capture_output=True, text=True)
                 if output.returncode:
@@ -188,6 +198,7 @@ def run_pair(
     return {
         "workload": workload.name,
         "precision": precision,
+        "guard": guard,
         "device": device,
         "threads": threads,
         "steps_per_run": steps,
@@ -214,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workloads", nargs="*", default=[w.name for w in WORKLOADS])
     parser.add_argument("--precisions", nargs="*", default=["32", "bf16-mixed"])
+    parser.add_argument(
+        "--guard",
+        default="off",
+        choices=["off", "skip"],
+        help="scaletrain's train.guard.nonfinite: `off` is the raw loop's work (parity); "
+        "`skip`, the default, adds a finite check of loss and gradient norm per step.",
+    )
     for hidden in ("--side", "--workload", "--precision", "--steps", "--weights"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     return parser
@@ -257,6 +275,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 device=args.device,
                 threads=args.threads,
                 steps=steps,
+                guard=args.guard,
             )
             rows.append(row)
             mfu = row["scaletrain_mfu"]
@@ -266,7 +285,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"bitwise {row['bitwise_equal']}  mfu {mfu if mfu is None else round(mfu, 3)}",
                 flush=True,
             )
-    save_results(f"parity_{args.device}", rows)
+    save_results(f"parity_{args.device}" + ("" if args.guard == "off" else "_guard"), rows)
     return rows
 
 

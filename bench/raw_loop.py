@@ -81,8 +81,10 @@ def scaletrain_config(
     seed: int = 0,
     precision: str = "32",
     device: str = "cpu",
+    guard: str = "off",
 ) -> dict:
-    """The scaletrain config doing the same work as `raw_train` (no eval, no extra saves)."""
+    """The scaletrain config doing the same work as `raw_train` (no eval, no extra saves;
+    `guard="off"`: no per-step finite check, which the raw loop does not do either)."""
     return {
         "run": {"name": name, "seed": seed, "out_dir": out_dir},
         "data": {"val_fraction": 0.0, "test_fraction": 0.0, "normalize": "none"},
@@ -92,6 +94,7 @@ def scaletrain_config(
             "batch_size": batch_size,
             "precision": precision,
             "device": device,
+            "guard": {"nonfinite": guard},
         },
         "checkpoint": {"every_epochs": 0, "save_best": False},
         "log": {"every_steps": 50, "progress": False, "tensorboard": False, "report": False},

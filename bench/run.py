@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     if "parity" in args.only:
         print("\n== parity: scaletrain vs a hand-written loop (median step, A B A B) ==")
         parity.main([*(["--quick"] if args.quick else []), *repeats, *threads])
+        print("\n== parity with the default guard (a finite check of loss and norm per step) ==")
+        guarded = ["--workloads", "digits-cnn", "--precisions", "32", "--guard", "skip"]
+        parity.main([*(["--quick"] if args.quick else []), *repeats, *threads, *guarded])
     if "tta" in args.only:
         print("\n== time to 98 % test accuracy, digits CNN ==")
         tta.main(repeats)

@@ -3,6 +3,7 @@ one line naming the sample (and the worker), never a hang."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -23,7 +24,10 @@ def _fail(tmp_path, mode: str, num_workers: int) -> str:
 
 def test_killed_loader_worker_stops_the_run_naming_the_worker(tmp_path):
     line = _fail(tmp_path, "kill", 2)
-    assert "DataLoader worker (pid" in line and "exited unexpectedly" in line, line
+    assert line.startswith("FAILED DataError: loader worker "), line
+    assert re.search(r"loader worker [01] of 2 \(pid \d+\) died \(", line), line
+    # the samples the run was waiting for, named through the split back to the user's Dataset
+    assert re.search(r"micro batch \d+ of this pass: Fragile\[\d+", line), line
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 
@@ -99,6 +100,19 @@ def _origin(dataset: Dataset, index: int) -> tuple[str, int]:
     return type(dataset).__name__, index
 
 
+def _samples(dataset: Dataset, ids: list[int], *, shown: int = 4) -> str:
+    """Name samples for a message: the user's Dataset and indices, or the shard files."""
+    if isinstance(dataset, NamedSamples):
+        dataset = dataset.dataset
+    describe = getattr(dataset, "describe", None)  # shards name their files and rows
+    if describe is not None:
+        return describe(ids)
+    origins = [_origin(dataset, index) for index in ids[:shown]]
+    more = ", ..." if len(ids) > shown else ""
+    listed = ", ".join(str(index) for _, index in origins)
+    return f"{origins[0][0]}[{listed}{more}] ({len(ids)} samples)" if origins else "no samples"
+
+
 def _one_line(error: DataError) -> str:
     """A DataError re-raised from a loader worker carries the worker's traceback: keep the
     message itself, and say which worker."""
@@ -172,16 +186,42 @@ class DatasetBatches:
             batches = iter(self.loader) if self.sampler.micro_batches else iter(())
         if self.prefetch_depth and any(plan):
             batches = prefetch(batches, depth=self.prefetch_depth)
+        received = 0  # micro batches of this pass handed over so far
         try:
             for ids, chunks in zip(rank_ids, plan, strict=True):
+                read = []
                 try:
-                    read = [next(batches) for _ in chunks]
+                    for _ in chunks:
+                        read.append(next(batches))
+                        received += 1
                 except DataError as error:
                     raise DataError(_one_line(error)) from None
+                except RuntimeError as error:
+                    if "DataLoader worker (pid" not in str(error):
+                        raise
+                    awaited = chunks[len(read)].tolist()
+                    raise self._worker_died(error, received, awaited) from None
                 yield [self._to_device(batch) for batch in read], ids
         finally:
             if hasattr(batches, "close"):
                 batches.close()  # stops a prefetch thread when the epoch is left early
+
+    def _worker_died(self, error: RuntimeError, received: int, awaited: list[int]) -> DataError:
+        """One line: which worker (index and pid), how it ended, what the run waited for."""
+        text = str(error)
+        listed = re.search(r"\(pid(?:\(s\))? ([\d, ]+)\)", text)  # torch's two wordings
+        pids = [int(pid) for pid in re.findall(r"\d+", listed.group(1))] if listed else []
+        workers = getattr(self.loader._iterator, "_workers", [])  # the epoch's processes
+        numbers = [index for index, worker in enumerate(workers) if worker.pid in pids]
+        # batch k of a pass goes to worker k mod num_workers (the DataLoader's round robin)
+        number = numbers[0] if numbers else received % max(1, self.loader.num_workers)
+        how = text.partition("killed by signal: ")[2].rstrip(".") or "exited unexpectedly"
+        return DataError(
+            f"loader worker {number} of {self.loader.num_workers} (pid "
+            f"{', '.join(map(str, pids))}) died ({how}) while the run waited for micro batch "
+            f"{received + 1} of this pass: {_samples(self.loader.dataset, awaited)}; if the "
+            "system ran out of memory, lower data.num_workers or the batch size"
+        )
 
     def _fetch(self, ids: torch.Tensor) -> MicroBatch:
         inputs, targets = self.direct.__getitems__(ids.numpy())

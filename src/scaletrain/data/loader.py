@@ -200,9 +200,18 @@ class BatchLoader:
         for start, stop in bounds:
             low, high = self._rank_ids(start, stop)
             rows = order_on_device[low:high]
-            inputs = self._inputs.index_select(0, rows).split(self.micro_batch_size)
-            targets = self._targets.index_select(0, rows).split(self.micro_batch_size)
-            micro_batches = list(zip(inputs, targets, strict=True)) if high > low else []
+            inputs = self._inputs.index_select(0, rows)
+            targets = self._targets.index_select(0, rows)
+            if high - low > self.micro_batch_size:  # gradient accumulation
+                micro_batches = list(
+                    zip(
+                        inputs.split(self.micro_batch_size),
+                        targets.split(self.micro_batch_size),
+                        strict=True,
+                    )
+                )
+            else:
+                micro_batches = [(inputs, targets)] if high > low else []
             yield micro_batches, order[low:high]
 
     def _rank_ids_per_step(

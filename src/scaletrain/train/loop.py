@@ -113,6 +113,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         ),
     )
     optimizer = build_optimizer(cfg.optim, model)
+    trainable = [param for param in model.parameters() if param.requires_grad]  # walked once
     schedule = build_schedule(cfg.optim.schedule, optimizer, total_steps=plan.total_steps)
     penalty = build_penalty(cfg.optim.penalty, model)
     loss_fn = build_loss(
@@ -190,7 +191,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
 
     def checkpoint(reason: str, *, best: bool = False) -> None:
         state.pending_steps = window_steps  # the partial log window survives a resume
-        path, stall_s = saver.save(pending_loss=float(running_loss))
+        path, stall_s = saver.save(pending_loss=float(sum(window_losses, torch.zeros(()))))
         if best:
             saver.mark_best(metric=monitor.name)
         detail = f"{reason}: {path.name}"
@@ -199,13 +200,25 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     # --- loop --------------------------------------------------------------------------
     world = strategy.world_size
     progress = Progress(plan.total_steps, enabled=cfg.log.progress and strategy.is_main)
-    running_loss = torch.full((), state.pending_loss, device=strategy.device)
-    step_loss = torch.zeros((), device=strategy.device)
+
+    def pending(state: TrainState) -> torch.Tensor:  # a resumed log window's loss so far
+        return torch.full((), state.pending_loss, device=strategy.device)
+
+    window_losses = [pending(state)]  # this log window's step losses (the last is the step's)
+    # the gradient norm: every step where clipping or the guard reads it, else at log steps
+    needs_grad_norm = cfg.optim.clip.mode != "none" or (
+        cfg.train.guard.nonfinite != "off" and precision.scaler is None
+    )
+    grad_norm = torch.zeros(())
+    empty_batch = (
+        torch.zeros((0, *data.spec.input_shape), dtype=data.spec.input_dtype).to(strategy.device),
+        torch.zeros((0,), dtype=torch.long, device=strategy.device),
+    )
     window_samples, window_start, train_seconds, samples_seen = 0, time.perf_counter(), 0.0, 0
     compute_seconds = 0.0  # forward/backward/optimizer only: the rest is overhead
     status = "finished"
     stop = StopRequest()
-    window_steps = state.pending_steps  # steps whose loss is in running_loss
+    window_steps = state.pending_steps  # steps whose loss is in window_losses
     # auto micro batch: one process only (ranks would have to agree before a collective)
     auto_micro = cfg.train.micro_batch_size == "auto" and world == 1
     backoff_until = state.step + OOM_BACKOFF_STEPS if auto_micro else -1
@@ -222,23 +235,30 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 if not model.training:  # evaluation ran (the call walks every submodule)
                     model.train()
                 compute_start = time.perf_counter()
-                step_loss.zero_()
+                # a rank whose share of a short last step is empty still joins the collectives
+                micro_batches = batch.micro_batches or [empty_batch]
+                step_loss = None
                 # forward / backward over this rank's micro batches; only the last syncs grads
                 try:
-                    for index, (inputs, targets) in enumerate(batch.micro_batches):
-                        last = index == len(batch.micro_batches) - 1
+                    for index, (inputs, targets) in enumerate(micro_batches):
+                        last = index == len(micro_batches) - 1
                         if channels_last and inputs.dim() == 4:
                             inputs = inputs.contiguous(memory_format=torch.channels_last)
                         if precision.param_dtype != torch.float32 and inputs.is_floating_point():
                             inputs = inputs.to(precision.param_dtype)  # bf16-true: no autocast
                         with strategy.no_sync(model, enabled=not last), precision.autocast():
-                            loss = loss_fn(model(inputs), targets)
+                            if len(targets):
+                                loss = loss_fn(model(inputs), targets)
+                            else:  # zero gradients, so DDP/FSDP's reductions see every rank
+                                loss = model(inputs).float().sum() * 0.0
                             # mean over the micro batch -> share of the global step's mean loss
                             share = len(targets) * world / batch.num_samples_global
                             scaled = loss * share if share != 1.0 else loss
                             if penalty is not None and last:
                                 scaled = scaled + penalty()
-                        step_loss += loss.detach() * (len(targets) / batch.num_samples_global)
+                        weight = len(targets) / batch.num_samples_global
+                        part = loss.detach() if weight == 1.0 else loss.detach() * weight
+                        step_loss = part if step_loss is None else step_loss + part
                         (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
                 except torch.OutOfMemoryError:
                     if state.step >= backoff_until or plan.micro_batch_size == 1:
@@ -258,7 +278,9 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     break
                 if precision.scaler is not None:
                     precision.scaler.unscale_(optimizer)
-                grad_norm = clip_gradients(cfg.optim.clip, model.parameters())
+                log_due = (state.step + 1) % cfg.log.every_steps == 0
+                if needs_grad_norm or log_due or state.step + 1 == plan.total_steps:
+                    grad_norm = clip_gradients(cfg.optim.clip, trainable)
                 # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save
                 verdict = guard.check(
                     state.step + 1,
@@ -271,7 +293,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 if verdict.bad and on_bad_step(
                     verdict, state.step + 1, guard, saver, checkpoint, log
                 ):
-                    running_loss.fill_(state.pending_loss)  # rolled back: replay from there
+                    window_losses = [pending(state)]  # rolled back: replay from there
                     window_steps = state.pending_steps
                     break
                 if not verdict.bad:
@@ -280,7 +302,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                         precision.scaler.update()
                     else:
                         optimizer.step()
-                    running_loss += step_loss
+                    window_losses.append(step_loss)  # summed at the log step: no op here
                     window_steps += 1
                 if (
                     logger
@@ -304,7 +326,8 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 )
                 if at_log_step and window_steps:
                     ledger.flush()
-                    loss_value = strategy.all_reduce_sum(running_loss).item() / window_steps
+                    window_loss = torch.stack(window_losses).sum()
+                    loss_value = strategy.all_reduce_sum(window_loss).item() / window_steps
                     elapsed = time.perf_counter() - window_start
                     train_seconds += elapsed
                     record = {
@@ -321,7 +344,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     log(record)
                     progress.update(state.step, record)
                     callbacks.on_log(state, record)
-                    running_loss.zero_()
+                    window_losses = []
                     window_samples, window_start, window_steps = 0, time.perf_counter(), 0
                     if not math.isfinite(loss_value):
                         status = "failed"

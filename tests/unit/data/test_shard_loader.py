@@ -190,3 +190,13 @@ def test_cuda_shard_path_prefetches_pinned_batches_equal_to_cpu(id_shards):
                 assert got_inputs.is_cuda and torch.equal(inputs, got_inputs.cpu())
                 assert torch.equal(targets, got_targets.cpu())
     assert not any(t.name == "scaletrain-prefetch" for t in threading.enumerate())
+
+
+def test_shard_samples_name_their_files_and_rows_for_error_messages(id_shards):
+    shards = id_shards.dataset
+    # ids 8 and 9 live in the second shard (7 per shard) at rows 1 and 2; id 20 in the third
+    text = shards.describe([8, 9, 20])
+    first, second = text.split("; ")
+    assert first.endswith("rows [1, 2]") and second.endswith("rows [6] (3 samples)"), text
+    paths = [str(path) for path in shards.maps["inputs"].paths]
+    assert first.startswith(paths[1]) and second.startswith(paths[2]), text

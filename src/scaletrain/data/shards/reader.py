@@ -82,6 +82,19 @@ class ShardSamples(Dataset):
                 out[name][picked] = self.maps[name].get(int(shard))[local]  # only these rows
         return out
 
+    def describe(self, rows: list[int]) -> str:
+        """The shard files and their local rows holding `rows`, for error messages."""
+        rows_array = np.asarray(rows, dtype=np.int64)
+        shard_of_row = np.searchsorted(self.starts, rows_array, side="right") - 1
+        name = "inputs" if "inputs" in self.maps else next(iter(self.maps))
+        parts = []
+        for shard in np.unique(shard_of_row)[:3]:
+            local = rows_array[shard_of_row == shard] - self.starts[shard]
+            listed = ", ".join(str(int(row)) for row in local[:4])
+            more = ", ..." if len(local) > 4 else ""
+            parts.append(f"{self.maps[name].paths[int(shard)]} rows [{listed}{more}]")
+        return "; ".join(parts) + f" ({len(rows)} samples)"
+
     def field(self, name: str, *, chunk_rows: int = 1 << 16):
         """Yield one field of the whole split in order, chunk by chunk (a streaming pass)."""
         for start in range(0, self.num_samples, chunk_rows):
