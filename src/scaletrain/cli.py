@@ -54,15 +54,18 @@ def main(argv: list[str] | None = None) -> int:
 # --- commands -----------------------------------------------------------------------------
 def _launched(args) -> bool:
     """With --nproc/--nnodes and outside torchrun: rerun this command in torchrun workers."""
-    from scaletrain.launch import LaunchOptions, launch, needs_launch
+    from scaletrain.launch import LaunchOptions, launch, needs_launch, parse_nnodes, parse_nproc
 
+    min_nnodes, nnodes = parse_nnodes(args.nnodes)
     options = LaunchOptions(
-        nproc=args.nproc,
-        nnodes=args.nnodes,
+        nproc=parse_nproc(args.nproc),
+        nnodes=nnodes,
+        min_nnodes=min_nnodes,
         node_rank=args.node_rank,
         rdzv_endpoint=args.rdzv_endpoint,
         max_restarts=args.max_restarts,
         rdzv_timeout_s=args.rdzv_timeout,
+        rdzv_last_call_s=args.rdzv_last_call,
         local_addr=args.local_addr,
     )
     if not needs_launch(options):
@@ -84,7 +87,9 @@ def _train(args) -> int:
 
         cfg = load_config(args.config, overrides)
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
-        run = api.resume(run_dir) if run_dir.exists() else api.train(cfg)
+        # a run that failed (or lost a node) before its first checkpoint starts over
+        committed = any((run_dir / "checkpoints").glob("step_*/manifest.json"))
+        run = api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
     else:
         run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
     _print_result(run.run_dir, run.metrics, run.status)
@@ -276,7 +281,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
     sub.add_argument(
-        "--resume", action="store_true", help="Continue the run directory if it exists."
+        "--resume",
+        action="store_true",
+        help="Continue the run from its newest checkpoint (start over where it has none).",
     )
 
     _add_launch_flags(sub)
@@ -354,9 +361,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
+    from scaletrain.launch.torchrun import LAST_CALL_S  # no torch import: cheap
+
     group = sub.add_argument_group("distributed (through torchrun's elastic agent)")
-    group.add_argument("--nproc", type=int, default=1, help="Worker processes on this node.")
-    group.add_argument("--nnodes", type=int, default=1, help="Nodes in the job.")
+    # strings, parsed in _launched: `--nproc 1:4` gets a clear refusal, not argparse's
+    group.add_argument("--nproc", default="1", help="Worker processes on this node.")
+    group.add_argument(
+        "--nnodes",
+        default="1",
+        help="Nodes in the job: N, or MIN:MAX for an elastic job that goes on with MIN..MAX.",
+    )
     group.add_argument(
         "--node-rank", type=int, default=0, help="This node: 0 hosts the rendezvous."
     )
@@ -366,6 +380,12 @@ def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--rdzv-timeout", type=int, default=600, help="Seconds to wait for every node to join."
+    )
+    group.add_argument(
+        "--rdzv-last-call",
+        type=int,
+        default=LAST_CALL_S,
+        help="--nnodes MIN:MAX: seconds to wait for more nodes once MIN joined.",
     )
     group.add_argument("--local-addr", help="This node's address as the others reach it.")
 

@@ -140,3 +140,31 @@ def test_default_config_trains_eval_and_predict(tmp_path):
 
     not_a_run = scaletrain("eval", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
+
+
+def test_resume_flag_starts_over_where_no_checkpoint_was_committed(tmp_path, capsys):
+    """A run (or a node) that failed before its first checkpoint: `--resume` trains anew."""
+    args = [
+        "train",
+        str(ROOT / "configs/default.yaml"),
+        "--out",
+        str(tmp_path),
+        "train.max_steps=3",
+        "train.device=cpu",
+        "log.report=false",
+        "log.progress=false",
+    ]
+    code, _, err = scaletrain_in_process(capsys, *args)
+    assert code == 0, err
+    run_dir = next(tmp_path.iterdir())
+    for checkpoint in (run_dir / "checkpoints").glob("step_*"):
+        for path in sorted(checkpoint.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        checkpoint.rmdir()
+    (run_dir / "summary.json").unlink()
+    code, _, err = scaletrain_in_process(capsys, *args, "--resume")
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 3
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not any(event.get("event") == "resume" for event in events)  # started over

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from scaletrain.errors import UserError
 
 DEFAULT_PORT = 29400  # torchrun's c10d default
+# Elastic (--nnodes MIN:MAX) rendezvous timings, c10d dynamic rendezvous keys (--rdzv-conf):
+LAST_CALL_S = 5  # last_call_timeout: wait for more nodes once MIN joined (torch: 30 s)
+KEEP_ALIVE_S = 2  # keep_alive_interval: agent heartbeat period (torch: 5 s)
+KEEP_ALIVE_MISSES = 3  # keep_alive_max_attempt: a node silent this many periods is dead
 
 
 class LaunchError(UserError):
@@ -31,16 +35,53 @@ class LaunchError(UserError):
 @dataclass(frozen=True)
 class LaunchOptions:
     nproc: int = 1
-    nnodes: int = 1
+    nnodes: int = 1  # with min_nnodes: the most nodes of an elastic job (--nnodes MIN:MAX)
     node_rank: int = 0
     rdzv_endpoint: str | None = None  # HOST:PORT of node 0; default: a free local port
     max_restarts: int = 0
     rdzv_timeout_s: int = 600  # how long agents wait for every node to join
     local_addr: str | None = None  # this node's address as peers see it (multi-homed hosts)
+    min_nnodes: int | None = None  # elastic: the job runs on any MIN..nnodes nodes
+    rdzv_last_call_s: int = LAST_CALL_S  # elastic: wait this long for more nodes after MIN
 
     @property
     def is_multi_process(self) -> bool:
         return self.nproc > 1 or self.nnodes > 1
+
+    @property
+    def is_elastic(self) -> bool:
+        return self.min_nnodes is not None and self.min_nnodes != self.nnodes
+
+    @property
+    def nnodes_spec(self) -> str:
+        """torchrun's --nnodes: N, or MIN:MAX for an elastic job."""
+        return f"{self.min_nnodes}:{self.nnodes}" if self.is_elastic else str(self.nnodes)
+
+
+def parse_nnodes(text: str) -> tuple[int | None, int]:
+    """`--nnodes N` -> (None, N); `--nnodes MIN:MAX` -> (MIN, MAX). LaunchError if neither."""
+    low, colon, high = str(text).strip().partition(":")
+    try:
+        numbers = (int(low), int(high)) if colon else (None, int(low))
+    except ValueError:
+        raise LaunchError(
+            f"--nnodes: expected N or MIN:MAX (e.g. 1:4), got {text!r}", exit_code=2
+        ) from None
+    return numbers
+
+
+def parse_nproc(text: str) -> int:
+    """`--nproc N`; a MIN:MAX range is refused: torchrun is elastic in nodes only."""
+    if ":" in str(text):
+        raise LaunchError(
+            f"--nproc {text}: torchrun's elastic range applies to nodes, not to processes per "
+            "node; use a fixed --nproc N with --nnodes MIN:MAX",
+            exit_code=2,
+        )
+    try:
+        return int(text)
+    except ValueError:
+        raise LaunchError(f"--nproc: expected a whole number, got {text!r}", exit_code=2) from None
 
 
 def inside_torchrun() -> bool:
@@ -49,7 +90,11 @@ def inside_torchrun() -> bool:
 
 
 def needs_launch(options: LaunchOptions) -> bool:
-    return options.is_multi_process and not inside_torchrun()
+    """True outside torchrun with more than one process; LaunchError for bad flags."""
+    if inside_torchrun():
+        return False
+    _check_options(options)  # also for one process: `--nnodes 2:1` must not run alone
+    return options.is_multi_process
 
 
 def torchrun_args(options: LaunchOptions, command: list[str]) -> list[str]:
@@ -58,13 +103,19 @@ def torchrun_args(options: LaunchOptions, command: list[str]) -> list[str]:
     endpoint = options.rdzv_endpoint or "127.0.0.1:0"  # port 0: the agent binds a free one
     # c10d ranks nodes by arrival; --node-rank only says who hosts the rendezvous store
     host_flag = int(options.node_rank == 0)
+    conf = f"join_timeout={options.rdzv_timeout_s},is_host={host_flag}"
+    if options.is_elastic:  # notice a lost node in seconds, then re-form without waiting long
+        conf += (
+            f",last_call_timeout={options.rdzv_last_call_s}"
+            f",keep_alive_interval={KEEP_ALIVE_S},keep_alive_max_attempt={KEEP_ALIVE_MISSES}"
+        )
     return [
-        "--nnodes", str(options.nnodes),
+        "--nnodes", options.nnodes_spec,
         "--nproc-per-node", str(options.nproc),
         "--rdzv-backend", "c10d",
         "--rdzv-endpoint", endpoint,
         "--rdzv-id", f"scaletrain-{endpoint}",
-        "--rdzv-conf", f"join_timeout={options.rdzv_timeout_s},is_host={host_flag}",
+        "--rdzv-conf", conf,
         "--max-restarts", str(options.max_restarts),
         *(["--local-addr", options.local_addr] if options.local_addr else []),
         "--module", "scaletrain", *command,
@@ -83,6 +134,13 @@ def launch(options: LaunchOptions, command: list[str]) -> int:
     saved_environment = dict(os.environ)  # the agent sets variables for its workers
     # torchrun would set 1 thread per worker (and warn); share this node's cores instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // options.nproc)))
+    if options.is_elastic:
+        # torch 2.13 shares the agents' TCPStore with the workers by default, and an agent
+        # keeps the store address of the first round it joined, which is wrong once the
+        # rank-0 node changes: a node joining a later round waits for a MASTER_ADDR that
+        # nobody publishes (seen here; related: pytorch#135712). Without sharing, each
+        # round's rank-0 worker hosts a fresh store.
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     try:
         run(args)
     except Exception as error:
@@ -109,10 +167,15 @@ def _explain(error: Exception, options: LaunchOptions, *, endpoint: str) -> Base
     if isinstance(error, ChildFailedError):
         return _worker_failure(error)
     if isinstance(error, RendezvousTimeoutError):
+        needed = (
+            f"fewer than {options.min_nnodes} nodes joined"
+            if options.is_elastic
+            else f"not all {options.nnodes} nodes joined"
+        )
         return LaunchError(
             f"rendezvous at {endpoint} did not complete within {options.rdzv_timeout_s} s: "
-            f"not all {options.nnodes} nodes joined; start the same command with "
-            "--node-rank 1..N-1 on the other nodes (--rdzv-timeout to wait longer)"
+            f"{needed}; start the same command with --node-rank 1..N-1 on the other nodes "
+            "(--rdzv-timeout to wait longer)"
         )
     if isinstance(error, SignalException):  # the agent has already stopped the workers
         if error.sigval == signal.SIGINT:
@@ -141,18 +204,33 @@ def _worker_failure(error) -> LaunchError:
 
 
 def _check_options(options: LaunchOptions) -> None:
+    """Bad launch flags: one line naming the flag, exit code 2 (a usage error)."""
+    if options.min_nnodes is not None and not 1 <= options.min_nnodes <= options.nnodes:
+        raise LaunchError(
+            f"--nnodes {options.min_nnodes}:{options.nnodes}: expected MIN:MAX with "
+            "1 <= MIN <= MAX",
+            exit_code=2,
+        )
     if options.nproc < 1 or options.nnodes < 1:
         raise LaunchError(
-            f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}"
+            f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}",
+            exit_code=2,
         )
     if not 0 <= options.node_rank < options.nnodes:
         raise LaunchError(
-            f"--node-rank: expected 0..{options.nnodes - 1} for --nnodes {options.nnodes}, "
-            f"got {options.node_rank}"
+            f"--node-rank: expected 0..{options.nnodes - 1} for --nnodes "
+            f"{options.nnodes_spec}, got {options.node_rank}",
+            exit_code=2,
         )
     if options.nnodes > 1 and not options.rdzv_endpoint:
         raise LaunchError(
-            "--rdzv-endpoint: multi-node runs need HOST:PORT of node 0, e.g. 10.0.0.1:29400"
+            "--rdzv-endpoint: multi-node runs need HOST:PORT of node 0, e.g. 10.0.0.1:29400",
+            exit_code=2,
+        )
+    if options.is_elastic and options.rdzv_last_call_s < 0:
+        raise LaunchError(
+            f"--rdzv-last-call: expected seconds >= 0, got {options.rdzv_last_call_s}",
+            exit_code=2,
         )
 
 

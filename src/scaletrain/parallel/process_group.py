@@ -17,7 +17,8 @@ from scaletrain.parallel.env import LaunchEnv
 # which outlives them: a fresh key prefix per group keeps a fast rank from reading the
 # previous group's (dead) addresses. Every rank creates groups in the same order. Workers
 # that torchrun's agent restarts after a failure meet on the same store too: the restart
-# count is part of the prefix, or they would connect to the dead workers' addresses.
+# count and the world size (an elastic job changes it) are in the prefix, or they would
+# connect to the dead workers' addresses.
 _generations = itertools.count()
 
 
@@ -36,7 +37,7 @@ def init_process_group(env: LaunchEnv, *, device: torch.device, timeout_s: int) 
     if env.launched_by_torchrun:
         store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)
-        prefix = f"scaletrain/{env.restart_count}/{next(_generations)}"
+        prefix = f"scaletrain/{env.restart_count}/{world_size}/{next(_generations)}"
         store = dist.PrefixStore(prefix, store)
     else:  # ddp/fsdp asked for in a plain `python` process: in-memory store, no ports
         store, rank, world_size = dist.HashStore(), 0, 1

@@ -77,7 +77,11 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     started = time.perf_counter()
     callbacks = callbacks or CallbackList([])
     precision = Precision.from_config(cfg.train.precision, strategy.device)
-    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=False)
+    if (
+        torch.are_deterministic_algorithms_enabled() != cfg.train.deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):  # only on a change: the call imports torch._inductor's config (0.6-1.7 s here)
+        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=False)
     plan = make_plan(
         cfg.train,
         world_size=strategy.world_size,
