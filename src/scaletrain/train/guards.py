@@ -8,7 +8,6 @@ a SIGTERM/SIGINT received by any rank, and rank 0's `checkpoint.every_minutes` c
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -94,8 +93,9 @@ class StepGuard:
         threshold = self.cfg.spike.threshold
         if threshold is None or len(self.window) < self.window.maxlen:
             return None
-        mean = statistics.fmean(self.window)
-        spread = statistics.pstdev(self.window, mu=mean)
+        # plain float sums: statistics.pstdev's exact arithmetic cost ~170 us per step
+        mean = math.fsum(self.window) / len(self.window)
+        spread = math.sqrt(math.fsum((x - mean) ** 2 for x in self.window) / len(self.window))
         return "spike" if spread > 0 and (loss - mean) / spread > threshold else None
 
     def _action(self, reason: str) -> str:
