@@ -1,6 +1,6 @@
 """Optimizers, LR schedules, penalties, gradient clipping and losses, each from its config section."""
 
-from scaletrain.optim.clipping import clip_gradients
+from scaletrain.optim.clipping import clip_gradients, gradient_sum
 from scaletrain.optim.losses import LOSS_TASKS, LOSSES, build_loss, class_weights, register_loss
 from scaletrain.optim.optimizers import (
     FUSED_DEVICES,
@@ -34,6 +34,7 @@ __all__ = [
     "choose_kernel",
     "class_weights",
     "clip_gradients",
+    "gradient_sum",
     "lr_multiplier",
     "num_warmup_steps",
     "register_loss",

@@ -46,3 +46,23 @@ def _plain_total_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
     if first.device.type not in ("cpu", "cuda"):
         return None
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+
+
+def gradient_sum(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of every gradient element on this process (FSDP: of its local shards), a
+    0-dim tensor that is non-finite exactly when some element is (or the sum overflows,
+    at magnitudes no useful gradient has).
+
+    A finiteness probe for steps that need no norm: one read of the gradients, about half
+    the time of the 2-norm on large tensors (no squares, no square root).
+    """
+    sums = []
+    for param in parameters:
+        grad = param.grad
+        if grad is None:
+            continue
+        to_local = getattr(grad, "to_local", None)  # DTensor: this rank's shard
+        sums.append((to_local() if to_local is not None else grad).sum(dtype=torch.float32))
+    if not sums:
+        return torch.zeros(())
+    return torch.stack(sums).sum()

@@ -19,6 +19,7 @@ from scaletrain.optim import (
     build_penalty,
     build_schedule,
     clip_gradients,
+    gradient_sum,
 )
 from scaletrain.parallel import optimizer_states_per_param
 from scaletrain.rundir import RunDir, atomic_write_json
@@ -209,11 +210,11 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         return torch.full((), state.pending_loss, device=strategy.device)
 
     window_losses = [pending(state)]  # this log window's step losses (the last is the step's)
-    # the gradient norm: every step where clipping or the guard reads it, else at log steps
-    needs_grad_norm = cfg.optim.clip.mode != "none" or (
-        cfg.train.guard.nonfinite != "off" and precision.scaler is None
-    )
-    grad_norm = torch.zeros(())
+    # the gradient norm: every step where clipping needs it, else at log steps; the guard
+    # reads it where it was computed, else a cheaper finiteness probe (a sum)
+    clipping = cfg.optim.clip.mode != "none"
+    guarding = cfg.train.guard.nonfinite != "off" and precision.scaler is None
+    grad_norm = grad_check = torch.zeros(())
     empty_batch = (
         torch.zeros((0, *data.spec.input_shape), dtype=data.spec.input_dtype).to(strategy.device),
         torch.zeros((0,), dtype=torch.long, device=strategy.device),
@@ -283,13 +284,15 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 if precision.scaler is not None:
                     precision.scaler.unscale_(optimizer)
                 log_due = (state.step + 1) % cfg.log.every_steps == 0
-                if needs_grad_norm or log_due or state.step + 1 == plan.total_steps:
-                    grad_norm = clip_gradients(cfg.optim.clip, trainable)
+                if clipping or log_due or state.step + 1 == plan.total_steps:
+                    grad_norm = grad_check = clip_gradients(cfg.optim.clip, trainable)
+                elif guarding:
+                    grad_check = gradient_sum(trainable)
                 # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save
                 verdict = guard.check(
                     state.step + 1,
                     loss=step_loss,
-                    grad_norm=None if precision.scaler else grad_norm,  # the scaler skips infs
+                    grad_norm=None if precision.scaler else grad_check,  # the scaler skips infs
                     stop_requested=stop.requested,
                     save_due=saver.due_by_time(),
                     span=span,

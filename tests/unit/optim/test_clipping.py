@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -86,3 +87,22 @@ def test_mixed_dtypes_take_the_general_path_and_agree():
     model[0].bias.grad = model[0].bias.grad.double()
     norm = clip_gradients(ClipConfig(mode="none"), model.parameters())
     assert torch.allclose(norm.double(), reference_norm(model), rtol=1e-6)
+
+
+def test_gradient_sum_is_the_float64_sum_and_flags_any_nonfinite_element():
+    from scaletrain.optim import gradient_sum
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(40, 30), (30,), (5, 2)]]
+    frozen = torch.nn.Parameter(torch.randn(3))  # no gradient: skipped
+    for param in params:
+        param.grad = torch.randn_like(param)
+    reference = sum(param.grad.double().sum() for param in params)
+    total = gradient_sum([*params, frozen])
+    assert total.dim() == 0 and total.dtype == torch.float32
+    torch.testing.assert_close(total.double(), reference, rtol=1e-5, atol=1e-5)
+    for bad in (math.nan, math.inf, -math.inf):
+        params[1].grad[7] = bad
+        assert not math.isfinite(float(gradient_sum(params))), bad
+        params[1].grad[7] = 0.0
+    assert gradient_sum([frozen]).item() == 0.0
