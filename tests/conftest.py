@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -46,3 +47,20 @@ def tiny_config(tmp_path) -> dict:
         "train": {"max_epochs": 2, "batch_size": 64, "precision": "32"},
         "log": {"progress": False, "tensorboard": False, "report": False},
     }
+
+
+class InterruptAt:
+    """Callback: sends this process a real SIGINT (Ctrl-C) during a given optimizer step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, state):
+        if state.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture
+def interrupt_at() -> type[InterruptAt]:
+    """`interrupt_at(step)`: a callback that interrupts training like Ctrl-C at `step`."""
+    return InterruptAt

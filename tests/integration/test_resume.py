@@ -1,27 +1,13 @@
 """Interrupted + resumed == uninterrupted: bitwise weights and identical logged losses."""
 
 import json
-import os
 import shutil
-import signal
 
 import pytest
 import torch
 
 import scaletrain
 from scaletrain.api import resume
-
-
-class InterruptAt:
-    """Sends this process a real SIGINT (Ctrl-C) during a given optimizer step."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, state):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
 
 MODELS = {
     "mlp": ({"name": "mlp", "hidden": [32], "dropout": 0.2}, "flat"),  # dropout: RNG resumes
@@ -53,10 +39,10 @@ def _weights(run):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path, model):
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, model, interrupt_at):
     reference = scaletrain.train(_config(tmp_path, "full", model))
 
-    interrupted = scaletrain.train(_config(tmp_path, "cut", model), callbacks=[InterruptAt(25)])
+    interrupted = scaletrain.train(_config(tmp_path, "cut", model), callbacks=[interrupt_at(25)])
     assert interrupted.status == "interrupted" and interrupted.exit_code == 130
     run_dir = interrupted.run_dir
     # Simulate a crash instead of a clean Ctrl-C: drop the interrupt checkpoint, so the

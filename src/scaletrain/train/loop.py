@@ -206,10 +206,10 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
     world = strategy.world_size
     progress = Progress(plan.total_steps, enabled=cfg.log.progress and strategy.is_main)
 
-    def pending(state: TrainState) -> torch.Tensor:  # a resumed log window's loss so far
+    def pending() -> torch.Tensor:  # the loss of a resumed (or rolled back) log window
         return torch.full((), state.pending_loss, device=strategy.device)
 
-    window_losses = [pending(state)]  # this log window's step losses (the last is the step's)
+    window_losses = [pending()]  # this log window's step losses (the last is the step's)
     # the gradient norm: every step where clipping needs it, else at log steps; the guard
     # reads it where it was computed, else a cheaper finiteness probe (a sum)
     clipping = cfg.optim.clip.mode != "none"
@@ -283,8 +283,10 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     break
                 if precision.scaler is not None:
                     precision.scaler.unscale_(optimizer)
-                log_due = (state.step + 1) % cfg.log.every_steps == 0
-                if clipping or log_due or state.step + 1 == plan.total_steps:
+                # this update logs every log.every_steps and at the end
+                update = state.step + 1
+                at_log_step = update % cfg.log.every_steps == 0 or update == plan.total_steps
+                if clipping or at_log_step:
                     grad_norm = grad_check = clip_gradients(cfg.optim.clip, trainable)
                 elif guarding:
                     grad_check = gradient_sum(trainable)
@@ -300,7 +302,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 if verdict.bad and on_bad_step(
                     verdict, state.step + 1, guard, saver, checkpoint, log
                 ):
-                    window_losses = [pending(state)]  # rolled back: replay from there
+                    window_losses = [pending()]  # rolled back: replay from there
                     window_steps = state.pending_steps
                     break
                 if not verdict.bad:
@@ -327,10 +329,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                     status = "interrupted"  # every rank stops after the same step
                 samples_seen += batch.num_samples_global
 
-                # log every log.every_steps (a window of skipped steps only: carried over)
-                at_log_step = (
-                    state.step % cfg.log.every_steps == 0 or state.step == plan.total_steps
-                )
+                # a window of skipped steps only is carried over to the next log step
                 if at_log_step and window_steps:
                     ledger.flush()
                     window_loss = torch.stack(window_losses).sum()

@@ -5,9 +5,7 @@ an interrupted run on shards resumes bitwise (loader position and augmentation R
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 
 import torch
 
@@ -61,18 +59,7 @@ def first_loss(run_dir) -> float:
     return next(row["loss"] for row in map(json.loads, lines) if row.get("split") == "train")
 
 
-class InterruptAt:
-    """Sends this process a real SIGINT (Ctrl-C) during a given optimizer step."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, state):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_interrupted_run_on_shards_with_augmentation_resumes_exactly(tmp_path):
+def test_interrupted_run_on_shards_with_augmentation_resumes_exactly(tmp_path, interrupt_at):
     """Loader position (shards) and the augmentation's RNG both come back from the checkpoint."""
     import scaletrain
     from scaletrain.api import resume
@@ -98,7 +85,7 @@ def test_interrupted_run_on_shards_with_augmentation_resumes_exactly(tmp_path):
     plain = scaletrain.train(config("plain", augment=False, max_steps=2))
     # the same seed, weights and first batch: only the augmentation changes the first loss
     assert first_loss(plain.run_dir) != first_loss(reference.run_dir)
-    interrupted = scaletrain.train(config("cut"), callbacks=[InterruptAt(14)])
+    interrupted = scaletrain.train(config("cut"), callbacks=[interrupt_at(14)])
     assert interrupted.status == "interrupted"
     # a crash rather than Ctrl-C: resume from step 10 and replay 11-15 mid-epoch
     shutil.rmtree(interrupted.run_dir / "checkpoints" / "step_00000015")
