@@ -3,7 +3,8 @@
 Writes N samples of float32 features (default 256 MiB) as scaletrain shards and as one .npy,
 then reads one shuffled epoch in micro batches, four ways:
   numpy floor      the shards as memmaps (all open), ``mm[rows]`` per shard in a loop
-  shard loader     scaletrain's BatchLoader over ShardSamples, 0 / 1 / 2 workers
+  shard loader     scaletrain's BatchLoader over ShardSamples, 0 / 1 / 2 workers (threads)
+  torch processes  torch's DataLoader over the same ShardSamples with 1 / 2 worker processes
   torch in-memory  torch.utils.data.DataLoader(TensorDataset, shuffle=True, batch_size=B)
   tensor path      scaletrain's in-memory BatchLoader (the split held as one tensor)
 Every variant reads the same rows in the same order (except torch's, which shuffles its own).
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from scaletrain._alloc import tune_malloc
 from scaletrain.data import BatchLoader, Split, epoch_order
 from scaletrain.data.shards import SampleShardWriter, write_manifest
 from scaletrain.data.shards.reader import ShardSamples
@@ -67,10 +69,14 @@ def numpy_floor(root: Path, split: dict, order: np.ndarray, batch: int) -> float
     return time.perf_counter() - began
 
 
+def _as_is(batch):
+    return batch  # ShardSamples.__getitems__ already returns (inputs, targets) tensors
+
+
 def epoch_seconds(loader) -> tuple[float, int]:
     began, seen = time.perf_counter(), 0
     for step in loader:
-        for inputs, _ in step.micro_batches:
+        for inputs, _ in getattr(step, "micro_batches", [step]):
             seen += len(inputs)
     return time.perf_counter() - began, seen
 
@@ -89,8 +95,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--shard-mib", type=int, default=64)
     parser.add_argument("--workers", default="0,1,2")
-    parser.add_argument("--repeats", type=int, default=3, help="Best of this many epochs.")
+    parser.add_argument("--repeats", type=int, default=7, help="Best of this many epochs.")
     args = parser.parse_args()
+    tune_malloc()  # as every scaletrain run does (scaletrain/_alloc.py); the floor gets it too
     num_rows = (args.mib << 20) // (args.width * 4 + 8)
     row_mb = (args.width * 4 + 8) / 1e6
     results = {}
@@ -99,12 +106,9 @@ def main() -> None:
         written = write_shards(root, num_rows=num_rows, width=args.width, shard_mib=args.shard_mib)
         order = epoch_order(num_rows, seed=0, epoch=0, shuffle=True).numpy()
         numpy_floor(root, written["split"], order, args.batch)  # warm the page cache
-        results["numpy floor"] = min(
-            numpy_floor(root, written["split"], order, args.batch) for _ in range(args.repeats)
-        )
         dataset = ShardSamples(root, written["split"], written["fields"], max_open=64)
-        for workers in [int(w) for w in args.workers.split(",")]:
-            loader = BatchLoader(
+        loaders = {
+            f"shard loader, {workers} workers": BatchLoader(
                 Split(None, None, dataset=dataset),
                 global_batch_size=args.batch,
                 micro_batch_size=args.batch,
@@ -113,9 +117,26 @@ def main() -> None:
                 drop_last=False,
                 num_workers=workers,
             )
-            results[f"shard loader, {workers} workers"] = min(
-                epoch_seconds(loader)[0] for _ in range(args.repeats)
+            for workers in [int(w) for w in args.workers.split(",")]
+        }
+        batches = [order[i : i + args.batch].tolist() for i in range(0, num_rows, args.batch)]
+        for workers in [int(w) for w in args.workers.split(",") if int(w) > 0]:
+            loaders[f"torch DataLoader over the shards, {workers} processes"] = DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=workers,
+                collate_fn=_as_is,
+                persistent_workers=True,
+                prefetch_factor=4,
             )
+        # Rounds of floor then each loader, best of the rounds: the VM's speed drifts, and
+        # interleaving exposes every reader to the same drift.
+        timings: dict[str, list[float]] = {"numpy floor": []}
+        for _ in range(args.repeats):
+            timings["numpy floor"].append(numpy_floor(root, written["split"], order, args.batch))
+            for name, loader in loaders.items():
+                timings.setdefault(name, []).append(epoch_seconds(loader)[0])
+        results.update({name: min(seconds) for name, seconds in timings.items()})
         inputs = torch.from_numpy(np.concatenate(list(dataset.field("inputs"))))
         targets = torch.arange(num_rows)
         torch_loader = DataLoader(

@@ -105,6 +105,12 @@ class ShardsConfig(Section):
     max_open: PositiveInt = Field(
         16, description="Shards memory-mapped at once per process (bounds address space)."
     )
+    read_mib: PositiveInt = Field(
+        8,
+        description="MiB the loader gathers per read (whole micro batches, at least one): "
+        "larger reads mean fewer hand-offs between loader threads; the loader holds about "
+        "(2 x data.num_workers + 1) reads.",
+    )
 
 
 class DataConfig(Section):
@@ -158,9 +164,10 @@ class DataConfig(Section):
     )
     num_workers: NonNegInt | Literal["auto"] = Field(
         "auto",
-        description="Loader worker processes for Dataset/shard inputs; `auto`: none for shards "
-        "(read in-process, prefetched by a thread on CUDA) or on CPU, up to 4 for user "
-        "Datasets on CUDA; in-memory tensors never need workers.",
+        description="Loader workers: threads of the training process for shards (a gather "
+        "releases the GIL, so no batch crosses processes), DataLoader worker processes for "
+        "user Datasets; `auto`: none on CPU or for shards (on CUDA one read-ahead thread "
+        "anyway), up to 4 processes for user Datasets on CUDA; in-memory tensors need none.",
     )
     drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
     table: TableConfig = TableConfig()

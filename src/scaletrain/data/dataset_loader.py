@@ -1,19 +1,22 @@
-"""Micro batches read from a Dataset (user data or memory-mapped shards) by a DataLoader.
+"""Micro batches read from a Dataset: memory-mapped shards or a user's own Dataset.
 
 The index lists of every micro batch are planned up front (by ``BatchLoader`` or
-``EvalLoader``) and handed to one DataLoader through a refillable batch sampler; its workers
-take micro batches round-robin and the DataLoader returns them in plan order, so the samples
-a rank sees do not depend on the worker count: none is read twice, none is skipped. Shard
-datasets (``returns_batches``) gather a whole micro batch per call, so no per-sample collate.
+``EvalLoader``) and read in plan order, so the samples a rank sees do not depend on the
+worker count: none is read twice, none is skipped. Shards (``returns_batches``) gather a
+whole micro batch per call, on threads of the training process; a user Dataset is read by
+one DataLoader whose worker processes take micro batches round-robin.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import queue
 import re
-import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
@@ -21,12 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from scaletrain.errors import DataError
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
 
 
 def resolve_num_workers(num_workers: int | str, *, device: torch.device, batched: bool) -> int:
-    """``auto``: no worker processes on CPU (they would compete with the model for cores) or
-    for memory-mapped shards (gathering in-process beats shipping batches between processes;
-    a prefetch thread overlaps it with the GPU instead); else up to 4 for user Datasets."""
+    """``auto``: no workers on CPU (they would compete with the model for cores) or for
+    memory-mapped shards (gathered in the training process; on CUDA one thread reads ahead
+    anyway); else up to 4 worker processes for user Datasets."""
     if num_workers != "auto":
         return int(num_workers)
     if device.type == "cpu" or batched:
@@ -34,46 +38,70 @@ def resolve_num_workers(num_workers: int | str, *, device: torch.device, batched
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def prefetch(batches: Iterator, *, depth: int) -> Iterator:
-    """Run ``batches`` in a background thread, ``depth`` items ahead (NumPy's row gathers
-    release the GIL, so they overlap with the training thread's kernel launches)."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+def read_ahead(
+    reads: Iterator[Callable[[], T]], *, threads: int, depth: int, independent: bool = False
+) -> Iterator[T]:
+    """Call ``reads`` on ``threads`` background threads, up to ``depth`` ahead of the
+    consumer, and yield their results in order. NumPy's row gathers and pinning release the
+    GIL, so the threads overlap with each other and with the training thread; a read's
+    error is raised here, and leaving early cancels what was not started.
 
-    def offer(item) -> bool:
-        """Queue ``item`` unless the consumer has left; False once it has."""
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not offer(batch):
-                    return
-            offer(done)
-        except BaseException as error:  # handed to the consumer, raised there
-            offer(error)
-
-    thread = threading.Thread(target=produce, name="scaletrain-prefetch", daemon=True)
-    thread.start()
+    ``independent`` reads may run in any order: a consumer that would wait for the oldest
+    read then runs the next one not yet started itself, so it never idles while the data
+    it needs is late (one thread then reads like two).
+    """
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="scaletrain-read")
+    pending: deque[tuple[Future, Callable[[], T]]] = deque(
+        (pool.submit(read), read) for read in itertools.islice(reads, depth)
+    )
     try:
-        while (item := ready.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while pending:
+            if independent and not pending[0][0].done():
+                _run_one_here(pending)
+            result = pending.popleft()[0].result()
+            if (read := next(reads, None)) is not None:
+                pending.append((pool.submit(read), read))
+            yield result
     finally:
-        stop.set()
-        thread.join()
+        for future, _ in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
-def _whole_batch(batch):
-    return batch  # __getitems__ already returned (inputs, targets) tensors
+def _run_one_here(pending: deque[tuple[Future, Callable]]) -> None:
+    """Run the first pending read no thread has started, in the calling thread."""
+    for position, (future, read) in enumerate(pending):
+        if future.cancel():  # True only for a read still waiting in the pool's queue
+            done: Future = Future()
+            try:
+                done.set_result(read())
+            except Exception as error:  # raised in order, when its turn comes
+                done.set_exception(error)
+            pending[position] = (done, read)
+            return
+
+
+def _grouped(chunks: list[torch.Tensor], *, rows: int) -> Iterator[list[torch.Tensor]]:
+    """Consecutive chunks in groups of up to ``rows`` rows (a larger chunk goes alone)."""
+    group: list[torch.Tensor] = []
+    size = 0
+    for chunk in chunks:
+        if group and size + len(chunk) > rows:
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += len(chunk)
+    if group:
+        yield group
+
+
+def _each(groups: Iterator[list[T]]) -> Iterator[T]:
+    """The items of each group in turn; closing it closes ``groups`` (read-ahead threads)."""
+    try:
+        for group in groups:
+            yield from group
+    finally:
+        groups.close()
 
 
 class NamedSamples(Dataset):
@@ -138,7 +166,14 @@ class _MicroBatchSampler(Sampler[list[int]]):
 
 
 class DatasetBatches:
-    """A Dataset read by one DataLoader whose batch sampler is refilled for every pass."""
+    """Micro batches of a Dataset, read in the planned order.
+
+    Memory-mapped shards are gathered by threads of the training process (``num_workers`` of
+    them; on CUDA at least one, which also pins): a gather is one NumPy copy that releases
+    the GIL, so no batch has to cross a process boundary (bench/data/README.md measures
+    both). User Datasets are read by one DataLoader, with worker processes, whose batch
+    sampler is refilled for every pass; without workers on CUDA a thread reads ahead.
+    """
 
     def __init__(
         self,
@@ -157,35 +192,50 @@ class DatasetBatches:
         if not batched:  # shards name their own files; a user Dataset's sample is named here
             dataset = NamedSamples(dataset)
         num_workers = resolve_num_workers(num_workers, device=device, batched=batched)
-        # Shards without workers skip the DataLoader: one __getitems__ call per micro batch.
-        self.direct = dataset if batched and num_workers == 0 else None
-        # On CUDA without workers, a thread gathers (and pins) the next micro batches.
-        self.prefetch_depth = 4 if device.type == "cuda" and num_workers == 0 else 0
+        on_cuda = device.type == "cuda"
+        self.shards = dataset if batched else None
+        self.rows_per_read = dataset.read_rows if batched else 1  # shards: several batches
+        worker_processes = 0 if batched else num_workers
+        self.read_threads = num_workers if batched else 0
+        if on_cuda and not (self.read_threads or worker_processes):
+            self.read_threads = 1  # overlap reading (and pinning) with the GPU
         # One DataLoader for the whole run so persistent workers survive across epochs; its
         # own generator keeps it from drawing worker seeds from the global RNG.
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.sampler,
-            num_workers=num_workers,
-            collate_fn=_whole_batch if batched else None,
-            pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0,
-            prefetch_factor=4 if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(0),
-        )
+        self.loader = None
+        if not batched:
+            self.loader = DataLoader(
+                dataset,
+                batch_sampler=self.sampler,
+                num_workers=worker_processes,
+                pin_memory=on_cuda,
+                persistent_workers=worker_processes > 0,
+                prefetch_factor=4 if worker_processes > 0 else None,
+                generator=torch.Generator().manual_seed(0),
+            )
 
     def steps(
         self, rank_ids: list[torch.Tensor]
     ) -> Iterator[tuple[list[MicroBatch], torch.Tensor]]:
         """Per step: this rank's micro batches, read in the planned order, and their ids."""
         plan = [ids.split(self.micro_batch_size) if len(ids) else () for ids in rank_ids]
-        if self.direct is not None:
-            batches = (self._fetch(chunk) for chunks in plan for chunk in chunks)
+        chunks_in_order = [chunk for chunks in plan for chunk in chunks]
+        if self.shards is not None:  # a read gathers several micro batches at once
+            groups = _grouped(chunks_in_order, rows=self.rows_per_read)
+            reads = (partial(self._fetch, group) for group in groups)
         else:
-            self.sampler.micro_batches = [chunk.tolist() for chunks in plan for chunk in chunks]
-            batches = iter(self.loader) if self.sampler.micro_batches else iter(())
-        if self.prefetch_depth and any(plan):
-            batches = prefetch(batches, depth=self.prefetch_depth)
+            self.sampler.micro_batches = [chunk.tolist() for chunk in chunks_in_order]
+            loaded = iter(self.loader) if chunks_in_order else iter(())
+            reads = itertools.repeat(lambda: [next(loaded)], len(chunks_in_order))
+        if self.read_threads and chunks_in_order:
+            read = read_ahead(
+                reads,
+                threads=self.read_threads,
+                depth=2 * self.read_threads,
+                independent=self.shards is not None,  # DataLoader reads come in order
+            )
+        else:
+            read = (read() for read in reads)
+        batches = _each(read)
         received = 0  # micro batches of this pass handed over so far
         try:
             for ids, chunks in zip(rank_ids, plan, strict=True):
@@ -203,8 +253,7 @@ class DatasetBatches:
                     raise self._worker_died(error, received, awaited) from None
                 yield [self._to_device(batch) for batch in read], ids
         finally:
-            if hasattr(batches, "close"):
-                batches.close()  # stops a prefetch thread when the epoch is left early
+            batches.close()  # stops the read-ahead threads when the epoch is left early
 
     def _worker_died(self, error: RuntimeError, received: int, awaited: list[int]) -> DataError:
         """One line: which worker (index and pid), how it ended, what the run waited for."""
@@ -223,11 +272,17 @@ class DatasetBatches:
             "system ran out of memory, lower data.num_workers or the batch size"
         )
 
-    def _fetch(self, ids: torch.Tensor) -> MicroBatch:
-        inputs, targets = self.direct.__getitems__(ids.numpy())
+    def _fetch(self, chunks: list[torch.Tensor]) -> list[MicroBatch]:
+        """Consecutive micro batches gathered in one call (fewer, larger NumPy copies and
+        thread hand-offs), returned as views of it."""
+        ids = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        inputs, targets = self.shards.__getitems__(ids.numpy())
         if self.device.type == "cuda":  # page-locked, so the copy to the device is async
             inputs, targets = inputs.pin_memory(), targets.pin_memory()
-        return inputs, targets
+        if len(chunks) == 1:
+            return [(inputs, targets)]
+        sizes = [len(chunk) for chunk in chunks]
+        return list(zip(inputs.split(sizes), targets.split(sizes), strict=True))
 
     def _to_device(self, batch) -> MicroBatch:
         inputs, targets = batch

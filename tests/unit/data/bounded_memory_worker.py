@@ -27,7 +27,9 @@ def address_space_mib() -> int:
 def main() -> None:
     root, headroom_mib, num_workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(1)
-    cfg = DataConfig(source="shards", path=root, shards=ShardsConfig(verify="size", max_open=2))
+    cfg = DataConfig(
+        source="shards", path=root, shards=ShardsConfig(verify="size", max_open=2, read_mib=4)
+    )
     bundle = build_data(cfg, seed=0)
     width = bundle.spec.input_shape[0]
     model = torch.nn.Sequential(torch.nn.Linear(width, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
 
 @pytest.fixture(scope="module")
-def id_shards(tmp_path_factory) -> Split:
+def id_shard_files(tmp_path_factory) -> tuple:
     """Shards whose inputs and targets encode each sample's global id (7 per shard)."""
     root = tmp_path_factory.mktemp("ids")
     fields = {
@@ -37,7 +37,12 @@ def id_shards(tmp_path_factory) -> Split:
     split = writer.close()
     assert len(split["shards"]) == 15
     write_manifest(root, {"splits": {"train": split}, "fields": fields})
-    return Split(None, None, dataset=ShardSamples(root, split, fields, max_open=3))
+    return root, split, fields
+
+
+@pytest.fixture(scope="module")
+def id_shards(id_shard_files) -> Split:
+    return Split(None, None, dataset=ShardSamples(*id_shard_files, max_open=3))
 
 
 def loaders(split, *, world_size: int, num_workers: int, **options) -> list[BatchLoader]:
@@ -86,6 +91,41 @@ def test_every_sample_once_for_any_world_size_and_worker_count(id_shards, world_
         counts = Counter(i for step in steps for i in step)
         assert sorted(counts) == list(range(NUM_SAMPLES)) and max(counts.values()) == 1
         assert steps == expected  # the global order is the (seed, epoch) permutation
+
+
+class CountedReads(ShardSamples):
+    """Real shards that count their reads (``__getitems__`` calls)."""
+
+    reads = 0
+
+    def __getitems__(self, indices):
+        CountedReads.reads += 1
+        return super().__getitems__(indices)
+
+
+@pytest.mark.parametrize("sample_rows", [1, 7, 10_000])  # 16 bytes per sample
+def test_reads_of_several_micro_batches_hand_out_the_same_micro_batches(
+    id_shard_files, sample_rows
+):
+    dataset = CountedReads(*id_shard_files, max_open=3, read_bytes=16 * sample_rows)
+    assert dataset.read_rows == sample_rows
+    order = epoch_order(NUM_SAMPLES, seed=11, epoch=0, shuffle=True).tolist()
+    expected = [order[start : start + 16] for start in range(0, NUM_SAMPLES, 16)]
+    for num_workers in (0, 2):
+        group = loaders(Split(None, None, dataset=dataset), world_size=2, num_workers=num_workers)
+        CountedReads.reads = 0
+        assert global_steps(group) == expected
+        reads = CountedReads.reads
+        # the next epoch: micro batches as planned, whatever the reads
+        sizes = [len(t) for loader in group for batch in loader for _, t in batch.micro_batches]
+        assert max(sizes) == 3 and sum(sizes) == NUM_SAMPLES
+        micro_batches = len(sizes)
+        if sample_rows == 1:  # a read never splits a micro batch: one read each
+            assert reads == micro_batches
+        elif sample_rows == 7:  # two micro batches of 3 fit in 7 rows
+            assert micro_batches / 2 <= reads < micro_batches
+        else:  # one read per rank and pass
+            assert reads == 2
 
 
 def test_drop_last_drops_only_the_final_partial_step(id_shards):
@@ -139,26 +179,59 @@ def test_eval_over_shards_covers_each_sample_once_without_padding(id_shards, wor
     assert torch.equal(torch.cat(targets), torch.arange(NUM_SAMPLES))
 
 
-def test_prefetch_thread_keeps_order_raises_errors_and_stops_when_left():
+@pytest.mark.parametrize(("threads", "independent"), [(1, False), (3, False), (1, True)])
+def test_read_ahead_keeps_order_raises_errors_and_stops_when_left(threads, independent):
     import threading
+    import time
 
-    from scaletrain.data.dataset_loader import prefetch
+    from scaletrain.data.dataset_loader import read_ahead
 
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+    def slow_when_even(value):
+        time.sleep(0.002 * (value % 2 == 0))  # later reads finish first on other threads
+        return value
 
-    def failing():
-        yield 1
-        raise ValueError("bad shard")
+    ran_in = []
+
+    def where(value):
+        ran_in.append(threading.current_thread().name)
+        return slow_when_even(value)
+
+    ordered = read_ahead(
+        (lambda value=value: where(value) for value in range(50)),
+        threads=threads,
+        depth=4,
+        independent=independent,
+    )
+    assert list(ordered) == list(range(50))
+    # the consumer runs reads itself only where they may run out of order
+    assert ("MainThread" in ran_in) == independent
+
+    def failing(value):
+        if value == 3:
+            raise ValueError("bad shard")
+        return value
 
     got = []
     with pytest.raises(ValueError, match="bad shard"):
-        for item in prefetch(failing(), depth=2):
+        for item in read_ahead(
+            (lambda value=value: failing(value) for value in range(10)),
+            threads=threads,
+            depth=2,
+            independent=independent,
+        ):
             got.append(item)
-    assert got == [1]
-    early = prefetch(iter(range(10_000)), depth=2)
+    assert got == [0, 1, 2]
+    started = []
+    early = read_ahead(
+        (lambda value=value: started.append(value) or value for value in range(10_000)),
+        threads=threads,
+        depth=3,
+        independent=independent,
+    )
     assert next(early) == 0
-    early.close()  # the consumer leaves: the thread must end, not block on a full queue
-    assert not any(t.name == "scaletrain-prefetch" for t in threading.enumerate())
+    early.close()  # the consumer leaves: threads end, reads beyond the window never start
+    assert len(started) <= 1 + 3 + threads
+    assert not any(t.name.startswith("scaletrain-read") for t in threading.enumerate())
 
 
 @pytest.mark.gpu
@@ -189,7 +262,7 @@ def test_cuda_shard_path_prefetches_pinned_batches_equal_to_cpu(id_shards):
             ):
                 assert got_inputs.is_cuda and torch.equal(inputs, got_inputs.cpu())
                 assert torch.equal(targets, got_targets.cpu())
-    assert not any(t.name == "scaletrain-prefetch" for t in threading.enumerate())
+    assert not any(t.name.startswith("scaletrain-read") for t in threading.enumerate())
 
 
 def test_shard_samples_name_their_files_and_rows_for_error_messages(id_shards):

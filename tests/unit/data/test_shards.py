@@ -42,6 +42,9 @@ def test_manifest_lists_every_shard_with_size_and_checksum(tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         assert np.load(path, mmap_mode="r").shape == (shard["num_samples"], 13)
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["wine"]  # no staging left over
+    # the loader reads data.shards.read_mib at a time: 13 float32 features + an int64 label
+    read = DataConfig(source="shards", path=str(tmp_path / "wine"), shards={"read_mib": 1})
+    assert build_data(read, seed=0).train.dataset.read_rows == (1 << 20) // (13 * 4 + 8)
 
 
 def test_streamed_statistics_equal_the_in_memory_ones():
@@ -128,6 +131,7 @@ def test_token_windows_cross_shard_boundaries(tmp_path, shard_bytes):
         tmp_path / "lm", manifest["splits"]["train"], context_length=7, max_open=1
     )
     stream = np.concatenate([windows.read(0, manifest["splits"]["train"]["num_tokens"])])
+    assert windows.read_rows == (8 << 20) // (2 * 7 * 8)  # int64 inputs and targets
     for index in (0, 3, len(windows) - 1):
         inputs, targets = windows[index]
         assert np.array_equal(inputs.numpy(), stream[index * 7 : index * 7 + 7])

@@ -2,13 +2,16 @@
 
 ``ShardSamples`` (inputs/targets shards) and ``TokenWindows`` (a token stream read as
 (context_length + 1)-token windows) are map-style Datasets with ``__getitems__``: a whole
-micro batch is gathered at once, shard by shard, as two tensors. At most ``max_open`` shard
+micro batch is gathered at once, shard by shard, as two tensors; the loader gathers
+``read_rows`` samples (several micro batches, ``data.shards.read_mib``) per call. At most ``max_open`` shard
 files are mapped at a time per process, so address space and resident memory stay bounded
-whatever the dataset size. They pickle without their maps, so loader workers reopen them.
+whatever the dataset size; scaletrain's loader threads share one set of maps. They pickle
+without their maps, so a user's own DataLoader worker processes reopen them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,31 +19,42 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+READ_BYTES = 8 << 20  # default size of one loader read (data.shards.read_mib)
+
 
 class MappedShards:
-    """Shard files opened as read-only memmaps on demand, least recently used closed first."""
+    """Shard files opened as read-only memmaps on demand, least recently used closed first.
+
+    Safe to share between loader threads: the map table is changed under a lock, and a map
+    closed while another thread still reads from it lives on until that read's view is gone.
+    """
 
     def __init__(self, root: Path, paths: list[str], *, max_open: int):
         self.paths = [Path(root) / path for path in paths]
         self.max_open = max_open
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, index: int) -> np.ndarray:
         """Shard ``index`` as a memmap (opening costs a header read, no data)."""
-        array = self._open.get(index)
-        if array is None:
-            if len(self._open) >= self.max_open:
-                self._open.popitem(last=False)  # unmapped once no view of it is left
-            # A plain ndarray over the map: np.memmap's Python-level indexing costs ~10 us
-            # per call, a real share of a small model's step.
-            array = np.load(self.paths[index], mmap_mode="r").view(np.ndarray)
-            self._open[index] = array
-        else:
-            self._open.move_to_end(index)
-        return array
+        with self._lock:
+            array = self._open.get(index)
+            if array is None:
+                if len(self._open) >= self.max_open:
+                    self._open.popitem(last=False)  # unmapped once no view of it is left
+                # A plain ndarray over the map: np.memmap's Python-level indexing costs
+                # ~10 us per call, a real share of a small model's step.
+                array = np.load(self.paths[index], mmap_mode="r").view(np.ndarray)
+                self._open[index] = array
+            else:
+                self._open.move_to_end(index)
+            return array
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": OrderedDict()}  # maps do not cross processes
+    def __getstate__(self) -> dict:  # maps and locks do not cross processes
+        return {**self.__dict__, "_open": OrderedDict(), "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
 
 class ShardSamples(Dataset):
@@ -48,7 +62,15 @@ class ShardSamples(Dataset):
 
     returns_batches = True  # loaders take __getitems__'s tensors as the batch (no collate)
 
-    def __init__(self, root: Path, split: dict, fields: dict[str, dict], *, max_open: int):
+    def __init__(
+        self,
+        root: Path,
+        split: dict,
+        fields: dict[str, dict],
+        *,
+        max_open: int,
+        read_bytes: int = READ_BYTES,
+    ):
         counts = np.array([shard["num_samples"] for shard in split["shards"]], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.num_samples = int(self.starts[-1])
@@ -59,9 +81,19 @@ class ShardSamples(Dataset):
             )
             for name in fields
         }
+        self.read_rows = max(1, read_bytes // max(1, self.sample_bytes))
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample as ``__getitems__`` returns it (sizes ``read_rows``)."""
+        return sum(
+            int(np.prod(field["shape"], dtype=np.int64))
+            * np.dtype(field.get("load_dtype", field["dtype"])).itemsize
+            for field in self.fields.values()
+        )
 
     def gather(self, rows: np.ndarray, *, names=("inputs", "targets")) -> dict[str, np.ndarray]:
         """Rows (indices into this split) of the named fields, in the order given."""
@@ -120,16 +152,29 @@ class TokenWindows(Dataset):
 
     returns_batches = True
 
-    def __init__(self, root: Path, split: dict, *, context_length: int, max_open: int):
+    def __init__(
+        self,
+        root: Path,
+        split: dict,
+        *,
+        context_length: int,
+        max_open: int,
+        read_bytes: int = READ_BYTES,
+    ):
         counts = np.array([shard["num_tokens"] for shard in split["shards"]], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.context_length = context_length
         self.num_samples = max(0, (int(self.starts[-1]) - 1) // context_length)
         paths = [shard["files"]["tokens"]["path"] for shard in split["shards"]]
         self.maps = MappedShards(root, paths, max_open=max_open)
+        self.read_rows = max(1, read_bytes // self.sample_bytes)
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def sample_bytes(self) -> int:
+        return 2 * self.context_length * 8  # int64 inputs and targets
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) of the stream, across shard boundaries."""

@@ -59,7 +59,13 @@ def _token_bundle(cfg: DataConfig, root: Path, manifest: dict, spec: DataSpec, e
     length = cfg.context_length  # windows are cut when read: any context length works
     splits = {}
     for name, entry in manifest["splits"].items():
-        windows = TokenWindows(root, entry, context_length=length, max_open=cfg.shards.max_open)
+        windows = TokenWindows(
+            root,
+            entry,
+            context_length=length,
+            max_open=cfg.shards.max_open,
+            read_bytes=cfg.shards.read_mib << 20,
+        )
         if len(windows) == 0:
             raise DataError(
                 f"{root}: the {name} split has {entry['num_tokens']} tokens, fewer than "
@@ -82,7 +88,9 @@ def _sample_bundle(cfg: DataConfig, root: Path, manifest: dict, spec: DataSpec, 
     transform = ShardTransform(preprocessor, divide_by=fields["inputs"].get("divide_by"))
     splits = {}
     for name, entry in manifest["splits"].items():
-        samples = ShardSamples(root, entry, fields, max_open=cfg.shards.max_open)
+        samples = ShardSamples(
+            root, entry, fields, max_open=cfg.shards.max_open, read_bytes=cfg.shards.read_mib << 20
+        )
         splits[name] = Split(None, None, dataset=samples, transform=transform)
     if cfg.sampler == "balanced":
         targets = np.concatenate(list(splits["train"].dataset.field("targets")))
