@@ -227,15 +227,15 @@ class DatasetBatches:
             loaded = iter(self.loader) if chunks_in_order else iter(())
             reads = itertools.repeat(lambda: [next(loaded)], len(chunks_in_order))
         if self.read_threads and chunks_in_order:
-            read = read_ahead(
+            groups_read = read_ahead(
                 reads,
                 threads=self.read_threads,
                 depth=2 * self.read_threads,
                 independent=self.shards is not None,  # DataLoader reads come in order
             )
         else:
-            read = (read() for read in reads)
-        batches = _each(read)
+            groups_read = (read() for read in reads)
+        batches = _each(groups_read)
         received = 0  # micro batches of this pass handed over so far
         try:
             for ids, chunks in zip(rank_ids, plan, strict=True):
