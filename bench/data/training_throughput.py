@@ -1,8 +1,10 @@
 """Training throughput from prepared shards vs the same data in memory, per config.
 
-For each config: `prepare` its data into a temporary shard folder, then train it twice
-(in memory, and with data.source=shards), best of --repeats each, and compare the loop's
-train_samples_per_s (summary.json). Goal: shards within 5 % of in-memory.
+For each config: `prepare` its data into a temporary shard folder, then train it in memory,
+from shards (`data.num_workers` auto) and from shards with one loader thread, in rounds
+(the three one after another, --repeats times, so the machine's drift hits all alike), best
+round each, and compare the loop's train_samples_per_s (summary.json). Goal: shards within
+5 % of in-memory.
 
     python -m bench.data.training_throughput [configs/default.yaml ...] [--epochs 5]
 """
@@ -32,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", default=["configs/default.yaml"])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     common = [
         f"train.max_epochs={args.epochs}",
@@ -49,16 +51,22 @@ def main() -> None:
             shards = Path(folder) / "prepared"
             prepare_shards(cfg.data, shards, seed=cfg.run.seed, shard_bytes=64 << 20)
             from_shards = [*common, "data.source=shards", f"data.path={shards}"]
-            memory = max(
-                samples_per_s(config, common, Path(folder), "memory") for _ in range(args.repeats)
-            )
-            sharded = max(
-                samples_per_s(config, from_shards, Path(folder), "shards")
-                for _ in range(args.repeats)
-            )
+            variants = {
+                "in-memory": common,
+                "shards": from_shards,
+                "shards, 1 worker": [*from_shards, "data.num_workers=1"],
+            }
+            rates: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(args.repeats):
+                for index, (name, overrides) in enumerate(variants.items()):
+                    rates[name].append(samples_per_s(config, overrides, Path(folder), f"v{index}"))
+        best = {name: max(values) for name, values in rates.items()}
+        memory = best["in-memory"]
         print(
-            f"{config} on {device}: in-memory {memory:,.0f} samples/s, shards "
-            f"{sharded:,.0f} samples/s ({sharded / memory:.1%} of in-memory)"
+            f"{config} on {device}: "
+            + "; ".join(
+                f"{name} {rate:,.0f} samples/s ({rate / memory:.1%})" for name, rate in best.items()
+            )
         )
 
 
