@@ -128,6 +128,32 @@ def test_reads_of_several_micro_batches_hand_out_the_same_micro_batches(
             assert reads == 2
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shard_lost_during_the_run_is_named(tmp_path, id_shard_files, num_workers):
+    import shutil
+
+    from scaletrain.errors import DataError
+
+    root, split, fields = id_shard_files
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    victim = copy / split["shards"][5]["files"]["inputs"]["path"]
+    for damage in ("removed", "truncated"):
+        dataset = ShardSamples(copy, split, fields, max_open=3, read_bytes=16)
+        (loader,) = loaders(
+            Split(None, None, dataset=dataset), world_size=1, num_workers=num_workers
+        )
+        good = victim.read_bytes()
+        if damage == "removed":
+            victim.unlink()
+        else:
+            victim.write_bytes(good[: len(good) // 2])
+        with pytest.raises(DataError, match=rf"^{victim}: the shard cannot be read any more"):
+            for _ in loader:
+                pass
+        victim.write_bytes(good)
+
+
 def test_drop_last_drops_only_the_final_partial_step(id_shards):
     steps = global_steps(loaders(id_shards, world_size=3, num_workers=2, drop_last=True))
     order = epoch_order(NUM_SAMPLES, seed=11, epoch=0, shuffle=True).tolist()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from scaletrain.errors import DataError
+
 READ_BYTES = 8 << 20  # default size of one loader read (data.shards.read_mib)
 
 
@@ -44,11 +46,24 @@ class MappedShards:
                     self._open.popitem(last=False)  # unmapped once no view of it is left
                 # A plain ndarray over the map: np.memmap's Python-level indexing costs
                 # ~10 us per call, a real share of a small model's step.
-                array = np.load(self.paths[index], mmap_mode="r").view(np.ndarray)
+                array = self._map(self.paths[index])
                 self._open[index] = array
             else:
                 self._open.move_to_end(index)
             return array
+
+    @staticmethod
+    def _map(path: Path) -> np.ndarray:
+        """The shard as an ndarray over its map; a shard that went missing or changed since
+        the run checked it is one DataError naming the file."""
+        try:
+            return np.load(path, mmap_mode="r").view(np.ndarray)
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise DataError(
+                f"{path}: the shard cannot be read any more ({reason}); was the prepared "
+                "folder changed or removed while the run was reading it?"
+            ) from None
 
     def __getstate__(self) -> dict:  # maps and locks do not cross processes
         return {**self.__dict__, "_open": OrderedDict(), "_lock": None}
