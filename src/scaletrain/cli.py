@@ -75,10 +75,10 @@ def _launched(args) -> bool:
 
 
 def _train(args) -> int:
+    if _launched(args):  # before importing the trainer: the launcher only waits on workers
+        return 0
     from scaletrain import api
 
-    if _launched(args):
-        return 0
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
@@ -97,10 +97,10 @@ def _train(args) -> int:
 
 
 def _resume(args) -> int:
-    from scaletrain import api
-
     if _launched(args):
         return 0
+    from scaletrain import api
+
     run = api.resume(args.run_dir)
     _print_result(run.run_dir, run.metrics, run.status)
     return run.exit_code
