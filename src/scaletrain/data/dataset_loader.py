@@ -187,7 +187,6 @@ class DatasetBatches:
         self.device = device
         self.micro_batch_size = micro_batch_size
         self.transform = transform
-        self.sampler = _MicroBatchSampler()
         batched = getattr(dataset, "returns_batches", False)
         if not batched:  # shards name their own files; a user Dataset's sample is named here
             dataset = NamedSamples(dataset)
@@ -203,6 +202,7 @@ class DatasetBatches:
         # own generator keeps it from drawing worker seeds from the global RNG.
         self.loader = None
         if not batched:
+            self.sampler = _MicroBatchSampler()  # refilled with each pass's plan
             self.loader = DataLoader(
                 dataset,
                 batch_sampler=self.sampler,

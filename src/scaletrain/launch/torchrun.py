@@ -32,6 +32,13 @@ class LaunchError(UserError):
         self.exit_code = exit_code
 
 
+class LaunchFlagError(LaunchError):
+    """A bad launch flag: a usage error, exit code 2 like any other bad input."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=2)
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     nproc: int = 1
@@ -64,24 +71,21 @@ def parse_nnodes(text: str) -> tuple[int | None, int]:
     try:
         numbers = (int(low), int(high)) if colon else (None, int(low))
     except ValueError:
-        raise LaunchError(
-            f"--nnodes: expected N or MIN:MAX (e.g. 1:4), got {text!r}", exit_code=2
-        ) from None
+        raise LaunchFlagError(f"--nnodes: expected N or MIN:MAX (e.g. 1:4), got {text!r}") from None
     return numbers
 
 
 def parse_nproc(text: str) -> int:
     """`--nproc N`; a MIN:MAX range is refused: torchrun is elastic in nodes only."""
     if ":" in str(text):
-        raise LaunchError(
+        raise LaunchFlagError(
             f"--nproc {text}: torchrun's elastic range applies to nodes, not to processes per "
-            "node; use a fixed --nproc N with --nnodes MIN:MAX",
-            exit_code=2,
+            "node; use a fixed --nproc N with --nnodes MIN:MAX"
         )
     try:
         return int(text)
     except ValueError:
-        raise LaunchError(f"--nproc: expected a whole number, got {text!r}", exit_code=2) from None
+        raise LaunchFlagError(f"--nproc: expected a whole number, got {text!r}") from None
 
 
 def inside_torchrun() -> bool:
@@ -206,31 +210,25 @@ def _worker_failure(error) -> LaunchError:
 def _check_options(options: LaunchOptions) -> None:
     """Bad launch flags: one line naming the flag, exit code 2 (a usage error)."""
     if options.min_nnodes is not None and not 1 <= options.min_nnodes <= options.nnodes:
-        raise LaunchError(
-            f"--nnodes {options.min_nnodes}:{options.nnodes}: expected MIN:MAX with "
-            "1 <= MIN <= MAX",
-            exit_code=2,
+        raise LaunchFlagError(
+            f"--nnodes {options.min_nnodes}:{options.nnodes}: expected MIN:MAX with 1 <= MIN <= MAX"
         )
     if options.nproc < 1 or options.nnodes < 1:
-        raise LaunchError(
-            f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}",
-            exit_code=2,
+        raise LaunchFlagError(
+            f"--nproc and --nnodes must be >= 1, got {options.nproc}, {options.nnodes}"
         )
     if not 0 <= options.node_rank < options.nnodes:
-        raise LaunchError(
+        raise LaunchFlagError(
             f"--node-rank: expected 0..{options.nnodes - 1} for --nnodes "
-            f"{options.nnodes_spec}, got {options.node_rank}",
-            exit_code=2,
+            f"{options.nnodes_spec}, got {options.node_rank}"
         )
     if options.nnodes > 1 and not options.rdzv_endpoint:
-        raise LaunchError(
-            "--rdzv-endpoint: multi-node runs need HOST:PORT of node 0, e.g. 10.0.0.1:29400",
-            exit_code=2,
+        raise LaunchFlagError(
+            "--rdzv-endpoint: multi-node runs need HOST:PORT of node 0, e.g. 10.0.0.1:29400"
         )
     if options.is_elastic and options.rdzv_last_call_s < 0:
-        raise LaunchError(
-            f"--rdzv-last-call: expected seconds >= 0, got {options.rdzv_last_call_s}",
-            exit_code=2,
+        raise LaunchFlagError(
+            f"--rdzv-last-call: expected seconds >= 0, got {options.rdzv_last_call_s}"
         )
 
 

@@ -196,7 +196,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
 
     def checkpoint(reason: str, *, best: bool = False) -> None:
         state.pending_steps = window_steps  # the partial log window survives a resume
-        path, stall_s = saver.save(pending_loss=float(sum(window_losses, torch.zeros(()))))
+        path, stall_s = saver.save(pending_loss=float(window_loss()))
         if best:
             saver.mark_best(metric=monitor.name)
         detail = f"{reason}: {path.name}"
@@ -210,6 +210,12 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
         return torch.full((), state.pending_loss, device=strategy.device)
 
     window_losses = [pending()]  # this log window's step losses (the last is the step's)
+
+    def window_loss() -> torch.Tensor:  # their sum on this rank
+        if not window_losses:
+            return torch.zeros((), device=strategy.device)
+        return torch.stack(window_losses).sum()
+
     # the gradient norm: every step where clipping needs it, else at log steps; the guard
     # reads it where it was computed, else a cheaper finiteness probe (a sum)
     clipping = cfg.optim.clip.mode != "none"
@@ -332,8 +338,7 @@ def run_loop(  # noqa: C901 -- the loop is one function by design (docs/architec
                 # a window of skipped steps only is carried over to the next log step
                 if at_log_step and window_steps:
                     ledger.flush()
-                    window_loss = torch.stack(window_losses).sum()
-                    loss_value = strategy.all_reduce_sum(window_loss).item() / window_steps
+                    loss_value = strategy.all_reduce_sum(window_loss()).item() / window_steps
                     elapsed = time.perf_counter() - window_start
                     train_seconds += elapsed
                     record = {
