@@ -26,7 +26,7 @@ from torch import nn
 from scaletrain.config import CNNConfig, MLPConfig, OptimConfig, ParallelConfig
 from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_optimizer
-from scaletrain.parallel import build_strategy
+from scaletrain.parallel import WrapRequest, build_strategy
 
 ROOT = Path(__file__).parents[2]
 # name -> (model config, input shape, global batch)
@@ -51,9 +51,11 @@ def time_steps(model_name: str, strategy_name: str, *, steps: int, warmup: int =
         targets = torch.randint(0, 10, (per_rank,), device=strategy.device)
         model = strategy.wrap_model(
             model,
-            block_types=MODELS[config.name].block_types,
-            example_input=inputs,
-            optimizer_states_per_param=2,
+            WrapRequest(
+                block_types=MODELS[config.name].block_types,
+                example_input=inputs,
+                optimizer_states_per_param=2,
+            ),
         )
         optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), model)  # as trained
         for step in range(warmup + steps):

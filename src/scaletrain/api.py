@@ -33,6 +33,7 @@ from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
 from scaletrain.train.monitor import check_monitor
+from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
 
@@ -44,11 +45,15 @@ class Run:
     """A finished (or stopped) run: where it lives, its final metrics and the trained model."""
 
     run_dir: Path
-    metrics: dict  # split -> metric -> value
+    metrics: dict  # split -> metric -> value, of the weights in `model` (see `weights`)
     model: nn.Module | None
     config: Config
     status: str = "finished"
     exit_code: int = 0  # 128 + signal number when stopped by SIGTERM/SIGINT
+    # which weights `metrics` and `model` hold: {"name": "best" | "last", "step": N}
+    weights: dict | None = None
+    metrics_last: dict | None = None  # the last weights' metrics, where the best are older
+    steps: int = 0  # optimizer steps taken
 
 
 def train(
@@ -79,7 +84,8 @@ def train(
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
     try:
-        bundle, model = _prepare(cfg, model, data)  # bad input fails before any file is written
+        # bad input fails before any file is written
+        bundle, model, plan = _prepare(cfg, model, data, strategy)
         run = None
         if strategy.is_main:
             run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite)
@@ -88,7 +94,7 @@ def train(
             atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
-        return _fit(run, cfg, strategy, bundle, model, resume=False, callbacks=callbacks)
+        return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
     finally:
         strategy.teardown()
 
@@ -106,23 +112,33 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
     try:
-        bundle, model = _prepare(cfg, model, data)
-        return _fit(run, cfg, strategy, bundle, model, resume=True, callbacks=())
+        bundle, model, plan = _prepare(cfg, model, data, strategy)
+        return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
     finally:
         strategy.teardown()
 
 
-def _prepare(cfg: Config, model: nn.Module | None, data: dict | None):
-    """Data and model, built identically on every rank (same seed: same split and weights)."""
+def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
+    """Data, model and plan, built identically on every rank (same seed: same split and
+    weights); a plan that cannot train fails here, before the run directory exists."""
     seed_everything(cfg.run.seed)
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
     check_monitor(cfg.train.monitor, task=bundle.spec.task)
     if model is None:
         model = _build_model(cfg, bundle.spec)
-    return bundle, model
+    plan = make_plan(
+        cfg.train,
+        world_size=strategy.world_size,
+        num_train_samples=len(bundle.train),
+        drop_last=cfg.data.drop_last,
+    )
+    check_batch_norm(plan, model)
+    return bundle, model, plan
 
 
-def _fit(run: RunDir, cfg: Config, strategy, bundle, model, *, resume: bool, callbacks) -> Run:
+def _fit(
+    run: RunDir, cfg: Config, strategy, bundle, model, plan, *, resume: bool, callbacks
+) -> Run:
     seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
     status, result = "failed", None
     try:
@@ -132,49 +148,80 @@ def _fit(run: RunDir, cfg: Config, strategy, bundle, model, *, resume: bool, cal
             data=bundle,
             run=run,
             strategy=strategy,
+            plan=plan,
             resume=resume,
             callbacks=CallbackList(list(callbacks)),
         )
         status = result.status
         if status != "interrupted":
-            metrics = _final_evaluation(result, bundle, run, strategy)
+            final = _final_evaluation(result, bundle, run, strategy)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         if strategy.is_main:
-            _write_summary(run, cfg, strategy, result, status, locals().get("metrics", {}))
+            _write_summary(run, cfg, strategy, result, status, locals().get("final"))
+    final = locals().get("final") or FinalMetrics({}, None, None)
     if strategy.is_main and cfg.log.tensorboard and status != "interrupted":
         with MetricsLogger(run.root, tensorboard=True) as logger:
-            logger.log_hparams(cfg.to_dict(), locals().get("metrics", {}))
+            logger.log_hparams(cfg.to_dict(), final.metrics)
     if strategy.is_main and cfg.log.report:
         _write_report(run)
     trained = strategy.unwrap_model(result.state.model)
     exit_code = 128 + result.stop_signal if result.stop_signal else 0
-    return Run(run.root, locals().get("metrics", {}), trained, cfg, status, exit_code)
+    return Run(
+        run.root,
+        final.metrics,
+        trained,
+        cfg,
+        status,
+        exit_code,
+        weights=final.weights,
+        metrics_last=final.metrics_last,
+        steps=result.state.step,
+    )
 
 
-def _final_evaluation(result: LoopResult, bundle: DataBundle, run: RunDir, strategy) -> dict:
-    """Evaluate the best (or last) weights on val and test; keep predictions for the report."""
-    store = CheckpointStore(run.checkpoints)
-    best = store.best_step()
-    state = result.state
-    if best is not None and best != state.step:
-        _load_weights(state.model, store.find("best"), strategy)
+@dataclass(frozen=True)
+class FinalMetrics:
+    metrics: dict  # split -> metrics of the returned weights
+    weights: dict | None  # {"name": "best" | "last", "step": N}
+    metrics_last: dict | None  # the last weights' metrics, where the best are older
+
+
+def _final_evaluation(
+    result: LoopResult, bundle: DataBundle, run: RunDir, strategy
+) -> FinalMetrics:
+    """Evaluate the best weights (else the last) on val and test, keeping predictions for the
+    report; where the best are older than the last, the last weights' metrics too."""
+    best = CheckpointStore(run.checkpoints).best_step()
+    last = result.state.step
+    if best is None or best == last:
+        metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
+        return FinalMetrics(metrics, {"name": "last", "step": last}, None)
+    metrics_last = _evaluate_splits(result, bundle, run, strategy, keep_predictions=False)
+    _load_weights(result.state.model, CheckpointStore(run.checkpoints).find("best"), strategy)
+    metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
+    return FinalMetrics(metrics, {"name": "best", "step": best}, metrics_last)
+
+
+def _evaluate_splits(
+    result: LoopResult, bundle: DataBundle, run: RunDir, strategy, *, keep_predictions: bool
+) -> dict:
     metrics = {}
     for name in ("val", "test"):
         split = getattr(bundle, name)
         if split is None:
             continue
         evaluated = evaluate_split(
-            state.model,
+            result.state.model,
             split,
             spec=bundle.spec,
             loss_fn=result.loss_fn,
             precision=result.precision,
             strategy=strategy,
             batch_size=256,
-            keep_predictions=True,
+            keep_predictions=keep_predictions,
         )
         metrics[name] = {"loss": evaluated.loss, **evaluated.metrics}
         if strategy.is_main and evaluated.predictions:
@@ -287,8 +334,11 @@ def _load_weights(model: nn.Module, path: Path, strategy) -> None:
     set_model_state_dict(model, tensors["model"])
 
 
-def _write_summary(run: RunDir, cfg: Config, strategy, result, status: str, metrics: dict) -> None:
+def _write_summary(
+    run: RunDir, cfg: Config, strategy, result, status: str, final: FinalMetrics | None
+) -> None:
     state = result.state if result else None
+    final = final or FinalMetrics({}, None, None)
     seconds = result.train_seconds if result else 0.0
     summary = {
         "status": status,
@@ -309,7 +359,9 @@ def _write_summary(run: RunDir, cfg: Config, strategy, result, status: str, metr
         "best_metric": {"name": cfg.train.monitor.metric, "value": state.best_value}
         if state
         else None,
-        "metrics": metrics,
+        "metrics": final.metrics,
+        "weights": final.weights,  # which weights `metrics` are of: best (step N) or last
+        "metrics_last": final.metrics_last,  # where the best weights are older than the last
         "train_samples_per_s": result.samples_seen / seconds if result and seconds else None,
         "peak_rss_mb": peak_rss_mb(),
         "memory": strategy.memory_report(),  # planner estimate vs measured peak, per rank

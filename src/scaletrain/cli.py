@@ -92,7 +92,7 @@ def _train(args) -> int:
         run = api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
     else:
         run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
-    _print_result(run.run_dir, run.metrics, run.status)
+    _print_run(run)
     return run.exit_code
 
 
@@ -102,7 +102,7 @@ def _resume(args) -> int:
     from scaletrain import api
 
     run = api.resume(args.run_dir)
-    _print_result(run.run_dir, run.metrics, run.status)
+    _print_run(run)
     return run.exit_code
 
 
@@ -221,6 +221,21 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     if category.__name__ == "CheckpointWarning":
         return f"warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
+
+
+def _print_run(run) -> None:
+    """The final metrics, titled with the weights they are of; the last weights' too where
+    the returned (best) weights are older."""
+    from scaletrain.metrics import format_table
+
+    weights = run.weights
+    if run.metrics and weights:
+        title = f"Results: {weights['name']} weights (step {weights['step']})"
+        Console().print(format_table(run.metrics, title=title))
+    if run.metrics_last:
+        title = f"Results: last weights (step {run.steps})"
+        Console().print(format_table(run.metrics_last, title=title))
+    _print_result(run.run_dir, {} if weights else run.metrics, run.status)
 
 
 def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from scaletrain.errors import ConfigError
 
@@ -309,6 +316,25 @@ class OptimConfig(Section):
     penalty: PenaltyConfig = PenaltyConfig()
     clip: ClipConfig = ClipConfig()
 
+    @model_validator(mode="after")
+    def _check_momentum(self) -> OptimConfig:
+        if self.momentum and self.name not in ("sgd", "rmsprop"):
+            raise ValueError(
+                f"optim.momentum: only sgd and rmsprop use it, got optim.name={self.name}; "
+                "remove it (adam/adamw use optim.betas)"
+            )
+        if self.nesterov and self.name != "sgd":
+            raise ValueError(
+                f"optim.nesterov: Nesterov momentum is an sgd option, got optim.name="
+                f"{self.name}; set optim.name=sgd or optim.nesterov=false"
+            )
+        if self.nesterov and self.momentum == 0:
+            raise ValueError(
+                "optim.nesterov: needs optim.momentum > 0, got 0; set optim.momentum=0.9 "
+                "or optim.nesterov=false"
+            )
+        return self
+
 
 class LossConfig(Section):
     name: Literal["auto", "cross_entropy", "bce_with_logits", "mse", "mae", "huber", "kl_div"] = (
@@ -364,7 +390,21 @@ class GuardConfig(Section):
     spike: SpikeConfig = SpikeConfig()
 
 
-Precision = Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"]
+# Lightning's spellings too: `32`, `32-true` and the number 32 (YAML reads `precision=32`
+# as an int) are "32"; `16`/16 is 16-mixed and `bf16` is bf16-mixed, as in Lightning.
+_PRECISION_ALIASES = {"32": "32", "32-true": "32", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def _precision_alias(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _PRECISION_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+Precision = Annotated[
+    Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"],
+    BeforeValidator(_precision_alias),
+]
 
 
 class TrainConfig(Section):

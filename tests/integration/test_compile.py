@@ -78,9 +78,8 @@ def test_compiled_run_compiles_each_block_once_per_grad_mode_and_matches_eager(
     # 2 regions x (training graph + evaluation graph under no_grad) = 4 graphs, all made in
     # the first epoch (whose 41-sample last batch and 180-sample val pass reuse them); the
     # later epochs and the final test pass (256 + 104 samples) compile nothing more
-    # (on_epoch_end fires after each epoch's evaluation, except the last epoch, which ends
-    # the plan: its evaluation is the final one)
-    assert graphs.per_epoch == [4] * (EPOCHS - 1)
+    # (on_epoch_end fires after each epoch's validation, the last epoch's included)
+    assert graphs.per_epoch == [4] * EPOCHS
     assert counters["stats"]["unique_graphs"] == 4
     assert not counters["graph_break"], dict(counters["graph_break"])
     # compiled in place: the same parameter names as eager, no `_orig_mod.` prefixes

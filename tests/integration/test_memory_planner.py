@@ -223,11 +223,11 @@ class _ReadsAValue(nn.Module):
 
 
 def test_a_forward_the_meta_device_cannot_run_still_trains():
-    from scaletrain.parallel import SingleStrategy
+    from scaletrain.parallel import SingleStrategy, WrapRequest
 
     strategy = SingleStrategy(torch.device("cpu"))
     model = strategy.wrap_model(
-        _ReadsAValue(), example_input=torch.empty(8, 512, device="meta"), block_types=()
+        _ReadsAValue(), WrapRequest(example_input=torch.empty(8, 512, device="meta"))
     )
     model(torch.randn(8, 512)).sum().backward()  # the wrapped model runs
     report = strategy.memory_report()

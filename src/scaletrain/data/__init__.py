@@ -11,7 +11,14 @@ import scaletrain.data.text_sources  # noqa: F401
 from scaletrain.data.augment import build_augmentation
 from scaletrain.data.bundle import DataBundle, DataSpec, Split, build_data
 from scaletrain.data.inputs import InputsFile, read_inputs_file
-from scaletrain.data.loader import BatchLoader, EvalLoader, StepBatch, epoch_order, rank_slice
+from scaletrain.data.loader import (
+    BatchLoader,
+    EvalLoader,
+    StepBatch,
+    epoch_order,
+    rank_slice,
+    smallest_micro_batch,
+)
 from scaletrain.data.preprocess import Preprocessor
 from scaletrain.data.registry import (
     DATASETS,
@@ -37,6 +44,7 @@ __all__ = [
     "build_data",
     "epoch_order",
     "rank_slice",
+    "smallest_micro_batch",
     "read_inputs_file",
     "register_dataset",
     "register_source",

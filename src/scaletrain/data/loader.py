@@ -21,7 +21,16 @@ from scaletrain.data.dataset_loader import DatasetBatches, MicroBatch
 from scaletrain.data.eval_loader import EvalLoader, rank_slice
 from scaletrain.errors import DataError
 
-__all__ = ["BatchLoader", "EvalLoader", "MicroBatch", "StepBatch", "epoch_order", "rank_slice"]
+__all__ = [
+    "BatchLoader",
+    "EvalLoader",
+    "MicroBatch",
+    "StepBatch",
+    "epoch_order",
+    "rank_slice",
+    "smallest_micro_batch",
+    "step_bounds",
+]
 
 
 @dataclass
@@ -53,6 +62,51 @@ def epoch_order(
     if weights is not None:
         return torch.multinomial(weights, num_samples, replacement=True, generator=generator)
     return torch.randperm(num_samples, generator=generator)
+
+
+def step_bounds(
+    num_samples: int, *, position: int, global_batch_size: int, world_size: int, drop_last: bool
+) -> list[tuple[int, int]]:
+    """Global positions [start, stop) of each step of an epoch from `position` on."""
+    starts = range(position, num_samples, global_batch_size)
+    bounds = [(start, min(start + global_batch_size, num_samples)) for start in starts]
+    if drop_last:
+        bounds = [(start, stop) for start, stop in bounds if stop - start == global_batch_size]
+    last = bounds[-1][1] - bounds[-1][0] if bounds else 0
+    if len(bounds) >= 2 and last < world_size:
+        # A final step shorter than the world would leave a rank with no sample, and a
+        # rank that runs no backward stalls DDP/FSDP's gradient collectives. Instead of
+        # padding (duplicates that must not count), the last two steps share their
+        # samples: same order, same number of steps, every rank gets at least one.
+        (start, _), (_, stop) = bounds[-2], bounds[-1]
+        middle = start + (stop - start + 1) // 2
+        bounds[-2:] = [(start, middle), (middle, stop)]
+    return bounds
+
+
+def smallest_micro_batch(
+    num_samples: int,
+    *,
+    global_batch_size: int,
+    micro_batch_size: int,
+    world_size: int,
+    drop_last: bool,
+) -> int:
+    """The fewest samples a rank's micro batch holds in an epoch (a batch norm needs 2)."""
+    bounds = step_bounds(
+        num_samples,
+        position=0,
+        global_batch_size=global_batch_size,
+        world_size=world_size,
+        drop_last=drop_last,
+    )
+    sizes = []
+    for start, stop in {*bounds[:1], *bounds[-2:]}:  # every step but the last two is full
+        for rank in range(world_size):
+            low, high = rank_slice(stop - start, rank=rank, world_size=world_size)
+            if high > low:  # the share's last micro batch is its smallest
+                sizes.append((high - low) % micro_batch_size or micro_batch_size)
+    return min(sizes, default=0)
 
 
 class BatchLoader:
@@ -166,22 +220,13 @@ class BatchLoader:
         self.samples_consumed = 0
 
     def _step_bounds(self, position: int) -> list[tuple[int, int]]:
-        """Global positions [start, stop) of each remaining step of the epoch."""
-        starts = range(position, self.num_samples, self.global_batch_size)
-        bounds = [
-            (start, min(start + self.global_batch_size, self.num_samples)) for start in starts
-        ]
-        bounds = bounds[: self._num_steps_from(position)]
-        last = bounds[-1][1] - bounds[-1][0] if bounds else 0
-        if len(bounds) >= 2 and last < self.world_size:
-            # A final step shorter than the world would leave a rank with no sample, and a
-            # rank that runs no backward stalls DDP/FSDP's gradient collectives. Instead of
-            # padding (duplicates that must not count), the last two steps share their
-            # samples: same order, same number of steps, every rank gets at least one.
-            (start, _), (_, stop) = bounds[-2], bounds[-1]
-            middle = start + (stop - start + 1) // 2
-            bounds[-2:] = [(start, middle), (middle, stop)]
-        return bounds
+        return step_bounds(
+            self.num_samples,
+            position=position,
+            global_batch_size=self.global_batch_size,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+        )
 
     def _rank_ids(self, start: int, stop: int) -> tuple[int, int]:
         """Positions [low, high) of this rank's share of the step [start, stop)."""

@@ -1,4 +1,4 @@
-"""Evaluation metrics, the run's metric writer and process memory readings.
+"""Evaluation metrics, the run's metric writer, process memory readings and MFU (``mfu``).
 
 Metric math is torchmetrics; states are reduced across ranks through the ``all_gather``
 callable that the Strategy passes to ``MetricSet.compute``, so this package never touches

@@ -31,7 +31,7 @@ def current_rss_mb() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / _BYTES_PER_MB
 
 
-def format_table(metrics_by_split: dict) -> Table:
+def format_table(metrics_by_split: dict, *, title: str = "Results") -> Table:
     """Rows = scalar metrics, columns = splits; nested ``metrics`` dicts and lists are flattened/skipped."""
     columns = {
         split: {
@@ -40,7 +40,7 @@ def format_table(metrics_by_split: dict) -> Table:
         for split, values in metrics_by_split.items()
     }
     names = list(dict.fromkeys(name for values in columns.values() for name in values))
-    table = Table(title="Results")
+    table = Table(title=title)
     table.add_column("metric")
     for split in columns:
         table.add_column(split, justify="right")

@@ -2,12 +2,17 @@
 
 from scaletrain.models import cnn, mlp, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
-from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
+from scaletrain.models.flops import (
+    TRAIN_FLOPS_FACTOR,
+    count_flops_per_sample,
+    train_flops_per_sample,
+)
 from scaletrain.models.init import INITS, apply_init
 from scaletrain.models.mlp import MLP, MLPBlock
 from scaletrain.models.registry import (
     MODELS,
     ModelEntry,
+    block_types_of,
     build_model,
     default_block_types,
     register_model,
@@ -26,8 +31,10 @@ __all__ = [
     "TextCNN",
     "TextConvBlock",
     "apply_init",
+    "block_types_of",
     "build_model",
     "count_flops_per_sample",
     "default_block_types",
     "register_model",
+    "train_flops_per_sample",
 ]

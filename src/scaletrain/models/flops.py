@@ -40,3 +40,14 @@ def count_flops_per_sample(
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def train_flops_per_sample(
+    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
+) -> int | None:
+    """Forward+backward FLOPs of one sample, or None where the model cannot be counted."""
+    try:
+        forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
+    except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
+        return None
+    return TRAIN_FLOPS_FACTOR * forward or None

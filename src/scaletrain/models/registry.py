@@ -79,6 +79,12 @@ def build_model(
     return model
 
 
+def block_types_of(model_cfg, model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The registry's block types for a built-in model, else the user module's children."""
+    entry = MODELS.get(getattr(model_cfg, "name", ""))
+    return entry.block_types if entry and entry.block_types else default_block_types(model)
+
+
 def default_block_types(model: nn.Module) -> tuple[type[nn.Module], ...]:
     """Blocks of a user module: classes of its direct children that own parameters.
 

@@ -33,6 +33,9 @@ FUSED_DEVICES: dict[str, tuple[str, ...]] = {
     "adamw": ("cpu", "cuda"),
     "adagrad": ("cpu",),
 }
+# Fused kernels with a DTensor sharding rule (FSDP's parameter shards), torch 2.13: fused SGD
+# and Adagrad fail at the first step ("does not have a sharding strategy registered").
+FUSED_ON_SHARDS = ("adam", "adamw")
 
 
 def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
@@ -91,7 +94,6 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
         cfg: the ``optim`` config section.
         model: the (possibly wrapped) module whose trainable parameters are optimized.
     """
-    _check_momentum(cfg)
     groups = build_param_groups(model, weight_decay=cfg.weight_decay)
     params = [param for group in groups for param in group["params"]]
     kernel = choose_kernel(cfg.name, cfg.implementation, params)
@@ -123,16 +125,22 @@ def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) ->
     """The ``fused``/``foreach`` keyword arguments for ``optim.implementation``."""
     devices = FUSED_DEVICES.get(name, ())
     fusable = bool(devices) and all(
-        param.device.type in devices and param.is_floating_point() for param in params
+        param.device.type in devices
+        and param.is_floating_point()
+        and (name in FUSED_ON_SHARDS or not _is_shard(param))
+        for param in params
     )
     if implementation == "auto":
         return {"fused": True} if fusable else {"foreach": True}
     if implementation == "fused":
         if not fusable:
             found = sorted({param.device.type for param in params})
+            where = f"parameters on {found} (it has: {list(devices) or 'none'})"
+            if any(_is_shard(param) for param in params):
+                where = f"FSDP-sharded parameters (it has: {', '.join(FUSED_ON_SHARDS)})"
             raise ConfigError(
-                f"optim.implementation: torch has no fused {name} for parameters on {found} "
-                f"(fused {name}: {list(devices) or 'none'}); use `auto` or `foreach`"
+                f"optim.implementation: torch has no fused {name} for {where}; "
+                "use `auto` or `foreach`"
             )
         return {"fused": True}
     if implementation == "foreach":
@@ -140,15 +148,6 @@ def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) ->
     return {"foreach": False}  # loop: one parameter at a time, the reference implementation
 
 
-def _check_momentum(cfg: OptimConfig) -> None:
-    if cfg.nesterov and (cfg.name != "sgd" or cfg.momentum == 0):
-        raise ConfigError(
-            f"optim.nesterov: needs optim.name=sgd with optim.momentum > 0, got "
-            f"name={cfg.name}, momentum={cfg.momentum}; set optim.momentum=0.9 or "
-            "optim.nesterov=false"
-        )
-    if cfg.momentum and cfg.name not in ("sgd", "rmsprop"):
-        raise ConfigError(
-            f"optim.momentum: only sgd and rmsprop use it, got optim.name={cfg.name}; "
-            "remove it (adam/adamw use optim.betas)"
-        )
+def _is_shard(param: torch.Tensor) -> bool:
+    """A DTensor (FSDP's parameter shard), told apart without importing torch.distributed."""
+    return hasattr(param, "to_local")

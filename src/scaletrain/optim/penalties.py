@@ -1,7 +1,12 @@
-"""L1 / L2 / elastic-net penalties added to the loss (``optim.penalty``).
+"""L1 / L2 / elastic-net penalties (``optim.penalty``): terms of the loss, applied as their
+gradients.
 
 Unlike ``optim.weight_decay`` (applied by the optimizer), a penalty is part of the loss, so
 it shows in the gradient of every optimizer the same way: ``l1 * sign(w) + 2 * l2 * w``.
+The trainer adds that closed form to the reduced gradients once per step
+(``add_to_gradients``) instead of differentiating the term: no graph over every parameter,
+and it works on any strategy's parameters, FSDP's sharded ones included, since each element's
+gradient depends only on its own weight. The logged loss never includes the penalty.
 """
 
 from __future__ import annotations
@@ -32,8 +37,27 @@ class Penalty:
             return torch.zeros((), device=self._device())
         return torch.stack(terms).sum()
 
+    @torch.no_grad()
+    def add_to_gradients(self) -> None:
+        """``grad += l1 * sign(w) + 2 * l2 * w`` for every selected parameter (after the
+        gradients were reduced and unscaled, before clipping); a missing grad counts as 0."""
+        for param in self.params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            weight, grad = _local(param), _local(param.grad)
+            if self.l1:
+                grad.add_(weight.sign(), alpha=self.l1)
+            if self.l2:
+                grad.add_(weight, alpha=2 * self.l2)
+
     def _device(self) -> torch.device:
         return self.params[0].device if self.params else torch.device("cpu")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP), else the tensor itself: element-wise, both agree."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
 
 
 def _upcast(param: torch.Tensor) -> torch.Tensor:

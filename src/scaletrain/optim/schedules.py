@@ -121,10 +121,35 @@ def lr_multiplier(cfg: ScheduleConfig, step: int, *, total_steps: int) -> float:
     return SCHEDULES[cfg.name](cfg, step - warmup, max(total_steps - warmup, 1))
 
 
+class Schedule(LambdaLR):
+    """``LambdaLR`` whose factor is ``lr_multiplier(step) x backoff``: the lr is defined in one
+    place, and the guard's rollbacks lower it through ``set_backoff``, not by editing lrs."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: Callable[[int], float]):
+        self.backoff = 1.0
+        self._multiplier = multiplier
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        return self._multiplier(step) * self.backoff  # x 1.0 keeps the multiplier's bits
+
+    def state_dict(self) -> dict:
+        """LambdaLR's state without the multiplier (a function of the config, not state)."""
+        state = super().state_dict()
+        state.pop("_multiplier", None)
+        return state
+
+    def set_backoff(self, backoff: float) -> None:
+        """Scale the lr by ``backoff`` from the current step on (a rollback's lr back-off)."""
+        self.backoff = backoff
+        self.last_epoch -= 1  # re-apply the current step's lr through LambdaLR's own step
+        self.step()
+
+
 def build_schedule(
     cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, total_steps: int
-) -> LambdaLR:
-    """A ``LambdaLR`` applying ``lr_multiplier`` to every param group's lr.
+) -> Schedule:
+    """A ``Schedule`` applying ``lr_multiplier`` to every param group's lr.
 
     Args:
         cfg: the ``optim.schedule`` config section.
@@ -137,5 +162,4 @@ def build_schedule(
             "optim.schedule.warmup_steps: onecycle has its own rise (optim.schedule.pct_start); "
             "set warmup_steps and warmup_ratio to 0"
         )
-    # A partial, not a callable object: LambdaLR.state_dict then saves nothing of the config.
-    return LambdaLR(optimizer, functools.partial(lr_multiplier, cfg, total_steps=total_steps))
+    return Schedule(optimizer, functools.partial(lr_multiplier, cfg, total_steps=total_steps))

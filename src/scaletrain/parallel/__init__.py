@@ -5,12 +5,19 @@ from __future__ import annotations
 from scaletrain.config import ParallelConfig
 from scaletrain.errors import ConfigError
 from scaletrain.parallel.auto import AutoStrategy
+from scaletrain.parallel.compile import FirstStepClock, compile_regions
 from scaletrain.parallel.ddp import DDPStrategy
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
-from scaletrain.parallel.strategy import SingleStrategy, Strategy, resolve_device
+from scaletrain.parallel.strategy import (
+    BaseStrategy,
+    SingleStrategy,
+    Strategy,
+    WrapRequest,
+    resolve_device,
+)
 
 STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "auto": AutoStrategy}
 
@@ -36,13 +43,17 @@ def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "AutoStrategy",
+    "BaseStrategy",
     "DDPStrategy",
     "DistributedStrategy",
     "FSDPStrategy",
+    "FirstStepClock",
     "LaunchEnv",
     "SingleStrategy",
     "Strategy",
+    "WrapRequest",
     "build_strategy",
+    "compile_regions",
     "optimizer_states_per_param",
     "read_launch_env",
     "resolve_device",

@@ -20,6 +20,7 @@ from scaletrain.parallel.memory_plan import (
     device_memory_bytes,
     plan_memory,
 )
+from scaletrain.parallel.strategy import WrapRequest
 
 _GB = 2**30
 
@@ -34,9 +35,10 @@ class AutoStrategy(DistributedStrategy):
         self.chosen: DistributedStrategy | None = None
         self.plan: MemoryPlan | None = None
 
-    def wrap_model(self, model: nn.Module, **context) -> nn.Module:
+    def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module:
         """Plan with the same numbers on every rank, then wrap as the first that fits."""
-        chosen = self._choose(model, context)
+        request = request or WrapRequest()
+        chosen = self._choose(model, request)
         candidate = chosen.candidate
         settings = {
             "strategy": candidate.strategy,
@@ -56,23 +58,22 @@ class AutoStrategy(DistributedStrategy):
                 f"({_gb(chosen.total_bytes)} of {available} per device)",
                 file=sys.stderr,
             )
-        return self.chosen.wrap_model(model, **context)
+        return self.chosen.wrap_model(model, request)
 
-    def _choose(self, model: nn.Module, context: dict) -> MemoryEstimate:
+    def _choose(self, model: nn.Module, request: WrapRequest) -> MemoryEstimate:
         facts = self.memory.measure(
             model,
-            precision=context.get("precision"),
-            block_types=context.get("block_types"),
-            example_input=context.get("example_input"),
+            compute_dtype=request.compute_dtype,
+            block_types=request.block_types,
+            example_input=request.example_input,
         )
-        states = context.get("optimizer_states_per_param")
         self.plan = plan_memory(
             facts,
             self.cfg,
             world_size=self.world_size,
             local_world_size=self.env.local_world_size,
             device_type=self.device.type,
-            optimizer_states=2 if states is None else states,
+            optimizer_states=request.optimizer_states_per_param,
             device_memory_bytes=self._smallest_device_memory(),
         )
         if self.plan.recommended is None:
@@ -92,6 +93,12 @@ class AutoStrategy(DistributedStrategy):
     def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
         with self._delegate().no_sync(model, enabled=enabled):
             yield
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        self._delegate().reduce_gradients(model)
+
+    def apply_update(self, update) -> None:
+        self._delegate().apply_update(update)
 
     @contextmanager
     def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -8,8 +8,8 @@ from contextlib import contextmanager, nullcontext
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
 from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.strategy import WrapRequest
 
 
 class DDPStrategy(DistributedStrategy):
@@ -21,35 +21,11 @@ class DDPStrategy(DistributedStrategy):
         super().__init__(*args, **kwargs)
         self._synced_models: set[int] = set()  # models that ran a synced backward already
 
-    def wrap_model(
-        self,
-        model: nn.Module,
-        *,
-        precision=None,
-        block_types: tuple[type[nn.Module], ...] | None = None,
-        example_input=None,
-        optimizer_states_per_param: int | None = None,
-    ) -> nn.Module:
-        """Checkpoint blocks if asked, move to this rank's device, wrap in DDP."""
-        self.plan_memory(
-            model,
-            {
-                "precision": precision,
-                "block_types": block_types,
-                "example_input": example_input,
-                "optimizer_states_per_param": optimizer_states_per_param,
-            },
-        )
-        blocks = find_blocks(model, block_types=block_types, class_names=self.cfg.fsdp.block_types)
-        apply_activation_checkpointing(
-            blocks,
-            mode=self.cfg.activation_checkpointing,
-            every=self.cfg.activation_checkpointing_every,
-        )
-        model = model.to(self.device)
+    def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
+        """Move to this rank's device and wrap in DDP."""
         settings = self.cfg.ddp
         return DistributedDataParallel(
-            model,
+            model.to(self.device),
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             bucket_cap_mb=settings.bucket_cap_mb,
             static_graph=settings.static_graph,

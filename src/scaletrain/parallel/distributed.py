@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from scaletrain.config import ParallelConfig
 from scaletrain.parallel.env import LaunchEnv
-from scaletrain.parallel.memory_account import MemoryAccount
-from scaletrain.parallel.memory_plan import Candidate
 from scaletrain.parallel.process_group import destroy_process_group, init_process_group
+from scaletrain.parallel.strategy import BaseStrategy
 
 
-class DistributedStrategy:
+class DistributedStrategy(BaseStrategy):
     """Base of ddp/fsdp: one process per device, joined by torchrun's environment."""
 
     name = "distributed"
 
     def __init__(self, cfg: ParallelConfig, *, env: LaunchEnv, device: torch.device):
-        self.cfg = cfg
+        super().__init__(cfg, device)
         self.env = env
-        self.device = device
         self.rank = env.rank
         self.world_size = env.world_size
-        self.memory = MemoryAccount(cfg, device)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     # --- lifecycle ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -45,23 +35,8 @@ class DistributedStrategy:
             print(line, file=sys.stderr)
         destroy_process_group()
 
-    # --- model -------------------------------------------------------------------------
-    def wrap_model(self, model: nn.Module, **context) -> nn.Module:
-        raise NotImplementedError
-
-    def unwrap_model(self, model: nn.Module) -> nn.Module:
-        model = getattr(model, "_orig_mod", model)  # torch.compile
-        return getattr(model, "module", model)  # DistributedDataParallel
-
-    @contextmanager
-    def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Eval mode; yields the module to call (ranks may run different batch counts)."""
-        was_training = model.training
-        model.eval()
-        try:
-            yield model
-        finally:
-            model.train(was_training)
+    def _shard_size(self) -> int | None:
+        return self.env.local_world_size if self.cfg.fsdp.hybrid else None
 
     # --- collectives -------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -84,30 +59,6 @@ class DistributedStrategy:
             dist.barrier(device_ids=[self.device.index])
         else:
             dist.barrier()
-
-    # --- memory ------------------------------------------------------------------------
-    def candidate(self) -> Candidate:
-        return Candidate(self.name, activation_checkpointing=self.cfg.activation_checkpointing)
-
-    def plan_memory(self, model: nn.Module, context: dict) -> None:
-        """Estimate this rank's memory before wrapping (rank 0 prints it); start the peak.
-
-        Teardown prints the estimate again next to the measured peak.
-        """
-        self.memory.plan(
-            model,
-            self.candidate(),
-            world_size=self.world_size,
-            context=context,
-            shard_size=self.env.local_world_size if self.cfg.fsdp.hybrid else None,
-        )
-        line = self.memory.planned_line()
-        if self.is_main and line:
-            print(line, file=sys.stderr)
-
-    def memory_report(self) -> dict | None:
-        """Planned vs measured per-rank memory (MB), for the run's summary."""
-        return self.memory.report()
 
 
 def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:

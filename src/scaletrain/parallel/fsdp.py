@@ -15,10 +15,10 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 
-from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.memory_plan import Candidate
 from scaletrain.parallel.process_group import build_mesh
+from scaletrain.parallel.strategy import WrapRequest
 
 
 class FSDPStrategy(DistributedStrategy):
@@ -34,39 +34,23 @@ class FSDPStrategy(DistributedStrategy):
             offload=self.cfg.offload,
         )
 
-    def wrap_model(
-        self,
-        model: nn.Module,
-        *,
-        precision=None,
-        block_types: tuple[type[nn.Module], ...] | None = None,
-        example_input: torch.Tensor | None = None,
-        optimizer_states_per_param: int | None = None,
-    ) -> nn.Module:
-        """Checkpoint, then shard each block bottom-up, then the root (which owns the rest)."""
-        self.plan_memory(
-            model,
-            {
-                "precision": precision,
-                "block_types": block_types,
-                "example_input": example_input,
-                "optimizer_states_per_param": optimizer_states_per_param,
-            },
-        )
+    def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
+        """Shard each block bottom-up, then the root (which owns the rest)."""
         settings = self.cfg.fsdp
-        blocks = find_blocks(model, block_types=block_types, class_names=settings.block_types)
-        apply_activation_checkpointing(
-            blocks,
-            mode=self.cfg.activation_checkpointing,
-            every=self.cfg.activation_checkpointing_every,
-        )
+        reshard = settings.reshard_after_forward
         options = {
             "mesh": build_mesh(self.env, device=self.device, hybrid=settings.hybrid),
-            "mp_policy": _mixed_precision(precision),
+            "mp_policy": _mixed_precision(request.compute_dtype),
             "offload_policy": self._offload_policy(),
         }
+        if request.compute_dtype is not None:
+            # norm layers keep fp32 weights, like their fp32 running statistics (a bf16
+            # weight beside fp32 statistics fails in batch_norm): own units, never cast
+            keep_fp32 = {**options, "mp_policy": _KEEP_FP32}
+            for module in request.fp32_modules:
+                fully_shard(module, reshard_after_forward=reshard, **keep_fp32)
         for block in blocks:
-            fully_shard(block, reshard_after_forward=settings.reshard_after_forward, **options)
+            fully_shard(block, reshard_after_forward=reshard, **options)
         # The root's own parameters stay gathered after forward: backward needs them first.
         fully_shard(model, reshard_after_forward=False, **options)
         return model
@@ -117,9 +101,12 @@ class FSDPStrategy(DistributedStrategy):
         return OffloadPolicy()
 
 
-def _mixed_precision(precision) -> MixedPrecisionPolicy:
+# params as stored (fp32), inputs as they come, gradients reduced in fp32
+_KEEP_FP32 = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def _mixed_precision(compute_dtype: torch.dtype | None) -> MixedPrecisionPolicy:
     """Gather and compute in autocast's dtype; reduce gradients in fp32 (as torchtitan)."""
-    compute_dtype = getattr(precision, "autocast_dtype", None)
     if compute_dtype is None:
         return MixedPrecisionPolicy()
     return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)

@@ -24,45 +24,43 @@ class MemoryAccount:
         self.estimate: MemoryEstimate | None = None
         self.tracker = PeakTracker(device)
 
-    def measure(self, model: nn.Module, *, precision, block_types, example_input) -> ModelFacts:
+    def measure(self, model: nn.Module, *, compute_dtype, block_types, example_input) -> ModelFacts:
         blocks = find_blocks(model, block_types=block_types, class_names=self.cfg.fsdp.block_types)
         return measure_model(
-            model,
-            blocks=blocks,
-            example_input=example_input,
-            compute_dtype=getattr(precision, "autocast_dtype", None),
+            model, blocks=blocks, example_input=example_input, compute_dtype=compute_dtype
         )
 
     def plan(
         self,
         model: nn.Module,
         candidate: Candidate,
+        request,
         *,
         world_size: int,
         shard_size: int | None = None,
-        context: dict,
     ) -> None:
-        """Estimate before wrapping (needs `example_input` in `context`); start the peak."""
-        example_input = context.get("example_input")
-        if example_input is not None:
+        """Estimate before wrapping (from `request.example_input`, if any); start the peak.
+
+        `request` is the strategy's WrapRequest (not imported: strategy.py imports this).
+        """
+        if request.example_input is not None:
             measure = partial(
                 self.measure,
                 model,
-                precision=context.get("precision"),
-                block_types=context.get("block_types"),
+                compute_dtype=request.compute_dtype,
+                block_types=request.block_types,
             )
             try:
-                facts = measure(example_input=example_input)
+                facts = measure(example_input=request.example_input)
             except Exception:  # a forward the meta device cannot run (.item(), numpy, ...):
                 facts = measure(example_input=None)  # plan without activations, train anyway
-            states = context.get("optimizer_states_per_param")
             self.estimate = estimate(
                 facts,
                 candidate,
                 self.cfg,
                 world_size=world_size,
                 shard_size=shard_size,
-                optimizer_states=2 if states is None else states,
+                optimizer_states=request.optimizer_states_per_param,
             )
         tensors = [*model.parameters(), *model.buffers()]
         on_device = bool(tensors) and tensors[0].device == self.device

@@ -1,13 +1,16 @@
 """The Strategy seam: everything distributed lives behind this protocol.
 
-A Strategy owns the process group, wraps the model, says which samples this rank
-reads (rank / world_size for the loader), reduces metrics, and decides which rank writes.
+A Strategy owns the process group, wraps the model, says which samples this rank reads
+(rank / world_size for the loader), says how a step's gradients travel (`no_sync`,
+`reduce_gradients`, `apply_update`), reduces metrics, and decides which rank writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -20,6 +23,18 @@ from scaletrain.parallel.memory_account import MemoryAccount
 from scaletrain.parallel.memory_plan import Candidate
 
 
+@dataclass(frozen=True)
+class WrapRequest:
+    """What the trainer tells a strategy about the model it wraps (built once per run)."""
+
+    compute_dtype: torch.dtype | None = None  # autocast's dtype: FSDP gathers params in it
+    block_types: tuple[type[nn.Module], ...] = ()  # FSDP units, checkpointed blocks
+    # one micro batch on the meta device: the planner measures activations from its shape
+    example_input: torch.Tensor | None = None
+    optimizer_states_per_param: int = 2
+    fp32_modules: tuple[nn.Module, ...] = ()  # norm layers: fp32 params under mixed precision
+
+
 @runtime_checkable
 class Strategy(Protocol):
     name: str
@@ -30,9 +45,11 @@ class Strategy(Protocol):
     @property
     def is_main(self) -> bool: ...
     def setup(self) -> None: ...
-    def wrap_model(self, model: nn.Module, **context) -> nn.Module: ...
+    def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module: ...
     def unwrap_model(self, model: nn.Module) -> nn.Module: ...
     def no_sync(self, model: nn.Module, *, enabled: bool): ...
+    def reduce_gradients(self, model: nn.Module) -> None: ...
+    def apply_update(self, update: Callable[[], None]) -> None: ...
     def evaluation(self, model: nn.Module): ...
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
@@ -57,64 +74,81 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-class SingleStrategy:
-    """One process, one device: every collective is the identity."""
+class BaseStrategy:
+    """What every strategy shares: wrapping as plan -> checkpoint blocks -> place, and the
+    step hooks in their synchronous form."""
 
-    name = "single"
+    name = "base"
     rank = 0
     world_size = 1
 
-    def __init__(self, device: torch.device, cfg: ParallelConfig | None = None):
+    def __init__(self, cfg: ParallelConfig, device: torch.device):
+        self.cfg = cfg
         self.device = device
-        self.cfg = cfg or ParallelConfig(strategy="single")
-        self.memory = MemoryAccount(self.cfg, device)
+        self.memory = MemoryAccount(cfg, device)
 
     @property
     def is_main(self) -> bool:
-        return True
+        return self.rank == 0
 
-    def setup(self) -> None:
-        pass
+    # --- model -------------------------------------------------------------------------
+    def candidate(self) -> Candidate:
+        return Candidate(self.name, activation_checkpointing=self.cfg.activation_checkpointing)
 
-    def wrap_model(
-        self,
-        model: nn.Module,
-        *,
-        precision=None,
-        block_types: tuple[type[nn.Module], ...] | None = None,
-        example_input: torch.Tensor | None = None,
-        optimizer_states_per_param: int | None = None,
-    ) -> nn.Module:
-        """Checkpoint blocks if `parallel.activation_checkpointing` asks, move to the device."""
-        candidate = Candidate("single", activation_checkpointing=self.cfg.activation_checkpointing)
+    def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module:
+        """Plan this rank's memory, checkpoint blocks if asked, then place the model."""
+        request = request or WrapRequest()
         self.memory.plan(
             model,
-            candidate,
-            world_size=1,
-            context={
-                "precision": precision,
-                "block_types": block_types,
-                "example_input": example_input,
-                "optimizer_states_per_param": optimizer_states_per_param,
-            },
+            self.candidate(),
+            request,
+            world_size=self.world_size,
+            shard_size=self._shard_size(),
         )
-        if self.cfg.activation_checkpointing != "none":
-            blocks = find_blocks(
-                model, block_types=block_types, class_names=self.cfg.fsdp.block_types
-            )
-            apply_activation_checkpointing(
-                blocks,
-                mode=self.cfg.activation_checkpointing,
-                every=self.cfg.activation_checkpointing_every,
-            )
+        line = self.memory.planned_line()
+        if line and self.is_main and self.world_size > 1:  # teardown prints it beside the peak
+            print(line, file=sys.stderr)
+        blocks = find_blocks(
+            model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
+        )
+        apply_activation_checkpointing(
+            blocks,
+            mode=self.cfg.activation_checkpointing,
+            every=self.cfg.activation_checkpointing_every,
+        )
+        return self._place(model, blocks, request)
+
+    def _shard_size(self) -> int | None:
+        """Ranks one parameter is sharded over, where not the world (hybrid FSDP)."""
+        return None
+
+    def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
         return model.to(self.device)
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
-        return getattr(model, "_orig_mod", model)
+        model = getattr(model, "_orig_mod", model)  # torch.compile
+        return getattr(model, "module", model)  # DistributedDataParallel
 
+    # --- how a step's gradients travel -------------------------------------------------
     @contextmanager
     def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
+        """Forward and backward of a micro batch whose gradients are not reduced yet."""
         yield
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        """After the last micro batch's backward: on return `.grad` holds the global mean.
+
+        DDP and FSDP reduce inside backward, so there is nothing left to do here; a
+        strategy that reduces otherwise (or never, as local SGD) does it here.
+        """
+
+    def apply_update(self, update: Callable[[], None]) -> None:
+        """Run the optimizer update (`update`: the precision's optimizer step).
+
+        The place where a step's parameters travel: a parameter server pushes gradients
+        and pulls parameters instead, local SGD averages parameters every few updates.
+        """
+        update()
 
     @contextmanager
     def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
@@ -125,6 +159,23 @@ class SingleStrategy:
             yield model
         finally:
             model.train(was_training)
+
+    # --- memory ------------------------------------------------------------------------
+    def memory_report(self) -> dict | None:
+        """Planned vs measured per-rank memory (MB), once wrap_model had an `example_input`."""
+        return self.memory.report()
+
+
+class SingleStrategy(BaseStrategy):
+    """One process, one device: every collective is the identity."""
+
+    name = "single"
+
+    def __init__(self, device: torch.device, cfg: ParallelConfig | None = None):
+        super().__init__(cfg or ParallelConfig(strategy="single"), device)
+
+    def setup(self) -> None:
+        pass
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
@@ -137,10 +188,6 @@ class SingleStrategy:
 
     def barrier(self) -> None:
         pass
-
-    def memory_report(self) -> dict | None:
-        """Planned vs measured memory (MB), once wrap_model had an `example_input`."""
-        return self.memory.report()
 
     def teardown(self) -> None:
         pass

@@ -30,6 +30,7 @@ class Checkpointer:
         guard: StepGuard,
         ledger: Ledger,
         config_hash: str,
+        total_steps: int,
     ):
         self.cfg = cfg
         self.config_hash = config_hash
@@ -38,6 +39,7 @@ class Checkpointer:
         self.strategy = strategy
         self.guard = guard
         self.ledger = ledger
+        self.total_steps = total_steps
         self.store = CheckpointStore(run.checkpoints, keep_last=cfg.keep_last)
         self.last_step: int | None = None
         self.last_path: Path | None = None
@@ -49,13 +51,26 @@ class Checkpointer:
         minutes = self.cfg.every_minutes
         return minutes is not None and time.monotonic() - self._last_save_time >= 60 * minutes
 
-    def save(self, *, pending_loss: float) -> tuple[Path, float | None]:
+    def due(self, step: int, *, epoch_end: bool, minutes_up: bool) -> str | None:
+        """Why a checkpoint is due after update `step`, or None. `minutes_up`: the
+        every_minutes clock ran out on rank 0 (the guard's reduction told every rank).
+        The end of the run has its own (final) checkpoint."""
+        if self.cfg.every_steps and step % self.cfg.every_steps == 0:
+            return "every_steps"
+        if minutes_up:
+            return "every_minutes"
+        every = self.cfg.every_epochs
+        if epoch_end and every and self.state.epoch % every == 0 and step < self.total_steps:
+            return "every_epochs"
+        return None
+
+    def save(self, *, pending_loss: float, pending_steps: int) -> tuple[Path, float | None]:
         """Save the state unless it was saved at this step already; (path, stall seconds)."""
         state = self.state
         if self.last_step == state.step:
             return self.last_path, None
-        state.pending_loss = pending_loss  # the partial log window survives a resume
-        state.guard = self.guard.state_dict()
+        # the partial log window survives a resume
+        state.pending_loss, state.pending_steps = pending_loss, pending_steps
         self.ledger.flush()  # the ledger covers at least what the checkpoint holds
         arguments = {
             "step": state.step,
@@ -113,11 +128,11 @@ class Checkpointer:
         state = self.state
         counters, skip_spans = dict(state.counters), [*state.skip_spans]
         skip_spans += [span for span in self.guard.bad_spans if span not in skip_spans]
-        scale = state.lr_scale * lr_backoff
+        backoff = state.schedule.backoff * lr_backoff
         path = self._load()
         state.counters = {**counters, "rollbacks": counters["rollbacks"] + 1}
         state.skip_spans = skip_spans
-        state.set_lr_scale(scale)
+        state.schedule.set_backoff(backoff)
         self.guard.rolled_back()
         self.last_step = None  # the state at the restored step differs now (lr, skips)
         if self.strategy.is_main:  # metrics.jsonl keeps the undone steps: they happened
@@ -134,7 +149,6 @@ class Checkpointer:
         self.state.load_tensors(tensors)
         self.state.load_side_state(side)
         self._saved_config_hash = side.get("config_sha256")
-        self.guard.load_state_dict(self.state.guard)
         return path
 
 

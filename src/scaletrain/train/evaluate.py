@@ -50,7 +50,7 @@ def evaluate_split(
     with strategy.evaluation(model) as eval_model:
         for inputs, targets in batches:
             with precision.autocast():
-                output = eval_model(inputs)
+                output = eval_model(precision.cast_inputs(inputs))
             output = output.float()
             loss_sum += loss_fn(output, targets).double() * len(targets)
             count += len(targets)
@@ -80,3 +80,58 @@ def _gather_predictions(kept: dict, strategy) -> dict[str, np.ndarray] | None:
         pieces = strategy.all_gather(local) if strategy.world_size > 1 else [local]
         arrays[key] = torch.cat(pieces).numpy()
     return arrays if strategy.is_main else None
+
+
+@dataclass(frozen=True)
+class Validation:
+    result: EvalResult
+    improved: bool  # the best value of train.monitor so far
+    stop: bool  # train.early_stopping's patience ran out
+
+
+class Evaluator:
+    """Validation during training: when it is due, the monitored metric, early stopping."""
+
+    def __init__(
+        self,
+        every_steps: int | None,
+        *,
+        data,
+        loss_fn: nn.Module,
+        precision,
+        strategy,
+        batch_size: int,
+        monitor,
+        log,
+    ):
+        self.every_steps = every_steps
+        self.data, self.loss_fn, self.precision = data, loss_fn, precision
+        self.strategy, self.batch_size = strategy, batch_size
+        self.monitor, self.log = monitor, log
+
+    def due(self, step: int, *, epoch_end: bool, last: bool) -> bool:
+        """Every `train.eval_every_steps`, else at each epoch's end; and after the last step,
+        so the final weights are validated (and can be the best) too."""
+        if self.data.val is None:
+            return False
+        regular = step % self.every_steps == 0 if self.every_steps else epoch_end
+        return regular or last
+
+    def validate(self, model: nn.Module, state) -> Validation:
+        """Evaluate on val, log it, and update the monitor's best step and patience."""
+        result = evaluate_split(
+            model,
+            self.data.val,
+            spec=self.data.spec,
+            loss_fn=self.loss_fn,
+            precision=self.precision,
+            strategy=self.strategy,
+            batch_size=self.batch_size,
+        )
+        record = {"split": "val", "step": state.step, "epoch": state.epoch}
+        self.log({**record, "loss": result.loss, "metrics": result.metrics})
+        improved = self.monitor.observe(result)
+        stop = self.monitor.should_stop()
+        if stop:
+            self.log({"event": "early_stop", "step": state.step, "detail": self.monitor.describe()})
+        return Validation(result, improved, stop)

@@ -149,7 +149,7 @@ def on_bad_step(verdict: Verdict, step: int, guard: StepGuard, saver, checkpoint
         except CheckpointError:
             action, detail = "stop", f"{detail}; no checkpoint to roll back to yet"
         else:
-            detail += f"; rolled back to {path.name}, lr x{state.lr_scale:g} from now on"
+            detail += f"; rolled back to {path.name}, lr x{state.schedule.backoff:g} from now on"
             log({"event": "rollback", "step": state.step, "detail": detail})
             return True
     log({"event": "skip" if action == "skip" else "stop", "step": step, "detail": detail})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
+from torch import nn
+
 from scaletrain.config import TrainConfig
+from scaletrain.data import smallest_micro_batch
 from scaletrain.errors import ConfigError
 
 
@@ -18,6 +22,8 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     num_train_samples: int
+    drop_last: bool
+    smallest_micro_batch: int  # the fewest samples any rank's micro batch holds in an epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,4 +56,53 @@ def make_plan(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         num_train_samples=num_train_samples,
+        drop_last=drop_last,
+        smallest_micro_batch=smallest_micro_batch(
+            num_train_samples,
+            global_batch_size=cfg.batch_size,
+            micro_batch_size=micro,
+            world_size=world_size,
+            drop_last=drop_last,
+        ),
+    )
+
+
+def with_micro_batch(plan: Plan, micro_batch_size: int) -> Plan:
+    """The same global batch in micro batches of `micro_batch_size` (more accumulation)."""
+    per_rank = plan.global_batch_size // plan.world_size
+    return dataclasses.replace(
+        plan,
+        micro_batch_size=micro_batch_size,
+        grad_accum_steps=math.ceil(per_rank / micro_batch_size),
+        smallest_micro_batch=smallest_micro_batch(
+            plan.num_train_samples,
+            global_batch_size=plan.global_batch_size,
+            micro_batch_size=micro_batch_size,
+            world_size=plan.world_size,
+            drop_last=plan.drop_last,
+        ),
+    )
+
+
+def check_batch_norm(plan: Plan, model: nn.Module) -> None:
+    """Refuse a plan whose micro batches can hold one sample when the model has a
+    BatchNorm1d: in training it needs 2+ values per channel and would fail mid-run."""
+    if plan.smallest_micro_batch != 1:
+        return
+    norms = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm1d)]
+    if not norms:
+        return
+    if plan.global_batch_size // plan.world_size == 1 or plan.micro_batch_size == 1:
+        cause = (
+            f"train.batch_size {plan.global_batch_size} over {plan.world_size} process(es), "
+            f"micro batches of {plan.micro_batch_size}"
+        )
+        fix = "raise train.batch_size (and train.micro_batch_size)"
+    else:
+        cause = f"the last step of an epoch leaves one sample of {plan.num_train_samples}"
+        fix = "set data.drop_last=true or change train.batch_size"
+    raise ConfigError(
+        f"train.batch_size: {cause}, so a micro batch of 1 sample reaches the batch norm "
+        f"`{norms[0]}` (model.batch_norm: true), which needs 2+ samples in training; "
+        f"{fix}, or set model.batch_norm=false"
     )

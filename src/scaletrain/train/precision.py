@@ -1,4 +1,5 @@
-"""Precision by name (Fabric's vocabulary) -> one frozen object the loop uses."""
+"""Precision by name (Fabric's vocabulary) -> one frozen object that owns every dtype decision:
+autocast, input casts, parameter dtype and the fp16 grad scaler."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+from torch import nn
 
 from scaletrain.errors import ConfigError
 
@@ -24,10 +26,42 @@ class Precision:
         """The dtype matmuls run in (what the MFU peak is measured for)."""
         return self.autocast_dtype or self.param_dtype
 
+    @property
+    def checks_gradients(self) -> bool:
+        """Without a scaler, finding non-finite gradients is the guard's job (the scaler
+        skips such steps itself)."""
+        return self.scaler is None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Parameters and buffers in the parameter dtype (bf16-true); fp32 otherwise."""
+        return model.to(dtype=self.param_dtype)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def cast_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Floating inputs in the parameter dtype (bf16-true has no autocast to do it)."""
+        if self.param_dtype != torch.float32 and inputs.is_floating_point():
+            return inputs.to(self.param_dtype)
+        return inputs
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients in true units before clipping, the guard and the update."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer update; under a scaler skipped when it found infs, then rescaled."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     @classmethod
     def from_config(cls, name: str, device: torch.device) -> Precision:

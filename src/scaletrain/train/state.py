@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -12,15 +12,23 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from scaletrain.train.rng import capture_rng, restore_rng
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 @dataclass
 class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
+    schedule: Any  # optim.schedules.Schedule: the lr multiplier and the rollbacks' back-off
     loader: Any
     scaler: torch.amp.GradScaler | None = None
+    # components with their own resumable state (the guard's window, the epoch's sums),
+    # saved under their names in the side state
+    components: dict[str, Stateful] = field(default_factory=dict)
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
     best_value: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
@@ -34,12 +42,7 @@ class TrainState:
             "restarts": 0,
         }
     )
-    lr_scale: float = 1.0  # product of train.guard.lr_backoff over the rollbacks so far
     skip_spans: list = field(default_factory=list)  # [epoch, start, stop] never to train on
-    guard: dict = field(default_factory=dict)  # StepGuard.state_dict(): its moving window
-
-    def __post_init__(self):
-        self._base_lrs = list(self.schedule.base_lrs)  # optim.lr per group, before backoff
 
     def tensors(self) -> dict:
         """Model and optimizer state keyed by parameter names (reshardable by DCP)."""
@@ -64,9 +67,9 @@ class TrainState:
             "pending_loss": self.pending_loss,
             "pending_steps": self.pending_steps,
             "counters": dict(self.counters),
-            "lr_scale": self.lr_scale,
+            "lr_scale": self.schedule.backoff,
             "skip_spans": [list(span) for span in self.skip_spans],
-            "guard": self.guard,
+            **{name: part.state_dict() for name, part in self.components.items()},
             "schedule": {"last_epoch": self.schedule.last_epoch},
             "scaler": _scaler_state(self.scaler),
             "loader": self.loader.state_dict(),
@@ -79,28 +82,15 @@ class TrainState:
             setattr(self, key, side[key])
         self.pending_steps = side.get("pending_steps", 0)
         self.counters = {**self.counters, **side["counters"]}
-        self.guard = dict(side.get("guard", {}))
         self.skip_spans = [list(span) for span in side.get("skip_spans", [])]
+        for name, part in self.components.items():
+            part.load_state_dict(dict(side.get(name, {})))
         self.schedule.last_epoch = side["schedule"]["last_epoch"]
-        self.set_lr_scale(side.get("lr_scale", 1.0))
+        self.schedule.set_backoff(side.get("lr_scale", 1.0))
         if self.scaler is not None and side["scaler"]:
             self.scaler.load_state_dict(side["scaler"])
         self.loader.load_state_dict(side["loader"])
         restore_rng(side["rng"])
-
-    def set_lr_scale(self, scale: float) -> None:
-        """Scale the schedule's base lr (and the current lr) by `scale` from now on."""
-        self.lr_scale = scale
-        self.schedule.base_lrs = [base * scale for base in self._base_lrs]
-        if scale != 1.0:  # recompute exactly as LambdaLR does; 1.0 keeps the restored lr bits
-            for group, base, factor in zip(
-                self.optimizer.param_groups,
-                self.schedule.base_lrs,
-                self.schedule.lr_lambdas,
-                strict=True,
-            ):
-                group["lr"] = base * factor(self.schedule.last_epoch)
-        self.schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def _scaler_state(scaler: torch.amp.GradScaler | None) -> dict | None:

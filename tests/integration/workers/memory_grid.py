@@ -15,7 +15,7 @@ from torch import nn
 from scaletrain.config import CNNConfig, MLPConfig, OptimConfig, ParallelConfig
 from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_optimizer
-from scaletrain.parallel import build_strategy
+from scaletrain.parallel import WrapRequest, build_strategy
 
 MODELS_TO_TRY = {
     "mlp": (MLPConfig(hidden=[1024, 1024, 1024, 1024]), (256,)),
@@ -36,9 +36,11 @@ def measure(strategy_name: str, model_name: str, batch_size: int, device: str) -
         targets = torch.randint(0, 10, (batch_size,), device=strategy.device)
         model = strategy.wrap_model(
             model,
-            block_types=MODELS[model_name].block_types,
-            example_input=inputs,
-            optimizer_states_per_param=2,
+            WrapRequest(
+                block_types=MODELS[model_name].block_types,
+                example_input=inputs,
+                optimizer_states_per_param=2,
+            ),
         )
         optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), model)  # fused
         for _ in range(NUM_STEPS):

@@ -20,11 +20,10 @@ from torch.distributed.tensor import DTensor
 from scaletrain.config import MLPConfig, ParallelConfig
 from scaletrain.errors import ConfigError
 from scaletrain.models import MLPBlock, build_model
-from scaletrain.parallel import build_strategy
+from scaletrain.parallel import WrapRequest, build_strategy
 from scaletrain.parallel.blocks import find_blocks
 from scaletrain.parallel.memory_plan import plan_memory
 from scaletrain.parallel.memory_probe import measure_model
-from scaletrain.train.precision import Precision
 
 
 def local_bytes(tensor: torch.Tensor) -> int:
@@ -115,8 +114,10 @@ def fsdp_mechanics() -> dict:
         )
         model = strategy.wrap_model(
             model,
-            precision=Precision.from_config("bf16-mixed", strategy.device),
-            block_types=(MLPBlock,),
+            WrapRequest(
+                compute_dtype=torch.bfloat16,  # bf16-mixed
+                block_types=(MLPBlock,),
+            ),
         )
         with_grads = accumulate(
             strategy, model, lambda: sum(p.grad is not None for p in model.parameters())
@@ -143,9 +144,7 @@ def auto_choice(*, device_memory_gb: float) -> dict:
     try:
         model = strategy.wrap_model(
             new_model(),
-            block_types=(MLPBlock,),
-            example_input=torch.empty(8, 64),
-            optimizer_states_per_param=2,
+            WrapRequest(block_types=(MLPBlock,), example_input=torch.empty(8, 64)),
         )
         model(torch.randn(8, 64)).square().mean().backward()  # the chosen wrapper trains
         return {"chosen": strategy.chosen.candidate().label, "type": type(model).__name__}

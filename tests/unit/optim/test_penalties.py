@@ -63,3 +63,24 @@ def test_bf16_weights_are_penalized_in_float32():
     want = model.weight.double().square().sum()
     assert value.dtype == torch.float32
     assert abs(value.double() - want) / want < 1e-5
+
+
+@pytest.mark.parametrize(("l1", "l2"), [(0.3, 0.0), (0.0, 0.7), (0.3, 0.7)])
+def test_added_gradients_equal_those_of_the_penalty_in_the_loss(l1, l2):
+    """What the trainer does (closed-form gradients added after backward) equals
+    differentiating loss + penalty, in float64."""
+    inputs = torch.randn(8, 4, dtype=torch.float64)
+    in_loss, added = make_model(), make_model()
+    cfg = PenaltyConfig(l1=l1, l2=l2)
+    (in_loss(inputs).square().mean() + build_penalty(cfg, in_loss)()).backward()
+    added(inputs).square().mean().backward()
+    build_penalty(cfg, added).add_to_gradients()
+    for (name, want), got in zip(in_loss.named_parameters(), added.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-14, msg=name)
+    # a penalized parameter without a gradient (unused in forward) gets the penalty's alone
+    weight = added[2].weight
+    weight.grad = None
+    build_penalty(cfg, added).add_to_gradients()
+    torch.testing.assert_close(
+        weight.grad, l1 * weight.sign() + 2 * l2 * weight, rtol=1e-14, atol=0
+    )

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import scaletrain
-from scaletrain.train.speed import wants_channels_last
+from scaletrain.train.setup import wants_channels_last
 
 CPU = torch.device("cpu")
 CNN = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))

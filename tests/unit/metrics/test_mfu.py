@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from scaletrain.train import mfu as mfu_module
-from scaletrain.train.mfu import mfu, peak_flops, train_flops_per_sample
+import scaletrain.metrics.mfu as mfu_module
+from scaletrain.metrics.mfu import mfu, peak_flops
+from scaletrain.models.flops import train_flops_per_sample
 
 
 def test_mlp_training_flops_equal_a_hand_count():

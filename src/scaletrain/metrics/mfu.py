@@ -16,9 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
 
 CACHE = Path.home() / ".cache" / "scaletrain"
 CACHE_FILE = CACHE / "peak_flops.json"
@@ -26,17 +23,6 @@ CACHE_FILE = CACHE / "peak_flops.json"
 CPU_SHAPES = [(256,) * 3, (512,) * 3, (256, 1024, 1024), (1024,) * 3, (2048,) * 3]
 SLOW_PRODUCT_S = 0.5  # shapes predicted to take longer are skipped (emulated bf16)
 CUDA_SIZE = 8192  # ~1 TFLOP: ~1 ms on an H100 in bf16, enough to reach its clocks
-
-
-def train_flops_per_sample(
-    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
-) -> int | None:
-    """Forward+backward FLOPs of one sample, or None where the model cannot be counted."""
-    try:
-        forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
-    except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
-        return None
-    return TRAIN_FLOPS_FACTOR * forward or None
 
 
 def mfu(samples_per_s: float, flops_per_sample: int | None, peak: float | None) -> float | None:

@@ -1,4 +1,5 @@
-"""Process-level speed settings the loop applies at setup: CPU threads and regional compile."""
+"""Regional `torch.compile` beside wrapping: each block compiled in place before the strategy
+wraps the model, and the clock of the first (compiling) step."""
 
 from __future__ import annotations
 
@@ -7,18 +8,6 @@ import time
 
 import torch
 from torch import nn
-
-
-def apply_num_threads(num_threads: int | None) -> int:
-    """Set intra-op CPU threads where the config asks; return the count in effect.
-
-    Small models gain little from a second thread and lose most of their speed when the
-    cores are shared: every op waits at a barrier for a thread that is not running
-    (bench/README.md: 12x on the digits CNN on a loaded 2-core machine).
-    """
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    return torch.get_num_threads()
 
 
 class FirstStepClock:
@@ -111,20 +100,3 @@ def _compile_forward(module: nn.Module) -> None:
 
 def _on_meta(values) -> bool:
     return any(isinstance(value, torch.Tensor) and value.is_meta for value in values)
-
-
-def block_types_of(model_cfg, model: nn.Module) -> tuple[type[nn.Module], ...]:
-    """The registry's block types for a built-in model, else the user module's children."""
-    from scaletrain.models import MODELS, default_block_types
-
-    entry = MODELS.get(getattr(model_cfg, "name", ""))
-    return entry.block_types if entry and entry.block_types else default_block_types(model)
-
-
-def wants_channels_last(setting: bool | str, model: nn.Module, *, device, world_size: int) -> bool:
-    """`train.channels_last`: `auto` is on where it was measured to help (one CPU process
-    with 2-D convolutions); FSDP shards and GPU kernels were not measured with it yet."""
-    if setting != "auto":
-        return bool(setting)
-    has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
-    return has_conv and device.type == "cpu" and world_size == 1

@@ -1,0 +1,307 @@
+"""Everything the loop calls, built once from the config: the model placed by the strategy,
+the optimizer and schedule, the step, and the owners of logging, validation and saving."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from scaletrain.config import Config
+from scaletrain.data import BatchLoader, DataBundle, StepBatch
+from scaletrain.metrics import MetricsLogger
+from scaletrain.metrics.mfu import peak_flops
+from scaletrain.models import block_types_of, train_flops_per_sample
+from scaletrain.optim import build_loss, build_optimizer, build_penalty, build_schedule
+from scaletrain.optim.params import is_norm_module
+from scaletrain.parallel import (
+    FirstStepClock,
+    WrapRequest,
+    compile_regions,
+    optimizer_states_per_param,
+)
+from scaletrain.rundir import RunDir, atomic_write_json
+from scaletrain.train.callbacks import CallbackList
+from scaletrain.train.checkpointing import Checkpointer, config_hash
+from scaletrain.train.evaluate import Evaluator
+from scaletrain.train.guards import StepGuard
+from scaletrain.train.heartbeat import Heartbeat
+from scaletrain.train.ledger import LEDGER, Ledger
+from scaletrain.train.monitor import Monitor
+from scaletrain.train.plan import Plan
+from scaletrain.train.precision import Precision
+from scaletrain.train.progress import Progress
+from scaletrain.train.state import TrainState
+from scaletrain.train.step import MicroBatchBackoff, TrainStep
+from scaletrain.train.step_log import TrainLogger
+from scaletrain.train.train_metrics import EpochTrainMetrics, build_scorer
+
+
+@dataclass
+class Trainer:
+    """The loop's components; `plan` changes only when the OOM back-off halves micro batches."""
+
+    state: TrainState
+    train_step: MicroBatchBackoff
+    logger: TrainLogger
+    evaluator: Evaluator
+    saver: Checkpointer
+    guard: StepGuard
+    ledger: Ledger
+    heartbeat: Heartbeat
+    callbacks: CallbackList
+    precision: Precision
+    loss_fn: nn.Module
+    save_best: bool
+    first_step: FirstStepClock | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def plan(self) -> Plan:
+        return self.train_step.plan
+
+    def steps(self) -> Iterator[StepBatch]:
+        """Steps from the loader's position on, epoch after epoch; ask again after the
+        loader was repositioned (a rollback, the OOM back-off)."""
+        while True:
+            yield from self.state.loader
+
+    def save(self, reason: str, *, best: bool = False) -> None:
+        """Checkpoint now (collective), keeping the unlogged part of the log window."""
+        loss, steps = self.logger.pending()
+        path, stall_s = self.saver.save(pending_loss=loss, pending_steps=steps)
+        if best:
+            self.saver.mark_best(metric=self.evaluator.monitor.name)
+        elif stall_s is None:
+            return  # saved at this step already (as the best, or every_steps): said once
+        detail = f"{reason}: {path.name}"
+        self.logger.event("checkpoint", self.state.step, detail, stall_s=stall_s)
+
+    def close(self) -> None:
+        """On every way out: let a background save end, flush and close files."""
+        self.heartbeat.stop()
+        self.saver.drain()
+        self.ledger.flush()
+        self.logger.close()
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    model: nn.Module,
+    data: DataBundle,
+    run: RunDir,
+    strategy,
+    plan: Plan,
+    resume: bool,
+    callbacks: CallbackList,
+) -> Trainer:
+    """Place the model, build the optimizer and the owners; load the checkpoint if resuming."""
+    precision = Precision.from_config(cfg.train.precision, strategy.device)
+    if (
+        torch.are_deterministic_algorithms_enabled() != cfg.train.deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):  # only on a change: the call imports torch._inductor's config (0.6-1.7 s here)
+        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=False)
+    if strategy.is_main:
+        write_plan(run, plan, precision, strategy)
+    apply_num_threads(cfg.train.num_threads)  # before the peak FLOP/s (keyed by threads)
+    spec = data.spec
+    flops_per_sample = train_flops_per_sample(model, spec.input_shape, spec.input_dtype)
+    peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
+    first_step = FirstStepClock(model) if cfg.train.compile else None
+    channels_last = wants_channels_last(
+        cfg.train.channels_last, model, device=strategy.device, world_size=strategy.world_size
+    )
+    model = _place_model(
+        cfg,
+        model,
+        strategy,
+        precision=precision,
+        plan=plan,
+        spec=spec,
+        channels_last=channels_last,
+    )
+    model.train()  # evaluation switches to eval mode and back
+    optimizer = build_optimizer(cfg.optim, model)
+    schedule = build_schedule(cfg.optim.schedule, optimizer, total_steps=plan.total_steps)
+    loss_fn = build_loss(
+        cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts
+    ).to(strategy.device)
+
+    def build_loader(micro_batch_size: int) -> BatchLoader:
+        return BatchLoader(
+            data.train,
+            global_batch_size=plan.global_batch_size,
+            micro_batch_size=micro_batch_size,
+            shuffle=True,
+            seed=cfg.run.seed,
+            drop_last=cfg.data.drop_last,
+            rank=strategy.rank,
+            world_size=strategy.world_size,
+            device=strategy.device,
+            num_workers=cfg.data.num_workers,
+        )
+
+    guard = StepGuard(cfg.train.guard, strategy=strategy, log_every_steps=cfg.log.every_steps)
+    epoch_metrics = EpochTrainMetrics(
+        spec.task,
+        device=strategy.device,
+        num_outputs=spec.num_outputs,
+        scored=(scorer := build_scorer(spec.task, loss_name=cfg.loss.name)) is not None,
+    )
+    state = TrainState(
+        model,
+        optimizer,
+        schedule,
+        build_loader(plan.micro_batch_size),
+        scaler=precision.scaler,
+        components={"guard": guard, "train_metrics": epoch_metrics},
+    )
+    ledger = Ledger(run.root / LEDGER, enabled=strategy.is_main)
+    saver = Checkpointer(
+        cfg.checkpoint,
+        run=run,
+        state=state,
+        strategy=strategy,
+        guard=guard,
+        ledger=ledger,
+        config_hash=config_hash(cfg),  # a resume warns if the training math was changed
+        total_steps=plan.total_steps,
+    )
+    monitor = Monitor(cfg.train.monitor, cfg.train.early_stopping, state)
+    if resume:
+        saver.resume()  # before the logger opens metrics.jsonl (it rewrites the file)
+    logger = TrainLogger(
+        cfg.log,
+        writer=MetricsLogger(run.root, tensorboard=cfg.log.tensorboard)
+        if strategy.is_main
+        else None,
+        strategy=strategy,
+        total_steps=plan.total_steps,
+        epoch_metrics=epoch_metrics,
+        progress=Progress(plan.total_steps, enabled=cfg.log.progress and strategy.is_main),
+        callbacks=callbacks,
+        flops_per_sample=flops_per_sample,
+        peak_flops=peak,
+    )
+    logger.reset_window(loss=state.pending_loss, steps=state.pending_steps)
+    train_step = TrainStep(
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        loss_fn=loss_fn,
+        precision=precision,
+        strategy=strategy,
+        guard=guard,
+        penalty=build_penalty(cfg.optim.penalty, model),
+        clip=cfg.optim.clip,
+        channels_last=channels_last,
+        empty_batch=(
+            torch.zeros((0, *spec.input_shape), dtype=spec.input_dtype).to(strategy.device),
+            torch.zeros((0,), dtype=torch.long, device=strategy.device),
+        ),
+        scorer=scorer,
+    )
+
+    def on_new_plan(new_plan: Plan) -> None:  # the OOM back-off halved the micro batch
+        if strategy.is_main:
+            write_plan(run, new_plan, precision, strategy)
+        detail = (
+            f"out of memory: micro batch {new_plan.micro_batch_size} x "
+            f"{new_plan.grad_accum_steps} accumulation steps from now on"
+        )
+        logger.event("oom_backoff", state.step + 1, detail)
+
+    return Trainer(
+        state=state,
+        train_step=MicroBatchBackoff(
+            train_step,
+            plan=plan,
+            # one process only: ranks would have to agree before a collective
+            enabled=cfg.train.micro_batch_size == "auto" and strategy.world_size == 1,
+            build_loader=build_loader,
+            on_change=on_new_plan,
+            state=state,
+        ),
+        logger=logger,
+        evaluator=Evaluator(
+            cfg.train.eval_every_steps,
+            data=data,
+            loss_fn=loss_fn,
+            precision=precision,
+            strategy=strategy,
+            batch_size=max(plan.micro_batch_size, 256),
+            monitor=monitor,
+            log=logger.log,
+        ),
+        saver=saver,
+        guard=guard,
+        ledger=ledger,
+        heartbeat=Heartbeat(
+            run.root / "heartbeat",
+            rank=strategy.rank,
+            world_size=strategy.world_size,
+            timeout_s=cfg.parallel.timeout_s,
+        ),
+        callbacks=callbacks,
+        precision=precision,
+        loss_fn=loss_fn,
+        save_best=cfg.checkpoint.save_best,
+        first_step=first_step,
+    )
+
+
+def _place_model(
+    cfg: Config, model: nn.Module, strategy, *, precision, plan, spec, channels_last: bool
+) -> nn.Module:
+    """Memory format, regional compile, dtype, then the strategy's wrap (with its plan)."""
+    block_types = block_types_of(cfg.model, model)
+    if channels_last:  # NHWC convolution weights; each image batch is converted to match
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:  # per block, before wrapping (as torchtitan): one graph per block type
+        compile_regions(model, block_types)
+    return strategy.wrap_model(
+        precision.prepare_model(model),
+        WrapRequest(
+            compute_dtype=precision.autocast_dtype,  # FSDP: MixedPrecisionPolicy
+            block_types=block_types,  # the registry's blocks: FSDP units, checkpointed blocks
+            # one micro batch's shape: the planner measures activations on the meta device
+            example_input=torch.empty(
+                (plan.micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"
+            ),
+            optimizer_states_per_param=optimizer_states_per_param(
+                cfg.optim.name, momentum=cfg.optim.momentum
+            ),
+            fp32_modules=tuple(module for module in model.modules() if is_norm_module(module)),
+        ),
+    )
+
+
+def write_plan(run: RunDir, plan: Plan, precision: Precision, strategy) -> None:
+    extra = {"precision": precision.name, "device": str(strategy.device)}
+    atomic_write_json(run.plan, {**plan.to_dict(), **extra})
+
+
+def apply_num_threads(num_threads: int | None) -> int:
+    """Set intra-op CPU threads where the config asks; return the count in effect.
+
+    Small models gain little from a second thread and lose most of their speed when the
+    cores are shared: every op waits at a barrier for a thread that is not running
+    (bench/README.md: 12x on the digits CNN on a loaded 2-core machine).
+    """
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return torch.get_num_threads()
+
+
+def wants_channels_last(setting: bool | str, model: nn.Module, *, device, world_size: int) -> bool:
+    """`train.channels_last`: `auto` is on where it was measured to help (one CPU process
+    with 2-D convolutions); FSDP shards and GPU kernels were not measured with it yet."""
+    if setting != "auto":
+        return bool(setting)
+    has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    return has_conv and device.type == "cpu" and world_size == 1

@@ -1,0 +1,168 @@
+"""One optimizer step, the seam a new training regime changes: micro batches -> forward under
+autocast -> loss -> backward (only the last micro batch syncs) -> reduce -> unscale ->
+penalty -> clip -> guard verdict -> update -> lr schedule.
+
+The strategy decides how gradients and parameters travel around the update (`no_sync`,
+`reduce_gradients`, `apply_update`); `Precision` owns every dtype decision and the grad
+scaler. The out-of-memory back-off of `train.micro_batch_size: auto` wraps the step
+(`MicroBatchBackoff`), so the loop only learns that a step must be redone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from scaletrain.config import ClipConfig
+from scaletrain.data import BatchLoader, StepBatch
+from scaletrain.optim import Penalty, clip_gradients, gradient_sum
+from scaletrain.train.guards import StepGuard, Verdict
+from scaletrain.train.plan import Plan, with_micro_batch
+from scaletrain.train.precision import Precision
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, targets) -> sum
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # this rank's share of the step's global mean loss (on the device)
+    verdict: Verdict
+    grad_norm: torch.Tensor | None  # total 2-norm before clipping, where it was computed
+    score: torch.Tensor | None  # this rank's sum of the training metric (see train_metrics)
+
+
+class TrainStep:
+    """Runs one optimizer step on this rank's share of a global batch."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule,
+        loss_fn: nn.Module,
+        precision: Precision,
+        strategy,
+        guard: StepGuard,
+        penalty: Penalty | None,
+        clip: ClipConfig,
+        channels_last: bool,
+        empty_batch: tuple[torch.Tensor, torch.Tensor],
+        scorer: Scorer | None,
+    ):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
+        self.guard, self.penalty, self.clip = guard, penalty, clip
+        self.channels_last, self.empty_batch, self.scorer = channels_last, empty_batch, scorer
+        self.trainable = [param for param in model.parameters() if param.requires_grad]
+        self.guarding = guard.cfg.nonfinite != "off" and precision.checks_gradients
+        self.compute_seconds = 0.0  # forward, backward and update only: the rest is overhead
+
+    def __call__(
+        self, batch: StepBatch, *, step: int, log_step: bool, stop_requested: bool,
+        save_due: bool, span: list[int],
+    ) -> StepOutput:  # fmt: skip
+        """Update `step` (1-based). `log_step`: measure the gradient norm for the log."""
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)  # here, so a redone step starts clean
+        loss, score = self._forward_backward(batch)
+        self.strategy.reduce_gradients(self.model)
+        self.precision.unscale(self.optimizer)
+        if self.penalty is not None:
+            self.penalty.add_to_gradients()
+        grad_norm, grad_check = self._gradient_norm(measure=log_step)
+        # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save
+        verdict = self.guard.check(
+            step,
+            loss=loss,
+            grad_norm=grad_check if self.precision.checks_gradients else None,
+            stop_requested=stop_requested,
+            save_due=save_due,
+            span=span,
+        )
+        if verdict.action == "step":
+            self.strategy.apply_update(lambda: self.precision.step(self.optimizer))
+        if verdict.action in ("step", "skip"):  # a rollback reloads the schedule instead
+            self.schedule.step()
+        self.compute_seconds += time.perf_counter() - started  # async on CUDA: approximate
+        return StepOutput(loss, verdict, grad_norm, score)
+
+    def _forward_backward(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Backward of every micro batch; returns the loss share and the metric's sum."""
+        # a rank whose share of a short last step is empty still joins the collectives
+        micro_batches = batch.micro_batches or [self.empty_batch]
+        world, total = self.strategy.world_size, batch.num_samples_global
+        step_loss = score = None
+        for index, (inputs, targets) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            inputs = self._prepare(inputs)
+            with self.strategy.no_sync(self.model, enabled=not last), self.precision.autocast():
+                output = self.model(inputs)
+                # no sample: zero gradients, so DDP/FSDP's reductions see every rank
+                loss = self.loss_fn(output, targets) if len(targets) else output.float().sum() * 0.0
+                # mean over the micro batch -> share of the global step's mean loss
+                share = len(targets) * world / total
+                scaled = loss * share if share != 1.0 else loss
+            weight = len(targets) / total
+            part = loss.detach() if weight == 1.0 else loss.detach() * weight
+            step_loss = part if step_loss is None else step_loss + part
+            if self.scorer is not None and len(targets):
+                part = self.scorer(output.detach(), targets)
+                score = part if score is None else score + part
+            self.precision.backward(scaled)
+        return step_loss, score
+
+    def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and inputs.dim() == 4:  # NHWC, as the model's weights
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self.precision.cast_inputs(inputs)
+
+    def _gradient_norm(self, *, measure: bool):
+        """(norm, finiteness probe): the norm where clipping or the log needs it, which the
+        guard then reads too; else a sum of gradient elements (half the cost), if guarding."""
+        if self.clip.mode != "none" or measure:
+            norm = clip_gradients(self.clip, self.trainable)
+            return norm, norm
+        return None, gradient_sum(self.trainable) if self.guarding else None
+
+
+OOM_BACKOFF_STEPS = 3  # train.micro_batch_size auto: an out-of-memory error this early halves it
+
+
+class MicroBatchBackoff:
+    """`train.micro_batch_size: auto`: an out-of-memory error in the first steps halves the
+    micro batch (same global batch, more accumulation) and repositions the loader at the
+    step's start; the step returns None and the loop redoes it."""
+
+    def __init__(
+        self,
+        train_step: TrainStep,
+        *,
+        plan: Plan,
+        enabled: bool,
+        build_loader: Callable[[int], BatchLoader],
+        on_change: Callable[[Plan], None],
+        state,
+    ):
+        self.train_step, self.plan, self.state = train_step, plan, state
+        self.build_loader, self.on_change = build_loader, on_change
+        # one process only: ranks would have to agree before a collective
+        self.until_step = state.step + OOM_BACKOFF_STEPS if enabled else -1
+
+    def __call__(self, batch: StepBatch, *, span: list[int], **kwargs) -> StepOutput | None:
+        try:
+            return self.train_step(batch, span=span, **kwargs)
+        except torch.OutOfMemoryError:
+            if self.state.step >= self.until_step or self.plan.micro_batch_size == 1:
+                raise
+        self.train_step.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
+        self.plan = with_micro_batch(self.plan, max(1, self.plan.micro_batch_size // 2))
+        loader = self.build_loader(self.plan.micro_batch_size)
+        loader.load_state_dict({"epoch": span[0], "samples_consumed": span[1]})
+        self.state.loader = loader
+        self.on_change(self.plan)
+        return None
