@@ -1,4 +1,4 @@
-"""The shared pipeline: RawData -> targets -> split -> encoder and scaling fit on train -> bundle."""
+"""The shared pipeline: RawData -> targets -> split -> encoder and scaling fit on train."""
 
 from __future__ import annotations
 

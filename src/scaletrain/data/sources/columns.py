@@ -1,4 +1,4 @@
-"""Table cells (csv, parquet) -> ``RawTable``: numeric columns and categories, checked cell by cell.
+"""Table cells (csv, parquet) -> ``RawTable``: numbers and categories, checked cell by cell.
 
 Numeric columns become float64 with NaN for missing cells; each bad cell is reported as
 ``file:row: column``. Categorical columns (``data.table.categorical``) keep their text; the

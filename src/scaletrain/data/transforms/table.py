@@ -1,4 +1,4 @@
-"""``TableEncoder``: fill values and category lists learned on the train split; RawTable -> features.
+"""``TableEncoder``: fill values and categories learned on the train split; RawTable -> features.
 
 It turns any ``RawTable`` (a split, or a predict file) into float32 features: numbers first,
 then one-hot blocks or index columns, in the order the columns were declared.
