@@ -77,7 +77,7 @@ def records(run_dir: Path) -> list[dict]:
 
 def test_lost_node_shrinks_the_job_and_the_run_completes(tmp_path):
     from scaletrain.config import load_config
-    from scaletrain.data.bundle import build_data
+    from scaletrain.data.build import build_data
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(CONFIG))

@@ -1,17 +1,17 @@
 """Data: sources -> targets -> split -> preprocessing -> loaders with exact-resume state."""
 
 # Source modules register themselves in SOURCES / DATASETS when imported.
-import scaletrain.data.builtin
-import scaletrain.data.files
-import scaletrain.data.images
-import scaletrain.data.parquet
 import scaletrain.data.shards.source
-import scaletrain.data.stdlib_text
-import scaletrain.data.text_sources  # noqa: F401
-from scaletrain.data.augment import build_augmentation
-from scaletrain.data.bundle import DataBundle, DataSpec, Split, build_data
-from scaletrain.data.inputs import InputsFile, read_inputs_file
-from scaletrain.data.loader import (
+import scaletrain.data.sources.builtin
+import scaletrain.data.sources.files
+import scaletrain.data.sources.image_folder
+import scaletrain.data.sources.parquet
+import scaletrain.data.sources.stdlib_text
+import scaletrain.data.sources.text_files  # noqa: F401
+from scaletrain.data.build import build_data
+from scaletrain.data.bundle import DataBundle, DataSpec, Split
+from scaletrain.data.inputs import read_inputs_file
+from scaletrain.data.loaders.loader import (
     BatchLoader,
     EvalLoader,
     StepBatch,
@@ -19,14 +19,15 @@ from scaletrain.data.loader import (
     rank_slice,
     smallest_micro_batch,
 )
-from scaletrain.data.preprocess import Preprocessor
-from scaletrain.data.registry import (
+from scaletrain.data.raw import InputsFile, RawData
+from scaletrain.data.sources.registry import (
     DATASETS,
     SOURCES,
-    RawData,
     register_dataset,
     register_source,
 )
+from scaletrain.data.transforms.augment import build_augmentation
+from scaletrain.data.transforms.preprocess import Preprocessor
 
 __all__ = [
     "DATASETS",

@@ -8,14 +8,14 @@ exactly the categories, tokenizer and image size learned at training time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from scaletrain.data.files import (
+from scaletrain.data.raw import InputsFile
+from scaletrain.data.sources.files import (
     check_file,
     check_numeric,
     load_numpy,
@@ -26,16 +26,6 @@ from scaletrain.errors import DataError
 
 if TYPE_CHECKING:
     from scaletrain.data.bundle import DataSpec
-
-
-@dataclass(frozen=True)
-class InputsFile:
-    """A checked predict file whose samples the fitted encoder reads and encodes."""
-
-    path: Path
-
-    def __len__(self) -> int:
-        raise TypeError("the encoder reads the file; its length is known after reading")
 
 
 def read_inputs_file(

@@ -13,10 +13,11 @@ import torch
 
 from scaletrain.config import DataConfig
 from scaletrain.data.bundle import DataBundle, DataSpec, Split
-from scaletrain.data.preprocess import Preprocessor
-from scaletrain.data.registry import RawData, RawTexts
-from scaletrain.data.split import split_groups
-from scaletrain.data.tokenizer import SEQUENCE_KINDS
+from scaletrain.data.raw import RawData, RawTexts
+from scaletrain.data.transforms.preprocess import Preprocessor
+from scaletrain.data.transforms.split import split_groups
+from scaletrain.data.transforms.text import TextEncoder
+from scaletrain.data.transforms.tokenizer import SEQUENCE_KINDS
 from scaletrain.errors import ConfigError, DataError
 
 
@@ -84,8 +85,6 @@ def split_files(cfg: DataConfig, groups: np.ndarray, *, origin: str, seed: int):
 
 def language_model_bundle(cfg: DataConfig, raw: RawData, *, seed: int) -> DataBundle:
     """Split by file, fit the tokenizer on train, cut each split's stream into windows."""
-    from scaletrain.data.text import TextEncoder
-
     if not isinstance(raw.inputs, RawTexts):
         raise ConfigError(
             f"data.task: `language_model` needs a text source (text_corpus, text_csv, "

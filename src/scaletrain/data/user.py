@@ -16,12 +16,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from scaletrain.config import DataConfig
-from scaletrain.data.bundle import DataBundle, DataSpec, Split, bundle_from_raw
-from scaletrain.data.dataset_loader import NamedSamples
-from scaletrain.data.files import first_non_finite
-from scaletrain.data.preprocess import Preprocessor
-from scaletrain.data.registry import RawData, image_layout
-from scaletrain.data.split import split_indices
+from scaletrain.data.bundle import DataBundle, DataSpec, Split
+from scaletrain.data.loaders.dataset_loader import NamedSamples
+from scaletrain.data.pipeline import bundle_from_raw
+from scaletrain.data.raw import RawData, image_layout
+from scaletrain.data.sources.files import first_non_finite
+from scaletrain.data.transforms.preprocess import Preprocessor
+from scaletrain.data.transforms.split import split_indices
 from scaletrain.errors import DataError, UserError
 
 SPLIT_NAMES = ("train", "val", "test")

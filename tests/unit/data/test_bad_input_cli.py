@@ -13,7 +13,7 @@ from PIL import Image
 from scaletrain.cli import main
 from scaletrain.config import DataConfig
 from scaletrain.data.shards import prepare_shards, read_manifest
-from scaletrain.data.split import split_indices
+from scaletrain.data.transforms.split import split_indices
 
 ROWS = "".join(f"{i},{i * 2},{i % 2}\n" for i in range(20))
 # The first test row of 21 (run.seed 0, unstratified): a label only there is never trained on.

@@ -9,7 +9,7 @@ from sklearn import datasets as sklearn_datasets
 
 from scaletrain.config import DataConfig
 from scaletrain.data import DATASETS, build_data
-from scaletrain.data.split import split_indices
+from scaletrain.data.transforms.split import split_indices
 from scaletrain.errors import ConfigError
 
 EXPECTED = {

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from scaletrain.config import DataConfig
 from scaletrain.data import DataSpec, build_data, read_inputs_file
-from scaletrain.data.labels import encode_targets
+from scaletrain.data.transforms.labels import encode_targets
 from scaletrain.errors import DataError, UserError
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from scaletrain.config import AugmentConfig, DataConfig, ImageConfig
 from scaletrain.data import Preprocessor, build_augmentation, build_data, read_inputs_file
-from scaletrain.data.augment import Augmentation, cutout, random_crop
+from scaletrain.data.transforms.augment import Augmentation, cutout, random_crop
 from scaletrain.errors import ConfigError, DataError
 
 

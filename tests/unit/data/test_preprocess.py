@@ -10,7 +10,7 @@ import torch
 
 from scaletrain.config import DataConfig
 from scaletrain.data import Preprocessor, build_data
-from scaletrain.data.split import split_indices
+from scaletrain.data.transforms.split import split_indices
 
 
 def raw_and_scaled(name: str, *, normalize: str = "standardize", layout: str = "auto"):

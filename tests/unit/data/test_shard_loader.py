@@ -210,7 +210,7 @@ def test_read_ahead_keeps_order_raises_errors_and_stops_when_left(threads, indep
     import threading
     import time
 
-    from scaletrain.data.dataset_loader import read_ahead
+    from scaletrain.data.loaders.dataset_loader import read_ahead
 
     def slow_when_even(value):
         time.sleep(0.002 * (value % 2 == 0))  # later reads finish first on other threads

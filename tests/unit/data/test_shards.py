@@ -13,7 +13,7 @@ from scaletrain.config import DataConfig, ShardsConfig, TextConfig
 from scaletrain.data import build_data
 from scaletrain.data.shards import FORMAT_VERSION, parse_size, prepare_shards, read_manifest
 from scaletrain.data.shards.reader import TokenWindows
-from scaletrain.data.stats import RunningMoments
+from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.errors import DataError, UserError
 
 

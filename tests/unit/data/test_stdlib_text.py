@@ -12,8 +12,13 @@ import torch
 
 from scaletrain.config import DataConfig, TextConfig
 from scaletrain.data import build_data
-from scaletrain.data.split import split_groups
-from scaletrain.data.stdlib_text import PACKAGES, chunk_lines, load_stdlib_text, stdlib_files
+from scaletrain.data.sources.stdlib_text import (
+    PACKAGES,
+    chunk_lines,
+    load_stdlib_text,
+    stdlib_files,
+)
+from scaletrain.data.transforms.split import split_groups
 
 ROOT = Path(__file__).parents[3]
 

@@ -12,8 +12,8 @@ import torch
 
 from scaletrain.config import DataConfig, TextConfig
 from scaletrain.data import Preprocessor, build_data, read_inputs_file
-from scaletrain.data.registry import RawTexts
-from scaletrain.data.text import TextEncoder, normalize_text
+from scaletrain.data.raw import RawTexts
+from scaletrain.data.transforms.text import TextEncoder, normalize_text
 from scaletrain.errors import DataError
 
 DOCUMENTS = [

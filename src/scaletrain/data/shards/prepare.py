@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig
+from scaletrain.data.build import build_data
+from scaletrain.data.lm import token_dtype
 from scaletrain.data.shards.format import MANIFEST, SPLITS
 from scaletrain.data.shards.reader import ShardSamples
+from scaletrain.data.shards.tokens import token_shards
 from scaletrain.data.shards.writer import SampleShardWriter, write_manifest
-from scaletrain.data.stats import RunningMoments
+from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.errors import ConfigError, UserError
 
 CHUNK_ROWS = 4096  # samples handed to a writer at a time
@@ -43,11 +46,7 @@ def prepare_shards(
     out = Path(out)
     _check_out(out, overwrite=overwrite)
     if cfg.task == "language_model" or cfg.source == "text_corpus":
-        from scaletrain.data.shards.tokens import token_shards  # reads the corpus lazily
-
         return _publish(out, lambda staging: token_shards(cfg, staging, seed, shard_bytes))
-    from scaletrain.data.bundle import build_data
-
     bundle = build_data(cfg.model_copy(update={"normalize": "none"}), seed=seed)  # may raise
     return _publish(out, lambda staging: _sample_shards(bundle, cfg, staging, seed, shard_bytes))
 
@@ -81,8 +80,6 @@ def _publish(out: Path, write) -> dict:
 
 def _fields(bundle) -> dict[str, dict]:
     """Storage dtypes: images as uint8 (divided by 255 when read), token ids as uint16/32."""
-    from scaletrain.data.lm import token_dtype
-
     spec, train = bundle.spec, bundle.train
     inputs = {"dtype": "float32", "shape": list(spec.input_shape)}
     if spec.input_kind == "image":

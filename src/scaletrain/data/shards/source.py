@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from scaletrain.config import DataConfig
-from scaletrain.data.bundle import DataBundle, DataSpec, Split, balanced_weights
-from scaletrain.data.preprocess import Preprocessor, encoder_from_state
-from scaletrain.data.registry import register_source
+from scaletrain.data.bundle import DataBundle, DataSpec, Split
 from scaletrain.data.shards.format import SPLITS, read_manifest, verify_shards
 from scaletrain.data.shards.reader import ShardSamples, TokenWindows
-from scaletrain.data.stats import RunningMoments
+from scaletrain.data.sources.registry import register_source
+from scaletrain.data.transforms.labels import balanced_weights
+from scaletrain.data.transforms.preprocess import Preprocessor, encoder_from_state
+from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.errors import ConfigError, DataError
 
 

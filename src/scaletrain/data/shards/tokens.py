@@ -12,10 +12,12 @@ import numpy as np
 
 from scaletrain.config import DataConfig
 from scaletrain.data.lm import check_vectorizer, language_model_spec, split_files, token_dtype
-from scaletrain.data.registry import SOURCES, RawTexts
+from scaletrain.data.raw import RawTexts
 from scaletrain.data.shards.format import SPLITS
 from scaletrain.data.shards.writer import TokenShardWriter
-from scaletrain.data.text_sources import corpus_files, read_text
+from scaletrain.data.sources.registry import SOURCES
+from scaletrain.data.sources.text_files import corpus_files, read_text
+from scaletrain.data.transforms.text import TextEncoder
 from scaletrain.errors import ConfigError, DataError
 
 
@@ -47,8 +49,6 @@ def _texts_and_groups(cfg: DataConfig):
 
 def token_shards(cfg: DataConfig, staging: Path, seed: int, shard_bytes: int) -> dict:
     """Manifest body of a token-stream shard folder (shards are written to ``staging``)."""
-    from scaletrain.data.text import TextEncoder
-
     check_vectorizer(cfg)
     texts, groups, origin = _texts_and_groups(cfg)
     cut = split_files(cfg, groups, origin=origin, seed=seed)

@@ -1,6 +1,6 @@
 """Text sources: ``text_csv`` and ``text_jsonl`` (text + label), ``text_corpus`` (files, for LM).
 
-Texts stay raw here; the TextEncoder is fit on the train split later (bundle.py / lm.py).
+Texts stay raw here; the TextEncoder is fit on the train split later (pipeline.py / lm.py).
 A corpus keeps one sample per file, in sorted path order, with the file as its split group.
 """
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig
-from scaletrain.data.files import check_file, csv_labels, read_csv_table
-from scaletrain.data.registry import RawData, RawTexts, register_source
+from scaletrain.data.raw import RawData, RawTexts
+from scaletrain.data.sources.files import check_file, csv_labels, read_csv_table
+from scaletrain.data.sources.registry import register_source
 from scaletrain.errors import ConfigError, DataError
 
 

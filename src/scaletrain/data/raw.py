@@ -1,19 +1,16 @@
-"""Plain-dict registries of datasets and file sources, filled by decorators where each is defined.
+"""Samples as a source reads them, before anything is fit: ``RawData`` and its kinds of inputs.
 
-A source reader turns the ``data`` config section into ``RawData``: every sample in memory,
-labels as found in the file. Everything after (task inference, splitting, preprocessing)
-is shared, so a new format (parquet, images, text shards) is one registered function.
+Plain types that import nothing of ``scaletrain.data``: sources produce them, the transforms
+(encoders, labels, split) and the pipeline consume them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
-from scaletrain.config import DataConfig
 
 Task = Literal["classification", "regression", "language_model"]
 
@@ -59,6 +56,16 @@ class RawImages:
         return len(self.paths)
 
 
+@dataclass(frozen=True)
+class InputsFile:
+    """A checked predict file whose samples the fitted encoder reads and encodes."""
+
+    path: Path
+
+    def __len__(self) -> int:
+        raise TypeError("the encoder reads the file; its length is known after reading")
+
+
 RawInputs = RawTable | RawTexts | RawImages
 
 
@@ -92,32 +99,3 @@ def image_layout(inputs: np.ndarray) -> tuple[np.ndarray, bool]:
     if inputs.ndim == 3:
         return inputs[:, None], True
     return inputs, inputs.ndim == 4
-
-
-DatasetReader = Callable[[], RawData]
-SourceReader = Callable[[DataConfig], RawData]
-
-DATASETS: dict[str, DatasetReader] = {}
-SOURCES: dict[str, SourceReader] = {}
-
-
-def register_dataset(name: str) -> Callable[[DatasetReader], DatasetReader]:
-    """Add a built-in dataset under ``name`` (its docstring is its one-line description)."""
-
-    def decorator(reader: DatasetReader) -> DatasetReader:
-        assert name not in DATASETS, f"dataset {name!r} registered twice"
-        DATASETS[name] = reader
-        return reader
-
-    return decorator
-
-
-def register_source(name: str) -> Callable[[SourceReader], SourceReader]:
-    """Add a reader for ``data.source: name``."""
-
-    def decorator(reader: SourceReader) -> SourceReader:
-        assert name not in SOURCES, f"source {name!r} registered twice"
-        SOURCES[name] = reader
-        return reader
-
-    return decorator

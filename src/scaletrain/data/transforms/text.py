@@ -18,8 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import TextConfig
-from scaletrain.data.registry import RawTexts
-from scaletrain.data.tokenizer import SEQUENCE_KINDS, build_tokenizer, tokenizer_from_state
+from scaletrain.data.raw import RawTexts
+from scaletrain.data.sources.text_files import read_texts_file
+from scaletrain.data.transforms.tokenizer import (
+    SEQUENCE_KINDS,
+    build_tokenizer,
+    tokenizer_from_state,
+)
 
 WORD_PATTERN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 
@@ -91,8 +96,6 @@ class TextEncoder:
 
     def read(self, path) -> RawTexts:
         """Texts of a predict file: .txt (one per line), .csv or .jsonl (the text column)."""
-        from scaletrain.data.text_sources import read_texts_file  # sources import this module
-
         return read_texts_file(Path(path), column=self.options["column"])
 
     def _fit_vocabulary(self, texts: Iterable[str], cfg: TextConfig) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig
-from scaletrain.data.files import check_file, feature_names
-from scaletrain.data.registry import RawData, register_source
-from scaletrain.data.table import Column, build_table
+from scaletrain.data.raw import RawData
+from scaletrain.data.sources.columns import Column, build_table
+from scaletrain.data.sources.files import check_file, feature_names
+from scaletrain.data.sources.registry import register_source
 from scaletrain.errors import DataError
 
 

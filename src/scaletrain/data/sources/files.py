@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig
-from scaletrain.data.registry import RawData, image_layout, register_source
-from scaletrain.data.table import Column, build_table
+from scaletrain.data.raw import RawData, image_layout
+from scaletrain.data.sources.columns import Column, build_table
+from scaletrain.data.sources.registry import register_source
 from scaletrain.errors import ConfigError, DataError
 
 
@@ -268,16 +269,3 @@ def check_numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> 
             f"({array.reshape(len(array), -1)[bad]})"
         )
     return array
-
-
-def read_columns(path: Path, names: list[str]) -> list[Column]:
-    """The named columns of a predict file (.csv or .parquet), for a fitted TableEncoder."""
-    if path.suffix.lower() == ".csv":
-        table = read_csv_table(path)
-        return [table.column(name) for name in names]
-    if path.suffix.lower() in (".parquet", ".pq"):
-        from scaletrain.data.parquet import parquet_column, read_parquet_table
-
-        table = read_parquet_table(path)
-        return [parquet_column(table, name, path=path) for name in names]
-    raise DataError(f"{path}: unknown table format {path.suffix!r}; use .csv or .parquet")

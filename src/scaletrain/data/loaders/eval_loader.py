@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from scaletrain.data.bundle import Split
-from scaletrain.data.dataset_loader import DatasetBatches, MicroBatch
+from scaletrain.data.loaders.dataset_loader import DatasetBatches, MicroBatch
 
 
 def rank_slice(num_samples: int, *, rank: int, world_size: int) -> tuple[int, int]:

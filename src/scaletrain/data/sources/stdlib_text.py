@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scaletrain.data.registry import RawData, RawTexts, register_dataset
+from scaletrain.data.raw import RawData, RawTexts
+from scaletrain.data.sources.registry import register_dataset
 from scaletrain.errors import DataError
 
 # Present from Python 3.10 to 3.13 with 5+ files each outside test folders.

@@ -12,8 +12,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from scaletrain.data.inputs import InputsFile
-from scaletrain.data.stats import RunningMoments
+from scaletrain.data.raw import InputsFile
+from scaletrain.data.transforms.image import ImageDecoder
+from scaletrain.data.transforms.stats import RunningMoments
+from scaletrain.data.transforms.table import TableEncoder
+from scaletrain.data.transforms.text import TextEncoder
 
 Method = Literal["standardize", "minmax", "none"]
 
@@ -22,11 +25,6 @@ def encoder_from_state(state: dict | None) -> Any:
     """Rebuild a table/text/image encoder from its ``state_dict`` (None stays None)."""
     if state is None:
         return None
-    # Imported on use: text and image encoders pull in tokenizers / Pillow.
-    from scaletrain.data.images import ImageDecoder
-    from scaletrain.data.table import TableEncoder
-    from scaletrain.data.text import TextEncoder
-
     classes = {"table": TableEncoder, "text": TextEncoder, "image": ImageDecoder}
     return classes[state["kind"]].from_state_dict(state)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from scaletrain.data.bundle import Split
-from scaletrain.data.dataset_loader import DatasetBatches, MicroBatch
-from scaletrain.data.eval_loader import EvalLoader, rank_slice
+from scaletrain.data.loaders.dataset_loader import DatasetBatches, MicroBatch
+from scaletrain.data.loaders.eval_loader import EvalLoader, rank_slice
 from scaletrain.errors import DataError
 
 __all__ = [

@@ -7,7 +7,8 @@ import difflib
 import numpy as np
 
 from scaletrain.config import DataConfig
-from scaletrain.data.registry import DATASETS, RawData, register_dataset, register_source
+from scaletrain.data.raw import RawData
+from scaletrain.data.sources.registry import DATASETS, register_dataset, register_source
 from scaletrain.errors import ConfigError
 
 

@@ -3,8 +3,8 @@
 Every image is converted to one mode (``data.image.mode``: RGB by default, so a stray
 greyscale or RGBA file is converted, not refused) and resized to ``data.image.size`` (or must
 match the first image's size). Pixels become float32 in [0, 1], shaped (N, C, H, W); the
-channel statistics are then fit on the train split like any other input. The decoder's size
-and mode are saved, so predict reads new image files exactly the same way.
+channel statistics are then fit on the train split like any other input. The ``ImageDecoder``
+(transforms/image.py) saves the size and mode, so predict reads new image files the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig, ImageConfig
-from scaletrain.data.registry import RawData, RawImages, register_source
+from scaletrain.data.raw import RawData
+from scaletrain.data.sources.registry import register_source
 from scaletrain.errors import ConfigError, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -92,43 +93,3 @@ def read_image_folder(cfg: DataConfig) -> RawData:
         is_image=True,
         input_kind="image",
     )
-
-
-class ImageDecoder:
-    """The size and mode the training images had: predict decodes new files the same way."""
-
-    kind = "image"
-
-    def __init__(self, *, height: int, width: int, channels: int):
-        self.height, self.width, self.channels = height, width, channels
-
-    @classmethod
-    def for_arrays(cls, images: np.ndarray) -> ImageDecoder:
-        """From decoded training images (N, C, H, W)."""
-        return cls(height=images.shape[2], width=images.shape[3], channels=images.shape[1])
-
-    def read(self, path) -> RawImages:
-        """One image file or a folder of them (sorted)."""
-        path = Path(path)
-        paths = image_files(path) if path.is_dir() else [path]
-        if not paths:
-            raise DataError(f"{path}: no image files ({', '.join(EXTENSIONS)})")
-        return RawImages([str(item) for item in paths])
-
-    def encode(self, raw: RawImages) -> np.ndarray:
-        """(N, C, H, W) float32 in [0, 1], converted and resized like the training images."""
-        mode = "RGB" if self.channels == 3 else "L" if self.channels == 1 else "keep"
-        config = ImageConfig(size=(self.height, self.width), mode=mode)
-        return decode_all([Path(path) for path in raw.paths], config)
-
-    def state_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "height": self.height,
-            "width": self.width,
-            "channels": self.channels,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> ImageDecoder:
-        return cls(height=state["height"], width=state["width"], channels=state["channels"])

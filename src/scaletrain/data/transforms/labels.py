@@ -1,4 +1,7 @@
-"""Labels -> training targets: the task (when ``auto``), class ids 0..K-1 and their names."""
+"""Labels -> training targets: the task (when ``auto``), class ids 0..K-1 and their names.
+
+Also the per-sample weights ``data.sampler: balanced`` draws by, computed from the targets.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from scaletrain.data.files import first_non_finite
-from scaletrain.data.registry import Task
-from scaletrain.errors import DataError
+from scaletrain.data.raw import Task
+from scaletrain.data.sources.files import first_non_finite
+from scaletrain.errors import ConfigError, DataError
 
 # `auto` calls integer labels classes only when there are few distinct values; more than
 # this (or more than half the sample count) reads as a count-like regression target.
@@ -114,3 +117,11 @@ def _declared_classes(
             f"({', '.join(declared)})"
         )
     return Targets("classification", torch.from_numpy(ids), list(declared), len(declared))
+
+
+def balanced_weights(targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-sample weights 1 / (count of its class): every class drawn equally often."""
+    if task != "classification":
+        raise ConfigError("data.sampler: `balanced` needs a classification task")
+    counts = torch.bincount(targets).to(torch.float64)
+    return 1.0 / counts[targets]

@@ -1,0 +1,1 @@
+"""Batches from splits: training (exact resume, rank slices) and evaluation (contiguous)."""
