@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 import scaletrain
@@ -19,7 +20,7 @@ from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
 from scaletrain.errors import UserError
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
-from scaletrain.models import build_model
+from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.parallel import build_strategy
 from scaletrain.rundir import (
     RunDir,
@@ -37,6 +38,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+MAX_SUMMARY_ROWS = 60  # at the start of a run: deeper layers give way (the file has all)
 
 
 @dataclass
@@ -86,6 +88,7 @@ def train(
             atomic_write_text(run.config, cfg.to_yaml())
             atomic_write_json(run.preprocess, bundle.preprocessor.state_dict())
             atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
+            _write_model_summary(run, model, bundle.spec)
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
         return _fit(run, cfg, strategy, bundle, model, resume=False, callbacks=callbacks)
@@ -107,6 +110,8 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
     strategy.setup()
     try:
         bundle, model = _prepare(cfg, model, data)
+        if strategy.is_main:
+            _write_model_summary(run, model, bundle.spec)
         return _fit(run, cfg, strategy, bundle, model, resume=True, callbacks=())
     finally:
         strategy.teardown()
@@ -181,6 +186,13 @@ def _final_evaluation(result: LoopResult, bundle: DataBundle, run: RunDir, strat
             run.predictions.mkdir(exist_ok=True)
             np.savez_compressed(run.predictions / f"{name}.npz", **evaluated.predictions)
     return metrics
+
+
+def summarize(config: str | Path | dict | Config, *, overrides: list[str] = ()) -> ModelSummary:
+    """The config's model summarized (layers, shapes, parameters, size, FLOPs), untrained."""
+    cfg = load_config(config, list(overrides))
+    bundle, model = _prepare(cfg, None, None)  # the data gives the input shape and outputs
+    return summarize_model(model, bundle.spec.input_shape, input_dtype=bundle.spec.input_dtype)
 
 
 def evaluate(run: str | Path | Run, *, split: str = "test", checkpoint: str = "best") -> dict:
@@ -265,6 +277,13 @@ def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
         num_outputs=spec.num_outputs,
         vocab_size=spec.vocab_size,
     )
+
+
+def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec) -> None:
+    """model_summary.json for the report; the table once on stderr (stdout carries results)."""
+    summary = summarize_model(model, spec.input_shape, input_dtype=spec.input_dtype)
+    atomic_write_json(run.model_summary, summary.to_dict())
+    Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
 
 
 def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):

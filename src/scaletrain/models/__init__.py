@@ -1,4 +1,4 @@
-"""Models: a plain-dict registry (``MODELS``) filled by the model modules, init and FLOPs."""
+"""Models: a plain-dict registry (``MODELS``) filled by the model modules, init, FLOPs, summary."""
 
 from scaletrain.models import cnn, mlp, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
@@ -12,6 +12,7 @@ from scaletrain.models.registry import (
     default_block_types,
     register_model,
 )
+from scaletrain.models.summary import LayerSummary, ModelSummary, summarize_model, summary_table
 from scaletrain.models.textcnn import TextCNN, TextConvBlock
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "MODELS",
     "TRAIN_FLOPS_FACTOR",
     "ConvBlock",
+    "LayerSummary",
     "MLPBlock",
     "ModelEntry",
+    "ModelSummary",
     "TextCNN",
     "TextConvBlock",
     "apply_init",
@@ -30,4 +33,6 @@ __all__ = [
     "count_flops_per_sample",
     "default_block_types",
     "register_model",
+    "summarize_model",
+    "summary_table",
 ]
