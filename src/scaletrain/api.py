@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 import scaletrain
@@ -19,7 +20,7 @@ from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
 from scaletrain.errors import UserError
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
-from scaletrain.models import build_model
+from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.parallel import build_strategy
 from scaletrain.rundir import (
     RunDir,
@@ -38,6 +39,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+MAX_SUMMARY_ROWS = 60  # at the start of a run: deeper layers give way (the file has all)
 
 
 @dataclass
@@ -92,6 +94,7 @@ def train(
             atomic_write_text(run.config, cfg.to_yaml())
             atomic_write_json(run.preprocess, bundle.preprocessor.state_dict())
             atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
+            _write_model_summary(run, model, bundle.spec)
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
         return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
@@ -113,6 +116,8 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
     strategy.setup()
     try:
         bundle, model, plan = _prepare(cfg, model, data, strategy)
+        if strategy.is_main:
+            _write_model_summary(run, model, bundle.spec)
         return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
     finally:
         strategy.teardown()
@@ -121,11 +126,7 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
 def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     """Data, model and plan, built identically on every rank (same seed: same split and
     weights); a plan that cannot train fails here, before the run directory exists."""
-    seed_everything(cfg.run.seed)
-    bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
-    check_monitor(cfg.train.monitor, task=bundle.spec.task)
-    if model is None:
-        model = _build_model(cfg, bundle.spec)
+    bundle, model = _data_and_model(cfg, model, data)
     plan = make_plan(
         cfg.train,
         world_size=strategy.world_size,
@@ -134,6 +135,15 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     )
     check_batch_norm(plan, model)
     return bundle, model, plan
+
+
+def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None):
+    seed_everything(cfg.run.seed)
+    bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
+    check_monitor(cfg.train.monitor, task=bundle.spec.task)
+    if model is None:
+        model = _build_model(cfg, bundle.spec)
+    return bundle, model
 
 
 def _fit(
@@ -230,6 +240,13 @@ def _evaluate_splits(
     return metrics
 
 
+def summarize(config: str | Path | dict | Config, *, overrides: list[str] = ()) -> ModelSummary:
+    """The config's model summarized (layers, shapes, parameters, size, FLOPs), untrained."""
+    cfg = load_config(config, list(overrides))
+    bundle, model = _data_and_model(cfg, None, None)  # the data: input shape and outputs
+    return summarize_model(model, bundle.spec.input_shape, input_dtype=bundle.spec.input_dtype)
+
+
 def evaluate(run: str | Path | Run, *, split: str = "test", checkpoint: str = "best") -> dict:
     """Reload a run's model from a checkpoint and evaluate it on one split."""
     run_dir = open_run_dir(run.run_dir if isinstance(run, Run) else run)
@@ -312,6 +329,13 @@ def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
         num_outputs=spec.num_outputs,
         vocab_size=spec.vocab_size,
     )
+
+
+def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec) -> None:
+    """model_summary.json for the report; the table once on stderr (stdout carries results)."""
+    summary = summarize_model(model, spec.input_shape, input_dtype=spec.input_dtype)
+    atomic_write_json(run.model_summary, summary.to_dict())
+    Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
 
 
 def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):

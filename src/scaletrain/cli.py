@@ -119,6 +119,14 @@ def _plan(args) -> int:
     return 0
 
 
+def _summary(args) -> int:
+    from scaletrain import api
+    from scaletrain.models import summary_table
+
+    Console().print(summary_table(api.summarize(args.config, overrides=args.overrides)))
+    return 0
+
+
 def _eval(args) -> int:
     from scaletrain import api
 
@@ -313,6 +321,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--nproc", type=int, default=1, help="Processes per node.")
     sub.add_argument("--nnodes", type=int, default=1, help="Nodes.")
     sub.add_argument("--device-memory", type=float, help="GB per device (default: measured).")
+
+    sub = command(
+        "summary",
+        _summary,
+        "Layers, output shapes, parameters, size and FLOPs of a config's model.",
+    )
+    sub.add_argument("config", help="YAML config file (its data gives the input shape).")
+    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
 
     sub = command("eval", _eval, "Reload a run's model and evaluate it on a split.")
     sub.add_argument("run_dir", help="Run directory.")

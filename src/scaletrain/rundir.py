@@ -24,6 +24,7 @@ class RunDir:
     plan = property(lambda self: self.root / "plan.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     summary = property(lambda self: self.root / "summary.json")
+    model_summary = property(lambda self: self.root / "model_summary.json")
     preprocess = property(lambda self: self.root / "preprocess.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     predictions = property(lambda self: self.root / "predictions")

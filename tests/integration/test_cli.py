@@ -98,7 +98,7 @@ def test_list(capsys, kind):
 
 def test_help_on_every_command(capsys):
     commands = ("train", "resume", "eval", "predict", "config", "list", "report", "compare")
-    for command in (*commands, "export", "prepare", "plan"):
+    for command in (*commands, "export", "prepare", "plan", "summary"):
         code, out, _ = scaletrain_in_process(capsys, command, "--help")
         assert code == 0 and "usage" in out.lower(), command
     result = scaletrain("--help")  # and once through `python -m scaletrain`

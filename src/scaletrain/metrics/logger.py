@@ -6,6 +6,8 @@ One JSON object per line, written only by rank 0. Record shapes written by the l
   "samples_per_s", "mfu", "rss_mb"}``
 - eval: ``{"split": "val" | "test", "step", "epoch", "time_s", "loss",
   "metrics": {... as MetricSet.compute returns ...}}``
+- train epoch (at the end of every epoch): ``{"split": "train_epoch", "step", "epoch",
+  "time_s", "loss" (mean over the epoch), "metrics": {"accuracy" | "mae" | "perplexity"}}``
 - event: ``{"event": "checkpoint" | "early_stop" | "skip" | "rollback" | "resume" | ...,
   "step", "time_s", "detail": str}``
 

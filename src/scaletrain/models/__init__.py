@@ -1,4 +1,4 @@
-"""Models: a plain-dict registry (``MODELS``) filled by the model modules, init and FLOPs."""
+"""Models: a plain-dict registry (``MODELS``) filled by the model modules, init, FLOPs, summary."""
 
 from scaletrain.models import cnn, mlp, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
@@ -17,6 +17,7 @@ from scaletrain.models.registry import (
     default_block_types,
     register_model,
 )
+from scaletrain.models.summary import LayerSummary, ModelSummary, summarize_model, summary_table
 from scaletrain.models.textcnn import TextCNN, TextConvBlock
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "MODELS",
     "TRAIN_FLOPS_FACTOR",
     "ConvBlock",
+    "LayerSummary",
     "MLPBlock",
     "ModelEntry",
+    "ModelSummary",
     "TextCNN",
     "TextConvBlock",
     "apply_init",
@@ -37,4 +40,6 @@ __all__ = [
     "default_block_types",
     "register_model",
     "train_flops_per_sample",
+    "summarize_model",
+    "summary_table",
 ]

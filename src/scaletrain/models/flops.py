@@ -10,6 +10,8 @@ per forward product).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,7 +20,11 @@ TRAIN_FLOPS_FACTOR = 3  # forward + backward (2x forward) per training sample
 
 
 def count_flops_per_sample(
-    model: nn.Module, input_shape: tuple[int, ...], *, input_dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    input_dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
 ) -> int:
     """Forward FLOPs of one sample, counted at the operator level on a batch of one.
 
@@ -26,17 +32,22 @@ def count_flops_per_sample(
         model: the unwrapped module (before DDP/FSDP/compile), on any device.
         input_shape: shape of one sample, without the batch dimension.
         input_dtype: ``torch.int64`` for token ids, else the float dtype of the inputs.
+        device: where the forward runs: the model's device by default; ``"meta"`` runs it on
+            meta copies of the parameters (no memory, no compute), which fails for a module
+            that reads values (``.item()``, a branch on a tensor).
     """
     parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    home = parameter.device if parameter is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else home
     # Zeros are valid token ids and images alike; the count does not depend on values.
     inputs = torch.zeros((1, *input_shape), dtype=input_dtype, device=device)
+    forward = _on_meta(model) if device.type == "meta" and home.type != "meta" else model
     was_training = model.training
     # eval: BatchNorm cannot train on one sample, and its running stats must not move
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(inputs)
+            forward(inputs)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
@@ -51,3 +62,12 @@ def train_flops_per_sample(
     except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
         return None
     return TRAIN_FLOPS_FACTOR * forward or None
+
+
+def _on_meta(model: nn.Module):
+    """The model's forward with its parameters and buffers swapped for meta tensors."""
+    tensors = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+    }
+    return lambda inputs: torch.func.functional_call(model, tensors, (inputs,))

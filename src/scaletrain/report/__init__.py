@@ -1,7 +1,8 @@
 """Reports people look at: one self-contained HTML page per run, and run comparisons.
 
 Reads only the files of run directories (``config.yaml``, ``plan.json``, ``metrics.jsonl``,
-``summary.json``, ``predictions/*.npz``), so it works on copied and on unfinished runs.
+``summary.json``, ``model_summary.json``, ``predictions/*.npz``), so it works on copied and
+on unfinished runs.
 """
 
 from __future__ import annotations

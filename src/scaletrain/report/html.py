@@ -6,6 +6,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
+from scaletrain.report.model import model_section
 from scaletrain.report.page import (
     Markup,
     escape,
@@ -24,6 +25,7 @@ from scaletrain.report.sections import classification_section, regression_sectio
 from scaletrain.rundir import RunDir, atomic_write_text
 
 STEP_AXIS = "step (optimizer updates)"
+EPOCH_MEAN = "train (epoch mean)"  # the label of train_epoch records' series
 # Config values worth seeing without opening the full config (dotted paths).
 KEY_SETTINGS = (
     "data.source",
@@ -75,6 +77,7 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
         curves_section(run),
         classification_section(run) if run.task == "classification" else "",
         regression_section(run) if run.task == "regression" else "",
+        model_section(run),
         events_section(run),
     ]
     body = [header(run, sections=[part for part in sections if part]), *sections]
@@ -117,8 +120,8 @@ def final_metrics_section(run: RunData) -> Markup:
 
 
 def curves_section(run: RunData) -> Markup:
-    """Loss, each validation metric, then learning rate, gradients, speed and memory."""
-    if not run.train and not run.evals:
+    """Loss, each metric (training vs validation), then lr, gradients, speed and memory."""
+    if not run.train and not run.train_epochs and not run.evals:
         return section("curves", "Training curves", [note("No records in metrics.jsonl yet.")])
     markers = [
         Marker(float(event["step"]), str(event["event"]))
@@ -126,7 +129,7 @@ def curves_section(run: RunData) -> Markup:
         if isinstance(event.get("step"), (int, float))
     ]
     plots = [_loss_plot(run, markers)]
-    plots += _validation_plots(run, markers)
+    plots += _metric_plots(run, markers)
     for key, title, ylabel in TRAIN_CURVES:
         points = [(r["step"], r[key]) for r in run.train if r.get(key) is not None]
         if points:
@@ -169,6 +172,9 @@ def _loss_plot(run: RunData, markers: list[Marker]) -> str:
         points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
         if points:
             series.append(Series(split, *zip(*points, strict=True), marker="o"))
+    epochs = [(r["step"], r["loss"]) for r in run.train_epochs if r.get("loss") is not None]
+    if epochs:
+        series.append(Series(EPOCH_MEAN, *zip(*epochs, strict=True), marker="s"))
     return line_plot(
         series,
         title="Loss",
@@ -179,35 +185,59 @@ def _loss_plot(run: RunData, markers: list[Marker]) -> str:
     )
 
 
-def _validation_plots(run: RunData, markers: list[Marker]) -> list[str]:
-    """One plot per validation metric; macro and weighted P/R/F1 share one plot each."""
-    records = run.evals.get("val", [])
-    groups: dict[str, list[str]] = {}
-    for name in scalar_names({"val": records[-1].get("metrics") or {}} if records else {}):
-        if name == "num_samples":
-            continue
-        suffix = name.rpartition("_")[2]
-        groups.setdefault(suffix if suffix in ("macro", "weighted") else name, []).append(name)
+def _metric_plots(run: RunData, markers: list[Marker]) -> list[str]:
+    """One plot per metric: the epoch-mean training value against validation where both exist.
+
+    Macro and weighted validation precision/recall/F1 share one plot each.
+    """
+    val, train = run.evals.get("val", []), run.train_epochs
     plots = []
-    for group, names in groups.items():
-        series = []
-        for name in names:
-            points = [(r["step"], (r.get("metrics") or {}).get(name)) for r in records]
-            points = [point for point in points if isinstance(point[1], (int, float))]
-            if points:
-                series.append(Series(name, *zip(*points, strict=True), marker="o"))
-        title = f"Validation {group}" + (" averages" if len(names) > 1 else "")
-        plots.append(
-            line_plot(
-                series,
-                title=title,
-                xlabel=STEP_AXIS,
-                ylabel=f"{group} (val)",
-                markers=markers,
-                key=f"curve-val-{group}",
+    for group, names in _metric_groups([val, train]).items():
+        single = len(names) == 1
+        train_series = [_series(train, n, EPOCH_MEAN if single else f"{n} (train)") for n in names]
+        val_series = [_series(val, n, "val" if single else n, marker="o") for n in names]
+        series = [item for item in (*train_series, *val_series) if item is not None]
+        has_train, has_val = any(train_series), any(val_series)
+        if has_train and has_val:
+            title, ylabel = f"Training vs validation {group}", group
+        elif has_train:
+            title, ylabel = f"Training {group} (epoch mean)", f"{group} (train, epoch mean)"
+        else:
+            title, ylabel = (
+                f"Validation {group}" + ("" if single else " averages"),
+                f"{group} (val)",
             )
+        plot = line_plot(
+            series,
+            title=title,
+            xlabel=STEP_AXIS,
+            ylabel=ylabel,
+            markers=markers,
+            key=f"curve-{group}",
         )
+        plots.append(plot)
     return plots
+
+
+def _metric_groups(record_lists: list[list[dict]]) -> dict[str, list[str]]:
+    """Metric names of the last record of each list; ``*_macro``/``*_weighted`` grouped."""
+    last = {
+        str(i): records[-1].get("metrics") or {}
+        for i, records in enumerate(record_lists)
+        if records
+    }
+    groups: dict[str, list[str]] = {}
+    for name in scalar_names(last):
+        if name != "num_samples":
+            suffix = name.rpartition("_")[2]
+            groups.setdefault(suffix if suffix in ("macro", "weighted") else name, []).append(name)
+    return groups
+
+
+def _series(records: list[dict], name: str, label: str, *, marker: str = "s") -> Series | None:
+    points = [(r["step"], (r.get("metrics") or {}).get(name)) for r in records]
+    points = [point for point in points if isinstance(point[1], (int, float))]
+    return Series(label, *zip(*points, strict=True), marker=marker) if points else None
 
 
 def _run_facts(run: RunData) -> list[tuple[str, Any]]:
@@ -248,6 +278,7 @@ def _nav(sections: list[str]) -> str:
         "curves": "Curves",
         "classification": "Classification",
         "regression": "Regression",
+        "model": "Model",
         "events": "Events",
     }
     links = [

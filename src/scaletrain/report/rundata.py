@@ -2,14 +2,16 @@
 
 No torch and no training code are imported here: a report works on a copied run
 directory and on a run that crashed, and ``scaletrain report`` starts in about a second.
-Every number the report shows comes from ``summary.json`` or ``metrics.jsonl``; the
-prediction arrays only feed the scatter plot and the misclassified examples.
+Every number the report shows comes from ``summary.json``, ``metrics.jsonl`` or
+``model_summary.json``; the prediction arrays only feed the scatter plot and the
+misclassified examples.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ STATUS_LABELS = {
     "interrupted": "interrupted",
 }
 UNFINISHED = "interrupted/unfinished"  # no summary.json: the run is going on or died
+# Records of training, not of an evaluation: per log window, and the mean over each epoch.
+TRAIN_SPLITS = ("train", "train_epoch")
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,11 @@ class RunData:
     plan: dict[str, Any]
     summary: dict[str, Any] | None
     train: list[dict[str, Any]] = field(default_factory=list)
+    train_epochs: list[dict[str, Any]] = field(default_factory=list)  # epoch-mean loss, metrics
     evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # split -> records
     events: list[dict[str, Any]] = field(default_factory=list)
     data_spec: dict[str, Any] = field(default_factory=dict)
+    model_summary: dict[str, Any] | None = None  # None: written before model summaries existed
 
     @property
     def name(self) -> str:
@@ -88,15 +94,16 @@ class RunData:
         """Optimizer steps taken: the summary's count, else the last step logged."""
         if self.summary and self.summary.get("steps") is not None:
             return int(self.summary["steps"])
-        records = itertools.chain(self.train, self.events, *self.evals.values())
-        steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+        steps = [r["step"] for r in self._records() if isinstance(r.get("step"), int)]
         return max(steps) if steps else None
 
     def last_time_s(self) -> float | None:
         """Seconds since the start at the last record: the wall time of an unfinished run."""
-        records = itertools.chain(self.train, self.events, *self.evals.values())
-        times = [r["time_s"] for r in records if isinstance(r.get("time_s"), (int, float))]
+        times = [r["time_s"] for r in self._records() if isinstance(r.get("time_s"), (int, float))]
         return max(times) if times else None
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        return itertools.chain(self.train, self.train_epochs, self.events, *self.evals.values())
 
     def predictions(self, split: str) -> dict[str, np.ndarray] | None:
         """Arrays of ``predictions/<split>.npz`` (target, pred, maybe input), if written."""
@@ -121,7 +128,7 @@ def read_run(path: str | Path) -> RunData:
     records = read_records(run.metrics)
     evals: dict[str, list[dict]] = {}
     for record in records:
-        if "event" not in record and record.get("split") not in (None, "train"):
+        if "event" not in record and record.get("split") not in (None, *TRAIN_SPLITS):
             evals.setdefault(str(record["split"]), []).append(record)
     spec_path = run.root / "data_spec.json"
     return RunData(
@@ -131,9 +138,11 @@ def read_run(path: str | Path) -> RunData:
         plan=read_json(run.plan) if run.plan.is_file() else {},
         summary=read_json(run.summary) if run.summary.is_file() else None,
         train=[record for record in records if record.get("split") == "train"],
+        train_epochs=[record for record in records if record.get("split") == "train_epoch"],
         evals=evals,
         events=[record for record in records if "event" in record],
         data_spec=read_json(spec_path) if spec_path.is_file() else {},
+        model_summary=read_json(run.model_summary) if run.model_summary.is_file() else None,
     )
 
 

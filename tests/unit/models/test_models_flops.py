@@ -79,3 +79,14 @@ def test_training_factor_matches_measured_forward_and_backward():
     with FlopCounterMode(display=False) as counter:
         model(inputs).sum().backward()
     assert counter.get_total_flops() == TRAIN_FLOPS_FACTOR * forward
+
+
+def test_meta_count_equals_the_real_count_and_moves_nothing():
+    cfg = CNNConfig(channels=[4, 8], head=[16], batch_norm=True)
+    model = build_model(cfg, input_shape=(3, 8, 8), num_outputs=10).train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    on_meta = count_flops_per_sample(model, (3, 8, 8), device="meta")
+    assert on_meta == count_flops_per_sample(model, (3, 8, 8)) > 0
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, before[key]), key

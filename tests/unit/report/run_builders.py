@@ -112,6 +112,8 @@ class RunSpec:
     finished: bool = True
     truncated_last_line: bool = False
     seconds_per_step: float = 0.05
+    train_epochs: bool = False  # a `train_epoch` record at the end of every epoch
+    model_summary: dict | None = None  # written as model_summary.json when given
 
 
 def digits_spec(**changes) -> RunSpec:
@@ -149,6 +151,8 @@ def write_run(root: Path, spec: RunSpec) -> Path:
             np.savez_compressed(root / "predictions" / f"{split}.npz", **predictions.arrays())
     if spec.finished:
         (root / "summary.json").write_text(json.dumps(_summary(spec)))
+    if spec.model_summary is not None:
+        (root / "model_summary.json").write_text(json.dumps(spec.model_summary))
     return root
 
 
@@ -166,6 +170,8 @@ def _records(spec: RunSpec) -> list[dict]:
     for step in range(LOG_EVERY, NUM_STEPS + 1, LOG_EVERY):
         time_s = step * spec.seconds_per_step
         records.append(_train_record(step, time_s))
+        if spec.train_epochs and step % PLAN["steps_per_epoch"] == 0:
+            records.append(train_epoch_record(spec, step, time_s))
         if step == 30:
             skip = {"event": "skip", "step": step, "time_s": time_s, "detail": "non-finite loss"}
             records.append(skip)
@@ -177,6 +183,19 @@ def _records(spec: RunSpec) -> list[dict]:
             detail = f"every_epochs: step-{step:08d}"
             records.append({"event": "checkpoint", **base, "detail": detail})
     return records
+
+
+def train_epoch_record(spec: RunSpec, step: int, time_s: float) -> dict:
+    """What the loop logs at the end of an epoch: mean train loss, accuracy (or MAE)."""
+    name = "accuracy" if spec.task == "classification" else "mae"
+    return {
+        "split": "train_epoch",
+        "step": step,
+        "epoch": (step - 1) // PLAN["steps_per_epoch"],
+        "time_s": time_s,
+        "loss": 2.0 * math.exp(-step / 25),
+        "metrics": {name: 0.5 + step / 200 if name == "accuracy" else 60.0 - step / 4},
+    }
 
 
 def _train_record(step: int, time_s: float) -> dict:
