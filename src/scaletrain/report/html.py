@@ -6,6 +6,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
+from scaletrain.fileio import atomic_write_text
 from scaletrain.report.page import (
     Markup,
     escape,
@@ -21,7 +22,7 @@ from scaletrain.report.page import (
 from scaletrain.report.plots import Marker, Series, line_plot
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 from scaletrain.report.sections import classification_section, regression_section
-from scaletrain.rundir import RunDir, atomic_write_text
+from scaletrain.rundir import RunDir
 
 STEP_AXIS = "step (optimizer updates)"
 # Config values worth seeing without opening the full config (dotted paths).
