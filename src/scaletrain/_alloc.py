@@ -7,6 +7,9 @@ run, 10-40 % of step time on small CPU models; see bench/README.md). Fixing the 
 32 MiB and never trimming keeps those pages in the process, as `MALLOC_MMAP_THRESHOLD_` and
 `MALLOC_TRIM_THRESHOLD_` would. Cost: freed memory is kept for reuse instead of returned, so
 peak RSS is the high-water mark (which it is for a training loop anyway).
+
+The only environment read outside `parallel/env.py` and the launcher: whether the user set
+glibc's own two variables. Their values win, so setting either one is also how to opt out.
 """
 
 from __future__ import annotations
@@ -27,16 +30,15 @@ _applied: bool | None = None
 def tune_malloc() -> bool:
     """Apply the thresholds once per process; True where glibc took them.
 
-    Leaves the allocator alone where the user set either variable (their choice wins), off
-    glibc (macOS, musl, Windows), or with `SCALETRAIN_MALLOC=default`.
+    Leaves the allocator alone where the user set either variable (their choice wins), or
+    off glibc (macOS, musl, Windows).
     """
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    # start-up configuration, read once here like the MALLOC_* variables glibc itself reads
-    user_choice = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)
-    if user_choice or os.environ.get("SCALETRAIN_MALLOC") == "default":
+    # glibc read these at start-up; we only ask whether the user configured it themselves
+    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
         return _applied
     if not sys.platform.startswith("linux"):
         return _applied

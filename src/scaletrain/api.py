@@ -19,17 +19,11 @@ from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
 from scaletrain.errors import UserError
+from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.parallel import build_strategy
-from scaletrain.rundir import (
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    open_run_dir,
-    prepare_run_dir,
-    read_json,
-)
+from scaletrain.rundir import RunDir, open_run_dir, prepare_run_dir, read_json
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
@@ -351,11 +345,11 @@ def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):
 
 
 def _load_weights(model: nn.Module, path: Path, strategy) -> None:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from scaletrain.checkpoint.state_dict import load_model_state, model_state
 
-    tensors = {"model": get_model_state_dict(model)}
+    tensors = {"model": model_state(model)}
     CheckpointStore(path.parent).load(path, tensors=tensors, rank=strategy.rank)
-    set_model_state_dict(model, tensors["model"])
+    load_model_state(model, tensors["model"])
 
 
 def _write_summary(
@@ -403,10 +397,8 @@ def _write_summary(
 
 
 def _write_report(run: RunDir) -> None:
-    try:
-        from scaletrain.report import write_report
-    except ImportError:  # the report package is optional at this layer
-        return
+    from scaletrain.report import write_report  # a leaf below api: reads run files only
+
     write_report(run.root)
 
 

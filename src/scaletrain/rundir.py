@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scaletrain.errors import UserError
+from scaletrain.fileio import atomic_write_text, read_jsonl
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -68,26 +67,6 @@ def open_run_dir(path: str | Path) -> RunDir:
     return RunDir(root)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + fsync + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600: run files are for sharing
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -106,12 +85,5 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
     """Drop metric lines a crashed run wrote after the checkpoint it resumes from."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the crash
-        if record.get("step", 0) <= after_step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= after_step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))

@@ -1,14 +1,14 @@
-"""The commit step of a save, its small durable writes, and failure messages a user can act on."""
+"""The commit step of a save (a directory rename) and failure messages a user can act on."""
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from pathlib import Path
 
-from scaletrain.checkpoint.manifest import fsync_dir, write_manifest
+from scaletrain.checkpoint.manifest import write_manifest
+from scaletrain.fileio import fsync_dir
 
 # DCP reports a full disk as "unexpected pos ..." from its zip writer, not as ENOSPC.
 _LOW_SPACE_BYTES = 1 << 20
@@ -21,20 +21,6 @@ def commit(tmp: Path, final: Path, *, step: int) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
-
-
-def write_json(path: Path, data: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Readers (a background prune) never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_json(tmp, data)
-    os.replace(tmp, path)
 
 
 def describe_failure(error: BaseException | None, directory: Path) -> str:

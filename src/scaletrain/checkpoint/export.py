@@ -19,6 +19,7 @@ from scaletrain.checkpoint.safe_reader import (
 )
 from scaletrain.checkpoint.store import CheckpointStore
 from scaletrain.errors import CheckpointError
+from scaletrain.fileio import atomic_path
 
 FORMAT = "scaletrain-weights"
 
@@ -52,9 +53,7 @@ def export_safetensors(
     path = store.find(which)  # verified against its manifest
     tensors = {name: value.contiguous() for name, value in read_full_tensors(path).items()}
     step = int(path.name.removeprefix("step_"))
-    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "config": config_text, "step": str(step), "checkpoint": which}
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(out)
+    with atomic_path(out) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return out

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from scaletrain.errors import CheckpointError
+from scaletrain.fileio import atomic_write_json, fsync_file
 
 MANIFEST = "manifest.json"
 FORMAT = "scaletrain-checkpoint"
@@ -23,21 +23,16 @@ def sha256_file(path: Path, *, chunk_bytes: int = 1 << 22) -> str:
 
 
 def write_manifest(directory: Path, *, step: int) -> None:
-    """Hash every file, fsync them, then write manifest.json (fsynced) as the commit record."""
+    """Hash and fsync every file, then write manifest.json atomically: the commit record."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        _fsync(path)
+        fsync_file(path)
         files[path.relative_to(directory).as_posix()] = {
             "bytes": path.stat().st_size,
             "sha256": sha256_file(path),
         }
     manifest = {"format": FORMAT, "version": VERSION, "step": step, "files": files}
-    target = directory / MANIFEST
-    with open(target, "w") as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fsync_dir(directory)
+    atomic_write_json(directory / MANIFEST, manifest, indent=1)
 
 
 def verify_manifest(directory: Path) -> dict:
@@ -75,16 +70,3 @@ def _is_plain_name(name: str) -> bool:
     """A manifest names files of its own folder only: no `..`, no absolute paths."""
     parts = Path(name).parts
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

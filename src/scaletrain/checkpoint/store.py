@@ -21,13 +21,7 @@ from pathlib import Path
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from scaletrain.checkpoint.commit import (
-    commit,
-    describe_failure,
-    new_checkpoint_group,
-    write_json,
-    write_json_atomic,
-)
+from scaletrain.checkpoint.commit import commit, describe_failure, new_checkpoint_group
 from scaletrain.checkpoint.manifest import verify_manifest
 from scaletrain.checkpoint.safe_reader import (
     SafeFileSystemReader,
@@ -35,6 +29,7 @@ from scaletrain.checkpoint.safe_reader import (
     load_metadata_safely,
 )
 from scaletrain.errors import CheckpointError
+from scaletrain.fileio import atomic_write_json
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _TMP_DIR = re.compile(r"^step_(\d{8})\.tmp$")
@@ -104,7 +99,7 @@ class CheckpointStore:
         strategy.barrier()
         error = None
         try:
-            write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state)
+            atomic_write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state, indent=None)
             writer = dcp.FileSystemWriter(tmp, sync_files=True)
             if asynchronous:
                 if self._group is None:  # never the training group: no interleaving
@@ -163,7 +158,8 @@ class CheckpointStore:
 
     def mark_best(self, step: int, *, metric: str, value: float) -> None:
         with self._lock:
-            write_json_atomic(
+            # atomic: a background prune reads it while the loop marks a new best
+            atomic_write_json(
                 self.root / BEST_FILE, {"step": step, "metric": metric, "value": value}
             )
 

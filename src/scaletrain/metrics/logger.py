@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from scaletrain.errors import CheckpointError
+from scaletrain.fileio import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
@@ -110,25 +111,11 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """All records of a run; a truncated last line (a crash mid-write) is dropped."""
+    """All records of a run (`fileio.read_jsonl`: a line cut short by a crash is dropped)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected the run directory of a training run")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if index == len(lines) - 1:
-                break
-            raise CheckpointError(
-                f"{path}:{index + 1}: not a JSON record ({error.msg}); "
-                "only the last line may be cut short by a crash"
-            ) from None
-    return records
+    return read_jsonl(path)
 
 
 def scalar_items(record: Mapping, *, prefix: str = "") -> dict[str, int | float]:

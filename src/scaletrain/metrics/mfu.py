@@ -8,6 +8,7 @@ multiply-add, training = 3x forward), so MFU = samples/s * FLOPs per sample / pe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from scaletrain.fileio import atomic_write_json
 
 CACHE = Path.home() / ".cache" / "scaletrain"
 CACHE_FILE = CACHE / "peak_flops.json"
@@ -136,10 +139,5 @@ def _read_cache() -> dict:
 
 def _write_cache(cache: dict) -> None:
     """Atomic replace: concurrent ranks may write the same key; the last whole file wins."""
-    try:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE_FILE.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(CACHE_FILE)
-    except OSError:  # a read-only home: measure again next run rather than fail training
-        pass
+    with contextlib.suppress(OSError):  # a read-only home: measure again next run
+        atomic_write_json(CACHE_FILE, cache, indent=1)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scaletrain.errors import UserError
+from scaletrain.fileio import atomic_write_text
 from scaletrain.report.page import Markup, figure, format_seconds, note, page, section, table
 from scaletrain.report.plots import PALETTE, Series, line_plot
 from scaletrain.report.rundata import RunData, read_run, scalar_names
-from scaletrain.rundir import atomic_write_text
 
 AXIS_LABELS = {"step": "step (optimizer updates)", "time": "wall time since start (s)"}
 _ABSENT = object()  # a key one config lacks: shown as "(absent)", unequal to any value

@@ -6,6 +6,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
+from scaletrain.fileio import atomic_write_text
 from scaletrain.report.model import model_section
 from scaletrain.report.page import (
     Markup,
@@ -22,7 +23,7 @@ from scaletrain.report.page import (
 from scaletrain.report.plots import Marker, Series, line_plot
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 from scaletrain.report.sections import classification_section, regression_section
-from scaletrain.rundir import RunDir, atomic_write_text
+from scaletrain.rundir import RunDir
 
 STEP_AXIS = "step (optimizer updates)"
 EPOCH_MEAN = "train (epoch mean)"  # the label of train_epoch records' series

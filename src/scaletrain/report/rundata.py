@@ -10,7 +10,6 @@ misclassified examples.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import yaml
 
 from scaletrain.errors import UserError
+from scaletrain.fileio import read_jsonl
 from scaletrain.rundir import RunDir, open_run_dir, read_json
 
 STATUS_LABELS = {
@@ -125,7 +125,7 @@ def read_run(path: str | Path) -> RunData:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError as error:
         raise UserError(f"{run.config}: not valid YAML ({error})") from None
-    records = read_records(run.metrics)
+    records = read_jsonl(run.metrics)  # [] for a run that died before its first log line
     evals: dict[str, list[dict]] = {}
     for record in records:
         if "event" not in record and record.get("split") not in (None, *TRAIN_SPLITS):
@@ -144,29 +144,6 @@ def read_run(path: str | Path) -> RunData:
         data_spec=read_json(spec_path) if spec_path.is_file() else {},
         model_summary=read_json(run.model_summary) if run.model_summary.is_file() else None,
     )
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The lines of ``metrics.jsonl``; a last line cut short by a crash is dropped."""
-    if not path.is_file():
-        return []  # a run that died before its first log line
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if index == len(lines) - 1:
-                break
-            raise UserError(
-                f"{path}:{index + 1}: not a JSON record ({error.msg}); "
-                "only the last line may be cut short by a crash"
-            ) from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def scalar_names(metrics_by_split: dict[str, dict[str, Any]]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from scaletrain.checkpoint import CheckpointStore, CheckpointWarning
 from scaletrain.config import CheckpointConfig, Config
 from scaletrain.errors import CheckpointError
+from scaletrain.fileio import read_jsonl
 from scaletrain.rundir import RunDir, append_record, truncate_metrics
 from scaletrain.train.guards import StepGuard
 from scaletrain.train.ledger import Ledger
@@ -154,15 +155,7 @@ class Checkpointer:
 
 def _count_events(path: Path, event: str) -> int:
     """`event` records in a metrics.jsonl (a line cut short by a crash is not one)."""
-    if not path.is_file():
-        return 0
-    count = 0
-    for line in path.read_text().splitlines():
-        try:
-            count += json.loads(line).get("event") == event
-        except json.JSONDecodeError:
-            continue
-    return count
+    return sum(record.get("event") == event for record in read_jsonl(path))
 
 
 def config_hash(cfg: Config) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scaletrain.fileio import atomic_write_text, read_jsonl
+
 LEDGER = "ledger.jsonl"
 
 
@@ -79,22 +81,12 @@ class Ledger:
         self._pending = []
         lines = read_ledger(self.path)
         kept = [cut for line in lines if (cut := _cut(line, after_step)) is not None]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(json.dumps(line) + "\n" for line in kept))
 
 
 def read_ledger(path: Path) -> list[dict]:
-    """Ledger lines; a last line cut short by a crash is ignored."""
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return lines
+    """Ledger lines; a last line cut short by a crash is dropped, any other bad one refused."""
+    return read_jsonl(path)
 
 
 def expand_ledger(lines: list[dict]) -> list[tuple[int, int, int, int, str | None]]:

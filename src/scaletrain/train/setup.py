@@ -12,6 +12,7 @@ from torch import nn
 
 from scaletrain.config import Config
 from scaletrain.data import BatchLoader, DataBundle, StepBatch
+from scaletrain.fileio import atomic_write_json
 from scaletrain.metrics import MetricsLogger
 from scaletrain.metrics.mfu import peak_flops
 from scaletrain.models import block_types_of, train_flops_per_sample
@@ -23,7 +24,7 @@ from scaletrain.parallel import (
     compile_regions,
     optimizer_states_per_param,
 )
-from scaletrain.rundir import RunDir, atomic_write_json
+from scaletrain.rundir import RunDir
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.checkpointing import Checkpointer, config_hash
 from scaletrain.train.evaluate import Evaluator

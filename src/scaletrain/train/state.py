@@ -7,8 +7,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from scaletrain.checkpoint.state_dict import (
+    load_model_and_optimizer_state,
+    model_and_optimizer_state,
+)
 from scaletrain.train.rng import capture_rng, restore_rng
 
 
@@ -46,16 +49,10 @@ class TrainState:
 
     def tensors(self) -> dict:
         """Model and optimizer state keyed by parameter names (reshardable by DCP)."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        return {"model": model_state, "optim": optim_state}
+        return model_and_optimizer_state(self.model, self.optimizer)
 
     def load_tensors(self, tensors: dict) -> None:
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=tensors["model"],
-            optim_state_dict=tensors["optim"],
-        )
+        load_model_and_optimizer_state(self.model, self.optimizer, tensors)
 
     def side_state(self) -> dict:
         return {

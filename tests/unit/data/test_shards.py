@@ -42,6 +42,8 @@ def test_manifest_lists_every_shard_with_size_and_checksum(tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         assert np.load(path, mmap_mode="r").shape == (shard["num_samples"], 13)
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["wine"]  # no staging left over
+    for path in (tmp_path / "wine", tmp_path / "wine" / "manifest.json"):  # for sharing
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
     # the loader reads data.shards.read_mib at a time: 13 float32 features + an int64 label
     read = DataConfig(source="shards", path=str(tmp_path / "wine"), shards={"read_mib": 1})
     assert build_data(read, seed=0).train.dataset.read_rows == (1 << 20) // (13 * 4 + 8)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from scaletrain.errors import CheckpointError
+from scaletrain.errors import CheckpointError, UserError
 from scaletrain.metrics import MetricsLogger, build_metrics, read_metrics
 
 TRAIN = {
@@ -116,7 +116,7 @@ def test_corrupt_middle_line_and_missing_file_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="metrics.jsonl: not found"):
         read_metrics(tmp_path)
     (tmp_path / "metrics.jsonl").write_text(json.dumps(TRAIN) + "\n{oops\n" + json.dumps(EVENT))
-    with pytest.raises(CheckpointError, match=r"metrics.jsonl:2: not a JSON record"):
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON record"):
         read_metrics(tmp_path)
 
 

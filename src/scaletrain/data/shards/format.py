@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,21 +40,6 @@ def sha256_file(path: Path, *, block_bytes: int = 1 << 20) -> str:
         while block := handle.read(block_bytes):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Temp file + fsync + rename: a reader sees the old file or the whole new one."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, 0o644)  # mkstemp makes 0600: run files are for sharing
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(root: Path) -> dict:

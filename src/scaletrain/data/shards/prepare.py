@@ -26,6 +26,7 @@ from scaletrain.data.shards.tokens import token_shards
 from scaletrain.data.shards.writer import SampleShardWriter, write_manifest
 from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.errors import ConfigError, UserError
+from scaletrain.fileio import fsync_dir
 
 CHUNK_ROWS = 4096  # samples handed to a writer at a time
 
@@ -66,10 +67,12 @@ def _publish(out: Path, write) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
+        staging.chmod(0o755)  # mkdtemp makes 0700: a prepared folder is for sharing
         manifest = write_manifest(staging, write(staging))
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
+        fsync_dir(out.parent)  # the directory commit, as a checkpoint's
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if new_parent:

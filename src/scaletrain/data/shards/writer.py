@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scaletrain.data.shards.format import FORMAT, FORMAT_VERSION, MANIFEST, atomic_write_json
+from scaletrain.data.shards.format import FORMAT, FORMAT_VERSION, MANIFEST
+from scaletrain.fileio import atomic_write_json
 
 
 class _HashingFile:
@@ -132,5 +133,5 @@ class TokenShardWriter:
 def write_manifest(root: Path, body: dict) -> dict:
     """Add the format header and write ``manifest.json`` atomically: the folder's last step."""
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
-    atomic_write_json(Path(root) / MANIFEST, manifest)
+    atomic_write_json(Path(root) / MANIFEST, manifest, indent=1)
     return manifest

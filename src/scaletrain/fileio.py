@@ -1,0 +1,108 @@
+"""Files on disk: the package's one atomic writer and its one JSONL reader.
+
+Imports nothing of scaletrain but `errors`, so every layer (data shards, checkpoints, the
+run directory, the report, the MFU cache) writes and reads through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from scaletrain.errors import UserError
+
+FILE_MODE = 0o644  # run files are for sharing (mkstemp alone would make them 0600)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write; on a clean exit it becomes `path`.
+
+    The temporary file is fsynced, renamed over `path` and the folder fsynced, so a reader
+    (or a crash, or a power cut) sees the old file or the whole new one. On an error it is
+    removed. Concurrent writers each get their own temporary file; the last rename wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = Path(name)
+    try:
+        os.close(descriptor)
+        yield temporary
+        temporary.chmod(FILE_MODE)  # after the write: a writer may create the file anew
+        fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)  # the rename itself survives a power cut only after this
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
+    """`data` as JSON; serialized before the temporary file exists, so a value JSON cannot
+    encode leaves nothing behind."""
+    atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (also after a directory commit)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, one object per line; [] where the file is missing.
+
+    Blank lines are skipped. A last line that is not a record is dropped: a crash cut it short
+    mid-write. Anything else that is not a JSON object is a UserError naming `file:line`.
+    """
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return []
+    last = max((index for index, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        record, problem = _parse_record(line)
+        if record is not None:
+            records.append(record)
+        elif index != last:
+            raise UserError(
+                f"{path}:{index + 1}: not a JSON record ({problem}); only the last line may "
+                "be cut short by a crash, so fix or delete this one"
+            )
+    return records
+
+
+def _parse_record(line: bytes) -> tuple[dict | None, str]:
+    try:
+        record = json.loads(line)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        return None, getattr(error, "msg", None) or str(error)
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, expected an object"
+    return record, ""
