@@ -6,7 +6,7 @@ STAMP := .venv/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-.PHONY: setup run test lint format size bench clean
+.PHONY: setup run test test-fast lint format size bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -x -p no:cacheprovider
+
+test-fast: setup  # no multi-process or end-to-end tests (those are marked slow)
+	$(PY) -m pytest -x -p no:cacheprovider -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check src tests bench

@@ -418,7 +418,9 @@ class TrainConfig(Section):
         "(one process), accumulating more so the global batch stays the same.",
     )
     precision: Precision = Field(
-        "auto", description="`auto`: bf16-mixed where the device has fast bf16, else 32."
+        "auto",
+        description="`auto`: bf16-mixed where the device has fast bf16, else 32. Lightning's "
+        "spellings are accepted: `32`/`32-true` (= 32), `16` (= 16-mixed), `bf16` (= bf16-mixed).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")
     compile: bool = Field(
