@@ -33,28 +33,46 @@ def _correct(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class EpochTrainMetrics:
-    """Sums over the epoch's steps on this rank; `compute` reduces them and starts anew."""
+    """Sums over the epoch's steps on this rank; `compute` reduces them and starts anew.
+
+    A step only appends its two device scalars to lists (no kernel); every `FOLD_EVERY`
+    steps, and at the epoch's end, they are folded into float64 sums by three kernels.
+    """
+
+    FOLD_EVERY = 512
 
     def __init__(self, task: str, *, device: torch.device, num_outputs: int, scored: bool):
         self.task, self.num_outputs, self.scored = task, num_outputs, scored
-        self._loss = torch.zeros((), dtype=torch.float64, device=device)
-        self._score = torch.zeros((), dtype=torch.float64, device=device)
+        self._sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, score
+        self._losses: list[torch.Tensor] = []
+        self._scores: list[torch.Tensor] = []
+        self._sizes: list[int] = []
         self._samples = 0
 
     def add(self, output: StepOutput, num_samples_global: int) -> None:
         """One step: its loss share weighted by the step's size, and its metric sum."""
-        self._loss.add_(output.loss, alpha=num_samples_global)  # one small op each
+        self._losses.append(output.loss)
         if output.score is not None:
-            self._score.add_(output.score)
+            self._scores.append(output.score)
+        self._sizes.append(num_samples_global)
         self._samples += num_samples_global
+        if len(self._sizes) >= self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._sizes:
+            sizes = torch.tensor(self._sizes, dtype=torch.float64, device=self._sums.device)
+            self._sums[0] += torch.stack(self._losses).double() @ sizes
+        if self._scores:
+            self._sums[1] += torch.stack(self._scores).double().sum()
+        self._losses, self._scores, self._sizes = [], [], []
 
     def compute(self, strategy) -> dict | None:
         """{"loss": mean, "metrics": {name: value}} over the epoch (a collective)."""
-        local = torch.stack([self._loss, self._score])
-        sums = strategy.all_reduce_sum(local).tolist()  # the epoch's one host sync
+        self._fold()
+        sums = strategy.all_reduce_sum(self._sums).tolist()  # the epoch's one host sync
         samples = self._samples  # already global: every rank counts the global batch
-        self._loss.zero_()
-        self._score.zero_()
+        self._sums.zero_()
         self._samples = 0
         if not samples:
             return None
@@ -72,9 +90,12 @@ class EpochTrainMetrics:
 
     def state_dict(self) -> dict:
         """The partial epoch's sums (exact in JSON: float64), for a resume mid-epoch."""
-        return {"loss": float(self._loss), "score": float(self._score), "samples": self._samples}
+        self._fold()
+        loss, score = self._sums.tolist()
+        return {"loss": loss, "score": score, "samples": self._samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self._loss.fill_(float(state.get("loss", 0.0)))
-        self._score.fill_(float(state.get("score", 0.0)))
+        self._losses, self._scores, self._sizes = [], [], []
+        values = [float(state.get("loss", 0.0)), float(state.get("score", 0.0))]
+        self._sums.copy_(torch.tensor(values, dtype=torch.float64))
         self._samples = int(state.get("samples", 0))
