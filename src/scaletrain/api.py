@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.parallel import build_strategy
-from scaletrain.rundir import RunDir, open_run_dir, prepare_run_dir, read_json
+from scaletrain.rundir import RunDir, RunLock, open_run_dir, prepare_run_dir, read_json
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
@@ -79,20 +81,22 @@ def train(
         cfg = _replace(cfg, data=cfg.data.model_copy(update={"source": "tensors"}))
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
+    lock = RunLock(Path(cfg.run.out_dir) / cfg.run.name)
     try:
         # bad input fails before any file is written
         bundle, model, plan = _prepare(cfg, model, data, strategy)
         run = None
-        if strategy.is_main:
-            run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite)
+        if strategy.is_main:  # locked before an --overwrite empties the directory
+            run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock)
             atomic_write_text(run.config, cfg.to_yaml())
             atomic_write_json(run.preprocess, bundle.preprocessor.state_dict())
             atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
-            _write_model_summary(run, model, bundle.spec)
+            _write_model_summary(run, model, bundle.spec, show=cfg.log.progress)
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
         return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
     finally:
+        lock.release()
         strategy.teardown()
 
 
@@ -108,12 +112,16 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
         )
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
+    lock = RunLock(run.root)
     try:
+        if strategy.is_main:
+            lock.acquire()  # one writer: a run still training is not resumed beside itself
         bundle, model, plan = _prepare(cfg, model, data, strategy)
         if strategy.is_main:
-            _write_model_summary(run, model, bundle.spec)
+            _write_model_summary(run, model, bundle.spec, show=cfg.log.progress)
         return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
     finally:
+        lock.release()
         strategy.teardown()
 
 
@@ -157,6 +165,8 @@ def _fit(
             callbacks=CallbackList(list(callbacks)),
         )
         status = result.status
+        if result.error is not None:
+            raise result.error  # after the loop closed its files; the summary has its step
         if status != "interrupted":
             final = _final_evaluation(result, bundle, run, strategy)
     except KeyboardInterrupt:
@@ -164,7 +174,10 @@ def _fit(
         raise
     finally:
         if strategy.is_main:
-            _write_summary(run, cfg, strategy, result, status, locals().get("final"))
+            # where the run failed (a full disk, say), a summary that cannot be written
+            # either must not mask the first error: it is what the user needs to read
+            with contextlib.suppress(OSError) if sys.exc_info()[1] else contextlib.nullcontext():
+                _write_summary(run, cfg, strategy, result, status, locals().get("final"))
     final = locals().get("final") or FinalMetrics({}, None, None)
     if strategy.is_main and cfg.log.tensorboard and status != "interrupted":
         with MetricsLogger(run.root, tensorboard=True) as logger:
@@ -325,11 +338,13 @@ def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     )
 
 
-def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec) -> None:
-    """model_summary.json for the report; the table once on stderr (stdout carries results)."""
+def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec, *, show: bool) -> None:
+    """model_summary.json for the report; with `show` (`log.progress`, the console output
+    of a run) the table once on stderr (stdout carries results)."""
     summary = summarize_model(model, spec.input_shape, input_dtype=spec.input_dtype)
     atomic_write_json(run.model_summary, summary.to_dict())
-    Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
+    if show:
+        Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
 
 
 def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):

@@ -477,7 +477,11 @@ class CheckpointConfig(Section):
 # --------------------------------------------------------------------------- log
 class LogConfig(Section):
     every_steps: PositiveInt = Field(10, description="Log train loss/lr/throughput every N.")
-    progress: bool = Field(True, description="Rich progress bar (off when not a TTY).")
+    progress: bool = Field(
+        True,
+        description="Console output of a run: the model summary at the start and a rich "
+        "progress bar (plain lines when not a TTY).",
+    )
     tensorboard: bool = Field(True, description="Write TensorBoard events to `tb/`.")
     report: bool = Field(True, description="Write `report.html` at the end of the run.")
     histograms_every: PositiveInt | None = Field(

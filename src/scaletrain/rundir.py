@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -41,8 +43,11 @@ def validate_name(name: str, *, what: str = "run.name") -> str:
     return name
 
 
-def prepare_run_dir(out_dir: str | Path, name: str, *, overwrite: bool = False) -> RunDir:
-    """Create a fresh run directory; refuse to reuse an existing one unless told to."""
+def prepare_run_dir(
+    out_dir: str | Path, name: str, *, overwrite: bool = False, lock: RunLock | None = None
+) -> RunDir:
+    """Create a fresh run directory; refuse to reuse an existing one unless told to. With
+    `lock`, take it first: an --overwrite never empties a directory another process writes."""
     root = Path(out_dir) / validate_name(name)
     if root.exists():
         if not overwrite:
@@ -52,9 +57,25 @@ def prepare_run_dir(out_dir: str | Path, name: str, *, overwrite: bool = False) 
             )
         if not (root / "config.yaml").is_file():
             raise UserError(f"refusing to overwrite {root}: it is not a run directory")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+        if lock is not None:
+            lock.acquire()
+        _empty(root, keep=lock.path if lock else None)
+    else:
+        root.mkdir(parents=True)
+        if lock is not None:
+            lock.acquire()
     return RunDir(root)
+
+
+def _empty(root: Path, *, keep: Path | None) -> None:
+    """Remove what `root` holds (links as links, never followed), except `keep`."""
+    for child in root.iterdir():
+        if child == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def open_run_dir(path: str | Path) -> RunDir:
@@ -87,3 +108,42 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
         return
     kept = [record for record in read_jsonl(path) if record.get("step", 0) <= after_step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+class RunLock:
+    """One writer per run directory: an exclusive `flock` on its `.lock` file, held by
+    rank 0 for the run's life and released by the OS when the process dies (kill -9 leaves
+    no stale lock). `--overwrite` empties the directory but keeps this file, so the lock is
+    never lost on the way; the file holds the holder's pid."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as error:
+            message = f"{self.path}: cannot open the run's lock file ({error.strerror})"
+            raise UserError(message) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{self.root}: another scaletrain process (pid {holder}) is writing this run "
+                "directory; wait for it to end, or choose another run.name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Idempotent; the file stays (deleting it would race a waiting writer)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

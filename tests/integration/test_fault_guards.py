@@ -30,6 +30,22 @@ class Poisonable(torch.nn.Module):
         return torch.where(poisoned, torch.full_like(outputs, float("nan")), outputs)
 
 
+class OverflowingGradients(torch.nn.Module):
+    """Outputs unchanged (a finite loss), but the marked sample's output gradient becomes
+    infinite in backward: the gradients overflow, the loss does not."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, inputs):
+        outputs = self.net(inputs)
+        poisoned = (inputs[:, -1] == MARKER).unsqueeze(1)
+        if outputs.requires_grad and bool(poisoned.any()):
+            outputs.register_hook(lambda grad: torch.where(poisoned, float("inf"), grad))
+        return outputs
+
+
 def _data(*, poison_at_step: int, factor: float = 1.0, num_samples: int = NUM_SAMPLES):
     """Random features; one sample of step `poison_at_step` (epoch 0) gets the marker (or is
     multiplied by `factor`)."""
@@ -141,6 +157,25 @@ def test_rollback_reloads_lowers_lr_and_passes_over_the_batch(tmp_path):
     assert side["lr_scale"] == 0.25 and side["skip_spans"] == [[0, 128, 160]]
 
 
+def test_rollback_passes_over_a_batch_whose_gradients_overflow(tmp_path):
+    """Before: the rollback left the bad step's gradients in place, so the next attempt
+    accumulated onto infinities: 3 rollbacks at the same step, then a stop."""
+    inputs, targets, _ = _data(poison_at_step=3)
+    guard = {"nonfinite": "rollback", "max_consecutive_bad": 1}
+    steps = STEPS_PER_EPOCH - 1
+    run = scaletrain.train(
+        _config(tmp_path, "overflow", steps=steps, guard=guard, every_steps=2),
+        model=OverflowingGradients(_net()),
+        data={"train": (inputs, targets)},
+    )
+    assert run.status == "finished"
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    counters = json.loads((run.run_dir / "summary.json").read_text())["counters"]
+    assert (counters["rollbacks"], counters["skipped_batches"]) == (1, 1)
+    ledger = expand_ledger(read_ledger(run.run_dir / LEDGER))
+    assert [row[1:] for row in ledger if row[4] == "offending"] == [(0, 64, 96, "offending")]
+
+
 def test_loss_spike_is_caught_by_the_z_score(tmp_path):
     # 16 steps per epoch: 11 good steps fill the window of 8, then a sample 100x too large
     inputs, targets, _ = _data(poison_at_step=12, factor=100.0, num_samples=2 * NUM_SAMPLES)
@@ -170,6 +205,8 @@ def test_stop_saves_and_raises_one_clear_error(tmp_path):
     assert side["skip_spans"] == [[0, 64, 96]] and side["loader"]["samples_consumed"] == 96
     summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
     assert summary["status"] == "failed"
+    # the summary carries where the run stopped (before: steps 0, counters {})
+    assert summary["steps"] == 2 and summary["counters"]["skipped_steps"] == 1
 
 
 def test_loss_spike_under_rollback_reloads_at_once(tmp_path):

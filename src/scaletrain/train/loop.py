@@ -47,6 +47,7 @@ class LoopResult:
     stop_signal: int | None = None
     overhead_fraction: float | None = None
     compile_s: float | None = None  # first step, compilation included
+    error: Exception | None = None  # why a failed run failed (the caller re-raises it)
 
 
 def run_loop(
@@ -73,7 +74,7 @@ def run_loop(
         resume=resume,
         callbacks=callbacks,
     )
-    state, stop, signals = t.state, StopReason(), StopRequest()
+    state, stop, signals, error = t.state, StopReason(), StopRequest(), None
     callbacks.on_train_start(state)
     # --- loop: one optimizer step per turn ---------------------------------------------
     try:
@@ -114,13 +115,14 @@ def run_loop(
             t.saver.finish()  # a background save commits (or raises) before the run ends
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last committed checkpoint
         stop.set("signal")
-    except Exception as error:
-        t.heartbeat.failed(state.step, error)  # a collective timed out? name the stalled rank
-        raise
+    except Exception as caught:  # returned with the state, so the summary tells the step
+        t.heartbeat.failed(state.step, caught)  # a collective timed out? name the stalled rank
+        error = caught
     finally:
         t.close()
-    callbacks.on_train_end(state)
-    return _result(t, STATUS[stop.reason], signals)
+    if error is None:
+        callbacks.on_train_end(state)
+    return _result(t, "failed" if error else STATUS[stop.reason], signals, error)
 
 
 def _handle_bad_step(t: Trainer, output) -> bool:
@@ -153,7 +155,7 @@ def _after_update(t: Trainer, stop: StopReason, *, epoch_end: bool, minutes_up: 
         t.save(reason)
 
 
-def _result(t: Trainer, status: str, signals: StopRequest) -> LoopResult:
+def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | None) -> LoopResult:
     logger, seconds = t.logger, t.logger.train_seconds
     compute = t.train_step.train_step.compute_seconds
     return LoopResult(
@@ -169,4 +171,5 @@ def _result(t: Trainer, status: str, signals: StopRequest) -> LoopResult:
         mfu=logger.mfu(logger.samples_seen / max(seconds, 1e-9)),
         overhead_fraction=max(0.0, 1 - compute / seconds) if seconds else None,
         compile_s=t.first_step.seconds if t.first_step else None,
+        error=error,
     )

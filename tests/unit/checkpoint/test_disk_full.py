@@ -104,3 +104,24 @@ def test_disk_full_during_save(small_disk, asynchronous):
     filler.unlink()  # space again: the next save works and replaces the old one
     second = _save(store, 3, model, optimizer, asynchronous=asynchronous)
     assert store.committed() == [second]
+
+
+def test_a_run_that_fills_the_disk_ends_with_one_line(small_disk, tmp_path, capsys):
+    """Before: the CheckpointError was chained to an OSError from writing summary.json on
+    the same full disk: a traceback and exit 1."""
+    from scaletrain.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {source: builtin, name: digits}\n"
+        "model: {name: mlp, hidden: [256, 256]}\n"
+        "train: {max_steps: 3, precision: '32'}\n"
+        "log: {progress: false, tensorboard: false, report: false}\n"
+    )
+    _fill(small_disk, leave_bytes=60_000)  # the run's small files fit, its checkpoint not
+    capsys.readouterr()
+    code = main(["train", str(config), f"run.out_dir={small_disk}", "run.name=full"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ") and "No space left" in err[0], err
+    assert not any("Traceback" in line for line in err)

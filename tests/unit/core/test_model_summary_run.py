@@ -52,6 +52,7 @@ def test_summary_command_bad_override_is_one_line_and_exit_2(capsys):
 
 
 def test_train_writes_model_summary_json_and_prints_the_table_on_stderr(tiny_config, capsys):
+    tiny_config["log"]["progress"] = True  # the console output of a run (off in tiny_config)
     run = api.train(tiny_config)
     out, err = capsys.readouterr()
     written = json.loads((run.run_dir / "model_summary.json").read_text())
@@ -70,6 +71,10 @@ def test_train_writes_model_summary_json_and_prints_the_table_on_stderr(tiny_con
     }
     assert f"total parameters  {written['num_params']:,}" in err  # stderr: stdout is for results
     assert "total parameters" not in out
+    tiny_config["log"]["progress"] = False  # quiet runs print no table, and still write it
+    run = api.train(tiny_config, overwrite=True)
+    assert "total parameters" not in capsys.readouterr().err
+    assert (run.run_dir / "model_summary.json").is_file()
 
 
 def test_a_user_module_gets_a_summary_and_a_model_section(tiny_config):
