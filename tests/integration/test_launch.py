@@ -134,6 +134,28 @@ def test_plain_torchrun_module_works(config_file, tmp_path):
     assert summary["world_size"] == 2
 
 
+def test_readme_headline_trains_the_default_config_under_fsdp_in_bf16(tmp_path):
+    """The README's `--nproc 2 parallel.strategy=fsdp` on the default CNN (batch norm) in
+    bf16-mixed: FSDP x batch norm x bf16 once failed here (issue #12)."""
+    default = Path(__file__).parents[2] / "configs" / "default.yaml"
+    code, output = scaletrain(
+        "train",
+        str(default),
+        "--nproc",
+        "2",
+        "parallel.strategy=fsdp",
+        "train.precision=bf16-mixed",
+        "train.max_epochs=1",
+        f"run.out_dir={tmp_path}",
+        timeout=180,
+    )
+    assert code == 0, output
+    summary = json.loads((tmp_path / "digits-cnn" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2, summary
+    assert summary["precision"] == "bf16-mixed"
+    assert 0 < summary["metrics"]["val"]["accuracy"] <= 1, summary["metrics"]
+
+
 def test_port_in_use_is_named():
     # in this process: the check runs before any worker exists
     with socket.socket() as holder:

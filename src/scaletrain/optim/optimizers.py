@@ -36,6 +36,11 @@ FUSED_DEVICES: dict[str, tuple[str, ...]] = {
 # Fused kernels with a DTensor sharding rule (FSDP's parameter shards), torch 2.13: fused SGD
 # and Adagrad fail at the first step ("does not have a sharding strategy registered").
 FUSED_ON_SHARDS = ("adam", "adamw")
+# Fused kernels that are wrong for bf16/fp16 parameters (train.precision: bf16-true), per
+# device type: torch 2.12-2.13's CPU SGD leaves every full SIMD block of such a tensor unchanged
+# (pytorch/pytorch#191763), so the model silently stops learning.
+FUSED_WRONG_IN_LOW_PRECISION: dict[str, tuple[str, ...]] = {"sgd": ("cpu",)}
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
@@ -124,12 +129,7 @@ def build_param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
 def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) -> dict[str, bool]:
     """The ``fused``/``foreach`` keyword arguments for ``optim.implementation``."""
     devices = FUSED_DEVICES.get(name, ())
-    fusable = bool(devices) and all(
-        param.device.type in devices
-        and param.is_floating_point()
-        and (name in FUSED_ON_SHARDS or not _is_shard(param))
-        for param in params
-    )
+    fusable = bool(devices) and all(_fusable(name, param) for param in params)
     if implementation == "auto":
         return {"fused": True} if fusable else {"foreach": True}
     if implementation == "fused":
@@ -138,6 +138,8 @@ def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) ->
             where = f"parameters on {found} (it has: {list(devices) or 'none'})"
             if any(_is_shard(param) for param in params):
                 where = f"FSDP-sharded parameters (it has: {', '.join(FUSED_ON_SHARDS)})"
+            if any(_wrong_in_low_precision(name, param) for param in params):
+                where = f"bf16/fp16 parameters on {params[0].device.type} (the one it has skips updates)"
             raise ConfigError(
                 f"optim.implementation: torch has no fused {name} for {where}; "
                 "use `auto` or `foreach`"
@@ -146,6 +148,21 @@ def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) ->
     if implementation == "foreach":
         return {"foreach": True}
     return {"foreach": False}  # loop: one parameter at a time, the reference implementation
+
+
+def _fusable(name: str, param: torch.Tensor) -> bool:
+    """Whether torch has a correct fused `name` kernel for this parameter."""
+    return (
+        param.device.type in FUSED_DEVICES.get(name, ())
+        and param.is_floating_point()
+        and (name in FUSED_ON_SHARDS or not _is_shard(param))
+        and not _wrong_in_low_precision(name, param)
+    )
+
+
+def _wrong_in_low_precision(name: str, param: torch.Tensor) -> bool:
+    wrong_on = FUSED_WRONG_IN_LOW_PRECISION.get(name, ())
+    return param.dtype in LOW_PRECISION and param.device.type in wrong_on
 
 
 def _is_shard(param: torch.Tensor) -> bool:

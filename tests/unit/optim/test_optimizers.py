@@ -175,6 +175,33 @@ def test_auto_takes_fused_where_torch_has_it_else_foreach():
     assert kernel_run(optimizer, model, torch.randn(16, 6)) == "loop"
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad"])
+def test_auto_kernel_updates_every_element_of_bf16_parameters(name):
+    """torch 2.13's fused CPU SGD skips every full SIMD block of a bf16 tensor (pytorch#191763):
+    bf16-true SGD silently did not learn. Each kernel `auto` picks moves the weights as the
+    per-parameter loop does (within bf16 rounding)."""
+    weights = {}
+    for implementation in ("auto", "loop"):
+        torch.manual_seed(0)
+        layer = nn.Linear(64, 64).to(torch.bfloat16)
+        settings = OptimConfig(
+            name=name, lr=1.0 if name == "sgd" else 0.01, implementation=implementation
+        )
+        optimizer = build_optimizer(settings, layer)
+        layer(torch.randn(8, 64, dtype=torch.bfloat16)).square().mean().backward()
+        before = layer.weight.detach().clone()
+        optimizer.step()
+        weights[implementation] = layer.weight.detach().float()
+    assert (weights["auto"] != before.float()).float().mean() > 0.9
+    torch.testing.assert_close(weights["auto"], weights["loop"], rtol=0.02, atol=1e-3)
+    low = [torch.zeros(2, dtype=torch.bfloat16, requires_grad=True)]
+    expected = {"foreach": True} if name == "sgd" else {"fused": True}
+    assert choose_kernel(name, "auto", low) == expected
+    if name == "sgd":
+        with pytest.raises(ConfigError, match="bf16/fp16 parameters on cpu"):
+            choose_kernel(name, "fused", low)
+
+
 def kernel_run(optimizer: torch.optim.Optimizer, model: nn.Module, inputs) -> str:
     """The update kernel one real step ran, as the profiler saw it: `fused` (one
     `aten::_fused_<name>_`; it counts steps with a foreach op), `foreach` or `loop`."""

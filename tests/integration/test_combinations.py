@@ -1,0 +1,205 @@
+"""The combination matrix (issue #12 section 2): every pair of strategy, precision, optimizer,
+penalty, model, gradient accumulation and clipping trains together, or is refused at config
+time in one line.
+
+The cases are the checked-in pairwise covering array `combinations.json` (made by
+`covering_array.py`; `test_covering_array.py` checks it). Each case trains a few optimizer
+steps; its loss must be finite and fall by 5 %. Every ddp/fsdp case also trains in one process
+with the same micro batches (its twin), whose loss must fall too: a few seconds that cover
+one-process combinations the array has only under FSDP (bf16-true x sgd found the fused-SGD
+defect so); in fp32 the twin's final weights and the case's must match.
+All ddp and fsdp cases run in one torchrun job, the one-process runs in this process.
+The table's `refused` entries must fail in one line before any run directory exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from covering_array import Case, case_name, load_refused, load_table
+from distributed_helpers import WORKERS, load_weights, torchrun
+
+from scaletrain import api
+from scaletrain.config import load_config
+from scaletrain.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+CASES: dict[str, Case] = {case_name(case): case for case in load_table()}
+DISTRIBUTED = [name for name, case in CASES.items() if case["strategy"] != "single"]
+FP32_DISTRIBUTED = [name for name in DISTRIBUTED if CASES[name]["precision"] == "32"]
+NUM_STEPS = 8
+BATCH_SIZE = 64
+WORLD_SIZE = 2
+# a few steps of each lower the loss of all three models by 5 % or more
+LR = {"sgd": 0.3, "nesterov": 0.1, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 3e-3, "adagrad": 0.05}
+PENALTY = {"none": {}, "l1": {"l1": 1e-4}, "elastic": {"l1": 1e-4, "l2": 1e-3}}
+# dropout off everywhere (the default but for textcnn): 1 and 2 processes draw differently
+MODELS = {
+    "mlp": {"name": "mlp", "hidden": [64, 32]},
+    "cnn": {"name": "cnn", "channels": [8, 16], "head": [32], "batch_norm": True},
+    "textcnn": {
+        "name": "textcnn",
+        "embed_dim": 16,
+        "kernel_sizes": [2, 3],
+        "num_filters": 16,
+        "dropout": 0.0,
+    },
+}
+# batch-norm running statistics are per rank (each sees its own samples): not compared
+PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def write_text_task(path: Path, *, num_samples: int = 800, seed: int = 0) -> Path:
+    """Two classes of 24-character texts: letters a-m vs letters h-t (overlapping), so a
+    TextCNN over characters learns it in a few steps but not in one."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrst"))
+    labels = rng.integers(0, 2, num_samples)
+    rows = ["text,label"]
+    for label in labels:
+        start = 7 * label
+        rows.append("".join(rng.choice(letters[start : start + 13], 24)) + f",{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def data_section(model: str, text_csv: Path) -> dict:
+    small = {"val_fraction": 0.05, "test_fraction": 0.05}
+    if model == "textcnn":
+        text = {"vectorizer": "char", "max_length": 24}
+        return {"source": "text_csv", "path": str(text_csv), "text": text, **small}
+    layout = "image" if model == "cnn" else "flat"
+    return {"source": "builtin", "name": "digits", "layout": layout, **small}
+
+
+def micro_batch_size(case: Case) -> int:
+    """Per rank: the rank's share of the batch, halved for accumulation 2."""
+    world_size = 1 if case["strategy"] == "single" else WORLD_SIZE
+    return BATCH_SIZE // world_size // int(case["accumulation"])
+
+
+def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool = False) -> dict:
+    """The case as a config; `twin`: the same run in one process, in the case's micro batches
+    (batch norm sees the same samples together as on each rank)."""
+    optimizer = case["optimizer"]
+    optim = {
+        "name": "sgd" if optimizer == "nesterov" else optimizer,
+        "lr": LR[optimizer],
+        "penalty": PENALTY[case["penalty"]],
+        "clip": {"mode": case["clip"], "max": 1.0},
+    }
+    if optimizer == "nesterov":
+        optim.update(momentum=0.9, nesterov=True)
+    return {
+        "run": {"name": name, "seed": 0, "out_dir": str(out)},
+        "data": data_section(case["model"], text_csv),
+        "model": MODELS[case["model"]],
+        "optim": optim,
+        "train": {
+            "max_steps": NUM_STEPS,
+            "batch_size": BATCH_SIZE,
+            "micro_batch_size": micro_batch_size(case),
+            "precision": case["precision"],
+            "device": "cpu",
+        },
+        "checkpoint": {"every_epochs": 0, "save_best": False},
+        "log": {"every_steps": 1, "progress": False, "tensorboard": False, "report": False},
+        # a case that fails on one rank only: its peer gives up waiting within a minute
+        "parallel": {"strategy": "single" if twin else case["strategy"], "timeout_s": 60},
+    }
+
+
+def twin_name(name: str) -> str:
+    return f"{name}-twin"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """Train every case once: ddp and fsdp in one torchrun job, the rest here."""
+    out = tmp_path_factory.mktemp("combinations")
+    text_csv = write_text_task(out / "text_task.csv")
+    jobs = {
+        name: config_for(CASES[name], name=name, out=out, text_csv=text_csv) for name in DISTRIBUTED
+    }
+    (out / "cases.json").write_text(json.dumps(jobs))
+    finished = torchrun([str(WORKERS / "train_cases.py"), str(out / "cases.json")], timeout=600)
+    assert finished.returncode == 0, finished.output
+    outcomes = {}
+    for rank in range(WORLD_SIZE):
+        ranks = json.loads((out / f"outcomes.rank{rank}.json").read_text())
+        for name, outcome in ranks.items():
+            if "error" not in outcomes.get(name, {}):  # rank 0's error, else rank 1's
+                outcomes[name] = outcome
+    singles = {name: (CASES[name], False) for name in CASES if name not in DISTRIBUTED}
+    singles |= {twin_name(name): (CASES[name], True) for name in DISTRIBUTED}
+    for name, (case, twin) in singles.items():
+        config = config_for(case, name=name, out=out, text_csv=text_csv, twin=twin)
+        try:
+            outcomes[name] = {"status": api.train(config, overwrite=True).status}
+        except Exception:  # recorded, so the failing case's own test names it
+            outcomes[name] = {"error": traceback.format_exc()}
+    return {"out": out, "outcomes": outcomes}
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r.get("split") == "train"]
+
+
+def check_finished(runs: dict, name: str) -> None:
+    outcome = runs["outcomes"][name]
+    assert "error" not in outcome, f"{name} failed:\n{outcome['error']}"
+    assert outcome["status"] == "finished"
+
+
+RUNS = [*CASES, *map(twin_name, DISTRIBUTED)]
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_trains_and_the_loss_falls(runs, name):
+    check_finished(runs, name)
+    losses = train_losses(runs["out"] / name)
+    assert len(losses) == NUM_STEPS
+    assert all(math.isfinite(loss) for loss in losses), losses
+    # a clear drop: a run that updates nothing (or too little) drifts by a percent or two
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", FP32_DISTRIBUTED)
+def test_fp32_matches_one_process(runs, name):
+    check_finished(runs, name)
+    check_finished(runs, twin_name(name))
+    reference = load_weights(runs["out"] / twin_name(name))
+    candidate = load_weights(runs["out"] / name)
+    assert reference.keys() == candidate.keys()
+    for key in reference:
+        if not key.endswith(PER_RANK_BUFFERS):
+            torch.testing.assert_close(
+                candidate[key], reference[key], rtol=1e-5, atol=1e-6, msg=key
+            )
+
+
+@pytest.mark.parametrize(
+    "entry",
+    load_refused(),
+    ids=lambda entry: f"{case_name(entry['case'])}+{','.join(entry['set']) or 'as-is'}",
+)
+def test_refused_in_one_line_before_the_run_directory(entry, tmp_path):
+    config = config_for(entry["case"], name="refused", out=tmp_path, text_csv=tmp_path / "none")
+    overrides = [f"{key}={json.dumps(value)}" for key, value in entry["set"].items()]
+    message = re.escape(entry["message"])
+    if entry["stage"] == "config":  # the schema refuses it; else make_plan, after the data
+        with pytest.raises(ConfigError, match=message):
+            load_config(config, overrides)
+    with pytest.raises(ConfigError, match=message) as refused:
+        api.train(config, overrides=overrides)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "refused").exists()

@@ -1,0 +1,43 @@
+"""The combination matrix's checked-in table covers every pair and is what the generator makes."""
+
+from __future__ import annotations
+
+from covering_array import (
+    FACTORS,
+    TABLE,
+    all_pairs,
+    case_name,
+    covering_array,
+    load_refused,
+    load_table,
+    pairs_of,
+    table_json,
+)
+
+
+def test_the_table_covers_every_pair_of_values():
+    covered = set().union(*map(pairs_of, load_table()))
+    assert not all_pairs() - covered, sorted(all_pairs() - covered)
+
+
+def test_the_table_is_what_the_generator_makes():
+    # regenerate after changing FACTORS: python tests/integration/covering_array.py --json
+    assert load_table() == covering_array()
+    assert TABLE.read_text() == table_json(
+        covering_array(), load_refused()
+    )  # as printed: one row a line
+
+
+def test_cases_hold_one_known_value_per_factor_and_have_unique_names():
+    table = load_table()
+    for case in table:
+        assert case.keys() == FACTORS.keys() and all(case[f] in FACTORS[f] for f in FACTORS)
+    assert len({case_name(case) for case in table}) == len(table)
+    assert len(table) <= 25  # each case is a few seconds of the slow suite
+
+
+def test_the_generator_covers_small_factor_sets_exactly():
+    factors = {"a": [0, 1], "b": [0, 1], "c": [0, 1]}
+    rows = covering_array(factors)
+    assert set().union(*(pairs_of(row, factors) for row in rows)) == all_pairs(factors)
+    assert len(rows) == 4  # the optimum for three binary factors
