@@ -24,6 +24,7 @@ from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
+from scaletrain.optim import check_implementation
 from scaletrain.parallel import build_strategy
 from scaletrain.rundir import RunDir, RunLock, open_run_dir, prepare_run_dir, read_json
 from scaletrain.train.callbacks import CallbackList
@@ -136,6 +137,12 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    check_implementation(
+        cfg.optim,
+        device_type=strategy.device.type,
+        param_dtype=Precision.from_config(cfg.train.precision, strategy.device).param_dtype,
+        sharded=cfg.parallel.strategy == "fsdp",
+    )
     return bundle, model, plan
 
 

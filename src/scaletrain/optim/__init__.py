@@ -7,6 +7,7 @@ from scaletrain.optim.optimizers import (
     OPTIMIZERS,
     build_optimizer,
     build_param_groups,
+    check_implementation,
     choose_kernel,
     register_optimizer,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "build_param_groups",
     "build_penalty",
     "build_schedule",
+    "check_implementation",
     "choose_kernel",
     "class_weights",
     "clip_gradients",

@@ -128,41 +128,55 @@ def build_param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
 
 def choose_kernel(name: str, implementation: str, params: list[torch.Tensor]) -> dict[str, bool]:
     """The ``fused``/``foreach`` keyword arguments for ``optim.implementation``."""
-    devices = FUSED_DEVICES.get(name, ())
-    fusable = bool(devices) and all(_fusable(name, param) for param in params)
+    kinds = {(p.device.type, p.dtype, _is_shard(p)) for p in params}
+    fusable = all(_fusable(name, *kind) for kind in kinds)
     if implementation == "auto":
         return {"fused": True} if fusable else {"foreach": True}
     if implementation == "fused":
-        if not fusable:
-            found = sorted({param.device.type for param in params})
-            where = f"parameters on {found} (it has: {list(devices) or 'none'})"
-            if any(_is_shard(param) for param in params):
-                where = f"FSDP-sharded parameters (it has: {', '.join(FUSED_ON_SHARDS)})"
-            if any(_wrong_in_low_precision(name, param) for param in params):
-                where = f"bf16/fp16 parameters on {params[0].device.type} (the one it has skips updates)"
-            raise ConfigError(
-                f"optim.implementation: torch has no fused {name} for {where}; "
-                "use `auto` or `foreach`"
-            )
+        _refuse_unfusable(name, kinds)
         return {"fused": True}
     if implementation == "foreach":
         return {"foreach": True}
     return {"foreach": False}  # loop: one parameter at a time, the reference implementation
 
 
-def _fusable(name: str, param: torch.Tensor) -> bool:
-    """Whether torch has a correct fused `name` kernel for this parameter."""
+def check_implementation(
+    cfg: OptimConfig, *, device_type: str, param_dtype: torch.dtype, sharded: bool
+) -> None:
+    """Refuse a forced `optim.implementation: fused` that torch cannot honour, before the
+    run starts (the parameters' device, dtype and sharding are known from the config)."""
+    if cfg.implementation == "fused":
+        _refuse_unfusable(cfg.name, {(device_type, param_dtype, sharded)})
+
+
+def _refuse_unfusable(name: str, kinds: set[tuple[str, torch.dtype, bool]]) -> None:
+    for device_type, dtype, sharded in kinds:
+        if _fusable(name, device_type, dtype, sharded):
+            continue
+        where = (
+            f"parameters on {device_type} (it has: {list(FUSED_DEVICES.get(name, ())) or 'none'})"
+        )
+        if sharded and device_type in FUSED_DEVICES.get(name, ()):
+            where = f"FSDP-sharded parameters (it has: {', '.join(FUSED_ON_SHARDS)})"
+        if _wrong_in_low_precision(name, device_type, dtype):
+            where = f"bf16/fp16 parameters on {device_type} (the one it has skips updates)"
+        raise ConfigError(
+            f"optim.implementation: torch has no fused {name} for {where}; use `auto` or `foreach`"
+        )
+
+
+def _fusable(name: str, device_type: str, dtype: torch.dtype, sharded: bool) -> bool:
+    """Whether torch has a correct fused `name` kernel for such parameters."""
     return (
-        param.device.type in FUSED_DEVICES.get(name, ())
-        and param.is_floating_point()
-        and (name in FUSED_ON_SHARDS or not _is_shard(param))
-        and not _wrong_in_low_precision(name, param)
+        device_type in FUSED_DEVICES.get(name, ())
+        and dtype.is_floating_point
+        and (name in FUSED_ON_SHARDS or not sharded)
+        and not _wrong_in_low_precision(name, device_type, dtype)
     )
 
 
-def _wrong_in_low_precision(name: str, param: torch.Tensor) -> bool:
-    wrong_on = FUSED_WRONG_IN_LOW_PRECISION.get(name, ())
-    return param.dtype in LOW_PRECISION and param.device.type in wrong_on
+def _wrong_in_low_precision(name: str, device_type: str, dtype: torch.dtype) -> bool:
+    return dtype in LOW_PRECISION and device_type in FUSED_WRONG_IN_LOW_PRECISION.get(name, ())
 
 
 def _is_shard(param: torch.Tensor) -> bool:
