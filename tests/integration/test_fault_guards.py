@@ -30,13 +30,9 @@ class Poisonable(torch.nn.Module):
         return torch.where(poisoned, torch.full_like(outputs, float("nan")), outputs)
 
 
-class OverflowingGradients(torch.nn.Module):
+class OverflowingGradients(Poisonable):
     """Outputs unchanged (a finite loss), but the marked sample's output gradient becomes
     infinite in backward: the gradients overflow, the loss does not."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
 
     def forward(self, inputs):
         outputs = self.net(inputs)
