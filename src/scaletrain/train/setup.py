@@ -3,6 +3,7 @@ the optimizer and schedule, the step, and the owners of logging, validation and 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scaletrain.config import Config
+from scaletrain.config import Config, TrainConfig
 from scaletrain.data import BatchLoader, DataBundle, StepBatch
 from scaletrain.fileio import atomic_write_json
 from scaletrain.metrics import MetricsLogger
@@ -102,14 +103,9 @@ def build_trainer(
 ) -> Trainer:
     """Place the model, build the optimizer and the owners; load the checkpoint if resuming."""
     precision = Precision.from_config(cfg.train.precision, strategy.device)
-    if (
-        torch.are_deterministic_algorithms_enabled() != cfg.train.deterministic
-        or torch.is_deterministic_algorithms_warn_only_enabled()
-    ):  # only on a change: the call imports torch._inductor's config (0.6-1.7 s here)
-        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=False)
+    apply_process_settings(cfg.train)  # before the peak FLOP/s (keyed by threads)
     if strategy.is_main:
         write_plan(run, plan, precision, strategy)
-    apply_num_threads(cfg.train.num_threads)  # before the peak FLOP/s (keyed by threads)
     spec = data.spec
     flops_per_sample = train_flops_per_sample(model, spec.input_shape, spec.input_dtype)
     peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
@@ -133,20 +129,18 @@ def build_trainer(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts
     ).to(strategy.device)
 
-    def build_loader(micro_batch_size: int) -> BatchLoader:
-        return BatchLoader(
-            data.train,
-            global_batch_size=plan.global_batch_size,
-            micro_batch_size=micro_batch_size,
-            shuffle=True,
-            seed=cfg.run.seed,
-            drop_last=cfg.data.drop_last,
-            rank=strategy.rank,
-            world_size=strategy.world_size,
-            device=strategy.device,
-            num_workers=cfg.data.num_workers,
-        )
-
+    build_loader = functools.partial(
+        BatchLoader,
+        data.train,
+        global_batch_size=plan.global_batch_size,
+        shuffle=True,
+        seed=cfg.run.seed,
+        drop_last=cfg.data.drop_last,
+        rank=strategy.rank,
+        world_size=strategy.world_size,
+        device=strategy.device,
+        num_workers=cfg.data.num_workers,
+    )  # build_loader(micro_batch_size=...): the OOM back-off builds smaller ones
     guard = StepGuard(cfg.train.guard, strategy=strategy, log_every_steps=cfg.log.every_steps)
     epoch_metrics = EpochTrainMetrics(
         spec.task,
@@ -158,7 +152,7 @@ def build_trainer(
         model,
         optimizer,
         schedule,
-        build_loader(plan.micro_batch_size),
+        build_loader(micro_batch_size=plan.micro_batch_size),
         scaler=precision.scaler,
         components={"guard": guard, "train_metrics": epoch_metrics},
     )
@@ -287,16 +281,20 @@ def write_plan(run: RunDir, plan: Plan, precision: Precision, strategy) -> None:
     atomic_write_json(run.plan, {**plan.to_dict(), **extra})
 
 
-def apply_num_threads(num_threads: int | None) -> int:
-    """Set intra-op CPU threads where the config asks; return the count in effect.
+def apply_process_settings(cfg: TrainConfig) -> None:
+    """Deterministic algorithms and intra-op CPU threads, where the config asks.
 
     Small models gain little from a second thread and lose most of their speed when the
     cores are shared: every op waits at a barrier for a thread that is not running
     (bench/README.md: 12x on the digits CNN on a loaded 2-core machine).
     """
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    return torch.get_num_threads()
+    if (
+        torch.are_deterministic_algorithms_enabled() != cfg.deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):  # only on a change: the call imports torch._inductor's config (0.6-1.7 s here)
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=False)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
 
 
 def wants_channels_last(setting: bool | str, model: nn.Module, *, device, world_size: int) -> bool:

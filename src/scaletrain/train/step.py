@@ -144,7 +144,7 @@ class MicroBatchBackoff:
         *,
         plan: Plan,
         enabled: bool,
-        build_loader: Callable[[int], BatchLoader],
+        build_loader: Callable[..., BatchLoader],
         on_change: Callable[[Plan], None],
         state,
     ):
@@ -161,7 +161,7 @@ class MicroBatchBackoff:
                 raise
         self.train_step.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
         self.plan = with_micro_batch(self.plan, max(1, self.plan.micro_batch_size // 2))
-        loader = self.build_loader(self.plan.micro_batch_size)
+        loader = self.build_loader(micro_batch_size=self.plan.micro_batch_size)
         loader.load_state_dict({"epoch": span[0], "samples_consumed": span[1]})
         self.state.loader = loader
         self.on_change(self.plan)
