@@ -104,8 +104,9 @@ def run_loop(
                 t.logger.after_step(state, output, num_samples=batch.num_samples_global)
                 if output.verdict.interrupt:
                     stop.set("signal")  # every rank stops after the same step
-                with t.logger.paused():  # validation and checkpoints are not training time
-                    _after_update(t, stop, epoch_end=epoch_end, minutes_up=output.verdict.save_due)
+                paused = time.perf_counter()  # validation and saves are not training time
+                _after_update(t, stop, epoch_end=epoch_end, minutes_up=output.verdict.save_due)
+                t.logger.exclude_since(paused)
                 t.heartbeat.beat(state.step)  # hang diagnosis: this rank finished the step
                 callbacks.on_step_end(state)
                 if epoch_end:
@@ -157,7 +158,7 @@ def _after_update(t: Trainer, stop: StopReason, *, epoch_end: bool, minutes_up: 
 
 def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | None) -> LoopResult:
     logger, seconds = t.logger, t.logger.train_seconds
-    compute = t.train_step.train_step.compute_seconds
+    compute = t.train_step.compute_seconds
     return LoopResult(
         status=status,
         state=t.state,

@@ -47,7 +47,7 @@ class Trainer:
     """The loop's components; `plan` changes only when the OOM back-off halves micro batches."""
 
     state: TrainState
-    train_step: MicroBatchBackoff
+    train_step: TrainStep
     logger: TrainLogger
     evaluator: Evaluator
     saver: Checkpointer
@@ -63,7 +63,7 @@ class Trainer:
 
     @property
     def plan(self) -> Plan:
-        return self.train_step.plan
+        return self.train_step.backoff.plan
 
     def steps(self) -> Iterator[StepBatch]:
         """Steps from the loader's position on, epoch after epoch; ask again after the
@@ -184,23 +184,6 @@ def build_trainer(
         peak_flops=peak,
     )
     logger.reset_window(loss=state.pending_loss, steps=state.pending_steps)
-    train_step = TrainStep(
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        loss_fn=loss_fn,
-        precision=precision,
-        strategy=strategy,
-        guard=guard,
-        penalty=build_penalty(cfg.optim.penalty, model),
-        clip=cfg.optim.clip,
-        channels_last=channels_last,
-        empty_batch=(
-            torch.zeros((0, *spec.input_shape), dtype=spec.input_dtype).to(strategy.device),
-            torch.zeros((0,), dtype=torch.long, device=strategy.device),
-        ),
-        scorer=scorer,
-    )
 
     def on_new_plan(new_plan: Plan) -> None:  # the OOM back-off halved the micro batch
         if strategy.is_main:
@@ -211,16 +194,33 @@ def build_trainer(
         )
         logger.event("oom_backoff", state.step + 1, detail)
 
+    backoff = MicroBatchBackoff(
+        plan=plan,
+        # one process only: ranks would have to agree before a collective
+        enabled=cfg.train.micro_batch_size == "auto" and strategy.world_size == 1,
+        build_loader=build_loader,
+        on_change=on_new_plan,
+        state=state,
+    )
     return Trainer(
         state=state,
-        train_step=MicroBatchBackoff(
-            train_step,
-            plan=plan,
-            # one process only: ranks would have to agree before a collective
-            enabled=cfg.train.micro_batch_size == "auto" and strategy.world_size == 1,
-            build_loader=build_loader,
-            on_change=on_new_plan,
-            state=state,
+        train_step=TrainStep(
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            loss_fn=loss_fn,
+            precision=precision,
+            strategy=strategy,
+            guard=guard,
+            penalty=build_penalty(cfg.optim.penalty, model),
+            clip=cfg.optim.clip,
+            channels_last=channels_last,
+            empty_batch=(
+                torch.zeros((0, *spec.input_shape), dtype=spec.input_dtype).to(strategy.device),
+                torch.zeros((0,), dtype=torch.long, device=strategy.device),
+            ),
+            scorer=scorer,
+            backoff=backoff,
         ),
         logger=logger,
         evaluator=Evaluator(

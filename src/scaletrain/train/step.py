@@ -53,8 +53,10 @@ class TrainStep:
         channels_last: bool,
         empty_batch: tuple[torch.Tensor, torch.Tensor],
         scorer: Scorer | None,
+        backoff: MicroBatchBackoff,
     ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.backoff = backoff
         self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
         self.guard, self.penalty, self.clip = guard, penalty, clip
         self.channels_last, self.empty_batch, self.scorer = channels_last, empty_batch, scorer
@@ -65,11 +67,18 @@ class TrainStep:
     def __call__(
         self, batch: StepBatch, *, step: int, log_step: bool, stop_requested: bool,
         save_due: bool, span: list[int],
-    ) -> StepOutput:  # fmt: skip
-        """Update `step` (1-based). `log_step`: measure the gradient norm for the log."""
+    ) -> StepOutput | None:  # fmt: skip
+        """Update `step` (1-based). `log_step`: measure the gradient norm for the log. None:
+        the OOM back-off repositioned the loader at this step's start, to be redone."""
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # here, so a redone step starts clean
-        loss, score = self._forward_backward(batch)
+        try:
+            loss, score = self._forward_backward(batch)
+        except torch.OutOfMemoryError:
+            if not self.backoff.recover(step, span):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
+            return None
         self.strategy.reduce_gradients(self.model)
         self.precision.unscale(self.optimizer)
         if self.penalty is not None:
@@ -136,11 +145,10 @@ OOM_BACKOFF_STEPS = 3  # train.micro_batch_size auto: an out-of-memory error thi
 class MicroBatchBackoff:
     """`train.micro_batch_size: auto`: an out-of-memory error in the first steps halves the
     micro batch (same global batch, more accumulation) and repositions the loader at the
-    step's start; the step returns None and the loop redoes it."""
+    step's start, so the step can be redone."""
 
     def __init__(
         self,
-        train_step: TrainStep,
         *,
         plan: Plan,
         enabled: bool,
@@ -148,21 +156,18 @@ class MicroBatchBackoff:
         on_change: Callable[[Plan], None],
         state,
     ):
-        self.train_step, self.plan, self.state = train_step, plan, state
+        self.plan, self.state = plan, state
         self.build_loader, self.on_change = build_loader, on_change
         # one process only: ranks would have to agree before a collective
-        self.until_step = state.step + OOM_BACKOFF_STEPS if enabled else -1
+        self.until_step = state.step + OOM_BACKOFF_STEPS if enabled else 0
 
-    def __call__(self, batch: StepBatch, *, span: list[int], **kwargs) -> StepOutput | None:
-        try:
-            return self.train_step(batch, span=span, **kwargs)
-        except torch.OutOfMemoryError:
-            if self.state.step >= self.until_step or self.plan.micro_batch_size == 1:
-                raise
-        self.train_step.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
+    def recover(self, step: int, span: list[int]) -> bool:
+        """After an OOM in update `step`: halve and reposition, or False (not allowed)."""
+        if step > self.until_step or self.plan.micro_batch_size == 1:
+            return False
         self.plan = with_micro_batch(self.plan, max(1, self.plan.micro_batch_size // 2))
         loader = self.build_loader(micro_batch_size=self.plan.micro_batch_size)
         loader.load_state_dict({"epoch": span[0], "samples_consumed": span[1]})
         self.state.loader = loader
         self.on_change(self.plan)
-        return None
+        return True

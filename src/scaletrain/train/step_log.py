@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 
 import torch
 
@@ -108,14 +106,9 @@ class TrainLogger:
         if summary is not None:
             self.log({"split": "train_epoch", "step": state.step, "epoch": state.epoch, **summary})
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Evaluation and checkpoints inside are not training time (samples/s, MFU)."""
-        paused = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._window_start += time.perf_counter() - paused
+    def exclude_since(self, paused: float) -> None:
+        """The time since `paused` (validation, checkpoints) is not training time."""
+        self._window_start += time.perf_counter() - paused
 
     def mfu(self, samples_per_s: float) -> float | None:
         """Per device: samples/s over all ranks divided by the world size."""
