@@ -78,7 +78,7 @@ def _check_storage_info(info: Any, files: Mapping[str, int]) -> None:
     require(type(info) is _StorageInfo, "a storage entry that is not DCP's _StorageInfo")
     name = info.relative_path
     if not (type(name) is str and name.endswith(".distcp") and name in files):
-        raise Invalid(f"reads {shown(name)}, which is no data file the manifest lists")
+        raise Invalid(f"reads {shown(name)}, which is not a data file the manifest lists")
     offset, length = info.offset, info.length
     require(type(offset) is int and type(length) is int, "a non-integer offset")
     if not (offset >= 0 and length >= 0 and offset + length <= files[name]):

@@ -103,8 +103,10 @@ def _files_problem(files: Any) -> str | None:
         if not isinstance(entry, dict):
             return f"the entry of {shown(name)} is not an object"
         size, digest = entry.get("bytes"), entry.get("sha256")
+        if "bytes" not in entry:
+            return f"the entry of {shown(name)} lacks `bytes` (its size)"
         if type(size) is not int or size < 0:
-            return f"the entry of {shown(name)} lacks `bytes` (a size), got {shown(size)}"
+            return f"the entry of {shown(name)}: `bytes` must be a size, got {shown(size)}"
         if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
             return f"the entry of {shown(name)} lacks `sha256` (64 hex digits)"
     return None

@@ -157,7 +157,10 @@ def _tensor(fqn: str, entry: Any, files, storage: dict, used: dict) -> TensorSto
         check_chunk(fqn, size, offsets, sizes)
         file, key = chunk.get("file"), chunk.get("key")
         if not (isinstance(file, str) and file.endswith(DATA_SUFFIX) and file in files):
-            raise Invalid(f"tensor {shown(fqn)}: reads {shown(file)}, no data file it lists")
+            raise Invalid(
+                f"tensor {shown(fqn)}: reads {shown(file)}, "
+                "which is not a data file the manifest lists"
+            )
         if not isinstance(key, str):
             raise Invalid(f"tensor {shown(fqn)}: a chunk's `key` is not a string")
         used[file] = used.get(file, 0) + math.prod(sizes) * dtype.itemsize

@@ -39,7 +39,7 @@ CASES = {
     "step as a string": (None, "`step` must be a non-negative integer"),
     "files as a list": (None, "`files` must be an object of file names, got list"),
     "an entry without bytes": (None, "lacks `bytes`"),
-    "an entry with bytes as a string": (None, "lacks `bytes` (a size), got '12'"),
+    "an entry with bytes as a string": (None, "`bytes` must be a size, got '12'"),
     "an entry without sha256": (None, "lacks `sha256`"),
     "an entry as a list": (None, "is not an object"),
     "a name with a folder": (None, "lists 'sub/x', which is not a file of this folder"),

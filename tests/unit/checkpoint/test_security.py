@@ -121,7 +121,7 @@ def test_metadata_cannot_point_a_read_elsewhere(saved, tmp_path, where):
     saved.reseal()
     if where == "unlisted":
         _planted_weights(saved.path / "planted.safetensors", saved)
-    message = _load_fails(saved, "no data file it lists")
+    message = _load_fails(saved, "which is not a data file the manifest lists")
     assert "metadata.json" in message
 
 
@@ -152,7 +152,7 @@ def test_legacy_metadata_cannot_point_a_read_elsewhere(legacy, tmp_path):
     metadata.storage_meta = None
     source.write_bytes(pickle.dumps(metadata))  # our own objects: the test writes the pickle
     legacy.reseal()
-    _load_fails(legacy, r"\.metadata: reads '\.\./\.\./outside\.distcp', which is no data file")
+    _load_fails(legacy, r"\.metadata: reads '\.\./\.\./outside\.distcp', which is not a data file")
 
 
 def test_a_linked_data_file_is_refused(saved, tmp_path):

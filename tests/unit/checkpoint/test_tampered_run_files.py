@@ -190,13 +190,13 @@ CASES = {
         "eval",
         f"{LAST}/metadata.json",
         _metadata_reads_outside,
-        "reads '../../../outside.safetensors', no data file it lists",
+        "reads '../../../outside.safetensors', which is not a data file the manifest lists",
     ),
     "resume: metadata.json reads outside": (
         "resume",
         f"{LAST}/metadata.json",
         _metadata_reads_outside,
-        "reads '../../../outside.safetensors', no data file it lists",
+        "reads '../../../outside.safetensors', which is not a data file the manifest lists",
     ),
 }
 
