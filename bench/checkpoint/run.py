@@ -4,8 +4,8 @@
 
 One model of ~N million fp32 parameters (a stack of square Linear layers) with its AdamW
 state (so ~3 x 4 bytes per parameter) is saved through `CheckpointStore` exactly as the
-training loop saves it (DCP files, fsync, SHA-256 manifest, rename), then loaded back and
-verified. The physical limit is measured in the same script on the same folder: the same
+training loop saves it (DCP, safetensors files, fsync, SHA-256 manifest, rename), then
+loaded back and verified. The physical limit is measured in the same script on the same folder: the same
 number of bytes written with plain `write` calls and one `fsync` (what `dd conv=fsync`
 does). Each side runs `--repeats` times, alternating, and the median is reported.
 """

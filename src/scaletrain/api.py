@@ -118,8 +118,8 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
         if strategy.is_main:
             lock.acquire()  # one writer: a run still training is not resumed beside itself
         bundle, model, plan = _prepare(cfg, model, data, strategy)
-        if strategy.is_main:
-            _write_model_summary(run, model, bundle.spec, show=cfg.log.progress)
+        if strategy.is_main:  # the table was printed when the run began
+            _write_model_summary(run, model, bundle.spec, show=False)
         return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
     finally:
         lock.release()
@@ -298,8 +298,8 @@ def predict(run: str | Path, inputs_file: str | Path, *, checkpoint: str = "best
     """Predictions for raw inputs in a CSV/NPY file, with the run's saved preprocessing."""
     run_dir = open_run_dir(run)
     cfg = load_config(run_dir.config)
-    spec = _spec_from_dict(read_json(run_dir.root / "data_spec.json"))
-    preprocessor = Preprocessor.from_state_dict(read_json(run_dir.preprocess))
+    spec = _read_run_file(run_dir.root / "data_spec.json", _spec_from_dict)
+    preprocessor = _read_run_file(run_dir.preprocess, Preprocessor.from_state_dict)
     raw = read_inputs_file(Path(inputs_file), spec=spec, feature_columns=cfg.data.features)
     model, strategy, precision = _load_model(run_dir, cfg, spec, checkpoint)
     with torch.no_grad(), precision.autocast():
@@ -318,9 +318,9 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:
     """A finished run with its model rebuilt and weights loaded (no training)."""
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
-    spec = _spec_from_dict(read_json(run.root / "data_spec.json"))
+    spec = _read_run_file(run.root / "data_spec.json", _spec_from_dict)
     model = _load_model(run, cfg, spec, checkpoint)[0] if cfg.model.name != "user" else None
-    summary = read_json(run.summary) if run.summary.is_file() else {}
+    summary = _read_run_file(run.summary, dict) if run.summary.is_file() else {}
     return Run(run.root, summary.get("metrics", {}), model, cfg, summary.get("status", "unknown"))
 
 
@@ -424,6 +424,19 @@ def _write_report(run: RunDir) -> None:
     write_report(run.root)
 
 
+def _read_run_file(path: Path, parse):
+    """`parse(JSON of path)`; what it cannot parse (a file tampered with, or not written by
+    scaletrain) is one UserError line naming the file, not a traceback."""
+    data = read_json(path)
+    try:
+        return parse(data)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        raise UserError(
+            f"{path}: not a file this scaletrain wrote ({reason[:100]}); was it edited?"
+        ) from None
+
+
 def _spec_to_dict(spec: DataSpec) -> dict:
     data = dataclasses.asdict(spec)
     data["input_dtype"] = str(spec.input_dtype).removeprefix("torch.")
@@ -433,7 +446,10 @@ def _spec_to_dict(spec: DataSpec) -> dict:
 
 def _spec_from_dict(data: dict) -> DataSpec:
     data = dict(data)
-    data["input_dtype"] = getattr(torch, data["input_dtype"])
+    dtype = getattr(torch, data["input_dtype"], None)
+    if not isinstance(dtype, torch.dtype):  # the name of a dtype, nothing else of torch
+        raise ValueError(f"input_dtype {str(data['input_dtype'])[:40]!r} is not a torch dtype")
+    data["input_dtype"] = dtype
     data["input_shape"] = tuple(data["input_shape"])
     return DataSpec(**data)
 

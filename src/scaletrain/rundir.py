@@ -95,6 +95,8 @@ def read_json(path: Path) -> Any:
         raise UserError(f"missing file: {path}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise UserError(f"{path}: not valid JSON (binary, or nested too deeply)") from None
 
 
 def append_record(path: Path, record: dict) -> None:

@@ -7,7 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+from torch.distributed.checkpoint.api import CheckpointException
+
 from scaletrain.checkpoint.manifest import write_manifest
+from scaletrain.errors import CheckpointError
 from scaletrain.fileio import fsync_dir
 
 # DCP reports a full disk as "unexpected pos ..." from its zip writer, not as ENOSPC.
@@ -17,6 +20,7 @@ _LOW_SPACE_BYTES = 1 << 20
 def commit(tmp: Path, final: Path, *, step: int) -> None:
     """Manifest (hashes of fsynced files) last, then one rename: the checkpoint exists."""
     write_manifest(tmp, step=step)
+    refuse_link(final)  # refused before the save began too; never delete through a link
     if final.exists():  # a save at the same step (e.g. `best` then `final`): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -46,6 +50,26 @@ def new_checkpoint_group(strategy):
 
         group = dist.new_group(backend="gloo")  # collective: every rank saves together
     return group
+
+
+def refuse_link(path: Path) -> None:
+    """Links are never checkpoints here: saving must not follow or delete through one."""
+    if path.is_symlink():
+        raise CheckpointError(
+            f"{path}: a symbolic link; scaletrain never reads, writes or deletes through "
+            "links in a checkpoints folder: remove it"
+        )
+
+
+def first_failure(exc: CheckpointException, path: Path) -> CheckpointError:
+    """DCP wraps each rank's error; our refusals are CheckpointErrors already."""
+    failure, _trace = next(iter(exc.failures.values()), (None, None))
+    if isinstance(failure, CheckpointError):
+        return failure
+    if failure is None:
+        return CheckpointError(f"{path}: {exc}")
+    lines = str(failure).strip().splitlines()
+    return CheckpointError(f"{path}: {type(failure).__name__}: {lines[0] if lines else ''}"[:300])
 
 
 def _root_cause(error: BaseException | None) -> BaseException | None:

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from scaletrain.checkpoint.safe_reader import (
-    SafeFileSystemReader,
-    SafeLoadPlanner,
-    load_metadata_safely,
-)
+from scaletrain.checkpoint.commit import first_failure
+from scaletrain.checkpoint.formats import read_metadata, storage_for
 from scaletrain.checkpoint.store import CheckpointStore
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import atomic_path
@@ -25,8 +23,11 @@ FORMAT = "scaletrain-weights"
 
 
 def read_full_tensors(path: Path, *, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """Every tensor saved under `prefix` in the checkpoint folder `path`, unsharded, on CPU."""
-    metadata = load_metadata_safely((path / ".metadata").read_bytes())
+    """Every tensor saved under `prefix` in the checkpoint folder `path`, unsharded, on CPU.
+    Sizes come from checked metadata whose chunks fit in the files' bytes, so what is
+    allocated here is never more than the checkpoint holds."""
+    manifest = CheckpointStore(path.parent).verify(path)
+    metadata = read_metadata(path, manifest)
     names = {
         key.removeprefix(prefix): meta
         for key, meta in metadata.state_dict_metadata.items()
@@ -39,7 +40,11 @@ def read_full_tensors(path: Path, *, prefix: str = "model.") -> dict[str, torch.
     }
     group = prefix.rstrip(".")
     state = {group: tensors}
-    dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+    reader, planner = storage_for(path, manifest)
+    try:
+        dcp.load(state, storage_reader=reader, planner=planner)
+    except CheckpointException as exc:
+        raise first_failure(exc, path) from None
     return state[group]
 
 

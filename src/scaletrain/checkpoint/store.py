@@ -1,9 +1,11 @@
 """Atomic DCP checkpoints: write step_N.tmp/, hash, manifest, rename; keep last K + best.
 
 Tensors (model, optimizer) go through torch.distributed.checkpoint so any strategy and
-world size can reload them; everything else is JSON, one file per rank (RNG differs).
+world size can reload them, stored as safetensors files with JSON metadata (`storage.py`);
+everything else is JSON, one file per rank (RNG differs). Nothing read is a pickle.
 Older checkpoints are pruned only after a newer one is committed, so a crash or a full
-disk at any moment leaves the previous complete checkpoint in place.
+disk at any moment leaves the previous complete checkpoint in place. Saving never writes
+or deletes through a symbolic link: a link where a checkpoint folder goes is refused.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from pathlib import Path
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from scaletrain.checkpoint.commit import commit, describe_failure, new_checkpoint_group
-from scaletrain.checkpoint.manifest import verify_manifest
-from scaletrain.checkpoint.safe_reader import (
-    SafeFileSystemReader,
-    SafeLoadPlanner,
-    load_metadata_safely,
+from scaletrain.checkpoint.commit import (
+    commit,
+    describe_failure,
+    first_failure,
+    new_checkpoint_group,
+    refuse_link,
 )
+from scaletrain.checkpoint.formats import METADATA_FILES, storage_for
+from scaletrain.checkpoint.manifest import Manifest, verify_manifest
+from scaletrain.checkpoint.storage import JsonSavePlanner, SafetensorsWriter
+from scaletrain.checkpoint.values import shown
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import atomic_write_json
 
@@ -93,20 +99,19 @@ class CheckpointStore:
         self.wait(strategy)  # one save in flight at a time: its stall counts here
         final = self.root / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
-        if strategy.is_main:
-            self._remove_incomplete()
-            tmp.mkdir(parents=True)
-        strategy.barrier()
+        self._make_folder(tmp, final, strategy)
         error = None
         try:
             atomic_write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state, indent=None)
-            writer = dcp.FileSystemWriter(tmp, sync_files=True)
+            writer, planner = SafetensorsWriter(tmp, sync_files=True), JsonSavePlanner()
             if asynchronous:
                 if self._group is None:  # never the training group: no interleaving
                     self._group = new_checkpoint_group(strategy)
-                upload = dcp.async_save(tensors, storage_writer=writer, process_group=self._group)
+                upload = dcp.async_save(
+                    tensors, storage_writer=writer, planner=planner, process_group=self._group
+                )
             else:
-                dcp.save(tensors, storage_writer=writer)
+                dcp.save(tensors, storage_writer=writer, planner=planner)
         except (Exception, CheckpointException) as exc:  # a BaseException wrapping ENOSPC
             error = exc
         if strategy.any_flag(error is not None):
@@ -122,6 +127,23 @@ class CheckpointStore:
         else:
             self._finish(tmp, final, step, strategy)
         return SaveResult(final, time.perf_counter() - started)
+
+    def _make_folder(self, tmp: Path, final: Path, strategy) -> None:
+        """Rank 0 clears crashed saves and makes `tmp`; every rank learns if that failed."""
+        error = None
+        if strategy.is_main:
+            try:
+                for path in (tmp, final):
+                    refuse_link(path)
+                self._remove_incomplete()
+                tmp.mkdir(parents=True)
+            except (OSError, CheckpointError) as exc:
+                error = exc
+        if strategy.any_flag(error is not None):  # also the barrier before every rank writes
+            if isinstance(error, CheckpointError):
+                raise error
+            reason = describe_failure(error, self.root) if error else "rank 0 failed"
+            raise CheckpointError(f"saving checkpoint {final} failed: {reason}")
 
     def _finish(self, tmp: Path, final: Path, step: int, strategy) -> None:
         """Every rank's files are written: manifest, rename, then prune (rank 0)."""
@@ -164,8 +186,32 @@ class CheckpointStore:
             )
 
     def best_step(self) -> int | None:
+        """The step `best.json` names (None without one); CheckpointError if it is damaged."""
         path = self.root / BEST_FILE
-        return json.loads(path.read_text())["step"] if path.is_file() else None
+        if not (path.exists() or path.is_symlink()):
+            return None
+        refuse_link(path)
+        raw = path.read_bytes() if path.is_file() else b""
+        try:
+            step = json.loads(raw).get("step")
+        except (ValueError, RecursionError, AttributeError):  # not JSON, or not an object
+            step = None
+        if type(step) is not int or not 0 <= step < 10**8:
+            got = shown(raw[:80].decode(errors="replace"))
+            raise CheckpointError(
+                f'{path}: expected {{"step": N, ...}} naming a checkpoint, got {got}; '
+                "delete it to use the last checkpoint"
+            )
+        return step
+
+    def check_folder(self) -> None:
+        """Before a resume: a damaged `best.json` or a link among the checkpoint folders is
+        refused now, not when the run tries to save over it at its end."""
+        self.best_step()
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if _STEP_DIR.match(path.name) or _TMP_DIR.match(path.name):
+                    refuse_link(path)
 
     def committed(self) -> list[Path]:
         """Committed step directories, oldest first (`.tmp` ones are never checkpoints)."""
@@ -204,39 +250,52 @@ class CheckpointStore:
         self.verify(path)
         return path
 
-    def verify(self, path: Path) -> None:
+    def verify(self, path: Path) -> Manifest:
         """Checksums match the manifest, the files a DCP checkpoint needs are listed, and the
         folder really is inside this store (a symlink cannot point reads elsewhere)."""
         if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
             raise CheckpointError(f"{path}: a link out of {self.root}; refusing to read it")
         manifest = verify_manifest(path)
-        missing = {".metadata", "rank_00000.json"} - set(manifest["files"])
+        missing = {METADATA_FILES[manifest.version], "rank_00000.json"} - set(manifest.files)
         if missing:
             raise CheckpointError(f"{path}: not a scaletrain checkpoint (lacks {sorted(missing)})")
+        return manifest
 
     def load(self, path: Path, *, tensors: dict, rank: int) -> dict:
-        """Fill `tensors` in place from a verified checkpoint; return this rank's side state."""
-        self.verify(path)
-        load_metadata_safely((path / ".metadata").read_bytes())  # refuse before DCP reads it
+        """Fill `tensors` in place from a verified checkpoint; return this rank's side state.
+        Every file read is one the manifest lists, with its hash checked."""
+        manifest = self.verify(path)
+        reader, planner = storage_for(path, manifest)
         try:
-            dcp.load(tensors, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
+            dcp.load(tensors, storage_reader=reader, planner=planner)
         except CheckpointException as exc:  # a BaseException: surface our own refusal as is
-            raise _first_failure(exc, path) from None
-        side = path / f"rank_{rank:05d}.json"
-        if not side.is_file():  # resumed with more ranks than saved: rank 0's shared state
-            side = path / "rank_00000.json"
+            raise first_failure(exc, path) from None
+        side = self.side_file(path, manifest, rank=rank)
         try:
-            return json.loads(side.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            state = json.loads(side.read_bytes())
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise CheckpointError(f"{side}: side state is not JSON; refusing to read it") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(
+                f"{side}: side state must be a JSON object, got {type(state).__name__}"
+            )
+        return state
+
+    @staticmethod
+    def side_file(path: Path, manifest: Manifest, *, rank: int) -> Path:
+        """This rank's JSON side state; rank 0's when resumed with more ranks than saved."""
+        name = f"rank_{rank:05d}.json"
+        return path / (name if name in manifest.files else "rank_00000.json")
 
     def _prune(self) -> None:
-        """Keep the newest `keep_last` committed checkpoints and the best one."""
-        keep = {p.name for p in self.committed()[-self.keep_last :]}
+        """Keep the newest `keep_last` committed checkpoints and the best one; links are
+        never checkpoints of this store, so they neither count nor are deleted."""
+        folders = [p for p in self.committed() if not p.is_symlink()]
+        keep = {p.name for p in folders[-self.keep_last :]}
         best = self.best_step()
         if best is not None:
             keep.add(f"step_{best:08d}")
-        for path in self.committed():
+        for path in folders:
             if path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -244,18 +303,8 @@ class CheckpointStore:
         """Half-written `.tmp` folders of crashed saves (none is in flight: we waited)."""
         if self.root.is_dir():
             for path in self.root.iterdir():
-                if _TMP_DIR.match(path.name):
+                if _TMP_DIR.match(path.name) and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
-
-
-def _first_failure(exc: CheckpointException, path: Path) -> CheckpointError:
-    """DCP wraps each rank's error; our refusals are CheckpointErrors already."""
-    failure, _trace = next(iter(exc.failures.values()), (None, None))
-    if isinstance(failure, CheckpointError):
-        return failure
-    if failure is None:
-        return CheckpointError(f"{path}: {exc}")
-    return CheckpointError(f"{path}: {type(failure).__name__}: {failure}")
 
 
 def _background(function, *args) -> Future:

@@ -104,6 +104,7 @@ class Checkpointer:
 
     def resume(self) -> Path:
         """Load the newest valid checkpoint; forget metric and ledger lines logged after it."""
+        self.store.check_folder()  # a bad best.json or a linked folder: refused before training
         path = self._load()
         if self.strategy.is_main and self._saved_config_hash not in (None, self.config_hash):
             warnings.warn(
@@ -148,9 +149,25 @@ class Checkpointer:
         tensors = self.state.tensors()
         side = self.store.load(path, tensors=tensors, rank=self.strategy.rank)
         self.state.load_tensors(tensors)
-        self.state.load_side_state(side)
+        try:
+            self.state.load_side_state(side)
+        except _MALFORMED as exc:  # the file passed its checksum: written so, or resealed
+            name = f"rank_{self.strategy.rank:05d}.json"
+            file = path / (name if (path / name).is_file() else "rank_00000.json")
+            raise CheckpointError(f"{file}: side state is malformed ({_reason(exc)})") from None
         self._saved_config_hash = side.get("config_sha256")
         return path
+
+
+# what restoring side state raises on values of the wrong type, shape or size
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"lacks {exc.args[0]!r}"[:80]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:120]
 
 
 def _count_events(path: Path, event: str) -> int:

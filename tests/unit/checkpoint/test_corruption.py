@@ -34,7 +34,7 @@ def _two_checkpoints(tmp_path):
 
 
 def _shard(path):
-    return next(path.glob("*.distcp"))
+    return next(path.glob("*.safetensors"))
 
 
 def _truncate(path):

@@ -66,13 +66,13 @@ def test_keep_last_one_keeps_the_only_complete_checkpoint_while_another_is_in_fl
     store = CheckpointStore(tmp_path / "checkpoints", keep_last=1)
     model, optimizer = _trained()
     first = _save(store, 1, model, optimizer)
-    first_hash = sha256_file(next(first.glob("*.distcp")))
+    first_hash = sha256_file(next(first.glob("*.safetensors")))
     with store._lock:  # hold the commit step: the new save stays in flight
         result = _save(store, 2, model, optimizer, asynchronous=True)
         names = sorted(p.name for p in store.root.iterdir())
         assert names == ["step_00000001", "step_00000002.tmp"]
         assert store.latest_valid() == first  # still complete and verifiable
-        assert sha256_file(next(first.glob("*.distcp"))) == first_hash
+        assert sha256_file(next(first.glob("*.safetensors"))) == first_hash
     store.wait(STRATEGY)
     assert [p.name for p in store.committed()] == ["step_00000002"]  # pruned after commit
     assert result.path.is_dir() and not first.exists()
@@ -119,3 +119,52 @@ def test_symlinked_checkpoint_is_refused(tmp_path):
     assert any("link out of" in str(w.message) for w in caught)
     with pytest.raises(CheckpointError, match="link out of"):
         store.find("step_00000007")
+
+
+def _link_to_elsewhere(tmp_path, store, name, model, optimizer):
+    """`store.root/name` -> a real checkpoint folder outside the store; its files' hashes."""
+    elsewhere = CheckpointStore(tmp_path / "elsewhere")
+    outside = _save(elsewhere, 9, model, optimizer)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / name).symlink_to(outside, target_is_directory=True)
+    return outside, {p.name: sha256_file(p) for p in outside.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["step_00000002", "step_00000002.tmp"])
+def test_a_save_onto_a_link_is_refused_and_leaves_it_alone(tmp_path, name):
+    store = CheckpointStore(tmp_path / "run" / "checkpoints")
+    model, optimizer = _trained()
+    _save(store, 1, model, optimizer)
+    outside, hashes = _link_to_elsewhere(tmp_path, store, name, model, optimizer)
+    with pytest.raises(CheckpointError, match=f"{name}: a symbolic link") as caught:
+        _save(store, 2, model, optimizer)
+    assert "\n" not in str(caught.value)
+    assert (store.root / name).is_symlink() and (store.root / name).resolve() == outside
+    assert {p.name: sha256_file(p) for p in outside.iterdir()} == hashes
+    with pytest.raises(CheckpointError, match=f"{name}: a symbolic link"):
+        store.check_folder()  # what a resume asks before it trains
+
+
+def test_pruning_never_deletes_through_a_link(tmp_path):
+    store = CheckpointStore(tmp_path / "run" / "checkpoints", keep_last=1)
+    model, optimizer = _trained()
+    outside, hashes = _link_to_elsewhere(tmp_path, store, "step_00000001", model, optimizer)
+    for step in (2, 3):
+        _save(store, step, model, optimizer)
+    assert (store.root / "step_00000001").is_symlink()
+    assert {p.name: sha256_file(p) for p in outside.iterdir()} == hashes
+    assert [p.name for p in store.committed()] == ["step_00000001", "step_00000003"]
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"step": "../../x"}', "[40]", '{"step": -1}', '{"step": true}']
+)
+def test_a_damaged_best_json_is_one_line(tmp_path, content):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    model, optimizer = _trained()
+    _save(store, 1, model, optimizer)
+    (store.root / "best.json").write_text(content)
+    for call in (store.best_step, lambda: store.find("best"), store.check_folder):
+        with pytest.raises(CheckpointError, match="best.json: expected") as caught:
+            call()
+        assert "\n" not in str(caught.value)

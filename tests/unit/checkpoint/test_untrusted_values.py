@@ -1,20 +1,19 @@
-"""DCP stores non-tensor values (the optimizer's lr, betas ...) as torch.save pickles inside
-its data files: a crafted one is refused by weights_only loading, never executed."""
+"""Non-tensor values (the optimizer's lr, betas ...): JSON in metadata.json, never pickles.
+Old checkpoints stored them as torch.save pickles inside the data files; a crafted one there
+is refused by weights_only loading, never executed."""
 
 import dataclasses
 import io
+import json
 import os
 import pickle
 
 import pytest
 import torch
-from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from scaletrain.checkpoint import CheckpointStore, write_manifest
-from scaletrain.checkpoint.safe_reader import load_metadata_safely
+from scaletrain.checkpoint.legacy import load_legacy_metadata
+from scaletrain.checkpoint.values import decode_value, encode_value
 from scaletrain.errors import CheckpointError
-from scaletrain.parallel import SingleStrategy
 
 
 class _Payload:
@@ -25,43 +24,74 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _tensors(model, optimizer):
-    model_state, optim_state = get_state_dict(model, optimizer)
-    return {"model": model_state, "optim": optim_state}
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 0, -3, 2**70, 1e-8, float("inf"), float("-inf"), "adamw", (0.9, 0.999), [1, "a"]],
+)
+def test_plain_values_round_trip_exactly(value):
+    back = decode_value(json.loads(json.dumps(encode_value(value, name="x"))), name="x")
+    assert back == value and type(back) is type(value)
 
 
-def test_malicious_value_inside_a_data_file_is_refused(tmp_path):
-    model = nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 3)).sum().backward()
-    optimizer.step()
-    store = CheckpointStore(tmp_path / "checkpoints")
-    path = store.save(
-        step=1,
-        tensors=_tensors(model, optimizer),
-        side_state={"step": 1},
-        strategy=SingleStrategy(torch.device("cpu")),
-    )
+def test_nan_round_trips():
+    data = json.loads(json.dumps(encode_value(float("nan"), name="x"), allow_nan=False))
+    assert decode_value(data, name="x") != decode_value(data, name="x")  # nan
+
+
+@pytest.mark.parametrize("value", [torch.tensor(1.0), {"a": 1}, {1, 2}, b"raw", object()])
+def test_other_values_cannot_be_saved(value):
+    with pytest.raises(TypeError, match="`x` is a"):
+        encode_value(value, name="x")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"pickle": "gASV"}, {"tuple": 1}, {"float": "1e999"}, {"tuple": [], "x": 1}, float("nan")],
+)
+def test_values_scaletrain_never_writes_are_refused(data):
+    with pytest.raises(CheckpointError, match="`x` is not one scaletrain writes"):
+        decode_value(data, name="x")
+
+
+def test_a_tampered_value_in_metadata_json_is_refused(saved):
+    metadata = json.loads((saved.path / "metadata.json").read_text())
+    metadata["values"]["optim.param_groups.0.lr"] = {"pickle": "gASVIQAAAAAAAACMBXBvc2l4"}
+    (saved.path / "metadata.json").write_text(json.dumps(metadata))
+    saved.reseal()
+    with pytest.raises(CheckpointError, match="optim.param_groups.0.lr.*not one scaletrain writes"):
+        saved.store.load(saved.path, tensors=saved.fresh_tensors(), rank=0)
+
+
+def test_values_load_back_with_their_types(saved):
+    tensors = saved.fresh_tensors()
+    saved.store.load(saved.path, tensors=tensors, rank=0)
+    group = tensors["optim"]["param_groups"][0]
+    assert group["lr"] == 1e-3 and group["betas"] == (0.9, 0.999) and group["foreach"] is None
+
+
+def test_malicious_value_inside_a_legacy_data_file_is_refused(legacy, tmp_path):
     marker = tmp_path / "pwned"
     payload = io.BytesIO()
     torch.save({"lr": _Payload(marker)}, payload)
 
     # An attacker appends the pickle to a data file and points the lr entry at it: the
-    # metadata stays made of DCP's own classes, so it passes the restricted unpickler.
-    metadata = load_metadata_safely((path / ".metadata").read_bytes())
+    # metadata stays made of DCP's own classes, so it passes the restricted interpreter.
+    source = legacy.path / ".metadata"
+    files = {p.name: p.stat().st_size for p in legacy.path.iterdir()}
+    metadata = load_legacy_metadata(source.read_bytes(), files=files, source=source)
     key = next(k for k in metadata.storage_data if k.fqn == "optim.param_groups.0.lr")
     info = metadata.storage_data[key]
-    data_file = path / info.relative_path
+    data_file = legacy.path / info.relative_path
     offset = data_file.stat().st_size
     with open(data_file, "ab") as handle:
         handle.write(payload.getvalue())
     metadata.storage_data[key] = dataclasses.replace(
         info, offset=offset, length=len(payload.getvalue())
     )
-    (path / ".metadata").write_bytes(pickle.dumps(metadata))
-    (path / "manifest.json").unlink()
-    write_manifest(path, step=1)  # resealed: the checksums cannot catch it
+    metadata.storage_meta = None
+    source.write_bytes(pickle.dumps(metadata))
+    legacy.reseal()  # resealed: the checksums cannot catch it
 
     with pytest.raises(CheckpointError, match="optim.param_groups.0.lr.*not plain data"):
-        store.load(path, tensors=_tensors(model, optimizer), rank=0)
+        legacy.store.load(legacy.path, tensors=legacy.fresh_tensors(), rank=0)
     assert not marker.exists(), "the pickle payload ran"
