@@ -79,18 +79,19 @@ def run_loop(
     # --- loop: one optimizer step per turn ---------------------------------------------
     try:
         with signals:  # SIGTERM/SIGINT only set a flag, read at the next step boundary
-            steps = t.steps()
-            while state.step < t.plan.total_steps and stop.reason is None:
+            steps, total_steps = t.steps(), t.plan.total_steps
+            while state.step < total_steps and stop.reason is None:
                 batch = next(steps)
                 span = batch_span(state.loader, batch)
                 if span in state.skip_spans:  # it made a rollback necessary: never train on it
                     pass_over(state, t.ledger, span)
                     continue
+                log_step = t.logger.due(state.step + 1)
                 output = t.train_step(
                     batch,
                     span=span,
                     step=state.step + 1,
-                    log_step=t.logger.due(state.step + 1),
+                    log_step=log_step,
                     stop_requested=signals.requested,
                     save_due=t.saver.due_by_time(),
                 )
@@ -98,10 +99,10 @@ def run_loop(
                     steps = t.steps()  # the loader was repositioned: redo from there
                     continue
                 state.step += 1
-                epoch_end = state.loader.remaining_steps() == 0
+                epoch_end = batch.ends_epoch
                 state.epoch += epoch_end
                 t.ledger.record(state.step, span, skipped=output.verdict.reason)
-                t.logger.after_step(state, output, num_samples=batch.num_samples_global)
+                t.logger.after_step(state, output, batch.num_samples_global, log_step=log_step)
                 if output.verdict.interrupt:
                     stop.set("signal")  # every rank stops after the same step
                 paused = time.perf_counter()  # validation and saves are not training time

@@ -146,7 +146,7 @@ def build_trainer(
         spec.task,
         device=strategy.device,
         num_outputs=spec.num_outputs,
-        scored=(scorer := build_scorer(spec.task, loss_name=cfg.loss.name)) is not None,
+        scorer=(scorer := build_scorer(spec.task, loss_name=cfg.loss.name)),
     )
     state = TrainState(
         model,
@@ -219,7 +219,7 @@ def build_trainer(
                 torch.zeros((0, *spec.input_shape), dtype=spec.input_dtype).to(strategy.device),
                 torch.zeros((0,), dtype=torch.long, device=strategy.device),
             ),
-            scorer=scorer,
+            keeps_predictions=scorer is not None,
             backoff=backoff,
         ),
         logger=logger,

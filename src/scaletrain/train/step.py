@@ -10,6 +10,7 @@ scaler. The out-of-memory back-off of `train.micro_batch_size: auto` wraps the s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from scaletrain.train.guards import StepGuard, Verdict
 from scaletrain.train.plan import Plan, with_micro_batch
 from scaletrain.train.precision import Precision
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, targets) -> sum
+Predictions = list[tuple[torch.Tensor, torch.Tensor]]  # (output, targets) per micro batch
 
 
 @dataclass
@@ -32,7 +33,9 @@ class StepOutput:
     loss: torch.Tensor  # this rank's share of the step's global mean loss (on the device)
     verdict: Verdict
     grad_norm: torch.Tensor | None  # total 2-norm before clipping, where it was computed
-    score: torch.Tensor | None  # this rank's sum of the training metric (see train_metrics)
+    # this rank's detached outputs and targets, scored later in batches (train_metrics.py):
+    # a small op costs ~10-15 us in the step's cold caches, a batched one once per hundreds
+    predictions: Predictions | None
 
 
 class TrainStep:
@@ -52,16 +55,22 @@ class TrainStep:
         clip: ClipConfig,
         channels_last: bool,
         empty_batch: tuple[torch.Tensor, torch.Tensor],
-        scorer: Scorer | None,
+        keeps_predictions: bool,
         backoff: MicroBatchBackoff,
     ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.backoff = backoff
         self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
         self.guard, self.penalty, self.clip = guard, penalty, clip
-        self.channels_last, self.empty_batch, self.scorer = channels_last, empty_batch, scorer
+        self.channels_last, self.empty_batch = channels_last, empty_batch
+        self.keeps_predictions = keeps_predictions
         self.trainable = [param for param in model.parameters() if param.requires_grad]
-        self.guarding = guard.cfg.nonfinite != "off" and precision.checks_gradients
+        # decided once, not per step (each Python call is ~1 us of a ~2 ms step here)
+        self.checks_gradients = precision.checks_gradients
+        self.guarding = guard.cfg.nonfinite != "off" and self.checks_gradients
+        self.measures_norm = clip.mode != "none"  # else only at log steps
+        self.casts_inputs = precision.param_dtype != torch.float32
+        self.update = functools.partial(precision.step, optimizer)
         self.compute_seconds = 0.0  # forward, backward and update only: the rest is overhead
 
     def __call__(
@@ -73,70 +82,71 @@ class TrainStep:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # here, so a redone step starts clean
         try:
-            loss, score = self._forward_backward(batch)
+            loss, predictions = self._forward_backward(batch)
         except torch.OutOfMemoryError:
             if not self.backoff.recover(step, span):
                 raise
             self.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
             return None
         self.strategy.reduce_gradients(self.model)
-        self.precision.unscale(self.optimizer)
+        if self.precision.scaler is not None:
+            self.precision.unscale(self.optimizer)
         if self.penalty is not None:
             self.penalty.add_to_gradients()
-        grad_norm, grad_check = self._gradient_norm(measure=log_step)
+        # the norm where clipping or the log needs it, which the guard then reads too; else
+        # a sum of gradient elements (half the cost), if guarding
+        grad_norm = grad_check = None
+        if self.measures_norm or log_step:
+            grad_norm = grad_check = clip_gradients(self.clip, self.trainable)
+        elif self.guarding:
+            grad_check = gradient_sum(self.trainable)
         # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save
         verdict = self.guard.check(
             step,
             loss=loss,
-            grad_norm=grad_check if self.precision.checks_gradients else None,
+            grad_norm=grad_check if self.checks_gradients else None,
             stop_requested=stop_requested,
             save_due=save_due,
             span=span,
         )
         if verdict.action == "step":
-            self.strategy.apply_update(lambda: self.precision.step(self.optimizer))
+            self.strategy.apply_update(self.update)
         if verdict.action in ("step", "skip"):  # a rollback reloads the schedule instead
             self.schedule.step()
         self.compute_seconds += time.perf_counter() - started  # async on CUDA: approximate
-        return StepOutput(loss, verdict, grad_norm, score)
+        return StepOutput(loss, verdict, grad_norm, predictions)
 
-    def _forward_backward(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Backward of every micro batch; returns the loss share and the metric's sum."""
+    def _forward_backward(self, batch: StepBatch) -> tuple[torch.Tensor, Predictions | None]:
+        """Backward of every micro batch; returns the loss share and the predictions."""
         # a rank whose share of a short last step is empty still joins the collectives
         micro_batches = batch.micro_batches or [self.empty_batch]
         world, total = self.strategy.world_size, batch.num_samples_global
-        step_loss = score = None
+        step_loss = None
+        predictions = [] if self.keeps_predictions else None
+        last = len(micro_batches) - 1
         for index, (inputs, targets) in enumerate(micro_batches):
-            last = index == len(micro_batches) - 1
-            inputs = self._prepare(inputs)
-            with self.strategy.no_sync(self.model, enabled=not last), self.precision.autocast():
+            size = targets.shape[0]
+            if self.channels_last and inputs.dim() == 4:  # NHWC, as the model's weights
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if self.casts_inputs:
+                inputs = self.precision.cast_inputs(inputs)
+            with (
+                self.strategy.no_sync(self.model, enabled=index != last),
+                self.precision.autocast(),
+            ):
                 output = self.model(inputs)
                 # no sample: zero gradients, so DDP/FSDP's reductions see every rank
-                loss = self.loss_fn(output, targets) if len(targets) else output.float().sum() * 0.0
+                loss = self.loss_fn(output, targets) if size else output.float().sum() * 0.0
                 # mean over the micro batch -> share of the global step's mean loss
-                share = len(targets) * world / total
+                share = size * world / total
                 scaled = loss * share if share != 1.0 else loss
-            weight = len(targets) / total
+            weight = size / total
             part = loss.detach() if weight == 1.0 else loss.detach() * weight
             step_loss = part if step_loss is None else step_loss + part
-            if self.scorer is not None and len(targets):
-                part = self.scorer(output.detach(), targets)
-                score = part if score is None else score + part
+            if predictions is not None and size:
+                predictions.append((output.detach(), targets))
             self.precision.backward(scaled)
-        return step_loss, score
-
-    def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and inputs.dim() == 4:  # NHWC, as the model's weights
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return self.precision.cast_inputs(inputs)
-
-    def _gradient_norm(self, *, measure: bool):
-        """(norm, finiteness probe): the norm where clipping or the log needs it, which the
-        guard then reads too; else a sum of gradient elements (half the cost), if guarding."""
-        if self.clip.mode != "none" or measure:
-            norm = clip_gradients(self.clip, self.trainable)
-            return norm, norm
-        return None, gradient_sum(self.trainable) if self.guarding else None
+        return step_loss, predictions
 
 
 OOM_BACKOFF_STEPS = 3  # train.micro_batch_size auto: an out-of-memory error this early halves it

@@ -62,8 +62,8 @@ class TrainLogger:
         """(loss sum, steps) of the window not logged yet: a checkpoint keeps them."""
         return float(self._window_loss()), self._window_steps
 
-    def after_step(self, state, output: StepOutput, *, num_samples: int) -> None:
-        """Account one update; write the train record when it is due."""
+    def after_step(self, state, output: StepOutput, num_samples: int, *, log_step: bool) -> None:
+        """Account one update; write the train record at a log step (`due`)."""
         if not output.verdict.bad:
             self._losses.append(output.loss)  # summed at the log step: no op here
             self._window_steps += 1
@@ -74,7 +74,7 @@ class TrainLogger:
         if self.writer is not None and every and state.step % every == 0:
             self.writer.log_histograms(state.model, state.step)  # the step's gradients
         # a window of skipped steps only is carried over to the next log step
-        if self.due(state.step) and self._window_steps:
+        if log_step and self._window_steps:
             self._write_train_record(state, output)
 
     def _write_train_record(self, state, output: StepOutput) -> None:

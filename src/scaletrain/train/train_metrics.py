@@ -9,16 +9,20 @@ metric does; validation is the clean measurement.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from scaletrain.train.step import Scorer, StepOutput
+from scaletrain.train.step import StepOutput
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> sum
 
 METRIC_NAMES = {"classification": "accuracy", "regression": "mae", "language_model": "perplexity"}
 
 
 def build_scorer(task: str, *, loss_name: str) -> Scorer | None:
-    """Per micro batch, the sum the epoch's metric is made of (None: from the loss alone)."""
+    """The sum the epoch's metric is made of, over a batch of outputs (None: from the loss
+    alone)."""
     if task == "classification" and loss_name != "bce_with_logits":
         return _correct
     if task == "regression":
@@ -35,37 +39,42 @@ def _correct(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class EpochTrainMetrics:
     """Sums over the epoch's steps on this rank; `compute` reduces them and starts anew.
 
-    A step only appends its two device scalars to lists (no kernel); every `FOLD_EVERY`
-    steps, and at the epoch's end, they are folded into float64 sums by three kernels.
+    A step only appends its loss and its (output, target) pairs to lists (no kernel); every
+    `FOLD_EVERY` steps, after `FOLD_ELEMENTS` output elements, and at the epoch's end, they
+    are concatenated and folded into float64 sums by a few kernels.
     """
 
     FOLD_EVERY = 512
+    FOLD_ELEMENTS = 2**22  # 16 MB of fp32 outputs held at most
 
-    def __init__(self, task: str, *, device: torch.device, num_outputs: int, scored: bool):
-        self.task, self.num_outputs, self.scored = task, num_outputs, scored
+    def __init__(self, task: str, *, device: torch.device, num_outputs: int, scorer: Scorer | None):
+        self.task, self.num_outputs, self.scorer = task, num_outputs, scorer
         self._sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, score
         self._losses: list[torch.Tensor] = []
-        self._scores: list[torch.Tensor] = []
         self._sizes: list[int] = []
+        self._predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._elements = 0
         self._samples = 0
 
     def add(self, output: StepOutput, num_samples_global: int) -> None:
-        """One step: its loss share weighted by the step's size, and its metric sum."""
+        """One step: its loss share weighted by the step's size, and its predictions."""
         self._losses.append(output.loss)
-        if output.score is not None:
-            self._scores.append(output.score)
         self._sizes.append(num_samples_global)
         self._samples += num_samples_global
-        if len(self._sizes) >= self.FOLD_EVERY:
+        if output.predictions:
+            self._predictions += output.predictions
+            self._elements += num_samples_global * self.num_outputs  # a bound, no kernel
+        if len(self._sizes) >= self.FOLD_EVERY or self._elements >= self.FOLD_ELEMENTS:
             self._fold()
 
     def _fold(self) -> None:
         if self._sizes:
             sizes = torch.tensor(self._sizes, dtype=torch.float64, device=self._sums.device)
             self._sums[0] += torch.stack(self._losses).double() @ sizes
-        if self._scores:
-            self._sums[1] += torch.stack(self._scores).double().sum()
-        self._losses, self._scores, self._sizes = [], [], []
+        if self._predictions and self.scorer is not None:
+            outputs, targets = zip(*self._predictions, strict=True)
+            self._sums[1] += self.scorer(torch.cat(outputs), torch.cat(targets)).double()
+        self._losses, self._sizes, self._predictions, self._elements = [], [], [], 0
 
     def compute(self, strategy) -> dict | None:
         """{"loss": mean, "metrics": {name: value}} over the epoch (a collective)."""
@@ -80,7 +89,7 @@ class EpochTrainMetrics:
         name = METRIC_NAMES.get(self.task)
         if name == "perplexity":
             value = math.exp(min(loss, 700.0))
-        elif name is None or not self.scored:
+        elif name is None or self.scorer is None:
             return {"loss": loss, "metrics": {}}
         elif name == "mae":
             value = sums[1] / (samples * self.num_outputs)
@@ -95,7 +104,7 @@ class EpochTrainMetrics:
         return {"loss": loss, "score": score, "samples": self._samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self._losses, self._scores, self._sizes = [], [], []
+        self._losses, self._sizes, self._predictions, self._elements = [], [], [], 0
         values = [float(state.get("loss", 0.0)), float(state.get("score", 0.0))]
         self._sums.copy_(torch.tensor(values, dtype=torch.float64))
         self._samples = int(state.get("samples", 0))

@@ -316,3 +316,16 @@ def test_cuda_fast_path_matches_cpu_and_never_syncs():
         ):
             assert got_inputs.is_cuda and torch.equal(inputs, got_inputs.cpu())
             assert torch.equal(targets, got_targets.cpu())
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("dataset", [False, True], ids=["tensors", "dataset"])
+def test_only_the_last_step_of_an_epoch_ends_it(drop_last, dataset):
+    split = Split(None, None, dataset=IdDataset()) if dataset else id_split()
+    (loader,) = make_loaders(split, world_size=1, drop_last=drop_last)
+    for _ in range(2):  # two epochs; the second one resumed from the middle
+        flags = [batch.ends_epoch for batch in loader]
+        assert flags == [False] * (len(flags) - 1) + [True]
+        assert loader.remaining_steps() == loader.steps_per_epoch()  # the next epoch's
+    loader.load_state_dict({"epoch": 2, "samples_consumed": 32})
+    assert [batch.ends_epoch for batch in loader][-2:] == [False, True]

@@ -15,43 +15,58 @@ from scaletrain.train.train_metrics import EpochTrainMetrics, build_scorer
 STRATEGY = SingleStrategy(torch.device("cpu"))
 
 
+CLASSES = 10
+
+
 def _steps(num_steps: int, *, seed: int = 0):
-    """(loss share, correct count, step size) per step; the last step is short."""
+    """(loss share, (outputs, targets), step size) per step; the last step is short."""
     generator = torch.Generator().manual_seed(seed)
     sizes = [64] * (num_steps - 1) + [41]
     losses = torch.rand(num_steps, generator=generator)
-    correct = [int(torch.randint(0, size + 1, (), generator=generator)) for size in sizes]
-    return losses, correct, sizes
+    predictions = [
+        (torch.randn(size, CLASSES, generator=generator), torch.randint(0, CLASSES, (size,)))
+        for size in sizes
+    ]
+    return losses, predictions, sizes
 
 
-def _add_all(metrics: EpochTrainMetrics, losses, correct, sizes) -> None:
-    for loss, right, size in zip(losses, correct, sizes, strict=True):
-        output = StepOutput(loss, Verdict(), None, torch.tensor(right))
-        metrics.add(output, size)
+def _correct_count(predictions) -> int:
+    return sum(int((out.argmax(1) == target).sum()) for out, target in predictions)
+
+
+def _metrics(task: str = "classification", outputs: int = CLASSES) -> EpochTrainMetrics:
+    scorer = build_scorer(task, loss_name="auto")
+    return EpochTrainMetrics(task, device="cpu", num_outputs=outputs, scorer=scorer)
+
+
+def _add_all(metrics: EpochTrainMetrics, losses, predictions, sizes) -> None:
+    for loss, pair, size in zip(losses, predictions, sizes, strict=True):
+        metrics.add(StepOutput(loss, Verdict(), None, [pair]), size)
 
 
 @pytest.mark.parametrize("num_steps", [3, EpochTrainMetrics.FOLD_EVERY * 2 + 7])
 def test_epoch_loss_and_accuracy_equal_float64_sums(num_steps):
-    losses, correct, sizes = _steps(num_steps)
-    metrics = EpochTrainMetrics("classification", device="cpu", num_outputs=10, scored=True)
-    _add_all(metrics, losses, correct, sizes)
+    losses, predictions, sizes = _steps(num_steps)
+    metrics = _metrics()
+    _add_all(metrics, losses, predictions, sizes)
     summary = metrics.compute(STRATEGY)
     total = sum(sizes)
     want_loss = math.fsum(float(loss) * size for loss, size in zip(losses, sizes, strict=True))
     assert summary["loss"] == pytest.approx(want_loss / total, rel=1e-12)
-    assert summary["metrics"] == {"accuracy": pytest.approx(sum(correct) / total, rel=1e-12)}
+    accuracy = _correct_count(predictions) / total
+    assert summary["metrics"] == {"accuracy": pytest.approx(accuracy, rel=1e-12)}
     assert metrics.compute(STRATEGY) is None  # compute starts a new epoch
 
 
 def test_a_resumed_epoch_continues_its_sums():
-    losses, correct, sizes = _steps(40)
-    whole = EpochTrainMetrics("classification", device="cpu", num_outputs=10, scored=True)
-    _add_all(whole, losses, correct, sizes)
-    first = EpochTrainMetrics("classification", device="cpu", num_outputs=10, scored=True)
-    _add_all(first, losses[:25], correct[:25], sizes[:25])
-    resumed = EpochTrainMetrics("classification", device="cpu", num_outputs=10, scored=True)
+    losses, predictions, sizes = _steps(40)
+    whole = _metrics()
+    _add_all(whole, losses, predictions, sizes)
+    first = _metrics()
+    _add_all(first, losses[:25], predictions[:25], sizes[:25])
+    resumed = _metrics()
     resumed.load_state_dict(first.state_dict())
-    _add_all(resumed, losses[25:], correct[25:], sizes[25:])
+    _add_all(resumed, losses[25:], predictions[25:], sizes[25:])
     expected, got = whole.compute(STRATEGY), resumed.compute(STRATEGY)
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-12)
     assert got["metrics"]["accuracy"] == pytest.approx(expected["metrics"]["accuracy"], rel=1e-12)
@@ -68,9 +83,10 @@ def test_scorers_count_what_the_metrics_mean():
 
 
 def test_mae_and_perplexity_summaries():
-    mae = EpochTrainMetrics("regression", device="cpu", num_outputs=2, scored=True)
-    mae.add(StepOutput(torch.tensor(1.0), Verdict(), None, torch.tensor(6.0)), 3)
+    mae = _metrics("regression", outputs=2)
+    pair = (torch.zeros(3, 2), torch.tensor([[1.0, -1.0], [2.0, 0.0], [0.0, 2.0]]))
+    mae.add(StepOutput(torch.tensor(1.0), Verdict(), None, [pair]), 3)
     assert mae.compute(STRATEGY)["metrics"] == {"mae": 1.0}  # 6 / (3 samples x 2 outputs)
-    lm = EpochTrainMetrics("language_model", device="cpu", num_outputs=100, scored=False)
+    lm = _metrics("language_model", outputs=100)
     lm.add(StepOutput(torch.tensor(2.0), Verdict(), None, None), 8)
     assert lm.compute(STRATEGY)["metrics"] == {"perplexity": pytest.approx(math.exp(2.0))}

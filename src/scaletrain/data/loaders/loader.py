@@ -40,6 +40,7 @@ class StepBatch:
     micro_batches: list[MicroBatch]  # (inputs, targets) on the loader's device; may be empty
     num_samples_global: int  # samples in this step over all ranks: the loss denominator
     sample_ids: torch.Tensor  # int64 global ids this rank used, CPU
+    ends_epoch: bool = False  # the epoch's last step
 
 
 def epoch_order(
@@ -209,13 +210,19 @@ class BatchLoader:
             steps = self._tensor_steps(order, bounds)
         else:
             steps = self._dataset_loader.steps(self._rank_ids_per_step(order, bounds))
+        epoch_end = bounds[-1][1] if bounds else None
         for (start, stop), (micro_batches, sample_ids) in zip(bounds, steps, strict=True):
             if self.augment is not None:  # in this thread, in order: torch's RNG, checkpointed
                 micro_batches = [self.augment(*batch) for batch in micro_batches]
             # Counted as consumed when handed out: a checkpoint taken after training on this
             # step must resume after it.
             self.samples_consumed = stop
-            yield StepBatch(micro_batches, num_samples_global=stop - start, sample_ids=sample_ids)
+            yield StepBatch(
+                micro_batches,
+                num_samples_global=stop - start,
+                sample_ids=sample_ids,
+                ends_epoch=stop == epoch_end,
+            )
         self.epoch += 1
         self.samples_consumed = 0
 
