@@ -13,14 +13,27 @@ class Callback(Protocol):
 
 
 class CallbackList:
-    def __init__(self, callbacks: list):
-        self._hooks = {
-            event: [getattr(cb, event) for cb in callbacks if hasattr(cb, event)]
-            for event in EVENTS
-        }
+    """`callbacks.on_step_end(state)` calls every callback's hook, in order; an event no
+    callback implements costs one empty call (the loop calls some every step)."""
 
-    def __getattr__(self, event: str):
-        hooks = self._hooks.get(event)
-        if hooks is None:
-            raise AttributeError(event)
-        return lambda *args: [hook(*args) for hook in hooks] and None
+    def __init__(self, callbacks: list):
+        for event in EVENTS:
+            hooks = [getattr(cb, event) for cb in callbacks if hasattr(cb, event)]
+            setattr(self, event, _dispatcher(hooks))
+
+
+def _dispatcher(hooks: list):
+    if not hooks:
+        return _nothing
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def dispatch(*args) -> None:
+        for hook in hooks:
+            hook(*args)
+
+    return dispatch
+
+
+def _nothing(*args) -> None:
+    pass

@@ -105,9 +105,7 @@ def run_loop(
                 t.logger.after_step(state, output, batch.num_samples_global, log_step=log_step)
                 if output.verdict.interrupt:
                     stop.set("signal")  # every rank stops after the same step
-                paused = time.perf_counter()  # validation and saves are not training time
                 _after_update(t, stop, epoch_end=epoch_end, minutes_up=output.verdict.save_due)
-                t.logger.exclude_since(paused)
                 t.heartbeat.beat(state.step)  # hang diagnosis: this rank finished the step
                 callbacks.on_step_end(state)
                 if epoch_end:
@@ -138,23 +136,28 @@ def _handle_bad_step(t: Trainer, output) -> bool:
 
 
 def _after_update(t: Trainer, stop: StopReason, *, epoch_end: bool, minutes_up: bool) -> None:
-    """The epoch's training metrics, validation, then checkpoints (a signal saves at the end
-    of the loop instead: no validation and no other checkpoint delay it)."""
-    state = t.state
+    """The epoch's training metrics, validation, then checkpoints, where due (a signal saves
+    at the end of the loop instead: no validation and no other checkpoint delay it)."""
+    state, signalled = t.state, stop.reason == "signal"
+    last = state.step == t.plan.total_steps
+    validate = not signalled and t.evaluator.due(state.step, epoch_end=epoch_end, last=last)
+    reason = (
+        None if signalled else t.saver.due(state.step, epoch_end=epoch_end, minutes_up=minutes_up)
+    )
+    if not (epoch_end or validate or reason):
+        return  # most steps: nothing to time
+    paused = time.perf_counter()  # validation and saves are not training time
     if epoch_end:
         t.logger.end_epoch(state)
-    if stop.reason == "signal":
-        return
-    last = state.step == t.plan.total_steps
-    if t.evaluator.due(state.step, epoch_end=epoch_end, last=last):
+    if validate:
         validation = t.evaluator.validate(state.model, state)
         if validation.improved and t.save_best:
             t.save("best", best=True)
         if validation.stop:
             stop.set("early_stop")
-    reason = t.saver.due(state.step, epoch_end=epoch_end, minutes_up=minutes_up)
     if reason:
         t.save(reason)
+    t.logger.exclude_since(paused)
 
 
 def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | None) -> LoopResult:

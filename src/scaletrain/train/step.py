@@ -28,7 +28,7 @@ from scaletrain.train.precision import Precision
 Predictions = list[tuple[torch.Tensor, torch.Tensor]]  # (output, targets) per micro batch
 
 
-@dataclass
+@dataclass(slots=True)
 class StepOutput:
     loss: torch.Tensor  # this rank's share of the step's global mean loss (on the device)
     verdict: Verdict
