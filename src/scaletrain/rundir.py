@@ -53,7 +53,13 @@ def prepare_run_dir(out_dir: str | Path, name: str, *, overwrite: bool = False) 
         if not (root / "config.yaml").is_file():
             raise UserError(f"refusing to overwrite {root}: it is not a run directory")
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    try:
+        root.mkdir(parents=True)
+    except OSError as exc:  # out_dir is a file, under /dev/null or /proc, read-only ...
+        raise UserError(
+            f"run.out_dir: cannot create the run directory {root} ({exc.strerror}); "
+            "choose a folder you can write to (--out DIR)"
+        ) from None
     return RunDir(root)
 
 
