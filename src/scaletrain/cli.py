@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if not console.quiet:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(
@@ -221,6 +221,19 @@ def _prepare(args) -> int:
 
 
 # --- output -------------------------------------------------------------------------------
+MAX_ERROR_CHARS = 1000
+_CONTROL = {code: repr(chr(code))[1:-1] for code in (*range(32), 127)}
+
+
+def _one_line(message: str) -> str:
+    """An error as one terminal line: control characters (a newline in a key or file name)
+    escaped, and cut after MAX_ERROR_CHARS (a message may quote a whole value)."""
+    text = message.translate(_CONTROL)
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters in all)"
+
+
 _python_format_warning = warnings.formatwarning
 
 

@@ -8,6 +8,7 @@ Loading goes YAML/dict -> dotted overrides -> pydantic; any failure becomes one
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,24 +21,55 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from scaletrain.errors import ConfigError
+from scaletrain.typed_yaml import field_at, load_value, takes_text
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+# Counts fit in int32, so no number reaches torch or numpy as an overflow; the batch sizes
+# have a bound of their own (they size tensors), as does the seed (numpy takes 32 bits).
+MAX_COUNT = 2**31 - 1
+MAX_BATCH = 2**24
+MAX_SEED = 2**32 - 1
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML's `true` is not the number 1: pydantic's lax mode would take it as one."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "expected a number, not a boolean")
+    return value
+
+
+_NOT_BOOL = BeforeValidator(_not_bool)
+# One upper bound per type: of two `le` constraints pydantic reports the first.
+Int = Annotated[int, _NOT_BOOL, Field(le=MAX_COUNT)]
+PositiveInt = Annotated[int, _NOT_BOOL, Field(gt=0, le=MAX_COUNT)]
+NonNegInt = Annotated[int, _NOT_BOOL, Field(ge=0, le=MAX_COUNT)]
+BatchSize = Annotated[int, _NOT_BOOL, Field(gt=0, le=MAX_BATCH)]
+Seed = Annotated[int, _NOT_BOOL, Field(ge=0, le=MAX_SEED)]
+Float = Annotated[float, _NOT_BOOL]  # finite: Section's allow_inf_nan=False
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+Fraction = Annotated[Float, Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------- run
 class RunConfig(Section):
-    name: str = Field("run", description="Run name; the run directory is `<out_dir>/<name>`.")
-    seed: NonNegInt = Field(0, description="Seed for data split, shuffling, init and dropout.")
+    name: str = Field(
+        "run",
+        description="Run name; the run directory is `<out_dir>/<name>`: letters, digits, "
+        "`.`, `_`, `-` (no path separators, no leading dot), at most 128 characters "
+        "(checked where the run directory is made).",
+    )
+    seed: Seed = Field(
+        0, description="Seed for data split, shuffling, init and dropout (0 .. 2^32 - 1)."
+    )
     out_dir: str = Field("runs", description="Parent folder of run directories.")
 
 
@@ -55,7 +87,7 @@ class TableConfig(Section):
         description="Missing/NaN/Inf numbers: `none` = error naming file:row:column; else fill "
         "with the train split's mean/median or `impute_value` (categories: the unknown bucket).",
     )
-    impute_value: float = Field(0.0, description="Fill value for `impute: constant`.")
+    impute_value: Float = Field(0.0, description="Fill value for `impute: constant`.")
 
 
 class TextConfig(Section):
@@ -90,15 +122,15 @@ class ImageConfig(Section):
 
 class AugmentConfig(Section):
     crop_padding: NonNegInt = Field(0, description="Random crop after zero-padding this many px.")
-    hflip: Annotated[float, Field(ge=0, le=1)] = Field(
+    hflip: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.0, description="Probability of a horizontal flip."
     )
     rotation: NonNegFloat = Field(0.0, description="Random rotation within +-degrees.")
-    color_jitter: Annotated[float, Field(ge=0, le=1)] = Field(
+    color_jitter: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.0, description="Brightness/contrast/saturation jitter strength (RGB in [0, 1])."
     )
     noise_std: NonNegFloat = Field(0.0, description="Gaussian noise std (normalized units).")
-    cutout: Annotated[float, Field(ge=0, lt=1)] = Field(
+    cutout: Annotated[Float, Field(ge=0, lt=1)] = Field(
         0.0, description="Zero one random square of this share of the image side."
     )
     mixup_alpha: NonNegFloat = Field(0.0, description="Mixup Beta(alpha, alpha); 0 = off.")
@@ -145,12 +177,14 @@ class DataConfig(Section):
         description="Label column (csv/parquet/text_csv), key (npz/text_jsonl), column index or "
         "`last` (npy).",
     )
-    features: list[str] | None = Field(None, description="Feature columns; default all but label.")
+    features: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="Feature columns; default all but label."
+    )
     task: Literal["auto", "classification", "regression", "language_model"] = Field(
         "auto",
         description="`auto`: classification for class names or few distinct integer labels.",
     )
-    classes: list[str] | None = Field(
+    classes: Annotated[list[str], Field(min_length=1)] | None = Field(
         None, description="Declared class names; a label outside them is an error."
     )
     layout: Literal["auto", "image", "flat"] = Field(
@@ -192,6 +226,64 @@ class DataConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_source_keys(self) -> DataConfig:
+        """A key set away from its default that the chosen source never reads is a mistake
+        (a csv path under `source: builtin` would train on digits)."""
+        # `tensors`: the Python API's data replaced the configured source. `shards`: one config
+        # prepares the shards and then trains on them (data.source=shards), so the keys of
+        # the source they were prepared from stay, as `data.shards` does under that source.
+        if self.source in ("tensors", "shards"):
+            return self
+        for key, readers in _SOURCE_KEYS.items():
+            if self.source in readers:
+                continue
+            default = type(self).model_fields[key].default
+            changed = _first_change(getattr(self, key), default, key)
+            if changed is not None:
+                path, value = changed
+                raise ValueError(
+                    f"data.{path}: data.source={self.source} does not read it (got "
+                    f"{_echo(value)}); remove it, or use a source that does: {', '.join(readers)}"
+                )
+        return self
+
+
+# The data keys only some sources read.
+_FILE_SOURCES = ("csv", "parquet", "npy", "npz", "image_folder", "text_csv", "text_jsonl")
+_SOURCE_KEYS = {
+    "name": ("builtin",),
+    "path": (*_FILE_SOURCES, "text_corpus", "shards"),
+    "label": ("csv", "parquet", "npy", "npz", "text_csv", "text_jsonl"),
+    "features": ("csv", "parquet"),
+    "table": ("csv", "parquet"),
+    "text": ("text_csv", "text_jsonl", "text_corpus", "builtin"),  # builtin: stdlib_text
+    "image": ("image_folder",),
+}
+
+
+def _first_change(value: Any, default: Any, path: str) -> tuple[str, Any] | None:
+    """(dotted path, value) of the first leaf that differs from its default, or None."""
+    if value == default:
+        return None
+    if isinstance(value, BaseModel) and isinstance(default, BaseModel):
+        for name in type(value).model_fields:
+            changed = _first_change(getattr(value, name), getattr(default, name), name)
+            if changed is not None:
+                return f"{path}.{changed[0]}", changed[1]
+    return path, value
+
+
+def _echo(value: Any, limit: int = 200) -> str:
+    """repr(value), cut to ``limit`` characters: an error line quotes what it received."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"an {type(value).__name__} too long to print"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 # --------------------------------------------------------------------------- model
 class InitConfig(Section):
@@ -225,7 +317,9 @@ class MLPConfig(Section):
 
 class CNNConfig(Section):
     name: Literal["cnn"] = "cnn"
-    channels: list[PositiveInt] = Field([32, 64], description="Output channels per conv block.")
+    channels: list[PositiveInt] = Field(
+        [32, 64], min_length=1, description="Output channels per conv block (at least one)."
+    )
     kernel_size: PositiveInt = Field(3, description="Conv kernel size (same padding).")
     pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling per block.")
     batch_norm: bool = Field(True, description="BatchNorm2d after each conv.")
@@ -238,11 +332,13 @@ class CNNConfig(Section):
 class TextCNNConfig(Section):
     name: Literal["textcnn"] = "textcnn"
     embed_dim: PositiveInt = Field(64, description="Token embedding size.")
-    kernel_sizes: list[PositiveInt] = Field([3, 4, 5], description="Widths of parallel convs.")
+    kernel_sizes: list[PositiveInt] = Field(
+        [3, 4, 5], min_length=1, description="Widths of parallel convs (at least one)."
+    )
     num_filters: PositiveInt = Field(64, description="Filters per kernel width.")
     dropout: Fraction = Field(0.5, description="Dropout before the classifier.")
     vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
-    padding_idx: int | None = Field(0, description="Token id that pads sequences.")
+    padding_idx: Int | None = Field(0, description="Token id that pads sequences.")
     init: InitConfig = InitConfig()
 
 
@@ -268,13 +364,13 @@ class ScheduleConfig(Section):
         0, description="Linear warmup steps: multiplier (s+1)/(W+1), then the shape."
     )
     warmup_ratio: Fraction = Field(0.0, description="Warmup as a share of total steps.")
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+    min_lr_ratio: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.0, description="Final multiplier for cosine/linear decay."
     )
     step_size: PositiveInt = Field(100, description="`step`: decay every this many steps.")
     milestones: list[PositiveInt] = Field([], description="`multistep`: steps that decay.")
     gamma: PositiveFloat = Field(0.1, description="Decay factor for step/multistep/exponential.")
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.3, description="`onecycle` rise.")
+    pct_start: Annotated[Float, Field(gt=0, lt=1)] = Field(0.3, description="`onecycle` rise.")
     div_factor: PositiveFloat = Field(25.0, description="`onecycle`: start = 1/div_factor.")
     final_div_factor: PositiveFloat = Field(1e4, description="`onecycle`: end divisor.")
 
@@ -304,7 +400,7 @@ class OptimConfig(Section):
     )
     lr: PositiveFloat = Field(1e-3, description="Peak learning rate.")
     weight_decay: NonNegFloat = Field(0.0, description="Decoupled for adamw, coupled otherwise.")
-    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="sgd/rmsprop.")
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = Field(0.0, description="sgd/rmsprop.")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum.")
     betas: tuple[Fraction, Fraction] = Field((0.9, 0.999), description="adam/adamw betas.")
     eps: PositiveFloat = Field(1e-8, description="Denominator epsilon.")
@@ -341,9 +437,9 @@ class LossConfig(Section):
         Field("auto", description="`auto`: cross_entropy for classification, mse otherwise.")
     )
     label_smoothing: Fraction = Field(0.0, description="cross_entropy label smoothing.")
-    class_weights: Literal["none", "balanced"] | list[PositiveFloat] = Field(
-        "none", description="cross_entropy class weights; `balanced` from train counts."
-    )
+    class_weights: (
+        Literal["none", "balanced"] | Annotated[list[PositiveFloat], Field(min_length=1)]
+    ) = Field("none", description="cross_entropy class weights; `balanced` from train counts.")
     huber_delta: PositiveFloat = Field(1.0, description="huber threshold.")
 
 
@@ -364,7 +460,7 @@ class SpikeConfig(Section):
         description="A step whose loss is this many standard deviations above the mean of the "
         "last `window` good steps is a spike (handled like a non-finite step); null = off.",
     )
-    window: Annotated[int, Field(ge=8)] = Field(
+    window: Annotated[Int, Field(ge=8)] = Field(
         50, description="Good steps in the moving window (no spike is called before it fills)."
     )
 
@@ -381,7 +477,7 @@ class GuardConfig(Section):
         description="skip: stop after this many bad steps in a row; rollback: roll back "
         "once this many are seen in a row (a spike rolls back at once).",
     )
-    lr_backoff: Annotated[float, Field(gt=0, le=1)] = Field(
+    lr_backoff: Annotated[Float, Field(gt=0, le=1)] = Field(
         0.5, description="rollback: multiply the learning rate by this at every rollback."
     )
     max_rollbacks: PositiveInt = Field(
@@ -410,10 +506,13 @@ Precision = Annotated[
 class TrainConfig(Section):
     max_epochs: PositiveInt | None = Field(10, description="Epochs to train (or max_steps).")
     max_steps: PositiveInt | None = Field(None, description="Optimizer steps; wins if set.")
-    batch_size: PositiveInt = Field(64, description="Global batch: samples per optimizer step.")
-    micro_batch_size: PositiveInt | Literal["auto"] | None = Field(
+    batch_size: BatchSize = Field(
+        64, description="Global batch: samples per optimizer step (at most 2^24)."
+    )
+    micro_batch_size: BatchSize | Literal["auto"] | None = Field(
         None,
-        description="Samples per forward pass per rank; default batch_size / world size. "
+        description="Samples per forward pass per rank, at most batch_size; default "
+        "batch_size / world size. "
         "`auto`: start there and halve it on an out-of-memory error in the first steps "
         "(one process), accumulating more so the global batch stays the same.",
     )
@@ -451,6 +550,13 @@ class TrainConfig(Section):
     def _check(self) -> TrainConfig:
         if self.max_epochs is None and self.max_steps is None:
             raise ValueError("train: set max_epochs or max_steps (both are null)")
+        micro = self.micro_batch_size
+        if isinstance(micro, int) and micro > self.batch_size:
+            raise ValueError(
+                f"train.micro_batch_size: {micro} is larger than train.batch_size "
+                f"({self.batch_size}), the samples of one optimizer step on all ranks together; "
+                f"set it to at most {self.batch_size} (or raise train.batch_size)"
+            )
         return self
 
 
@@ -607,29 +713,52 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); a config is a YAML text file saved as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    raw = load_value(text, Config, where=str(path), file=True)
     if raw is None:
-        return {}
+        raise ConfigError(
+            f"{path}: the config is empty (or only comments); give at least one section, "
+            "or `{}` to train every default"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
 def _apply_override(raw: dict, item: str) -> None:
+    """Set ``section.key=value``; the value is YAML read as the field's type (a string
+    field takes `off` or `32` as written, a list field a YAML list)."""
     key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override `{item}`: expected KEY=VALUE, e.g. optim.lr=3e-4")
-    value = yaml.safe_load(text) if text else ""
-    node = raw
     parts = key.split(".")
+    if not sep or not key:
+        raise ConfigError(f"override {_echo(item)}: expected KEY=VALUE, e.g. optim.lr=3e-4")
+    if not all(parts):
+        raise ConfigError(
+            f"override {_echo(item)}: the key {_echo(key)} has an empty part; write "
+            "section.key=value, e.g. optim.lr=3e-4"
+        )
+    field = field_at(Config, raw, parts)
+    annotation = field.annotation if field is not None else None
+    try:
+        value = load_value(text, annotation, where=key, default=field and field.default)
+    except ConfigError as exc:
+        if not takes_text(annotation, text):
+            raise ConfigError(f"{exc} in override {_echo(item)}") from None
+        value = text  # not YAML, but a string field takes the text as written
+    if text == "":
+        value = ""
+    node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override `{item}`: `{part}` is not a section")
+            raise ConfigError(f"override {_echo(item)}: `{part}` is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -647,8 +776,8 @@ _MODEL_CLASSES = {cls.model_fields["name"].default: cls for cls in ModelConfig._
 
 def _describe(exc: ValidationError, raw: dict) -> str:
     """Turn the first pydantic error into one line: key path, received, expected, fix."""
-    error = exc.errors()[0]
-    loc = _clean_loc(error["loc"])
+    error = _first_error(exc.errors())
+    loc = _clean_loc(error["loc"], unions=error["type"] != "extra_forbidden")  # a key as typed
     path = ".".join(str(part) for part in loc) or "<root>"
     if error["type"] == "extra_forbidden":
         hint = _did_you_mean(loc, raw)
@@ -659,14 +788,38 @@ def _describe(exc: ValidationError, raw: dict) -> str:
     if error["type"] == "value_error":
         return str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
     received = error.get("input")
-    return f"{path}: {error['msg'].lower()}, got {received!r}"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{path}: {message}, got {_echo(received)}"
 
 
-def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union tag from paths like ('model', 'mlp', 'hidden')."""
+def _first_error(errors: list[dict]) -> dict:
+    """The first error, or where a union's members all failed at that key, the member that
+    took the value's type (`[]` for `"none" | list`: the list is too short, not "not none")."""
+    loc = _clean_loc(errors[0]["loc"])
+    for error in errors:
+        if _clean_loc(error["loc"])[: len(loc)] != loc:
+            continue
+        kind = error["type"]
+        if not (kind.endswith(("_type", "_parsing")) or kind in _WRONG_KIND):
+            return error
+    return errors[0]
+
+
+_WRONG_KIND = {"literal_error", "none_required", "bool_not_number", "model_type"}
+
+
+# pydantic names a union member it tried in the error's location: `int`, `none`,
+# `literal['auto']`, `function-after[...]`, `list[...]`; the key path is the rest.
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|[a-z-]+\[.*\])$", re.DOTALL)
+
+
+def _clean_loc(loc: tuple, *, unions: bool = True) -> tuple:
+    """Drop pydantic's union tags from paths like ('model', 'mlp', 'hidden')."""
     if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_CLASSES:
-        return (loc[0], *loc[2:])
-    return tuple(loc)
+        loc = (loc[0], *loc[2:])
+    if not unions:
+        return tuple(loc)
+    return tuple(part for part in loc if not (isinstance(part, str) and _UNION_TAG.match(part)))
 
 
 def _did_you_mean(loc: tuple, raw: dict) -> str:

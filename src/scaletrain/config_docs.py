@@ -10,13 +10,22 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from scaletrain.config import Config, ModelConfig
+from scaletrain.typed_yaml import MAX_VALUES
 
-HEADER = """# Config reference
+HEADER = f"""# Config reference
 
 Generated from `src/scaletrain/config.py` by `python -m scaletrain.config_docs > docs/config.md`
 (a test fails when this file is out of date). Every key can be set in YAML or overridden on the
 command line as `section.key=value`. Unknown keys and out-of-range values are rejected with
 the key path named.
+
+A value is read as YAML against its key's type, in a file and in an override alike: a key that
+takes words takes `off`, `32` or `yes` as written (`train.guard.nonfinite=off`,
+`train.precision=32`), a list key takes a YAML list (`model.channels=[16, 32]`), numbers stay
+numbers. `true`/`false` are not numbers, numbers must be finite (no `.inf`, `.nan` or `1e400`),
+and counts stay below 2^31. The `data` keys that only some sources read (`path`, `name`,
+`label`, `features`, `table`, `text`, `image`) are refused when set away from their default
+under a source that ignores them (`shards` excepted: they describe how the shards were made). YAML aliases may expand to at most {MAX_VALUES:,} values.
 """
 
 

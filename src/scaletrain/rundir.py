@@ -61,7 +61,13 @@ def prepare_run_dir(
             lock.acquire()
         _empty(root, keep=lock.path if lock else None)
     else:
-        root.mkdir(parents=True)
+        try:
+            root.mkdir(parents=True)
+        except OSError as exc:  # out_dir is a file, under /dev/null or /proc, read-only ...
+            raise UserError(
+                f"run.out_dir: cannot create the run directory {root} ({exc.strerror}); "
+                "choose a folder you can write to (--out DIR)"
+            ) from None
         if lock is not None:
             lock.acquire()
     return RunDir(root)

@@ -168,3 +168,29 @@ def test_resume_flag_starts_over_where_no_checkpoint_was_committed(tmp_path, cap
     assert summary["status"] == "finished" and summary["steps"] == 3
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert not any(event.get("event") == "resume" for event in events)  # started over
+
+
+def test_a_refused_config_leaves_nothing_that_refuses_the_rerun(tmp_path, capsys):
+    """A batch size too large for torch once failed after the run directory existed, so the
+    corrected command was refused with "already exists"."""
+    args = [
+        "train",
+        str(ROOT / "configs/default.yaml"),
+        "--out",
+        str(tmp_path),
+        "train.max_steps=1",
+        "train.device=cpu",
+        "log.report=false",
+        "log.progress=false",
+        "train.guard.nonfinite=off",  # documented words need no quotes
+    ]
+    code, _, err = scaletrain_in_process(
+        capsys, *args, "train.batch_size=99999999999999999999999999999"
+    )
+    assert code == 2 and err.splitlines() == [
+        "error: train.batch_size: input should be less than or equal to 16777216, got "
+        "99999999999999999999999999999"
+    ], err
+    assert not any(tmp_path.iterdir())
+    code, _, err = scaletrain_in_process(capsys, *args, "train.batch_size=32")
+    assert code == 0, err

@@ -14,7 +14,12 @@ from scaletrain.data.raw import RawData
 from scaletrain.data.transforms.image import ImageDecoder
 from scaletrain.data.transforms.labels import Targets, balanced_weights, encode_targets
 from scaletrain.data.transforms.preprocess import Preprocessor
-from scaletrain.data.transforms.split import SplitIndices, split_groups, split_indices
+from scaletrain.data.transforms.split import (
+    SplitIndices,
+    StratifyError,
+    split_groups,
+    split_indices,
+)
 from scaletrain.data.transforms.table import TableEncoder
 from scaletrain.data.transforms.text import TextEncoder
 from scaletrain.errors import ConfigError, DataError
@@ -35,7 +40,7 @@ def bundle_from_raw(
         declared=cfg.classes,
         locate=raw.locate,
     )
-    indices = _assign_splits(cfg, targets, seed=seed, provided=provided, groups=raw.groups)
+    indices = _assign_splits(cfg, targets, raw, seed=seed, provided=provided)
     _check_train_classes(targets, indices, raw)
     encoder, encoded = fit_encoder(cfg, raw, train_rows=indices.train)
     inputs, is_image = _apply_layout(encoded, raw, cfg.layout)
@@ -107,13 +112,13 @@ def _apply_layout(inputs: np.ndarray, raw: RawData, layout: str) -> tuple[torch.
 def _assign_splits(
     cfg: DataConfig,
     targets: Targets,
+    raw: RawData,
     *,
     seed: int,
     provided: dict[str, np.ndarray] | None,
-    groups: np.ndarray | None = None,
 ) -> SplitIndices:
     """Split the pool (all samples, or the provided train) into the splits not provided."""
-    provided = provided or {}
+    provided, groups = provided or {}, raw.groups
     pool = provided.get("train", np.arange(len(targets.values)))
     stratify = targets.task == "classification" and cfg.stratify
     options = {
@@ -122,16 +127,35 @@ def _assign_splits(
         "seed": seed,
         "stratify_labels": targets.values.numpy()[pool] if stratify else None,
     }
-    if groups is None:
-        cut = split_indices(len(pool), **options)
-    else:  # whole files go to one split, so no file leaks between train and test
-        cut = split_groups(groups[pool], **options)
+    try:
+        if groups is None:
+            cut = split_indices(len(pool), **options)
+        else:  # whole files go to one split, so no file leaks between train and test
+            cut = split_groups(groups[pool], **options)
+    except StratifyError as exc:
+        raise _rare_class_error(raw, int(pool[exc.sample]), num_samples=len(pool)) from None
 
     def pick(name: str, rows: np.ndarray | None) -> np.ndarray | None:
         return provided[name] if name in provided else None if rows is None else pool[rows]
 
     return SplitIndices(
         train=pool[cut.train], val=pick("val", cut.val), test=pick("test", cut.test)
+    )
+
+
+def _rare_class_error(raw: RawData, row: int, *, num_samples: int) -> DataError:
+    """A label alone in its class: a rare class, or a label that is no class at all (-5 or
+    1e308 among 0/1 labels): name the row either way."""
+    value = np.asarray(raw.labels).reshape(len(raw.labels), -1)[row, 0]
+    if isinstance(value, float | np.floating):
+        text = f"{value:g}"
+    else:
+        text = str(value) if isinstance(value, int | np.integer) else repr(str(value)[:100])
+    return DataError(
+        f"{raw.locate(row)}: label {text} is the only sample of its class among the "
+        f"{num_samples} samples split, and a stratified split needs at least 2 per class; if "
+        "it is not a class (a typo, a code for missing), fix or drop the row, or list the "
+        "classes in data.classes; if it is one, add samples of it or set data.stratify=false"
     )
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from scaletrain.config import DataConfig
+from scaletrain.config import DataConfig, load_config
 from scaletrain.data import build_data
 from scaletrain.errors import ConfigError, DataError, UserError
 
@@ -176,6 +176,6 @@ def test_user_data_errors():
 
 def test_features_with_an_npy_source_is_a_config_error(tmp_path):
     np.save(tmp_path / "table.npy", np.zeros((10, 3)))
-    cfg = DataConfig(source="npy", path=str(tmp_path / "table.npy"), features=["a"])
-    with pytest.raises(ConfigError, match="data.features: names csv columns"):
-        build_data(cfg, seed=0)
+    data = {"source": "npy", "path": str(tmp_path / "table.npy"), "features": ["a"]}
+    with pytest.raises(ConfigError, match="data.features: data.source=npy does not read it"):
+        load_config({"data": data})

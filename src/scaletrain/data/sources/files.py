@@ -13,7 +13,8 @@ Formats:
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,34 @@ class CsvTable:
     header: list[str]
     rows: list[list[str]]
     line_numbers: list[int]  # 1-based line in the file (the header is line 1)
+    # name -> position: a lookup per column in the header list was quadratic in the width
+    # (100k columns took minutes)
+    indices: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.indices = {name: index for index, name in enumerate(self.header)}
 
     def column_index(self, name: str, *, role: str) -> int:
-        if name not in self.header:
+        index = self.indices.get(name)
+        if index is None:
             columns = ", ".join(self.header)
             raise DataError(f"{self.path}: no {role} column {name!r}; columns are: {columns}")
-        return self.header.index(name)
+        return index
+
+    @functools.cached_property
+    def cells(self) -> np.ndarray:
+        """Every cell as text, (rows, columns) object array: a column is then a view."""
+        cells = np.empty((len(self.rows), len(self.header)), dtype=object)
+        cells[:] = self.rows
+        return cells
 
     def column(self, name: str) -> Column:
         """One column's cells as text, with their file lines for messages."""
         index = self.column_index(name, role="feature")
-        cells = np.array([row[index] for row in self.rows], dtype=object)
-        return Column(name, cells, lambda row: f"{self.path}:{self.line_numbers[row]}")
+        return Column(name, self.cells[:, index], self._locate)
+
+    def _locate(self, row: int) -> str:
+        return f"{self.path}:{self.line_numbers[row]}"
 
     def parse_numbers(self, columns: list[int]) -> np.ndarray:
         """Columns as float64 (N, len(columns)); the first bad or non-finite cell raises."""
@@ -157,8 +174,9 @@ def feature_names(header: list[str], cfg: DataConfig, *, path: Path) -> list[str
     names = cfg.features or [name for name in header if name != cfg.label]
     if cfg.label in names:
         raise ConfigError(f"data.features: lists the label column {cfg.label!r}")
+    columns = set(header)  # a set: one lookup per feature, whatever the width
     for name in names:
-        if name not in header:
+        if name not in columns:
             raise DataError(f"{path}: no feature column {name!r}; columns are: {', '.join(header)}")
     if not names:
         raise DataError(f"{path}: no feature columns besides the label {cfg.label!r}")
@@ -179,7 +197,7 @@ def csv_labels(table: CsvTable, index: int, *, cfg: DataConfig) -> np.ndarray:
 @register_source("npy")
 def read_npy(cfg: DataConfig) -> RawData:
     """A 2-D numeric array whose column ``data.label`` holds the label."""
-    path = check_file(_no_features(cfg).path)
+    path = check_file(cfg.path)  # data.features: refused by the config for npy
     array = load_numpy(path)
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         shape = getattr(array, "shape", None)
@@ -207,7 +225,7 @@ def _label_column(label: str, *, num_columns: int, path: Path) -> int:
 @register_source("npz")
 def read_npz(cfg: DataConfig) -> RawData:
     """Arrays ``x`` (inputs) and ``data.label`` (labels) of an ``.npz`` archive."""
-    path = check_file(_no_features(cfg).path)
+    path = check_file(cfg.path)
     archive = load_numpy(path)
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
@@ -238,15 +256,6 @@ def npz_input_key(keys: list[str], *, label: str, path: Path) -> str:
     if len(others) != 1:
         raise DataError(f"{path}: no input array 'x'; arrays: {', '.join(keys)}")
     return others[0]
-
-
-def _no_features(cfg: DataConfig) -> DataConfig:
-    if cfg.features is not None:
-        raise ConfigError(
-            f"data.features: names csv columns, but data.source is {cfg.source!r}, which uses "
-            "every column except the label; remove data.features"
-        )
-    return cfg
 
 
 def load_numpy(path: Path):

@@ -9,6 +9,15 @@ import numpy as np
 from scaletrain.errors import DataError
 
 
+class StratifyError(DataError):
+    """A class has too few samples for a stratified cut; ``sample`` is the position (in the
+    count given to the split) of its first sample, ``label`` its label."""
+
+    def __init__(self, message: str, *, sample: int, label, count: int):
+        super().__init__(message)
+        self.sample, self.label, self.count = sample, label, count
+
+
 @dataclass(frozen=True)
 class SplitIndices:
     """Sorted sample indices of each split; None where its fraction is 0."""
@@ -51,13 +60,17 @@ def split_groups(
     """
     names, first, group_of_sample = np.unique(groups, return_index=True, return_inverse=True)
     group_labels = None if stratify_labels is None else stratify_labels[first]
-    cut = split_indices(
-        len(names),
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        stratify_labels=group_labels,
-    )
+    try:
+        cut = split_indices(
+            len(names),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            stratify_labels=group_labels,
+        )
+    except StratifyError as exc:  # name the group's first sample, not the group
+        exc.sample = int(first[exc.sample])
+        raise
 
     def samples_of(group_ids: np.ndarray | None) -> np.ndarray | None:
         if group_ids is None:
@@ -79,9 +92,29 @@ def _cut(
             indices, test_size=fraction, random_state=seed % 2**32, stratify=labels
         )
     except ValueError as exc:
+        if labels is not None:
+            _raise_for_rare_class(indices, labels, fraction=fraction)
         hint = "set data.stratify=false or " if labels is not None else ""
         raise DataError(
             f"cannot split {len(indices)} samples with a held-out share of {fraction:.3g}: "
             f"{exc}; {hint}change data.val_fraction / data.test_fraction"
         ) from None
     return np.sort(kept), np.sort(held)
+
+
+def _raise_for_rare_class(indices: np.ndarray, labels: np.ndarray, *, fraction: float) -> None:
+    """A class with one sample cannot be stratified: raise naming the first such sample."""
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    rare = np.flatnonzero(counts < 2)
+    if not len(rare):
+        return  # another reason (a held-out share smaller than the number of classes)
+    pick = rare[np.argmin(first[rare])]
+    sample = int(indices[first[pick]])
+    raise StratifyError(
+        f"sample {sample} (0-based): its label is the only sample of class {values[pick]!r} "
+        f"among {len(indices)} samples, and a stratified split (held-out share "
+        f"{fraction:.3g}) needs at least 2 per class; set data.stratify=false or fix the label",
+        sample=sample,
+        label=values[pick],
+        count=int(counts[pick]),
+    )
