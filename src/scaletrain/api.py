@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from scaletrain._alloc import tune_malloc
 from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
-from scaletrain.errors import UserError
+from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
@@ -95,7 +96,12 @@ def train(
             _write_model_summary(run, model, bundle.spec, show=cfg.log.progress)
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
-        return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
+        try:
+            return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
+        except ConfigError:
+            if strategy.is_main:
+                _remove_if_untrained(run)  # refused late: leave no half-made run directory
+            raise
     finally:
         lock.release()
         strategy.teardown()
@@ -343,6 +349,14 @@ def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
         num_outputs=spec.num_outputs,
         vocab_size=spec.vocab_size,
     )
+
+
+def _remove_if_untrained(run: RunDir) -> None:
+    """A run refused before its first update (a config mismatch only the built model or
+    loss could see) leaves nothing behind, so the corrected rerun is not refused."""
+    summary = read_json(run.summary) if run.summary.is_file() else {}
+    if not summary.get("steps") and not any(run.checkpoints.glob("step_*")):
+        shutil.rmtree(run.root, ignore_errors=True)
 
 
 def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec, *, show: bool) -> None:

@@ -129,3 +129,15 @@ def test_a_sigterm_read_on_an_evaluation_step_stops_there(tmp_path):
     assert summary["steps"] == 5 and summary["status"] == "interrupted"
     assert (run.run_dir / "checkpoints" / "step_00000005").is_dir()
     assert [r["step"] for r in _records(run.run_dir, "val")] == []  # stopping, not validating
+
+
+def test_a_config_refused_by_the_built_loss_leaves_no_run_directory(tmp_path):
+    """Ten classes, two weights: refused when the loss is built, after the run directory
+    was made; the directory goes, so the corrected rerun is not refused as existing."""
+    config = _config(tmp_path, "weights-mismatch", max_epochs=1)
+    config["loss"] = {"class_weights": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match="loss.class_weights"):
+        scaletrain.train(config)
+    assert not (tmp_path / "weights-mismatch").exists()
+    del config["loss"]
+    assert scaletrain.train(config).status == "finished"

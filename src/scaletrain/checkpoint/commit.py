@@ -27,16 +27,28 @@ def commit(tmp: Path, final: Path, *, step: int) -> None:
     fsync_dir(final.parent)
 
 
-def describe_failure(error: BaseException | None, directory: Path) -> str:
-    """One line: the OS reason if there is one, `No space left on device` on a full disk."""
+def describe_failure(
+    error: BaseException | None, directory: Path, *, needed_bytes: int | None = None
+) -> str:
+    """One line: the OS reason if there is one; on a full disk also what this rank's part of
+    the checkpoint needs and what is free, so the user knows how much room to make."""
     root = _root_cause(error)
+    free = _free_bytes(directory)
+    full = getattr(root, "errno", None) == errno.ENOSPC or (
+        free is not None and free < _LOW_SPACE_BYTES
+    )
+    if full:
+        room = f"{_mb(free)} free in {directory}" if free is not None else f"in {directory}"
+        need = f"; this rank's part needs about {_mb(needed_bytes)}" if needed_bytes else ""
+        return f"{os.strerror(errno.ENOSPC)} ({room}{need})"
     if isinstance(root, OSError) and root.strerror:
         return root.strerror
-    free = _free_bytes(directory)
-    if free is not None and free < _LOW_SPACE_BYTES:
-        return f"{os.strerror(errno.ENOSPC)} ({free} bytes free in {directory})"
     text = str(root).strip().splitlines()
     return text[0] if text else type(root).__name__
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MB"
 
 
 def new_checkpoint_group(strategy):

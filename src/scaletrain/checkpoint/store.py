@@ -42,6 +42,17 @@ _TMP_DIR = re.compile(r"^step_(\d{8})\.tmp$")
 BEST_FILE = "best.json"
 
 
+def tensor_bytes(tree) -> int:
+    """Bytes of this rank's tensors in a state dict (a DTensor counts its local shard)."""
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(value) for value in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(tensor_bytes(value) for value in tree)
+    local = getattr(tree, "to_local", None)
+    tree = local() if local is not None else tree
+    return tree.numel() * tree.element_size() if hasattr(tree, "element_size") else 0
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped; the CLI prints these as one `warning:` line."""
 
@@ -117,7 +128,11 @@ class CheckpointStore:
         if strategy.any_flag(error is not None):
             if strategy.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-            reason = describe_failure(error, self.root) if error else "another rank failed"
+            reason = (
+                describe_failure(error, self.root, needed_bytes=tensor_bytes(tensors))
+                if error
+                else "another rank failed"
+            )
             raise CheckpointError(
                 f"saving checkpoint {final} failed: {reason}; earlier checkpoints are untouched"
             )

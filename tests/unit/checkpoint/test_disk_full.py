@@ -5,6 +5,7 @@ The disk is a real 1 MiB tmpfs (needs root and `mount`; skipped with the reason 
 """
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -125,3 +126,5 @@ def test_a_run_that_fills_the_disk_ends_with_one_line(small_disk, tmp_path, caps
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and "No space left" in err[0], err
     assert not any("Traceback" in line for line in err)
+    # what to do about it: the room this rank's checkpoint needs, and what is free
+    assert re.search(r"MB free in .+; this rank's part needs about [0-9.]+ MB", err[0]), err
