@@ -105,6 +105,7 @@ def test_help_on_every_command(capsys):
     assert result.returncode == 0 and "train" in result.stdout
 
 
+@pytest.mark.slow  # end-to-end (or several processes): make test, not test-fast
 def test_default_config_trains_eval_and_predict(tmp_path):
     """`make run`'s config reaches >= 0.97 test accuracy; eval/predict reuse the run."""
     result = scaletrain(

@@ -5,11 +5,13 @@ and (faulthandler) the Python stack it was stuck in."""
 import json
 import time
 
+import pytest
 from distributed_helpers import WORKERS, torchrun
 
 TIMEOUT_S = 8  # parallel.timeout_s for this run: the bound is TIMEOUT_S + 30 s
 
 
+@pytest.mark.slow  # end-to-end (or several processes): make test, not test-fast
 def test_stalled_rank_is_named_and_nobody_hangs(tmp_path):
     stall_rank, stall_after = 1, 3
     started = time.monotonic()

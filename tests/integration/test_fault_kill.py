@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -84,6 +85,7 @@ def _digest(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow  # end-to-end (or several processes): make test, not test-fast
 def test_sigkill_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
     seed = random.SystemRandom().randrange(1 << 30)
     plan = _kill_plan(random.Random(seed))

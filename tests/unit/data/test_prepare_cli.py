@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -15,6 +16,7 @@ def scaletrain(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # end-to-end (or several processes): make test, not test-fast
 def test_prepare_then_train_from_shards_matches_in_memory(tmp_path):
     config = {
         "run": {"name": "mem", "out_dir": str(tmp_path / "runs")},

@@ -88,6 +88,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # end-to-end (or several processes): make test, not test-fast
 def test_textcnn_config_beats_the_majority_baseline_widely(tmp_path, one_thread):
     from scaletrain import api
 
