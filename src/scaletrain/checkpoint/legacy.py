@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
@@ -26,7 +26,6 @@ from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
-    StorageMeta,
     TensorProperties,
     TensorStorageMetadata,
 )
@@ -34,6 +33,7 @@ from torch.distributed.checkpoint.planner import ReadItem
 
 from scaletrain.checkpoint.legacy_pickle import run_pickle
 from scaletrain.checkpoint.metadata_json import DTYPES, Invalid, check_chunk, require
+from scaletrain.checkpoint.storage import CheckedMetadataReader
 from scaletrain.checkpoint.values import shown
 from scaletrain.errors import CheckpointError
 
@@ -117,17 +117,9 @@ def _is_chunk(chunk: Any) -> bool:
     )
 
 
-class LegacyReader(FileSystemReader):
+class LegacyReader(CheckedMetadataReader):
     """DCP's FileSystemReader (tensors via `torch.load(weights_only=True)`), given metadata
-    read by `load_legacy_metadata` (every file it names is one the manifest lists)."""
-
-    def __init__(self, path: Path, metadata: Metadata):
-        super().__init__(path)
-        self.metadata = metadata
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        self.metadata.storage_meta = StorageMeta(load_id=self.load_id)
-        return self.metadata
+    read by `load_legacy_metadata`."""
 
 
 class LegacyLoadPlanner(DefaultLoadPlanner):

@@ -93,9 +93,9 @@ class SafetensorsWriter(FileSystemWriter):
         atomic_write_bytes(Path(self.path) / METADATA, text.encode())
 
 
-class SafetensorsReader(FileSystemReader):
-    """Reads what SafetensorsWriter wrote, given its metadata parsed already (`parse_metadata`:
-    every file it names is a data file the verified manifest lists)."""
+class CheckedMetadataReader(FileSystemReader):
+    """A DCP reader handed metadata that was parsed and checked already, so DCP never reads
+    the folder's metadata file itself (every file it names is one the manifest lists)."""
 
     def __init__(self, path: Path, metadata: Metadata):
         super().__init__(path)
@@ -104,6 +104,10 @@ class SafetensorsReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         self.metadata.storage_meta = StorageMeta(load_id=self.load_id)
         return self.metadata
+
+
+class SafetensorsReader(CheckedMetadataReader):
+    """Reads what SafetensorsWriter wrote, given its metadata parsed by `parse_metadata`."""
 
     def read_data(self, plan, planner) -> Future[None]:
         per_file: dict[str, list[ReadItem]] = {}
