@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from scaletrain.fileio import atomic_write_text
+from scaletrain.report.curves import curves_section
+from scaletrain.report.distribution import class_distribution_section
 from scaletrain.report.model import model_section
 from scaletrain.report.page import (
     Markup,
     escape,
     facts,
-    figure,
     format_number,
     format_seconds,
     note,
@@ -20,13 +21,10 @@ from scaletrain.report.page import (
     section,
     table,
 )
-from scaletrain.report.plots import Marker, Series, line_plot
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 from scaletrain.report.sections import classification_section, regression_section
 from scaletrain.rundir import RunDir
 
-STEP_AXIS = "step (optimizer updates)"
-EPOCH_MEAN = "train (epoch mean)"  # the label of train_epoch records' series
 # Config values worth seeing without opening the full config (dotted paths).
 KEY_SETTINGS = (
     "data.source",
@@ -54,14 +52,6 @@ PLAN_KEYS = (
     "total_steps",
     "warmup_steps",
 )
-# Train-record curves after the loss: (key, title, y-axis label).
-TRAIN_CURVES = (
-    ("lr", "Learning rate", "learning rate"),
-    ("grad_norm", "Gradient norm", "gradient L2 norm (before clipping)"),
-    ("samples_per_s", "Throughput", "samples / s (all ranks)"),
-    ("mfu", "Model FLOPs utilization", "MFU (fraction of peak)"),
-    ("rss_mb", "Memory", "resident memory (MB, rank 0)"),
-)
 
 
 def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
@@ -77,6 +67,7 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
         final_metrics_section(run),
         curves_section(run),
         classification_section(run) if run.task == "classification" else "",
+        class_distribution_section(run) if run.task == "classification" else "",
         regression_section(run) if run.task == "regression" else "",
         model_section(run),
         events_section(run),
@@ -120,36 +111,6 @@ def final_metrics_section(run: RunData) -> Markup:
     return section("final-metrics", "Final metrics", body)
 
 
-def curves_section(run: RunData) -> Markup:
-    """Loss, each metric (training vs validation), then lr, gradients, speed and memory."""
-    if not run.train and not run.train_epochs and not run.evals:
-        return section("curves", "Training curves", [note("No records in metrics.jsonl yet.")])
-    markers = [
-        Marker(float(event["step"]), str(event["event"]))
-        for event in run.events
-        if isinstance(event.get("step"), (int, float))
-    ]
-    plots = [_loss_plot(run, markers)]
-    plots += _metric_plots(run, markers)
-    for key, title, ylabel in TRAIN_CURVES:
-        points = [(r["step"], r[key]) for r in run.train if r.get(key) is not None]
-        if points:
-            series = Series("train", *zip(*points, strict=True))
-            plots.append(
-                line_plot(
-                    [series],
-                    title=title,
-                    xlabel=STEP_AXIS,
-                    ylabel=ylabel,
-                    markers=markers,
-                    key=f"curve-{key}",
-                )
-            )
-    legend = "Vertical lines mark events from metrics.jsonl (checkpoints, early stop, …)."
-    body = [Markup('<div class="grid">'), *map(figure, plots), Markup("</div>")]
-    return section("curves", "Training curves", [*body, note(legend) if markers else ""])
-
-
 def events_section(run: RunData) -> Markup:
     if not run.events:
         return Markup("")
@@ -162,83 +123,6 @@ def events_section(run: RunData) -> Markup:
     details = f"<details><summary>{escape(summary)}</summary>"
     events_table = table(["event", "step", "time", "detail"], rows, table_id="events-table")
     return section("events", "Events", [Markup(details), events_table, Markup("</details>")])
-
-
-def _loss_plot(run: RunData, markers: list[Marker]) -> str:
-    series = []
-    train = [(r["step"], r["loss"]) for r in run.train if r.get("loss") is not None]
-    if train:
-        series.append(Series("train", *zip(*train, strict=True)))
-    for split, records in run.evals.items():
-        points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-        if points:
-            series.append(Series(split, *zip(*points, strict=True), marker="o"))
-    epochs = [(r["step"], r["loss"]) for r in run.train_epochs if r.get("loss") is not None]
-    if epochs:
-        series.append(Series(EPOCH_MEAN, *zip(*epochs, strict=True), marker="s"))
-    return line_plot(
-        series,
-        title="Loss",
-        xlabel=STEP_AXIS,
-        ylabel="loss (mean per sample)",
-        markers=markers,
-        key="curve-loss",
-    )
-
-
-def _metric_plots(run: RunData, markers: list[Marker]) -> list[str]:
-    """One plot per metric: the epoch-mean training value against validation where both exist.
-
-    Macro and weighted validation precision/recall/F1 share one plot each.
-    """
-    val, train = run.evals.get("val", []), run.train_epochs
-    plots = []
-    for group, names in _metric_groups([val, train]).items():
-        single = len(names) == 1
-        train_series = [_series(train, n, EPOCH_MEAN if single else f"{n} (train)") for n in names]
-        val_series = [_series(val, n, "val" if single else n, marker="o") for n in names]
-        series = [item for item in (*train_series, *val_series) if item is not None]
-        has_train, has_val = any(train_series), any(val_series)
-        if has_train and has_val:
-            title, ylabel = f"Training vs validation {group}", group
-        elif has_train:
-            title, ylabel = f"Training {group} (epoch mean)", f"{group} (train, epoch mean)"
-        else:
-            title, ylabel = (
-                f"Validation {group}" + ("" if single else " averages"),
-                f"{group} (val)",
-            )
-        plot = line_plot(
-            series,
-            title=title,
-            xlabel=STEP_AXIS,
-            ylabel=ylabel,
-            markers=markers,
-            key=f"curve-{group}",
-        )
-        plots.append(plot)
-    return plots
-
-
-def _metric_groups(record_lists: list[list[dict]]) -> dict[str, list[str]]:
-    """Metric names of the last record of each list; ``*_macro``/``*_weighted`` grouped."""
-    last = {
-        str(i): records[-1].get("metrics") or {}
-        for i, records in enumerate(record_lists)
-        if records
-    }
-    groups: dict[str, list[str]] = {}
-    for name in scalar_names(last):
-        if name != "num_samples":
-            suffix = name.rpartition("_")[2]
-            groups.setdefault(suffix if suffix in ("macro", "weighted") else name, []).append(name)
-    return groups
-
-
-def _series(records: list[dict], name: str, label: str, *, marker: str = "s") -> Series | None:
-    points = [(r["step"], (r.get("metrics") or {}).get(name)) for r in records]
-    points = [point for point in points if isinstance(point[1], (int, float))]
-    return Series(label, *zip(*points, strict=True), marker=marker) if points else None
 
 
 def _run_facts(run: RunData) -> list[tuple[str, Any]]:
@@ -259,12 +143,19 @@ def _run_facts(run: RunData) -> list[tuple[str, Any]]:
         ("best " + str(best.get("name", "")), _best(best, summary.get("best_step"))),
         ("train samples/s", summary.get("train_samples_per_s")),
         ("peak memory (MB)", summary.get("peak_rss_mb")),
-        ("MFU", summary.get("mfu")),
+        ("MFU", _percent(summary.get("mfu"))),
         ("overhead fraction", summary.get("overhead_fraction")),
         *((name.replace("_", " "), value) for name, value in counters.items()),
         *((f"{name} version", versions.get(name)) for name in ("scaletrain", "torch", "python")),
     ]
     return [(label, value) for label, value in items if value is not None]
+
+
+def _percent(fraction: Any) -> str | None:
+    """MFU is logged as a fraction of peak; people read it in percent."""
+    if not isinstance(fraction, (int, float)):
+        return None
+    return f"{100 * fraction:.3g} %"
 
 
 def _best(best: dict, step: Any) -> str | None:
@@ -278,6 +169,7 @@ def _nav(sections: list[str]) -> str:
         "final-metrics": "Final metrics",
         "curves": "Curves",
         "classification": "Classification",
+        "class-distribution": "Classes",
         "regression": "Regression",
         "model": "Model",
         "events": "Events",

@@ -40,6 +40,8 @@ nav a{margin-right:16px;color:var(--accent);text-decoration:none}
 figure{margin:0 0 12px;border:1px solid var(--line);border-radius:6px;padding:6px;
   background:#fff}
 figure.wide{max-width:880px}
+figure.natural{width:fit-content;max-width:100%}
+figure.natural svg.plot{width:auto;max-width:100%}
 figcaption{font-size:12px;color:var(--muted);padding:2px 6px}
 svg.plot{display:block;width:100%;height:auto}
 svg.plot *{stroke-linejoin:round}
@@ -152,9 +154,12 @@ def facts(items: Sequence[tuple[str, object]]) -> Markup:
     return Markup(f'<dl class="facts">{tiles}</dl>')
 
 
-def figure(svg: str, *, caption: str | None = None, wide: bool = False) -> Markup:
+def figure(
+    svg: str, *, caption: str | None = None, wide: bool = False, natural: bool = False
+) -> Markup:
+    """A figure; ``natural`` keeps the SVG at its own size (never stretched to the width)."""
     text = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    css = ' class="wide"' if wide else ""
+    css = ' class="natural"' if natural else ' class="wide"' if wide else ""
     return Markup(f"<figure{css}>{svg}{text}</figure>")
 
 

@@ -19,7 +19,7 @@ from cycler import cycler
 from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 PALETTE = (  # matplotlib's tab10, reordered so the first two (train, val) contrast most
     "#1f77b4",
@@ -50,9 +50,10 @@ STYLE = {
     "svg.fonttype": "none",  # text as <text>: a tenth of the size of glyph paths
     "text.parse_math": False,  # a `$` in a class or run name is text, not mathtext
 }
-# Event kind -> (color, line style) of its vertical line on the step axis.
+# Event kind -> (color, line style) of its vertical lines on the step axis; checkpoints
+# (one per epoch by default: dozens) are ticks on the x-axis instead, so they hide no curve.
+CHECKPOINT_COLOR = "#8a8a8a"
 EVENT_STYLES = {
-    "checkpoint": ("#9e9e9e", ":"),
     "early_stop": ("#d62728", "-"),
     "skip": ("#ff7f0e", "--"),
     "rollback": ("#9467bd", "--"),
@@ -76,10 +77,18 @@ class Series:
 
 @dataclass(frozen=True)
 class Marker:
-    """An event drawn as a vertical line at ``x`` on the step axis."""
+    """An event at ``x`` on the step axis (a tick for checkpoints, else a vertical line)."""
 
     x: float
     kind: str
+
+
+@dataclass(frozen=True)
+class StepAxis:
+    """What every curve against steps shares: the events, and the epochs on a top axis."""
+
+    markers: Sequence[Marker] = ()
+    steps_per_epoch: int | None = None
 
 
 def line_plot(
@@ -88,10 +97,25 @@ def line_plot(
     title: str,
     xlabel: str,
     ylabel: str,
-    markers: Sequence[Marker] = (),
+    axis: StepAxis | None = None,
     key: str,
 ) -> str:
-    """Curves against steps (or seconds) with events as vertical lines; log y for wide ranges."""
+    """`line_figure` as inline SVG."""
+    figure = line_figure(series, title=title, xlabel=xlabel, ylabel=ylabel, axis=axis)
+    return to_svg(figure, key=key, title=title)
+
+
+def line_figure(
+    series: Sequence[Series],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    axis: StepAxis | None = None,
+) -> Figure:
+    """Curves against steps (or seconds), events and epochs from ``axis``; log y for wide
+    ranges."""
+    axis = axis or StepAxis()
     with rc_context(STYLE):
         figure = Figure(figsize=CURVE_SIZE, layout="constrained")
         axes = figure.add_subplot()
@@ -100,7 +124,9 @@ def line_plot(
             axes.plot(
                 item.x, y, label=item.label, marker=item.marker, markersize=3.5, color=item.color
             )
-        _draw_markers(axes, markers)
+        _draw_markers(axes, axis.markers)
+        if axis.steps_per_epoch:
+            _epoch_axis(axes, axis.steps_per_epoch)
         values = [value for item in series for value in item.y if value is not None]
         if _wants_log(values):
             axes.set_yscale("log")
@@ -108,9 +134,9 @@ def line_plot(
             axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             axes.yaxis.set_minor_formatter(NullFormatter())
         axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        if len(series) > 1 or markers:
+        if len(series) > 1 or axis.markers:
             axes.legend(loc="best")
-        return to_svg(figure, key=key, title=title)
+        return figure
 
 
 def confusion_plot(matrix: np.ndarray, *, class_names: Sequence[str], key: str) -> str:
@@ -128,36 +154,6 @@ def confusion_plot(matrix: np.ndarray, *, class_names: Sequence[str], key: str) 
         right.set_title("Row-normalized (share of true class)")
         figure.colorbar(image, ax=right, shrink=0.8, label="share of true class")
         return to_svg(figure, key=key, title="Confusion matrix")
-
-
-def examples_plot(images: np.ndarray, *, titles: Sequence[str], key: str) -> str:
-    """Input images (N, C, H, W) scaled to [0, 1] in one mosaic, a caption above each."""
-    num_images, channels, height, width = images.shape
-    num_columns = min(8, num_images)
-    num_rows = math.ceil(num_images / num_columns)
-    # One imshow for all images: sixteen small axes take ten times as long to lay out.
-    caption, gap = max(3, round(0.75 * height)), max(1, width // 4)  # in image pixels
-    cell_height, cell_width = caption + height, width + gap
-    rgb = channels == 3
-    shape = (num_rows * cell_height, num_columns * cell_width)
-    mosaic = np.ones((*shape, 3)) if rgb else np.zeros(shape)  # white either way
-    for index, image in enumerate(images):
-        top = index // num_columns * cell_height + caption
-        left = index % num_columns * cell_width
-        tile = np.transpose(image, (1, 2, 0)) if rgb else image[0]
-        mosaic[top : top + height, left : left + width] = tile
-    inches_per_pixel = 1.1 / cell_width
-    with rc_context({**STYLE, "axes.grid": False}):
-        figure = Figure(figsize=(shape[1] * inches_per_pixel, shape[0] * inches_per_pixel))
-        axes = figure.add_axes((0, 0, 1, 1))
-        # ink is high in digits: gray_r draws it dark on white
-        axes.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="none")
-        axes.set_axis_off()
-        for index, text in enumerate(titles):
-            x = index % num_columns * cell_width + width / 2 - 0.5
-            y = index // num_columns * cell_height + caption - 0.8
-            axes.text(x, y, text, ha="center", va="bottom", fontsize=8, color="#b22222")
-        return to_svg(figure, key=key, title="Misclassified examples")
 
 
 def regression_plot(target: np.ndarray, pred: np.ndarray, *, key: str) -> str:
@@ -222,12 +218,49 @@ def _round_numbers(match: re.Match) -> str:
 
 
 def _draw_markers(axes: Axes, markers: Sequence[Marker]) -> None:
-    seen: set[str] = set()
+    """One artist per kind of event, however many events: ticks or a line collection."""
+    by_kind: dict[str, list[float]] = {}
     for marker in markers:
-        color, style = EVENT_STYLES.get(marker.kind, ("#555555", ":"))
-        label = marker.kind.replace("_", " ") if marker.kind not in seen else None
-        seen.add(marker.kind)
-        axes.axvline(marker.x, color=color, ls=style, lw=1.1, alpha=0.8, label=label)
+        by_kind.setdefault(marker.kind, []).append(marker.x)
+    on_x_axis = axes.get_xaxis_transform()  # x in data, y in axes fraction (0 = bottom)
+    for kind, xs in by_kind.items():
+        label = kind.replace("_", " ")
+        if kind == "checkpoint":
+            axes.plot(
+                xs,
+                [0.0] * len(xs),
+                ls="none",
+                marker=2,
+                markersize=7,
+                mew=1.2,
+                color=CHECKPOINT_COLOR,
+                transform=on_x_axis,
+                clip_on=False,
+                label=label,
+            )
+            continue
+        color, style = EVENT_STYLES.get(kind, ("#555555", ":"))
+        axes.vlines(
+            xs,
+            0,
+            1,
+            transform=on_x_axis,
+            colors=color,
+            linestyles=style,
+            lw=1.1,
+            alpha=0.8,
+            label=label,
+        )
+
+
+def _epoch_axis(axes: Axes, steps_per_epoch: int) -> None:
+    """A top x-axis in epochs over the step axis (epoch e ends at step e x steps_per_epoch)."""
+    top = axes.secondary_xaxis(
+        "top",
+        functions=(lambda step: step / steps_per_epoch, lambda epoch: epoch * steps_per_epoch),
+    )
+    top.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top.set_xlabel("epoch")
 
 
 def _heatmap(

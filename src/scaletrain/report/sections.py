@@ -6,16 +6,22 @@ never recomputed here; prediction arrays only draw the scatter plot and the exam
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
+from matplotlib.figure import Figure
 
 from scaletrain.report.page import Markup, figure, note, section, table
-from scaletrain.report.plots import confusion_plot, examples_plot, regression_plot
+from scaletrain.report.plots import STYLE, confusion_plot, regression_plot, to_svg
 from scaletrain.report.rundata import RunData
 
 NUM_CONFUSED_PAIRS = 10
 NUM_EXAMPLES = 16
+EXAMPLE_INCHES = 1.1  # width of one example with its gap
+CAPTION_INCHES = 2 * 8 * 1.2 / 72 + 0.04  # two lines of 8 pt text, line spacing 1.2
 REGRESSION_KEYS = ("loss", "mse", "mae", "rmse", "r2", "num_samples")
 
 
@@ -130,8 +136,45 @@ def _examples(run: RunData, split: str, names: list[str]) -> Markup:
     caption = f"The first {len(wrong)} misclassified {split} samples (predictions/{split}.npz)."
     return Markup(
         f'<div id="misclassified"><h3>Misclassified examples</h3>'
-        f"{figure(svg, caption=caption, wide=True)}</div>"
+        f"{figure(svg, caption=caption, natural=True)}</div>"
     )
+
+
+def examples_plot(images: np.ndarray, *, titles: Sequence[str], key: str) -> str:
+    """Input images (N, C, H, W) scaled to [0, 1] in one mosaic, a caption above each.
+
+    The caption band is as tall as its two lines of text, not a fixed share of the image
+    (it was 3/4 of an image's height: a blank band above 8x8 digits), and the page shows
+    the mosaic at its own size (``figure(natural=True)``), never stretched to the width.
+    """
+    num_images, channels, height, width = images.shape
+    num_columns = min(8, num_images)
+    num_rows = math.ceil(num_images / num_columns)
+    # One imshow for all images: sixteen small axes take ten times as long to lay out.
+    gap = max(1, width // 4)  # in image pixels
+    cell_width = width + gap
+    inches_per_pixel = EXAMPLE_INCHES / cell_width
+    caption = math.ceil(CAPTION_INCHES / inches_per_pixel)  # two lines of 8 pt, in pixels
+    cell_height = caption + height
+    rgb = channels == 3
+    shape = (num_rows * cell_height, num_columns * cell_width)
+    mosaic = np.ones((*shape, 3)) if rgb else np.zeros(shape)  # white either way
+    for index, image in enumerate(images):
+        top = index // num_columns * cell_height + caption
+        left = index % num_columns * cell_width
+        tile = np.transpose(image, (1, 2, 0)) if rgb else image[0]
+        mosaic[top : top + height, left : left + width] = tile
+    with rc_context({**STYLE, "axes.grid": False}):
+        figure = Figure(figsize=(shape[1] * inches_per_pixel, shape[0] * inches_per_pixel))
+        axes = figure.add_axes((0, 0, 1, 1))
+        # ink is high in digits: gray_r draws it dark on white
+        axes.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="none")
+        axes.set_axis_off()
+        for index, text in enumerate(titles):
+            x = index % num_columns * cell_width + width / 2 - 0.5
+            y = index // num_columns * cell_height + caption - 0.6
+            axes.text(x, y, text, ha="center", va="bottom", fontsize=8, color="#b22222")
+        return to_svg(figure, key=key, title="Misclassified examples")
 
 
 def _displayable(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:

@@ -151,6 +151,7 @@ def _after_update(t: Trainer, stop: StopReason, *, epoch_end: bool, minutes_up: 
         t.logger.end_epoch(state)
     if validate:
         validation = t.evaluator.validate(state.model, state)
+        t.logger.validated(state, validation)  # the console's validation line
         if validation.improved and t.save_best:
             t.save("best", best=True)
         if validation.stop:

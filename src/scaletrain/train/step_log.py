@@ -37,6 +37,7 @@ class TrainLogger:
         self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
         self.started = time.perf_counter()
         self.train_seconds, self.samples_seen = 0.0, 0
+        self._last_step = 0  # the last update accounted (pauses are charged to it)
         self.reset_window(loss=0.0, steps=0)
 
     # --- records -----------------------------------------------------------------------
@@ -56,6 +57,7 @@ class TrainLogger:
         """Start a window holding a resumed (or rolled back) partial window's loss sum."""
         self._losses = [torch.full((), loss, device=self.strategy.device)] if steps else []
         self._window_steps, self._window_samples = steps, 0
+        self._window_updates = 0  # updates timed in this window, skipped ones included
         self._window_start = time.perf_counter()
 
     def pending(self) -> tuple[float, int]:
@@ -69,6 +71,8 @@ class TrainLogger:
             self._window_steps += 1
             self.epoch_metrics.add(output, num_samples)
         self._window_samples += num_samples
+        self._window_updates += 1
+        self._last_step = state.step
         self.samples_seen += num_samples
         every = self.cfg.histograms_every
         if self.writer is not None and every and state.step % every == 0:
@@ -81,6 +85,7 @@ class TrainLogger:
         loss = self.strategy.all_reduce_sum(self._window_loss()).item() / self._window_steps
         elapsed = time.perf_counter() - self._window_start
         self.train_seconds += elapsed
+        self.progress.observe_window(self._window_updates, elapsed)
         per_second = self._window_samples / elapsed
         record = {
             "split": "train",
@@ -106,9 +111,19 @@ class TrainLogger:
         if summary is not None:
             self.log({"split": "train_epoch", "step": state.step, "epoch": state.epoch, **summary})
 
+    def validated(self, state, validation) -> None:
+        """A validation ran after `state.step`: its console line (`best` when it improved)."""
+        result = validation.result
+        self.progress.validation(
+            state.step, loss=result.loss, metrics=result.metrics, improved=validation.improved
+        )
+
     def exclude_since(self, paused: float) -> None:
-        """The time since `paused` (validation, checkpoints) is not training time."""
-        self._window_start += time.perf_counter() - paused
+        """The time since `paused` (validation, checkpoints) is not training time; the ETA
+        charges such pauses to the steps still to come instead of to the step rate."""
+        seconds = time.perf_counter() - paused
+        self._window_start += seconds
+        self.progress.observe_pause(self._last_step, seconds)
 
     def mfu(self, samples_per_s: float) -> float | None:
         """Per device: samples/s over all ranks divided by the world size."""
