@@ -27,12 +27,12 @@ test-fast: setup  # no multi-process or end-to-end tests (those are marked slow)
 	$(PY) -m pytest -x -p no:cacheprovider -m "not slow"
 
 lint: setup
-	.venv/bin/ruff check src tests bench
-	.venv/bin/ruff format --check src tests bench
+	.venv/bin/ruff check src tests bench examples
+	.venv/bin/ruff format --check src tests bench examples
 
 format: setup
-	.venv/bin/ruff format src tests bench
-	.venv/bin/ruff check --fix src tests bench
+	.venv/bin/ruff format src tests bench examples
+	.venv/bin/ruff check --fix src tests bench examples
 
 size:
 	@find src -name '*.py' | xargs wc -l | sort -n | tail -25

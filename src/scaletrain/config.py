@@ -94,21 +94,38 @@ class TextConfig(Section):
     column: str = Field("text", description="Text column (text_csv) or key (text_jsonl).")
     lowercase: bool = Field(False, description="Lowercase text before vectorizing.")
     strip_accents: bool = Field(False, description="Drop accents (NFKD, combining marks).")
-    vectorizer: Literal["bpe", "char", "byte", "ngrams", "tfidf"] = Field(
+    vectorizer: Literal["bpe", "char", "byte", "words", "ngrams", "tfidf"] = Field(
         "bpe",
-        description="Token-id sequences (`bpe` byte-level BPE, `char`, `byte`) or vectors for "
-        "MLPs (`ngrams` counts, `tfidf`); fit on the train split only.",
+        description="Token-id sequences (`bpe` byte-level BPE, `char`, `byte`, `words`: the "
+        "ids of a text's word n-grams in a count vectorizer's vocabulary) or vectors for MLPs "
+        "(`ngrams` counts, `tfidf`); fit on the train split only.",
     )
     vocab_size: PositiveInt = Field(
-        4096, description="BPE vocabulary size; the vocabulary cap for char/ngrams/tfidf."
+        4096, description="BPE vocabulary size; the vocabulary cap for char/words/ngrams/tfidf."
     )
     min_frequency: PositiveInt = Field(
         1, description="Train-split count a token/n-gram/char needs to enter the vocabulary."
     )
-    ngram_max: PositiveInt = Field(1, description="ngrams/tfidf: word n-grams of 1..ngram_max.")
+    ngram_max: PositiveInt = Field(
+        1, description="words/ngrams/tfidf: word n-grams of 1..ngram_max (2: words and bigrams)."
+    )
+    stop_words: Literal["none", "english"] = Field(
+        "none",
+        description="words/ngrams/tfidf: words dropped before n-grams are formed (`english`: "
+        "scikit-learn's 318-word list; compared after `lowercase`).",
+    )
     max_length: PositiveInt = Field(
         256, description="Token sequences are cut or padded (id 0) to this length."
     )
+
+    @model_validator(mode="after")
+    def _word_options_need_words(self) -> TextConfig:
+        if self.vectorizer in ("bpe", "char", "byte") and self.stop_words != "none":
+            raise ValueError(
+                f"data.text.stop_words: applies to word vectorizers only, got "
+                f"data.text.vectorizer={self.vectorizer}; use words, ngrams or tfidf"
+            )
+        return self
 
 
 class ImageConfig(Section):
@@ -336,6 +353,12 @@ class TextCNNConfig(Section):
         [3, 4, 5], min_length=1, description="Widths of parallel convs (at least one)."
     )
     num_filters: PositiveInt = Field(64, description="Filters per kernel width.")
+    padding: Literal["valid", "same"] = Field(
+        "valid", description="Conv padding: `valid` (none) or `same` (output length = input)."
+    )
+    hidden: NonNegInt = Field(
+        0, description="Width of a ReLU layer between pooling and dropout (Dense 32); 0 = none."
+    )
     dropout: Fraction = Field(0.5, description="Dropout before the classifier.")
     vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
     padding_idx: Int | None = Field(0, description="Token id that pads sequences.")

@@ -9,7 +9,11 @@ EVENTS = ("on_train_start", "on_step_end", "on_log", "on_epoch_end", "on_train_e
 
 class Callback(Protocol):
     """Implement any subset of: on_train_start(state), on_step_end(state),
-    on_log(state, record), on_epoch_end(state), on_train_end(state)."""
+    on_log(state, record), on_epoch_end(state), on_train_end(state).
+
+    ``on_log`` receives each record written to metrics.jsonl for training: the step window's
+    (``record["split"] == "train"``, every ``log.every_steps``) and, at each epoch's end
+    before ``on_epoch_end``, the epoch's (``"train_epoch"``: ``loss`` and ``metrics``)."""
 
 
 class CallbackList:

@@ -109,7 +109,9 @@ class TrainLogger:
         """The epoch's training loss and metric, beside validation (one collective)."""
         summary = self.epoch_metrics.compute(self.strategy)
         if summary is not None:
-            self.log({"split": "train_epoch", "step": state.step, "epoch": state.epoch, **summary})
+            record = {"split": "train_epoch", "step": state.step, "epoch": state.epoch, **summary}
+            self.log(record)
+            self.callbacks.on_log(state, record)  # a callback's per-epoch training loss
 
     def validated(self, state, validation) -> None:
         """A validation ran after `state.step`: its console line (`best` when it improved)."""

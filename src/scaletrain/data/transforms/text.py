@@ -1,9 +1,16 @@
 """Text -> numbers, fit on the train split: token-id sequences or n-gram count/TF-IDF vectors.
 
-Sequences (``bpe``, ``char``, ``byte``) are int64 (N, max_length), cut at the end and padded
-with id 0, for TextCNN-like models; ``token_ids`` gives the uncut ids a language model needs.
-Vectors (``ngrams``, ``tfidf``) are float32 (N, V) for MLPs and follow scikit-learn's
-CountVectorizer/TfidfVectorizer (token pattern, smooth idf, l2 rows): the tests compare them.
+Sequences (``bpe``, ``char``, ``byte``, ``words``) are int64 (N, max_length), cut at the end and
+padded with id 0, for TextCNN-like models; ``token_ids`` gives the uncut ids a language model
+needs. Vectors (``ngrams``, ``tfidf``) are float32 (N, V) for MLPs and follow scikit-learn's
+CountVectorizer/TfidfVectorizer (token pattern, stop words removed before n-grams are formed,
+smooth idf, l2 rows): the tests compare them.
+
+``words`` is a count vectorizer read as a sequence: the vocabulary is the ``ngrams`` one (the
+same n-grams, stop words, frequency floor and cap), id = column + 1, and a text becomes the ids
+of the n-grams its count vector counts, in the analyzer's order (its words in text order, then
+its bigrams in text order, ...). An n-gram outside the vocabulary is dropped, as the count
+vector drops it, so the multiset of a sequence's ids is exactly its count vector.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 from scaletrain.config import TextConfig
 from scaletrain.data.raw import RawTexts
 from scaletrain.data.sources.text_files import read_texts_file
+from scaletrain.data.transforms.stop_words import STOP_WORD_LISTS
 from scaletrain.data.transforms.tokenizer import (
     SEQUENCE_KINDS,
     build_tokenizer,
@@ -38,9 +46,10 @@ def normalize_text(text: str, *, lowercase: bool, strip_accents: bool) -> str:
     return text.lower() if lowercase else text
 
 
-def word_ngrams(text: str, ngram_max: int) -> list[str]:
-    """Words (2+ word characters), then n-grams of 2..ngram_max joined by one space."""
-    words = WORD_PATTERN.findall(text)
+def word_ngrams(text: str, ngram_max: int, stop_words: frozenset[str] = frozenset()) -> list[str]:
+    """Words (2+ word characters) less stop words, then n-grams of 2..ngram_max of the words
+    left, joined by one space (scikit-learn's order: a bigram may span a removed stop word)."""
+    words = [word for word in WORD_PATTERN.findall(text) if word not in stop_words]
     grams = list(words)
     for size in range(2, ngram_max + 1):
         grams += [" ".join(words[start : start + size]) for start in range(len(words) - size + 1)]
@@ -56,7 +65,8 @@ class TextEncoder:
         self.options = options  # the TextConfig fields, as saved in preprocess.json
         self.vectorizer = options["vectorizer"]
         self.tokenizer = tokenizer  # sequences: CharTokenizer | ByteTokenizer | BpeTokenizer
-        self.vocabulary = vocabulary  # vectors: n-gram -> column, in sorted n-gram order
+        self.vocabulary = vocabulary  # words/vectors: n-gram -> column, in sorted n-gram order
+        self.stop_words = STOP_WORD_LISTS[options.get("stop_words", "none")]
         self.idf = idf  # tfidf: float64 (V,)
 
     @classmethod
@@ -81,17 +91,28 @@ class TextEncoder:
     @property
     def vocab_size(self) -> int | None:
         """Token ids are < vocab_size (sequences); None for n-gram vectors."""
-        return self.tokenizer.vocab_size if self.tokenizer is not None else None
+        if self.tokenizer is not None:
+            return self.tokenizer.vocab_size
+        if self.vectorizer == "words":
+            return len(self.vocabulary) + 1  # id 0 pads
+        return None
 
     def token_ids(self, texts: Iterable[str]) -> list[np.ndarray]:
         """Uncut token ids of each text (language modeling)."""
         return self.tokenizer.encode([self.normalize(text) for text in texts])
+
+    def ngrams(self, text: str) -> list[str]:
+        """The n-grams the vocabulary counts in an already normalized text."""
+        return word_ngrams(text, self.options["ngram_max"], self.stop_words)
 
     def encode(self, raw: RawTexts) -> np.ndarray:
         """int64 (N, max_length) ids padded with 0, or float32 (N, V) count/TF-IDF rows."""
         texts = [self.normalize(text) for text in _texts(raw)]
         if self.tokenizer is not None:
             return _pad(self.tokenizer.encode(texts), length=self.options["max_length"])
+        if self.vectorizer == "words":
+            ids = [self._word_ids(text) for text in texts]
+            return _pad(ids, length=self.options["max_length"])
         return self._vectors(texts)
 
     def read(self, path) -> RawTexts:
@@ -104,7 +125,7 @@ class TextEncoder:
         num_documents = 0
         for text in texts:
             num_documents += 1
-            grams = Counter(word_ngrams(text, cfg.ngram_max))
+            grams = Counter(self.ngrams(text))
             document_counts.update(grams.keys())
             total_counts.update(grams)
         kept = [gram for gram, count in document_counts.items() if count >= cfg.min_frequency]
@@ -119,10 +140,15 @@ class TextEncoder:
                 ]
             )
 
+    def _word_ids(self, text: str) -> np.ndarray:
+        lookup = self.vocabulary
+        ids = [lookup[gram] + 1 for gram in self.ngrams(text) if gram in lookup]
+        return np.array(ids, dtype=np.int64)
+
     def _vectors(self, texts: list[str]) -> np.ndarray:
         counts = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float64)
         for row, text in enumerate(texts):
-            for gram in word_ngrams(text, self.options["ngram_max"]):
+            for gram in self.ngrams(text):
                 column = self.vocabulary.get(gram)
                 if column is not None:
                     counts[row, column] += 1
