@@ -35,7 +35,6 @@ from scaletrain.rundir import (
     prepare_run_dir,
     read_json,
 )
-from scaletrain.runs import Run, evaluate_run, load_run_dir, predict_run
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
@@ -43,6 +42,7 @@ from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 MAX_SUMMARY_ROWS = 60  # at the start of a run: deeper layers give way (the file has all)
