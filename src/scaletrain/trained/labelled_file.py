@@ -15,6 +15,7 @@ from scaletrain.trained.inference import encode_labels
 
 # file suffix -> the source that reads it, where the run's own source does not
 _BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".npy": "npy", ".npz": "npz"}
+_NAMED_COLUMNS = {"csv", "parquet"}
 _SAME_FAMILY = {".csv": ("csv", "text_csv"), ".jsonl": ("text_jsonl",)}
 
 
@@ -27,7 +28,8 @@ def read_labelled_file(
         raise DataError(f"--data: no such file: {path}")
     source = _source_for(path, cfg)
     read_cfg = cfg.model_copy(update={"source": source, "path": str(path)})
-    if source != cfg.source:  # keys of another kind of file do not carry over
+    if source != cfg.source and not {source, cfg.source} <= _NAMED_COLUMNS:
+        # columns by name (label, features, categories) mean nothing in an array file
         default = DataConfig.model_fields
         read_cfg = read_cfg.model_copy(
             update={key: default[key].default for key in ("label", "features", "table")}
