@@ -18,7 +18,8 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 def _write_csv(path, inputs, labels) -> None:
     lines = [",".join([*FEATURES, "species"])]
-    lines += [",".join([*(f"{v:.1f}" for v in row), label]) for row, label in zip(inputs, labels)]
+    rows = zip(inputs, labels, strict=True)
+    lines += [",".join([*(f"{v:.1f}" for v in row), label]) for row, label in rows]
     path.write_text("\n".join(lines) + "\n")
 
 
