@@ -51,7 +51,8 @@ def _evaluate_split(handle: Run, split: str) -> dict:
     if cfg.data.source == "tensors":
         raise UserError(
             f"{handle.run_dir} was trained on in-memory data, which the run directory does "
-            "not keep; pass it: scaletrain.evaluate(run, data=(X, y)) or run.evaluate(X, y)"
+            "not keep; pass it: scaletrain.evaluate(run, data=(X, y)) or run.evaluate(X, y) "
+            "(from the CLI: --data FILE)"
         )
     if split not in ("train", "val", "test"):
         raise UserError(f"--split: expected train, val or test, got {split!r}")

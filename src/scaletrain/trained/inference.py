@@ -148,7 +148,7 @@ def evaluate_on(
 def encode_labels(targets: Any, *, spec: DataSpec, origin: str, locate=None) -> torch.Tensor:
     """Targets as the run's loss reads them: class ids in the run's class order (labels
     given by class name or by id), or float32 (N, outputs) values."""
-    labels = _numpy(targets, what="targets")
+    labels = _numpy(targets, what="targets", kinds="biufUSO")
     if spec.task == "regression":
         return encode_targets(labels, task="regression", class_names=None, origin=origin).values
     if spec.task != "classification":
@@ -202,16 +202,22 @@ def _raw_inputs(inputs: Any, *, spec: DataSpec, preprocessor: Preprocessor) -> A
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
 
-def _numpy(values: Any, *, what: str) -> np.ndarray:
+def _numpy(values: Any, *, what: str, kinds: str = "biuf") -> np.ndarray:
+    """An array (tensor, list, pandas object: anything numpy reads) of the dtype `kinds`."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    if isinstance(values, np.ndarray | list | tuple):
+        values = values.detach().cpu()
+        if values.dtype == torch.bfloat16:  # numpy has no bfloat16
+            values = values.float()
+        return values.numpy()
+    if isinstance(values, np.ndarray | list | tuple) or hasattr(values, "__array__"):
         array = np.asarray(values)
-        if array.dtype.kind in "biufUS":
+        if array.dtype.kind in kinds:
             return array
-    raise UserError(
-        f"{what}: expected a numpy array or torch tensor of numbers, got {type(values).__name__}"
-    )
+        got = f"an array of dtype {array.dtype}"
+    else:
+        got = type(values).__name__
+    expected = "numbers" if kinds == "biuf" else "numbers or class names"
+    raise UserError(f"{what}: expected a numpy array or torch tensor of {expected}, got {got}")
 
 
 def _device_of(model: nn.Module) -> torch.device:
