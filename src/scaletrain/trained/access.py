@@ -14,7 +14,12 @@ from scaletrain.rundir import open_run_dir, read_json
 from scaletrain.train.precision import Precision
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
-from scaletrain.trained.inference import evaluate_on, evaluate_tensors, predict_tensors
+from scaletrain.trained.inference import (
+    device_of,
+    evaluate_on,
+    evaluate_tensors,
+    predict_tensors,
+)
 from scaletrain.trained.labelled_file import read_labelled_file
 from scaletrain.trained.weights import load_trained_model
 
@@ -70,7 +75,7 @@ def predict_run(run: str | Path | Run, inputs, *, checkpoint: str | None, model:
     handle = run_handle(run, checkpoint=checkpoint, model=model)
     spec, preprocessor = handle.spec_and_preprocessor()
     raw = read_inputs_file(Path(inputs), spec=spec, feature_columns=handle.config.data.features)
-    device = next(handle.model.parameters()).device
+    device = device_of(handle.model)
     output = predict_tensors(
         handle.model,
         preprocessor.transform(raw),

@@ -19,6 +19,7 @@ from scaletrain.trained.history import history_frame, read_history
 from scaletrain.trained.inference import (
     BATCH_SIZE,
     PreprocessedModel,
+    device_of,
     evaluate_arrays,
     predict_arrays,
     preprocess_inputs,
@@ -65,7 +66,7 @@ class Run:
             inputs,
             spec=spec,
             preprocessor=preprocessor,
-            precision=Precision.from_config(self.config.train.precision, self._device()),
+            precision=Precision.from_config(self.config.train.precision, device_of(self._model())),
             batch_size=batch_size,
         )
 
@@ -120,7 +121,3 @@ class Run:
                 f"scaletrain.load_run({str(self.run_dir)!r}, model=...)"
             )
         return self.model
-
-    def _device(self) -> torch.device:
-        parameter = next(self._model().parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")

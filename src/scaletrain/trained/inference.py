@@ -68,7 +68,7 @@ def predict_tensors(
 ) -> torch.Tensor:
     """Probabilities or values (CPU, float32) of preprocessed inputs: batched on the model's
     device, in eval mode, without gradients."""
-    device = _device_of(model)
+    device = device_of(model)
     outputs = []
     was_training = model.training
     model.eval()
@@ -126,7 +126,7 @@ def evaluate_on(
 ) -> dict:
     """The run's loss (`cfg.loss`) and metrics over a split, in one process on the model's
     device, as its final metrics were computed."""
-    device = _device_of(model)
+    device = device_of(model)
     loss_fn = build_loss(
         cfg.loss,
         task=spec.task,
@@ -220,7 +220,7 @@ def _numpy(values: Any, *, what: str, kinds: str = "biuf") -> np.ndarray:
     raise UserError(f"{what}: expected a numpy array or torch tensor of {expected}, got {got}")
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
