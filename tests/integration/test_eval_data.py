@@ -126,3 +126,13 @@ def test_the_cli_names_its_flags_for_an_existing_run(iris_run, capsys):
     code, _, err = _cli(capsys, "train", str(folder / "iris.yaml"))
     assert code == 2 and "already exists" in err
     assert "--overwrite" in err and "scaletrain resume" in err and "overwrite=True" not in err
+
+
+def test_eval_of_a_split_prints_no_report_path(iris_run, capsys):
+    run, _, _ = iris_run
+    (run.run_dir / "report.html").write_text("<html></html>")  # an older command wrote it
+    code, out, err = _cli(
+        capsys, "eval", str(run.run_dir), "--split", "val", "--checkpoint", "last"
+    )
+    assert code == 0 and "accuracy" in out
+    assert "report:" not in err
