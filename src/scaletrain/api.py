@@ -20,14 +20,21 @@ import scaletrain
 from scaletrain._alloc import tune_malloc
 from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
-from scaletrain.data import DataBundle, DataSpec, Preprocessor, build_data, read_inputs_file
+from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.metrics import MetricsLogger, peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.optim import check_implementation
 from scaletrain.parallel import build_strategy
-from scaletrain.rundir import RunDir, RunLock, open_run_dir, prepare_run_dir, read_json
+from scaletrain.rundir import (
+    API_REUSE_HINT,
+    RunDir,
+    RunLock,
+    open_run_dir,
+    prepare_run_dir,
+    read_json,
+)
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
@@ -35,25 +42,10 @@ from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 MAX_SUMMARY_ROWS = 60  # at the start of a run: deeper layers give way (the file has all)
-
-
-@dataclass
-class Run:
-    """A finished (or stopped) run: where it lives, its final metrics and the trained model."""
-
-    run_dir: Path
-    metrics: dict  # split -> metric -> value, of the weights in `model` (see `weights`)
-    model: nn.Module | None
-    config: Config
-    status: str = "finished"
-    exit_code: int = 0  # 128 + signal number when stopped by SIGTERM/SIGINT
-    # which weights `metrics` and `model` hold: {"name": "best" | "last", "step": N}
-    weights: dict | None = None
-    metrics_last: dict | None = None  # the last weights' metrics, where the best are older
-    steps: int = 0  # optimizer steps taken
 
 
 def train(
@@ -89,7 +81,13 @@ def train(
         bundle, model, plan = _prepare(cfg, model, data, strategy)
         run = None
         if strategy.is_main:  # locked before an --overwrite empties the directory
-            run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock)
+            run = prepare_run_dir(
+                cfg.run.out_dir,
+                cfg.run.name,
+                overwrite=overwrite,
+                lock=lock,
+                reuse_hint=API_REUSE_HINT,  # the CLI words it with its flags
+            )
             atomic_write_text(run.config, cfg.to_yaml())
             atomic_write_json(run.preprocess, bundle.preprocessor.state_dict())
             atomic_write_json(run.root / "data_spec.json", _spec_to_dict(bundle.spec))
@@ -267,67 +265,66 @@ def summarize(config: str | Path | dict | Config, *, overrides: list[str] = ()) 
     return summarize_model(model, bundle.spec.input_shape, input_dtype=bundle.spec.input_dtype)
 
 
-def evaluate(run: str | Path | Run, *, split: str = "test", checkpoint: str = "best") -> dict:
-    """Reload a run's model from a checkpoint and evaluate it on one split."""
-    run_dir = open_run_dir(run.run_dir if isinstance(run, Run) else run)
-    cfg = load_config(run_dir.config)
-    if cfg.data.source == "tensors":
-        raise UserError(f"{run_dir.root} was trained on in-memory data; evaluate it from Python")
-    if split not in ("train", "val", "test"):
-        raise UserError(f"--split: expected train, val or test, got {split!r}")
-    bundle = build_data(cfg.data, seed=cfg.run.seed)
-    model, strategy, precision = _load_model(run_dir, cfg, bundle.spec, checkpoint)
-    data_split = getattr(bundle, split)
-    if data_split is None:
-        raise UserError(f"--split: {run_dir.root} has no {split!r} split")
-    from scaletrain.optim import build_loss
+def evaluate(
+    run: str | Path | Run,
+    *,
+    data: tuple | str | Path | None = None,
+    split: str = "test",
+    checkpoint: str | None = None,
+    model: nn.Module | None = None,
+) -> dict:
+    """The metrics dict (loss, accuracy, ...) of a run's weights on one split or new data.
 
-    loss_fn = build_loss(
-        cfg.loss,
-        task=bundle.spec.task,
-        num_outputs=bundle.spec.num_outputs,
-        class_counts=bundle.spec.class_counts,
-    )
-    result = evaluate_split(
-        model,
-        data_split,
-        spec=bundle.spec,
-        loss_fn=loss_fn,
-        precision=precision,
-        strategy=strategy,
-        batch_size=256,
-    )
-    return {"loss": result.loss, **result.metrics}
+    Args:
+        run: a ``Run`` or its directory.
+        data: ``(inputs, targets)`` arrays/tensors, or a labelled file (.csv, .parquet, .npy,
+            .npz) read like the training data; without it, ``split`` of the run's own data.
+        split: ``train``, ``val`` or ``test`` (when ``data`` is not given).
+        checkpoint: ``best``, ``last``, ``80`` or ``step_80``; by default the ``Run``'s model
+            as it is, and ``best`` for a directory.
+        model: a fresh instance of the user module the run was trained with.
+
+    Example: ``scaletrain.evaluate(run, data=(X_test, y_test))["accuracy"]``
+    """
+    return evaluate_run(run, data=data, split=split, checkpoint=checkpoint, model=model)
 
 
-def predict(run: str | Path, inputs_file: str | Path, *, checkpoint: str = "best") -> dict:
-    """Predictions for raw inputs in a CSV/NPY file, with the run's saved preprocessing."""
-    run_dir = open_run_dir(run)
-    cfg = load_config(run_dir.config)
-    spec = _read_run_file(run_dir.root / "data_spec.json", _spec_from_dict)
-    preprocessor = _read_run_file(run_dir.preprocess, Preprocessor.from_state_dict)
-    raw = read_inputs_file(Path(inputs_file), spec=spec, feature_columns=cfg.data.features)
-    model, strategy, precision = _load_model(run_dir, cfg, spec, checkpoint)
-    with torch.no_grad(), precision.autocast():
-        output = model(preprocessor.transform(raw).to(strategy.device)).float().cpu()
-    if spec.task == "classification":
-        probabilities = output.softmax(dim=1)
-        return {
-            "pred": probabilities.argmax(dim=1).numpy(),
-            "prob": probabilities.numpy(),
-            "class_names": spec.class_names,
-        }
-    return {"pred": output.numpy()}
+def predict(
+    run: str | Path | Run,
+    inputs,
+    *,
+    checkpoint: str | None = None,
+    model: nn.Module | None = None,
+):
+    """Predictions of a run's weights with its saved preprocessing.
+
+    Args:
+        run: a ``Run`` or its directory.
+        inputs: raw samples (numpy array or tensor: as ``Run.predict``, same type back), or a
+            CSV/NPY/NPZ file (or image folder): ``{"pred", "prob", "class_names"}`` back.
+        checkpoint: ``best``, ``last``, ``80`` or ``step_80``; by default the ``Run``'s model
+            as it is, and ``best`` for a directory.
+        model: a fresh instance of the user module the run was trained with.
+
+    Example: ``probabilities = scaletrain.predict("runs/bc", X_new)``
+    """
+    return predict_run(run, inputs, checkpoint=checkpoint, model=model)
 
 
-def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:
-    """A finished run with its model rebuilt and weights loaded (no training)."""
-    run = open_run_dir(run_dir)
-    cfg = load_config(run.config)
-    spec = _read_run_file(run.root / "data_spec.json", _spec_from_dict)
-    model = _load_model(run, cfg, spec, checkpoint)[0] if cfg.model.name != "user" else None
-    summary = _read_run_file(run.summary, dict) if run.summary.is_file() else {}
-    return Run(run.root, summary.get("metrics", {}), model, cfg, summary.get("status", "unknown"))
+def load_run(
+    run_dir: str | Path, *, model: nn.Module | None = None, checkpoint: str = "best"
+) -> Run:
+    """A run from its directory, its weights loaded (no training, no pickle).
+
+    Args:
+        run_dir: the run directory.
+        model: a fresh instance of your module, for a run trained with one (its weights are
+            loaded into it); built-in models are rebuilt from the config without it.
+        checkpoint: ``best`` (default), ``last``, ``80``, ``step_80`` or ``step_00000080``.
+
+    Example: ``run = scaletrain.load_run("runs/bc", model=MyNet()); run.predict(X)``
+    """
+    return load_run_dir(run_dir, model=model, checkpoint=checkpoint)
 
 
 def export(run_dir: str | Path, *, out: str | Path | None = None, checkpoint: str = "best") -> Path:
@@ -366,18 +363,6 @@ def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec, *, show:
     atomic_write_json(run.model_summary, summary.to_dict())
     if show:
         Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
-
-
-def _load_model(run: RunDir, cfg: Config, spec: DataSpec, checkpoint: str):
-    if cfg.model.name == "user":
-        raise UserError(f"{run.root} holds a user module; load its weights from Python")
-    strategy = build_strategy(
-        cfg.parallel.model_copy(update={"strategy": "single"}), device_name=cfg.train.device
-    )
-    model = _build_model(cfg, spec).to(strategy.device)
-    _load_weights(model, CheckpointStore(run.checkpoints).find(checkpoint), strategy)
-    model.eval()
-    return model, strategy, Precision.from_config(cfg.train.precision, strategy.device)
 
 
 def _load_weights(model: nn.Module, path: Path, strategy) -> None:
@@ -438,34 +423,11 @@ def _write_report(run: RunDir) -> None:
     write_report(run.root)
 
 
-def _read_run_file(path: Path, parse):
-    """`parse(JSON of path)`; what it cannot parse (a file tampered with, or not written by
-    scaletrain) is one UserError line naming the file, not a traceback."""
-    data = read_json(path)
-    try:
-        return parse(data)
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-        raise UserError(
-            f"{path}: not a file this scaletrain wrote ({reason[:100]}); was it edited?"
-        ) from None
-
-
 def _spec_to_dict(spec: DataSpec) -> dict:
     data = dataclasses.asdict(spec)
     data["input_dtype"] = str(spec.input_dtype).removeprefix("torch.")
     data["input_shape"] = list(spec.input_shape)
     return data
-
-
-def _spec_from_dict(data: dict) -> DataSpec:
-    data = dict(data)
-    dtype = getattr(torch, data["input_dtype"], None)
-    if not isinstance(dtype, torch.dtype):  # the name of a dtype, nothing else of torch
-        raise ValueError(f"input_dtype {str(data['input_dtype'])[:40]!r} is not a torch dtype")
-    data["input_dtype"] = dtype
-    data["input_shape"] = tuple(data["input_shape"])
-    return DataSpec(**data)
 
 
 def _replace(cfg: Config, **sections) -> Config:

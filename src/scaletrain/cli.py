@@ -77,6 +77,17 @@ def _launched(args) -> bool:
 def _train(args) -> int:
     if _launched(args):  # before importing the trainer: the launcher only waits on workers
         return 0
+    from scaletrain.rundir import CLI_REUSE_HINT, RunDirExistsError
+
+    try:
+        run = _train_run(args)
+    except RunDirExistsError as exc:  # the API names overwrite=True; here the flags apply
+        raise RunDirExistsError(exc.root, hint=CLI_REUSE_HINT) from None
+    _print_run(run)
+    return run.exit_code
+
+
+def _train_run(args):
     from scaletrain import api
 
     overrides = list(args.overrides)
@@ -89,11 +100,8 @@ def _train(args) -> int:
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
         # a run that failed (or lost a node) before its first checkpoint starts over
         committed = any((run_dir / "checkpoints").glob("step_*/manifest.json"))
-        run = api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
-    else:
-        run = api.train(args.config, overrides=overrides, overwrite=args.overwrite)
-    _print_run(run)
-    return run.exit_code
+        return api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
+    return api.train(args.config, overrides=overrides, overwrite=args.overwrite)
 
 
 def _resume(args) -> int:
@@ -130,8 +138,11 @@ def _summary(args) -> int:
 def _eval(args) -> int:
     from scaletrain import api
 
-    metrics = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
-    _print_result(Path(args.run_dir), {args.split: metrics}, None)
+    metrics = api.evaluate(
+        args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint
+    )
+    title = Path(args.data).name if args.data else args.split
+    _print_result(Path(args.run_dir), {title: metrics}, None, report=False)  # none written
     return 0
 
 
@@ -259,16 +270,18 @@ def _print_run(run) -> None:
     _print_result(run.run_dir, {} if weights else run.metrics, run.status)
 
 
-def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:
+def _print_result(run_dir: Path, metrics: dict, status: str | None, *, report: bool = True) -> None:
+    """The metrics table, the run directory and (`report`: a command that wrote one) the
+    report's path."""
     from scaletrain.metrics import format_table
 
     if metrics:
         Console().print(format_table(metrics))
     if status and status != "finished":
         console.print(f"status: {status}")
-    report = Path(run_dir) / "report.html"
     console.print(f"run directory: {run_dir}")
-    if report.is_file():
+    report = Path(run_dir) / "report.html" if report else None
+    if report is not None and report.is_file():
         console.print(f"report: {report}")
 
 
@@ -343,10 +356,20 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("config", help="YAML config file (its data gives the input shape).")
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
 
-    sub = command("eval", _eval, "Reload a run's model and evaluate it on a split.")
+    sub = command(
+        "eval", _eval, "Reload a run's model and evaluate it on a split or a new labelled file."
+    )
     sub.add_argument("run_dir", help="Run directory.")
     sub.add_argument("--split", default="test", choices=["train", "val", "test"], help="Split.")
-    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+    sub.add_argument(
+        "--data",
+        metavar="FILE",
+        help="A labelled .csv, .parquet, .npy or .npz file to evaluate on instead of a split "
+        "(read like the training data, with the run's preprocessing and classes).",
+    )
+    sub.add_argument(
+        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
+    )
 
     sub = command(
         "predict", _predict, "Predict for raw inputs (CSV/NPY), with saved preprocessing."
@@ -354,7 +377,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_dir", help="Run directory.")
     sub.add_argument("input_file", help="CSV (header, feature columns) or NPY file of inputs.")
     sub.add_argument("--out", help="Write predictions as CSV here instead of stdout.")
-    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+    sub.add_argument(
+        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
+    )
 
     config = command("config", None, "Show or check a config.")
     config_commands = config.add_subparsers(title="config commands", metavar="ACTION")
@@ -390,7 +415,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = command("export", _export, "Export a run's weights for use elsewhere (no pickle).")
     sub.add_argument("run_dir", help="Run directory.")
     sub.add_argument("--format", default="safetensors", choices=["safetensors"], help="Format.")
-    sub.add_argument("--checkpoint", default="best", help="best, last or step_NNNNNNNN.")
+    sub.add_argument(
+        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
+    )
     sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors).")
 
     sub = command("prepare", _prepare, "Write a config's data as memory-mapped shards.")

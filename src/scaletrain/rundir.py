@@ -43,18 +43,36 @@ def validate_name(name: str, *, what: str = "run.name") -> str:
     return name
 
 
+# How to reuse an existing run directory, in the words of the caller's interface.
+CLI_REUSE_HINT = (
+    "pass --resume to continue it (or run `scaletrain resume` on it) or --overwrite to replace it"
+)
+API_REUSE_HINT = "continue it with scaletrain.resume({root!r}) or pass overwrite=True to replace it"
+
+
+class RunDirExistsError(UserError):
+    """The run directory is there already; `hint` says how to continue or replace it."""
+
+    def __init__(self, root: Path, *, hint: str):
+        self.root = root
+        super().__init__(f"run directory {root} already exists; {hint.format(root=str(root))}")
+
+
 def prepare_run_dir(
-    out_dir: str | Path, name: str, *, overwrite: bool = False, lock: RunLock | None = None
+    out_dir: str | Path,
+    name: str,
+    *,
+    overwrite: bool = False,
+    lock: RunLock | None = None,
+    reuse_hint: str = CLI_REUSE_HINT,
 ) -> RunDir:
     """Create a fresh run directory; refuse to reuse an existing one unless told to. With
-    `lock`, take it first: an --overwrite never empties a directory another process writes."""
+    `lock`, take it first: an --overwrite never empties a directory another process writes.
+    `reuse_hint` words the refusal for the caller's interface (CLI flags or API arguments)."""
     root = Path(out_dir) / validate_name(name)
     if root.exists():
         if not overwrite:
-            raise UserError(
-                f"run directory {root} already exists; pass --resume to continue it "
-                "(or run `scaletrain resume` on it) or --overwrite to replace it"
-            )
+            raise RunDirExistsError(root, hint=reuse_hint)
         if not (root / "config.yaml").is_file():
             raise UserError(f"refusing to overwrite {root}: it is not a run directory")
         if lock is not None:

@@ -39,6 +39,7 @@ from scaletrain.fileio import atomic_write_json
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _TMP_DIR = re.compile(r"^step_(\d{8})\.tmp$")
+_STEP_NAME = re.compile(r"(?:step_)?(\d{1,8})")  # what --checkpoint accepts for a step
 BEST_FILE = "best.json"
 
 
@@ -67,6 +68,17 @@ class SaveResult:
 class _InFlight:
     path: Path
     future: Future
+
+
+def step_folder_name(which: str) -> str:
+    """`80`, `step_80` or `step_00000080` -> `step_00000080`; anything else is refused."""
+    match = _STEP_NAME.fullmatch(str(which)) if isinstance(which, str | int) else None
+    if match is None:
+        raise CheckpointError(
+            f"--checkpoint: expected best, last or step_N (80, step_80 or step_00000080), "
+            f"got {shown(which)}"
+        )
+    return f"step_{int(match.group(1)):08d}"
 
 
 @dataclass
@@ -248,22 +260,26 @@ class CheckpointStore:
         return None
 
     def find(self, which: str) -> Path:
-        """`last`, `best` or `step_N` -> a verified checkpoint directory."""
+        """`last`, `best`, or a step (`80`, `step_80`, `step_00000080`) -> a verified
+        checkpoint directory; an unknown one is refused with the names that exist."""
+        which = str(which) if isinstance(which, int) else which
         best = self.best_step() if which == "best" else None
         if best is not None and (self.root / f"step_{best:08d}").is_dir():
             path = self.root / f"step_{best:08d}"
         elif which in ("last", "best"):
             path = self.latest_valid()
-        elif _STEP_DIR.match(which):  # a bare name: no separators, no `..`, no absolute path
-            path = self.root / which
         else:
-            raise CheckpointError(
-                f"--checkpoint: expected best, last or step_NNNNNNNN, got {which!r}"
-            )
+            path = self.root / step_folder_name(which)  # a bare name: no separators or `..`
         if path is None or not path.is_dir():
-            raise CheckpointError(f"no checkpoint `{which}` in {self.root}")
+            raise CheckpointError(f"no checkpoint `{which}` in {self.root}; {self._choices()}")
         self.verify(path)
         return path
+
+    def _choices(self) -> str:
+        steps = [path.name for path in self.committed()]
+        if not steps:
+            return "it holds none yet"
+        return f"use best, last or one of: {', '.join(steps)}"
 
     def verify(self, path: Path) -> Manifest:
         """Checksums match the manifest, the files a DCP checkpoint needs are listed, and the

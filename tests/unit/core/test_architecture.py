@@ -22,6 +22,7 @@ LAYERS = [
     {"data", "models", "optim", "metrics", "parallel", "report"},
     {"checkpoint"},
     {"train"},
+    {"trained"},  # a trained run as an object: predict/evaluate/reload, below the api
     {"api"},
     {"launch", "catalog", "config_docs", "tune", "compress", "ensemble"},
     {"cli"},
