@@ -238,9 +238,12 @@ _python_format_warning = warnings.formatwarning
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """scaletrain's own warnings (a skipped checkpoint ...) are one line for the user."""
+    """scaletrain's own warnings (a skipped checkpoint ...) and notes (options a model switch
+    dropped) are one line for the user; rank 0 alone gives the notes of a torchrun job."""
     if category.__name__ == "CheckpointWarning":
         return f"warning: {message}\n"
+    if category.__name__ == "ConfigNote":
+        return "" if console.quiet else f"note: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 
 
