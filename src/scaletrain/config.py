@@ -728,7 +728,8 @@ def validate_config(raw: dict) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, raw)) from None
+        problems = [_describe(group, raw) for group in _by_key(exc.errors())]
+        raise ConfigError(problems[0], problems=problems) from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -831,9 +832,24 @@ _SWITCHES = (
 )
 
 
-def _describe(exc: ValidationError, raw: dict) -> str:
-    """Turn the first pydantic error into one line: key path, received, expected, fix."""
-    error = _first_error(exc.errors())
+def _by_key(errors: list[dict]) -> list[list[dict]]:
+    """pydantic's errors grouped by the key they are about (a union's members each report
+    one for the same key, a list's items one under it), in the order first reported."""
+    groups: list[tuple[tuple, list[dict]]] = []
+    for error in errors:
+        loc = _clean_loc(error["loc"])
+        for key, group in groups:
+            if loc[: len(key)] == key or key[: len(loc)] == loc:
+                group.append(error)
+                break
+        else:
+            groups.append((loc, [error]))
+    return [group for _, group in groups]
+
+
+def _describe(errors: list[dict], raw: dict) -> str:
+    """Turn the errors about one key into one line: key path, received, expected, fix."""
+    error = _first_error(errors)
     loc = _clean_loc(error["loc"], unions=error["type"] != "extra_forbidden")  # a key as typed
     path = ".".join(str(part) for part in loc) or "<root>"
     if error["type"] == "extra_forbidden":
