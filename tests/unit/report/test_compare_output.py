@@ -3,8 +3,6 @@ command happens to run in, and says where."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from run_builders import digits_spec, write_run
 
 from scaletrain.cli import main
