@@ -116,7 +116,14 @@ def drop_switched_options(
         options = switch.options(name)
         if options is None:
             continue
-        dropped = _drop(section, options | {switch.key}, explicit[switch.path], set_here)
+        old = before[switch.path]
+        dropped = _drop(
+            section,
+            options | {switch.key},
+            old=switch.options(old) if isinstance(old, str) else None,
+            explicit=explicit[switch.path],
+            overridden=set_here,
+        )
         if dropped:
             notes.append(_note(switch, name, before[switch.path], dropped, where))
     return notes
@@ -132,12 +139,22 @@ def choice_before(raw: dict, switch: Switch) -> Any:
     return (section or {}).get(switch.key, switch.default)
 
 
-def _drop(section: dict, keep: set[str], explicit: set[str], overridden: set[str]) -> list[str]:
-    """Remove what the new member does not take, and the old member's values the file never
-    wrote (a Config's defaults); return the written keys that went."""
+def _drop(
+    section: dict,
+    keep: set[str],
+    *,
+    old: set[str] | None,
+    explicit: set[str],
+    overridden: set[str],
+) -> list[str]:
+    """Remove the old member's options the new one does not take, and the old member's
+    values the file never wrote (a Config's defaults); return the written keys that went. A
+    written key the old member did not take either (a typo) stays, for validation to name."""
     dropped = []
     for key in list(section):
         if key in overridden or (key in keep and key in explicit):
+            continue
+        if key in explicit and old is not None and key not in old:
             continue
         del section[key]
         if key in explicit and key not in keep:

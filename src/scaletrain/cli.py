@@ -44,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:  # a second Ctrl-C: no final checkpoint was waited for
-        line = "interrupted"
-        if args.handler in (_train, _resume):
-            line += ": " + _resume_hint(getattr(args, "run_dir", None), "the newest checkpoint")
-        print(line, file=sys.stderr)
+        if not console.quiet:
+            print(_interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -279,13 +277,20 @@ def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:
         Console().print(format_table(metrics))
     if status == "interrupted":
         hint = _resume_hint(run_dir, "this checkpoint")
-        print(f"interrupted: a final checkpoint was written; {hint}", file=sys.stderr)
+        if not console.quiet:  # print, not rich: a wrapped path would not paste
+            print(f"interrupted: a final checkpoint was written; {hint}", file=sys.stderr)
     elif status and status != "finished":
         console.print(f"status: {status}")
     report = Path(run_dir) / "report.html"
     console.print(f"run directory: {run_dir}")
     if report.is_file():
         console.print(f"report: {report}")
+
+
+def _interrupted_line(args) -> str:
+    if args.handler not in (_train, _resume):
+        return "interrupted"
+    return "interrupted: " + _resume_hint(getattr(args, "run_dir", None), "the newest checkpoint")
 
 
 def _resume_hint(run_dir: str | Path | None, where: str) -> str:

@@ -55,6 +55,13 @@ def test_a_file_that_names_one_model_and_writes_anothers_options_is_refused(tmp_
         load_config(path, ["model.name=mlp"])  # not a switch: the file already says mlp
 
 
+def test_a_typo_in_the_file_is_still_refused_after_a_switch(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: cnn\n  chanels: [8]\n  head: [4]\n")
+    with pytest.raises(ConfigError, match=r"unknown key `model\.chanels`"):
+        load_config(path, ["model.name=mlp"])  # not a cnn option either: not a leftover
+
+
 def test_switch_from_a_config_object_notes_only_what_was_written():
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
