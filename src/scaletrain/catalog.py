@@ -1,9 +1,10 @@
-"""`scaletrain list`: the registries, with each entry's options and defaults."""
+"""`scaletrain list`: the registries, with each entry's own options and their defaults."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+from scaletrain import choices
 from scaletrain import config as schema
 
 
@@ -17,10 +18,10 @@ def catalog_table(kind: str) -> Table:
     return table
 
 
-def _fields(cls, skip=("name", "init")) -> str:
-    return ", ".join(
-        f"{key}={field.default!r}" for key, field in cls.model_fields.items() if key not in skip
-    )
+def _fields(cls, skip=("name", "init"), only: tuple[str, ...] | None = None) -> str:
+    """`key=default, ...` of a schema class: all its options, or `only` those an entry reads."""
+    keys = [key for key in cls.model_fields if key not in skip and (only is None or key in only)]
+    return ", ".join(f"{key}={cls.model_fields[key].default!r}" for key in keys) or "(none)"
 
 
 def _models():
@@ -40,26 +41,37 @@ def _datasets():
 def _optimizers():
     from scaletrain.optim import OPTIMIZERS
 
-    options = _fields(schema.OptimConfig, skip=("name", "schedule", "penalty", "clip"))
-    return [(name, options) for name in sorted(OPTIMIZERS)]
+    return [
+        (name, _fields(schema.OptimConfig, only=choices.OPTIMIZER_OPTIONS[name]))
+        for name in sorted(OPTIMIZERS)
+    ]
 
 
 def _schedules():
     from scaletrain.optim import SCHEDULES
 
-    return [(name, _fields(schema.ScheduleConfig)) for name in sorted(SCHEDULES)]
+    return [
+        (name, _fields(schema.ScheduleConfig, only=choices.SCHEDULE_OPTIONS[name]))
+        for name in sorted(SCHEDULES)
+    ]
 
 
 def _losses():
     from scaletrain.optim import LOSSES
 
-    return [(name, _fields(schema.LossConfig)) for name in sorted(LOSSES)]
+    return [
+        (name, _fields(schema.LossConfig, only=choices.LOSS_OPTIONS[name]))
+        for name in sorted(LOSSES)
+    ]
 
 
 def _inits():
     from scaletrain.models import INITS
 
-    return [(name, _fields(schema.InitConfig)) for name in sorted(INITS)]
+    return [
+        (name, _fields(schema.InitConfig, only=choices.INIT_OPTIONS[name]))
+        for name in sorted(INITS)
+    ]
 
 
 _ROWS = {

@@ -43,11 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         if not console.quiet:
             print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        print(
-            "interrupted: a final checkpoint was written; `scaletrain resume` continues",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt:  # a second Ctrl-C: no final checkpoint was waited for
+        if not console.quiet:
+            print(_interrupted_line(args), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -89,19 +87,19 @@ def _train(args) -> int:
 
 def _train_run(args):
     from scaletrain import api
+    from scaletrain.config import load_config
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    args.run_dir = str(run_dir)  # what Ctrl-C's line tells to resume
     if args.resume:
-        from scaletrain.config import load_config
-
-        cfg = load_config(args.config, overrides)
-        run_dir = Path(cfg.run.out_dir) / cfg.run.name
         # a run that failed (or lost a node) before its first checkpoint starts over
         committed = any((run_dir / "checkpoints").glob("step_*/manifest.json"))
         return api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
-    return api.train(args.config, overrides=overrides, overwrite=args.overwrite)
+    return api.train(cfg, overwrite=args.overwrite)
 
 
 def _resume(args) -> int:
@@ -170,9 +168,18 @@ def _config_show(args) -> int:
 
 
 def _config_check(args) -> int:
+    """Every invalid key on its own line (where `train` stops at the first)."""
     from scaletrain.config import load_config
+    from scaletrain.errors import ConfigError
 
-    load_config(args.config, list(args.overrides))
+    try:
+        load_config(args.config, list(args.overrides))
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        for problem in exc.problems:
+            print(f"error: {_one_line(problem)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     console.print(f"{args.config}: ok")
     return 0
 
@@ -199,7 +206,8 @@ def _report(args) -> int:
 def _compare(args) -> int:
     from scaletrain.report import write_compare
 
-    path = write_compare([Path(p) for p in args.run_dirs], out=Path(args.out), align=args.align)
+    out = Path(args.out) if args.out else None
+    path = write_compare([Path(p) for p in args.run_dirs], out=out, align=args.align)
     console.print(f"comparison: {path}")
     return 0
 
@@ -249,9 +257,12 @@ _python_format_warning = warnings.formatwarning
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """scaletrain's own warnings (a skipped checkpoint ...) are one line for the user."""
+    """scaletrain's own warnings (a skipped checkpoint ...) and notes (options a model switch
+    dropped) are one line for the user; rank 0 alone gives the notes of a torchrun job."""
     if category.__name__ == "CheckpointWarning":
         return f"warning: {message}\n"
+    if category.__name__ == "ConfigNote":
+        return "" if console.quiet else f"note: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 
 
@@ -277,12 +288,31 @@ def _print_result(run_dir: Path, metrics: dict, status: str | None, *, report: b
 
     if metrics:
         Console().print(format_table(metrics))
-    if status and status != "finished":
+    if status == "interrupted":
+        hint = _resume_hint(run_dir, "this checkpoint")
+        if not console.quiet:  # print, not rich: a wrapped path would not paste
+            print(f"interrupted: a final checkpoint was written; {hint}", file=sys.stderr)
+    elif status and status != "finished":
         console.print(f"status: {status}")
     console.print(f"run directory: {run_dir}")
     report = Path(run_dir) / "report.html" if report else None
     if report is not None and report.is_file():
         console.print(f"report: {report}")
+
+
+def _interrupted_line(args) -> str:
+    if args.handler not in (_train, _resume):
+        return "interrupted"
+    return "interrupted: " + _resume_hint(getattr(args, "run_dir", None), "the newest checkpoint")
+
+
+def _resume_hint(run_dir: str | Path | None, where: str) -> str:
+    """`scaletrain resume RUN_DIR` for the run a command trained, copyable as it stands."""
+    import shlex
+
+    if run_dir is None:  # a job launched through torchrun: the config names the run
+        return f"continue from {where} with `scaletrain resume RUN_DIR`"
+    return f"continue from {where} with `scaletrain resume {shlex.quote(str(run_dir))}`"
 
 
 def _prediction_lines(result: dict) -> list[str]:
@@ -300,15 +330,45 @@ def _prediction_lines(result: dict) -> list[str]:
 
 
 # --- parser -------------------------------------------------------------------------------
+class HelpFormatter(RichHelpFormatter):
+    """Group titles as written, first letter capitalized (rich-argparse's default
+    `str.title` made "Through Torchrun'S Elastic Agent")."""
+
+    group_name_formatter = staticmethod(lambda title: title[:1].upper() + title[1:])
+
+
+class _Version(argparse.Action):
+    """`--version`: scaletrain's and torch's versions, read without importing torch."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        import scaletrain
+
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "not installed"
+        print(
+            f"scaletrain {scaletrain.__version__} (torch {torch_version}, Python "
+            f"{sys.version.split()[0]})"
+        )
+        parser.exit()
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, formatter_class=RichHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     common.add_argument("--debug", action="store_true", help="Show tracebacks for user errors.")
     parser = argparse.ArgumentParser(
         prog="scaletrain",
         parents=[common],
-        formatter_class=RichHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Train neural networks from one config: `scaletrain train configs/default.yaml`.",
     )
+    parser.add_argument("--version", action=_Version, help="Print the versions and exit.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
@@ -317,7 +377,7 @@ def _build_parser() -> argparse.ArgumentParser:
             parents=[common],
             help=help_text,
             description=help_text,
-            formatter_class=RichHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         sub.set_defaults(handler=handler)
         return sub
@@ -325,7 +385,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = command("train", _train, "Train a model from a YAML config.")
     sub.add_argument("config", help="YAML config file, e.g. configs/default.yaml.")
     sub.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides: optim.lr=3e-4."
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Dotted overrides: optim.lr=3e-4.",
     )
     sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
@@ -343,7 +407,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub = command("plan", _plan, "Estimate memory per device for each strategy; recommend one.")
     sub.add_argument("config", help="YAML config file.")
-    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
+    sub.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
+    )
     sub.add_argument("--nproc", type=int, default=1, help="Processes per node.")
     sub.add_argument("--nnodes", type=int, default=1, help="Nodes.")
     sub.add_argument("--device-memory", type=float, help="GB per device (default: measured).")
@@ -354,7 +420,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "Layers, output shapes, parameters, size and FLOPs of a config's model.",
     )
     sub.add_argument("config", help="YAML config file (its data gives the input shape).")
-    sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
+    sub.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
+    )
 
     sub = command(
         "eval", _eval, "Reload a run's model and evaluate it on a split or a new labelled file."
@@ -388,11 +456,13 @@ def _build_parser() -> argparse.ArgumentParser:
         ("check", _config_check, "Validate a config; exit 2 with the culprit key if invalid."),
     ):
         sub = config_commands.add_parser(
-            name, parents=[common], help=text, description=text, formatter_class=RichHelpFormatter
+            name, parents=[common], help=text, description=text, formatter_class=HelpFormatter
         )
         sub.set_defaults(handler=handler)
         sub.add_argument("config", help="YAML config file.")
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides.")
+        sub.add_argument(
+            "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
+        )
 
     sub = command(
         "list", _list, "List registered models, datasets, optimizers, schedules, losses, inits."
@@ -409,7 +479,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub = command("compare", _compare, "Compare runs: overlaid curves, final metrics, config diff.")
     sub.add_argument("run_dirs", nargs="+", help="Run directories.")
-    sub.add_argument("--out", default="compare.html", help="Output HTML file.")
+    sub.add_argument(
+        "--out",
+        help="Output HTML file (default: compare-RUN1-vs-RUN2.html beside the first run).",
+    )
     sub.add_argument("--align", default="step", choices=["step", "time"], help="X axis.")
 
     sub = command("export", _export, "Export a run's weights for use elsewhere (no pickle).")
@@ -423,7 +496,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = command("prepare", _prepare, "Write a config's data as memory-mapped shards.")
     sub.add_argument("config", help="YAML config whose `data` section names the source.")
     sub.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides: data.path=x.csv."
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Dotted overrides: data.path=x.csv.",
     )
     sub.add_argument("--out", required=True, help="Folder to write (shards + manifest.json).")
     sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")

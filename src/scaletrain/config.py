@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from scaletrain import choices
 from scaletrain.errors import ConfigError
 from scaletrain.typed_yaml import field_at, load_value, takes_text
 
@@ -713,13 +714,34 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] = ()) -
         if not overrides:
             return source
         raw = source.to_dict()
+        explicit = {s.path: _fields_set(source, s.path) for s in _SWITCHES}
     elif isinstance(source, dict):
         raw = _deep_copy(source)
+        explicit = choices.explicit_keys(raw, _SWITCHES)
     else:
         raw = _read_yaml(Path(source))
+        explicit = choices.explicit_keys(raw, _SWITCHES)
+    before = {switch.path: choices.choice_before(raw, switch) for switch in _SWITCHES}
     for item in overrides:
         _apply_override(raw, item)
-    return validate_config(raw)
+    notes = choices.drop_switched_options(
+        raw,
+        _SWITCHES,
+        explicit=explicit,
+        override_keys=[tuple(item.partition("=")[0].split(".")) for item in overrides],
+        before=before,
+        where=str(source) if isinstance(source, str | Path) else "the config",
+    )
+    cfg = validate_config(raw)
+    choices.warn_notes(notes)  # only for a config that is used: a refusal stays one line
+    return cfg
+
+
+def _fields_set(cfg: BaseModel, path: tuple[str, ...]) -> set[str]:
+    """The keys a Config's section was given (not its defaults)."""
+    for part in path:
+        cfg = getattr(cfg, part)
+    return set(cfg.model_fields_set)
 
 
 def validate_config(raw: dict) -> Config:
@@ -729,7 +751,8 @@ def validate_config(raw: dict) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, raw)) from None
+        problems = [_describe(group, raw) for group in _by_key(exc.errors())]
+        raise ConfigError(problems[0], problems=problems) from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -797,9 +820,59 @@ def _deep_copy(raw: Any) -> Any:
 _MODEL_CLASSES = {cls.model_fields["name"].default: cls for cls in ModelConfig.__args__[0].__args__}
 
 
-def _describe(exc: ValidationError, raw: dict) -> str:
-    """Turn the first pydantic error into one line: key path, received, expected, fix."""
-    error = _first_error(exc.errors())
+def _data_options(source: str) -> set[str] | None:
+    """The data keys a source reads; `tensors` and `shards` keep them all (see DataConfig)."""
+    if source in ("tensors", "shards"):
+        return None
+    unread = {key for key, readers in _SOURCE_KEYS.items() if source not in readers}
+    return set(DataConfig.model_fields) - unread
+
+
+def _options_of(table: dict[str, tuple[str, ...]], *shared: str):
+    return lambda name: set(table[name]) | set(shared) if name in table else None
+
+
+# Sections chosen by a name: an override that switches it drops the file's options the new
+# choice does not take, with a note (`choices.py`).
+_SWITCHES = (
+    choices.Switch(
+        ("model",),
+        "name",
+        "cnn",
+        lambda name: set(_MODEL_CLASSES[name].model_fields) if name in _MODEL_CLASSES else None,
+    ),
+    choices.Switch(
+        ("optim",),
+        "name",
+        "adamw",
+        _options_of(choices.OPTIMIZER_OPTIONS, *choices.OPTIM_SECTIONS),
+    ),
+    choices.Switch(
+        ("optim", "schedule"), "name", "constant", _options_of(choices.SCHEDULE_OPTIONS)
+    ),
+    choices.Switch(("loss",), "name", "auto", _options_of(choices.LOSS_OPTIONS)),
+    choices.Switch(("data",), "source", "builtin", _data_options),
+)
+
+
+def _by_key(errors: list[dict]) -> list[list[dict]]:
+    """pydantic's errors grouped by the key they are about (a union's members each report
+    one for the same key, a list's items one under it), in the order first reported."""
+    groups: list[tuple[tuple, list[dict]]] = []
+    for error in errors:
+        loc = _clean_loc(error["loc"])
+        for key, group in groups:
+            if loc[: len(key)] == key or key[: len(loc)] == loc:
+                group.append(error)
+                break
+        else:
+            groups.append((loc, [error]))
+    return [group for _, group in groups]
+
+
+def _describe(errors: list[dict], raw: dict) -> str:
+    """Turn the errors about one key into one line: key path, received, expected, fix."""
+    error = _first_error(errors)
     loc = _clean_loc(error["loc"], unions=error["type"] != "extra_forbidden")  # a key as typed
     path = ".".join(str(part) for part in loc) or "<root>"
     if error["type"] == "extra_forbidden":

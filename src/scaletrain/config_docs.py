@@ -26,6 +26,13 @@ numbers. `true`/`false` are not numbers, numbers must be finite (no `.inf`, `.na
 and counts stay below 2^31. The `data` keys that only some sources read (`path`, `name`,
 `label`, `features`, `table`, `text`, `image`) are refused when set away from their default
 under a source that ignores them (`shards` excepted: they describe how the shards were made). YAML aliases may expand to at most {MAX_VALUES:,} values.
+
+An override that switches a named choice (`model.name`, `optim.name`, `optim.schedule.name`,
+`loss.name`, `data.source`) keeps the file's options the new choice also takes and drops the
+others with one `note:` line: `scaletrain train configs/default.yaml model.name=mlp` keeps
+`model.dropout` and drops the cnn's `model.channels` and `model.head`. An option of the old
+choice set by the same overrides (`model.name=mlp model.channels=[8]`) is still refused.
+`scaletrain list optimizers|schedules|losses|inits` shows the options each entry reads.
 """
 
 

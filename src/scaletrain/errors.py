@@ -8,7 +8,12 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A config key is unknown, mistyped or out of range."""
+    """A config key is unknown, mistyped or out of range; `problems` lists every such key's
+    line where validation found several (`config check` prints them all)."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class DataError(UserError):

@@ -16,7 +16,7 @@ from typing import Any
 
 from scaletrain.errors import UserError
 
-FILE_MODE = 0o644  # run files are for sharing (mkstemp alone would make them 0600)
+NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes away (022: 0644)
 
 
 @contextmanager
@@ -34,7 +34,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         os.close(descriptor)
         yield temporary
-        temporary.chmod(FILE_MODE)  # after the write: a writer may create the file anew
+        # run files are for sharing as open() would make them (mkstemp alone gives 0600);
+        # after the write: a writer may create the file anew
+        temporary.chmod(NEW_FILE_MODE & ~current_umask())
         fsync_file(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -56,6 +58,20 @@ def atomic_write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
     """`data` as JSON; serialized before the temporary file exists, so a value JSON cannot
     encode leaves nothing behind."""
     atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells (`os.umask` sets it,
+    and a thread creating a file meanwhile would get the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_file(path: Path) -> None:

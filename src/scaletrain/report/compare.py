@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,19 @@ from scaletrain.report.plots import PALETTE, Series, line_plot
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 
 AXIS_LABELS = {"step": "step (optimizer updates)", "time": "wall time since start (s)"}
+MAX_STEM_CHARS = 120  # of a default output name; file names stop at 255 bytes
 _ABSENT = object()  # a key one config lacks: shown as "(absent)", unequal to any value
 
 
 def write_compare(
-    run_dirs: list[Path], *, out: Path, align: Literal["step", "time"] = "step"
+    run_dirs: list[Path], *, out: Path | None = None, align: Literal["step", "time"] = "step"
 ) -> Path:
     """Write one self-contained page comparing runs: curves, final metrics, config changes.
 
     Args:
         run_dirs: run directories (each holds ``config.yaml``), in the order to show them.
-        out: the HTML file to write.
+        out: the HTML file to write; default ``default_compare_path(run_dirs)``, beside the
+            first run (not the current folder, which may be anywhere).
         align: put curves on a common ``step`` axis, or on seconds since each run started.
     """
     if not run_dirs:
@@ -41,9 +44,18 @@ def write_compare(
         section("final-metrics", "Final metrics", [final_metrics_table(runs, labels)]),
         section("config-diff", "Config differences", [config_diff_table(runs, labels)]),
     ]
-    out = Path(out)
+    out = Path(out) if out is not None else default_compare_path(run_dirs)
     atomic_write_text(out, page("scaletrain comparison: " + ", ".join(labels), body))
     return out
+
+
+def default_compare_path(run_dirs: list[Path]) -> Path:
+    """`compare-<a>-vs-<b>.html` in the first run's parent folder (where the runs live)."""
+    names = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).resolve().name) for path in run_dirs]
+    stem = "-vs-".join(names)
+    if len(stem) > MAX_STEM_CHARS:  # many runs, or long names: a name a file system takes
+        stem = f"{names[0][:MAX_STEM_CHARS]}-and-{len(names) - 1}-more"
+    return Path(run_dirs[0]).resolve().parent / f"compare-{stem}.html"
 
 
 def run_labels(runs: list[RunData]) -> list[str]:

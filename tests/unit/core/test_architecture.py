@@ -16,6 +16,7 @@ SRC = Path(__file__).parents[3] / "src" / "scaletrain"
 LAYERS = [
     {"errors"},
     {"typed_yaml"},  # YAML read against a pydantic schema; knows nothing of Config
+    {"choices"},  # which options each named choice takes; knows nothing of Config
     {"config"},
     {"fileio", "_alloc"},  # file helpers: nothing of scaletrain but errors
     {"rundir"},
@@ -32,7 +33,8 @@ LAYER = {unit: index for index, units in enumerate(LAYERS) for unit in units}
 # Tighter than their layer allows:
 ONLY_IMPORT = {
     "typed_yaml": {"errors"},
-    "config": {"errors", "typed_yaml"},
+    "choices": set(),
+    "config": {"errors", "typed_yaml", "choices"},
     "fileio": {"errors"},
     "_alloc": set(),
     "rundir": {"errors", "fileio"},
@@ -41,6 +43,7 @@ ONLY_IMPORT = {
 NO_TORCH = (
     "errors",
     "typed_yaml",
+    "choices",
     "config",
     "fileio",
     "_alloc",
@@ -163,10 +166,10 @@ def test_file_helpers_and_report_import_no_torch():
 
 
 def test_config_and_errors_import_nothing_from_scaletrain():
-    """config imports only errors and its YAML reader, which imports only errors."""
-    for name in ("config.py", "typed_yaml.py", "errors.py"):
+    """config imports only errors, its YAML reader and its choices (which import only errors)."""
+    for name in ("config.py", "typed_yaml.py", "choices.py", "errors.py"):
         imported = {_scaletrain_unit(module) for module, _ in _imports(SRC / name)} - {None}
-        allowed = {"errors", "typed_yaml"} if name == "config.py" else {"errors"}
+        allowed = {"errors", "typed_yaml", "choices"} if name == "config.py" else {"errors"}
         assert imported <= allowed, f"{name} imports {imported}"
 
 

@@ -26,7 +26,7 @@ from scaletrain.data.shards.tokens import token_shards
 from scaletrain.data.shards.writer import SampleShardWriter, write_manifest
 from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.errors import ConfigError, UserError
-from scaletrain.fileio import fsync_dir
+from scaletrain.fileio import current_umask, fsync_dir
 
 CHUNK_ROWS = 4096  # samples handed to a writer at a time
 
@@ -67,7 +67,8 @@ def _publish(out: Path, write) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
-        staging.chmod(0o755)  # mkdtemp makes 0700: a prepared folder is for sharing
+        # mkdtemp makes 0700; a prepared folder is for sharing, as mkdir would make it
+        staging.chmod(0o777 & ~current_umask())
         manifest = write_manifest(staging, write(staging))
         if out.exists():
             shutil.rmtree(out)
