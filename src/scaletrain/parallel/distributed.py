@@ -49,7 +49,7 @@ class DistributedStrategy(BaseStrategy):
         ranks end a step with different statistics: evaluation then scores each shard with
         another model, and a checkpoint keeps whichever rank's copy DCP chose to write,
         so a restarted run evaluates differently from an uninterrupted one. Costs one
-        broadcast per dtype per step, none for a model without buffers.
+        small broadcast per step, none for a model without buffers.
         """
         buffers = self._buffers.get(id(model))
         if buffers is None:
@@ -81,16 +81,18 @@ class DistributedStrategy(BaseStrategy):
 
 
 def broadcast_in_place(tensors: list[torch.Tensor], *, src: int) -> None:
-    """Overwrite `tensors` with rank `src`'s values: one flat broadcast per dtype."""
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for tensor in tensors:
-        by_dtype.setdefault(tensor.dtype, []).append(tensor)
-    for group in by_dtype.values():
-        flat = torch.cat([tensor.detach().reshape(-1) for tensor in group])
-        dist.broadcast(flat, src=src)
-        with torch.no_grad():
-            for tensor, values in zip(group, flat.split([t.numel() for t in group]), strict=True):
-                tensor.copy_(values.view_as(tensor))
+    """Overwrite `tensors` with rank `src`'s values in one broadcast: their raw bytes travel
+    together (one collective's latency, whatever the dtypes: float statistics, int64
+    counters)."""
+    flat = torch.cat([tensor.detach().reshape(-1).view(torch.uint8) for tensor in tensors])
+    dist.broadcast(flat, src=src)
+    if dist.get_rank() == src:
+        return
+    sizes = [tensor.numel() * tensor.element_size() for tensor in tensors]
+    with torch.no_grad():
+        for tensor, data in zip(tensors, flat.split(sizes), strict=True):
+            # clone: a byte slice may start off the dtype's alignment
+            tensor.copy_(data.clone().view(tensor.dtype).reshape(tensor.shape))
 
 
 def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:
