@@ -53,7 +53,7 @@ MODELS = {
         "dropout": 0.0,
     },
 }
-# batch-norm running statistics are per rank (each sees its own samples): not compared
+# batch-norm running statistics are rank 0's (from its share of each batch only): not compared
 PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

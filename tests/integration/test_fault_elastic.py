@@ -1,7 +1,8 @@
 """Issue 5, test 2: 2 gloo processes (DDP, FSDP); one worker is SIGKILLed mid-run and
 torchrun's agent (`--max-restarts 1`) restarts the group, which resumes from the newest
-checkpoint. The run completes with the losses of an uninterrupted run, and the sample
-ledger shows that only the steps since the last checkpoint were trained again."""
+checkpoint. The run completes with the losses of an uninterrupted run, train and val/test
+alike (the model has BatchNorm, whose running statistics only evaluation reads), and the
+sample ledger shows that only the steps since the last checkpoint were trained again."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ MAX_STEPS, EVERY, KILL_AT = 12, 4, 7  # killed 3 steps after the step-4 checkpoi
 CONFIG = {
     "run": {"seed": 11},
     "data": {"source": "builtin", "name": "digits", "layout": "flat"},
-    "model": {"name": "mlp", "hidden": [32]},
+    # BatchNorm: each rank's forwards update its running statistics from its own samples;
+    # only evaluation reads them, so val/test catch a restart that restores other ones
+    "model": {"name": "mlp", "hidden": [32], "batch_norm": True},
     "optim": {"name": "adamw", "lr": 0.01, "schedule": {"name": "cosine"}},
     "train": {"max_steps": MAX_STEPS, "batch_size": 32, "precision": "32", "device": "cpu"},
     "checkpoint": {"every_steps": EVERY, "every_epochs": 0, "save_best": False},
@@ -50,6 +53,15 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _records(run_dir) if r.get("split") == "train"}
 
 
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _validations(run_dir: Path) -> list[dict]:
+    records = [r for r in _records(run_dir) if r.get("split") == "val"]
+    return [{key: value for key, value in r.items() if key != "time_s"} for r in records]
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_killed_worker_is_restarted_and_the_run_completes(uninterrupted, tmp_path, strategy):
     config = {**CONFIG, "run": {"seed": 11, "name": "killed", "out_dir": str(tmp_path)}}
@@ -70,13 +82,19 @@ def test_killed_worker_is_restarted_and_the_run_completes(uninterrupted, tmp_pat
     assert marker.read_text() == str(KILL_AT)  # rank 1 really died once, mid-run
     run_dir, reference = tmp_path / "killed", uninterrupted / strategy
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = _summary(run_dir)
     assert summary["status"] == "finished" and summary["steps"] == MAX_STEPS
     assert summary["counters"]["restarts"] == 1
     expected, got = _train_losses(reference), _train_losses(run_dir)
     assert sorted(got) == list(range(1, MAX_STEPS + 1))
-    for step, loss in expected.items():
-        assert abs(got[step] - loss) <= 1e-6, (step, got[step], loss)
+    assert got == expected  # bit for bit: the same weights, data, RNG and reduction order
+    # val/test loss and metrics bit for bit: the evaluated weights and buffers are the same
+    final, final_reference = summary["metrics"], _summary(reference)["metrics"]
+    for split in ("val", "test"):
+        loss, reference_loss = final[split]["loss"], final_reference[split]["loss"]
+        assert loss == reference_loss, (split, loss, reference_loss, loss - reference_loss)
+        assert final[split] == final_reference[split], split
+    assert _validations(run_dir) == _validations(reference)
     # the restart resumed from the last checkpoint before the kill: at most one interval redone
     resumes = [r for r in _records(run_dir) if r.get("event") == "resume"]
     assert [r["step"] for r in resumes] == [KILL_AT // EVERY * EVERY]

@@ -6,6 +6,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from scaletrain.config import ParallelConfig
 from scaletrain.parallel.env import LaunchEnv
@@ -23,6 +24,7 @@ class DistributedStrategy(BaseStrategy):
         self.env = env
         self.rank = env.rank
         self.world_size = env.world_size
+        self._buffers: dict[int, list[torch.Tensor]] = {}  # per model: updated in place
 
     # --- lifecycle ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -37,6 +39,23 @@ class DistributedStrategy(BaseStrategy):
 
     def _shard_size(self) -> int | None:
         return self.env.local_world_size if self.cfg.fsdp.hybrid else None
+
+    # --- buffers -----------------------------------------------------------------------
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Every rank takes rank 0's buffers (BatchNorm's running statistics), as DDP's
+        `broadcast_buffers` does before each forward.
+
+        Each rank's forwards update its buffers from its own samples, so without this the
+        ranks end a step with different statistics: evaluation then scores each shard with
+        another model, and a checkpoint keeps whichever rank's copy DCP chose to write,
+        so a restarted run evaluates differently from an uninterrupted one. Costs one
+        small broadcast per step, none for a model without buffers.
+        """
+        buffers = self._buffers.get(id(model))
+        if buffers is None:
+            buffers = self._buffers[id(model)] = list(model.buffers())
+        if buffers and self.world_size > 1:
+            broadcast_in_place(buffers, src=0)
 
     # --- collectives -------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -59,6 +78,21 @@ class DistributedStrategy(BaseStrategy):
             dist.barrier(device_ids=[self.device.index])
         else:
             dist.barrier()
+
+
+def broadcast_in_place(tensors: list[torch.Tensor], *, src: int) -> None:
+    """Overwrite `tensors` with rank `src`'s values in one broadcast: their raw bytes travel
+    together (one collective's latency, whatever the dtypes: float statistics, int64
+    counters)."""
+    flat = torch.cat([tensor.detach().reshape(-1).view(torch.uint8) for tensor in tensors])
+    dist.broadcast(flat, src=src)
+    if dist.get_rank() == src:
+        return
+    sizes = [tensor.numel() * tensor.element_size() for tensor in tensors]
+    with torch.no_grad():
+        for tensor, data in zip(tensors, flat.split(sizes), strict=True):
+            # clone: a byte slice may start off the dtype's alignment
+            tensor.copy_(data.clone().view(tensor.dtype).reshape(tensor.shape))
 
 
 def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -2,7 +2,8 @@
 
 A Strategy owns the process group, wraps the model, says which samples this rank reads
 (rank / world_size for the loader), says how a step's gradients travel (`no_sync`,
-`reduce_gradients`, `apply_update`), reduces metrics, and decides which rank writes.
+`reduce_gradients`, `apply_update`) and its buffers (`sync_buffers`), reduces metrics, and
+decides which rank writes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Strategy(Protocol):
     def unwrap_model(self, model: nn.Module) -> nn.Module: ...
     def no_sync(self, model: nn.Module, *, enabled: bool): ...
     def reduce_gradients(self, model: nn.Module) -> None: ...
+    def sync_buffers(self, model: nn.Module) -> None: ...
     def apply_update(self, update: Callable[[], None]) -> None: ...
     def evaluation(self, model: nn.Module): ...
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
@@ -141,6 +143,9 @@ class BaseStrategy:
         DDP and FSDP reduce inside backward, so there is nothing left to do here; a
         strategy that reduces otherwise (or never, as local SGD) does it here.
         """
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """After the step's forwards: every rank holds the same buffers (one rank: nothing)."""
 
     def apply_update(self, update: Callable[[], None]) -> None:
         """Run the optimizer update (`update`: the precision's optimizer step).

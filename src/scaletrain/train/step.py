@@ -89,6 +89,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)  # the step's graph is gone
             return None
         self.strategy.reduce_gradients(self.model)
+        self.strategy.sync_buffers(self.model)  # BatchNorm statistics: rank 0's everywhere
         if self.precision.scaler is not None:
             self.precision.unscale(self.optimizer)
         if self.penalty is not None:
