@@ -31,6 +31,7 @@ from scaletrain.rundir import RunDir, RunLock, open_run_dir, prepare_run_dir, re
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.loop import LoopResult, run_loop
+from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
@@ -143,6 +144,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(
         cfg.optim,
         device_type=strategy.device.type,
