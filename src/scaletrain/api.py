@@ -88,6 +88,8 @@ def train(
     try:
         # bad input fails before any file is written
         bundle, model, plan = _prepare(cfg, model, data, strategy)
+        # config.yaml and run.config record the task the data resolved, not `auto`
+        cfg = _replace(cfg, data=cfg.data.model_copy(update={"task": bundle.spec.task}))
         run = None
         if strategy.is_main:  # locked before an --overwrite empties the directory
             run = prepare_run_dir(cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock)
@@ -254,6 +256,7 @@ def _evaluate_splits(
             strategy=strategy,
             batch_size=256,
             keep_predictions=keep_predictions,
+            inverse_target=bundle.preprocessor.inverse_target,
         )
         metrics[name] = {"loss": evaluated.loss, **evaluated.metrics}
         if strategy.is_main and evaluated.predictions:
@@ -298,6 +301,7 @@ def evaluate(run: str | Path | Run, *, split: str = "test", checkpoint: str = "b
         precision=precision,
         strategy=strategy,
         batch_size=256,
+        inverse_target=bundle.preprocessor.inverse_target,
     )
     return {"loss": result.loss, **result.metrics}
 
@@ -319,7 +323,7 @@ def predict(run: str | Path, inputs_file: str | Path, *, checkpoint: str = "best
             "prob": probabilities.numpy(),
             "class_names": spec.class_names,
         }
-    return {"pred": output.numpy()}
+    return {"pred": preprocessor.inverse_target(output).numpy()}  # in the targets' units
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> Run:

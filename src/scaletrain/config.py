@@ -196,6 +196,11 @@ class DataConfig(Section):
     normalize: Literal["standardize", "minmax", "none"] = Field(
         "standardize", description="Feature scaling fit on the train split only."
     )
+    normalize_target: Literal["standardize", "none"] = Field(
+        "standardize",
+        description="Regression only: train on targets standardized with train-split mean and "
+        "std; predictions and metrics are turned back into the original units.",
+    )
     context_length: PositiveInt = Field(
         128, description="language_model: tokens per sample (windows of context_length + 1)."
     )
