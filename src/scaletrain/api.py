@@ -30,6 +30,7 @@ from scaletrain.parallel import build_strategy
 from scaletrain.rundir import RunDir, RunLock, open_run_dir, prepare_run_dir, read_json
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
+from scaletrain.train.extend import RunFinished, apply_resume_overrides, finished_message
 from scaletrain.train.loop import LoopResult, run_loop
 from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
@@ -110,11 +111,29 @@ def train(
         strategy.teardown()
 
 
-def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | None = None) -> Run:
-    """Continue an interrupted run from its newest valid checkpoint."""
+def resume(
+    run_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    data: dict | None = None,
+    overrides: list[str] = (),
+) -> Run:
+    """Continue an interrupted run from its newest valid checkpoint, or extend a finished one.
+
+    Args:
+        run_dir: the run directory.
+        model: the user module the run was trained with (runs of a user module only).
+        data: the user data the run was trained on, as given to ``train``.
+        overrides: ``KEY=VALUE`` strings that leave the steps already taken as they were
+            (``train.max_epochs=50``, ``log.*``, ``checkpoint.*``: train/extend.py); the new
+            values are recorded in the run's config.yaml.
+    """
     tune_malloc()
     run = open_run_dir(run_dir)
+    saved_text = run.config.read_text()
     cfg = load_config(run.config)
+    if overrides:
+        cfg = apply_resume_overrides(cfg, list(overrides))
     if isinstance(cfg.model, UserModelConfig) and model is None:
         raise UserError(
             f"{run.root} was trained with a user module ({cfg.model.class_name}); "
@@ -129,7 +148,14 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
         bundle, model, plan = _prepare(cfg, model, data, strategy)
         if strategy.is_main:  # the table was printed when the run began
             _write_model_summary(run, model, bundle.spec, show=False)
-        return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
+            if overrides:  # the extended run's config.yaml records the new values
+                atomic_write_text(run.config, cfg.to_yaml())
+        try:
+            return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
+        except RunFinished as finished:
+            if strategy.is_main and overrides:
+                atomic_write_text(run.config, saved_text)  # refused: the run stays as it was
+            raise UserError(finished_message(str(run.root), cfg, finished)) from None
     finally:
         lock.release()
         strategy.teardown()
@@ -189,8 +215,11 @@ def _fit(
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except RunFinished:
+        status = "unchanged"  # a resume found nothing left to train: keep its summary
+        raise
     finally:
-        if strategy.is_main:
+        if strategy.is_main and status != "unchanged":
             # where the run failed (a full disk, say), a summary that cannot be written
             # either must not mask the first error: it is what the user needs to read
             with contextlib.suppress(OSError) if sys.exc_info()[1] else contextlib.nullcontext():
