@@ -11,10 +11,11 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from torch.utils.data import TensorDataset
 
 import scaletrain
-from scaletrain.config import DataConfig
+from scaletrain.config import DataConfig, load_config
 from scaletrain.data import build_data
 from scaletrain.data.transforms.preprocess import Preprocessor
 from scaletrain.data.transforms.target import TargetScaler
+from scaletrain.errors import ConfigError
 from scaletrain.fileio import read_jsonl
 
 
@@ -108,3 +109,12 @@ def test_user_dataset_warns_that_it_is_not_normalized(tmp_path):
     cfg = DataConfig(source="tensors")
     with pytest.warns(UserWarning, match="regression targets .data.normalize_target"):
         build_data(cfg, seed=0, user_data={"train": dataset})
+
+
+def test_probability_losses_keep_targets_in_0_1():
+    """bce_with_logits/kl_div read regression targets as probabilities: not standardized by
+    default, and standardize set explicitly beside them is one line naming the key."""
+    assert load_config({"loss": {"name": "bce_with_logits"}}).data.normalize_target == "none"
+    assert load_config({}, ["loss.name=kl_div"]).data.normalize_target == "none"
+    with pytest.raises(ConfigError, match=r"^data.normalize_target: .*loss.name=kl_div"):
+        load_config({"loss": {"name": "kl_div"}, "data": {"normalize_target": "standardize"}})
