@@ -118,3 +118,41 @@ def test_probability_losses_keep_targets_in_0_1():
     assert load_config({}, ["loss.name=kl_div"]).data.normalize_target == "none"
     with pytest.raises(ConfigError, match=r"^data.normalize_target: .*loss.name=kl_div"):
         load_config({"loss": {"name": "kl_div"}, "data": {"normalize_target": "standardize"}})
+
+
+def test_evaluation_metrics_are_those_of_inverted_predictions():
+    """evaluate_split: loss on standardized targets, metrics = sklearn's on the inverted
+    outputs against the original targets (a fixed model, no training)."""
+    from scaletrain.optim import build_loss
+    from scaletrain.parallel.strategy import SingleStrategy
+    from scaletrain.train.evaluate import evaluate_split
+    from scaletrain.train.precision import Precision
+
+    cfg = load_config({"data": {"name": "diabetes"}})
+    bundle = build_data(cfg.data, seed=0)
+    raw = build_data(cfg.data.model_copy(update={"normalize_target": "none"}), seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(bundle.spec.input_shape[0], 1)
+    strategy = SingleStrategy(torch.device("cpu"))
+    loss_fn = build_loss(cfg.loss, task="regression", num_outputs=1, class_counts=None)
+    result = evaluate_split(
+        model,
+        bundle.test,
+        spec=bundle.spec,
+        loss_fn=loss_fn,
+        precision=Precision.from_config("32", strategy.device),
+        strategy=strategy,
+        batch_size=32,
+        keep_predictions=True,
+        inverse_target=bundle.preprocessor.inverse_target,
+    )
+    with torch.no_grad():
+        standardized = model(bundle.test.inputs)
+    predicted = bundle.preprocessor.inverse_target(standardized).reshape(-1).numpy()
+    truth = raw.test.targets.reshape(-1).double().numpy()
+    assert result.metrics["r2"] == pytest.approx(r2_score(truth, predicted), abs=1e-6)
+    assert result.metrics["mae"] == pytest.approx(mean_absolute_error(truth, predicted), rel=1e-6)
+    expected_loss = float(loss_fn(standardized, bundle.test.targets))
+    assert result.loss == pytest.approx(expected_loss, rel=1e-6)  # standardized units
+    np.testing.assert_allclose(result.predictions["pred"].reshape(-1), predicted, rtol=1e-6)
+    np.testing.assert_allclose(result.predictions["target"].reshape(-1), truth, rtol=1e-6)
