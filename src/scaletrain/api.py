@@ -37,7 +37,9 @@ from scaletrain.rundir import (
 )
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.evaluate import evaluate_split
+from scaletrain.train.extend import RunFinished, apply_resume_overrides, finished_message
 from scaletrain.train.loop import LoopResult, run_loop
+from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
@@ -79,6 +81,8 @@ def train(
     try:
         # bad input fails before any file is written
         bundle, model, plan = _prepare(cfg, model, data, strategy)
+        # config.yaml and run.config record the task the data resolved, not `auto`
+        cfg = _replace(cfg, data=cfg.data.model_copy(update={"task": bundle.spec.task}))
         run = None
         if strategy.is_main:  # locked before an --overwrite empties the directory
             run = prepare_run_dir(
@@ -105,11 +109,29 @@ def train(
         strategy.teardown()
 
 
-def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | None = None) -> Run:
-    """Continue an interrupted run from its newest valid checkpoint."""
+def resume(
+    run_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    data: dict | None = None,
+    overrides: list[str] = (),
+) -> Run:
+    """Continue an interrupted run from its newest valid checkpoint, or extend a finished one.
+
+    Args:
+        run_dir: the run directory.
+        model: the user module the run was trained with (runs of a user module only).
+        data: the user data the run was trained on, as given to ``train``.
+        overrides: ``KEY=VALUE`` strings that leave the steps already taken as they were
+            (``train.max_epochs=50``, ``log.*``, ``checkpoint.*``: train/extend.py); the new
+            values are recorded in the run's config.yaml.
+    """
     tune_malloc()
     run = open_run_dir(run_dir)
+    saved_text = run.config.read_text()
     cfg = load_config(run.config)
+    if overrides:
+        cfg = apply_resume_overrides(cfg, list(overrides))
     if isinstance(cfg.model, UserModelConfig) and model is None:
         raise UserError(
             f"{run.root} was trained with a user module ({cfg.model.class_name}); "
@@ -124,7 +146,14 @@ def resume(run_dir: str | Path, *, model: nn.Module | None = None, data: dict | 
         bundle, model, plan = _prepare(cfg, model, data, strategy)
         if strategy.is_main:  # the table was printed when the run began
             _write_model_summary(run, model, bundle.spec, show=False)
-        return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
+            if overrides:  # the extended run's config.yaml records the new values
+                atomic_write_text(run.config, cfg.to_yaml())
+        try:
+            return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
+        except RunFinished as finished:
+            if strategy.is_main and overrides:
+                atomic_write_text(run.config, saved_text)  # refused: the run stays as it was
+            raise UserError(finished_message(str(run.root), cfg, finished)) from None
     finally:
         lock.release()
         strategy.teardown()
@@ -141,6 +170,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(
         cfg.optim,
         device_type=strategy.device.type,
@@ -183,8 +213,11 @@ def _fit(
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except RunFinished:
+        status = "unchanged"  # a resume found nothing left to train: keep its summary
+        raise
     finally:
-        if strategy.is_main:
+        if strategy.is_main and status != "unchanged":
             # where the run failed (a full disk, say), a summary that cannot be written
             # either must not mask the first error: it is what the user needs to read
             with contextlib.suppress(OSError) if sys.exc_info()[1] else contextlib.nullcontext():
@@ -250,6 +283,7 @@ def _evaluate_splits(
             strategy=strategy,
             batch_size=256,
             keep_predictions=keep_predictions,
+            inverse_target=bundle.preprocessor.inverse_target,
         )
         metrics[name] = {"loss": evaluated.loss, **evaluated.metrics}
         if strategy.is_main and evaluated.predictions:

@@ -107,7 +107,7 @@ def _resume(args) -> int:
         return 0
     from scaletrain import api
 
-    run = api.resume(args.run_dir)
+    run = api.resume(args.run_dir, overrides=list(args.overrides))
     _print_run(run)
     return run.exit_code
 
@@ -401,8 +401,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_launch_flags(sub)
 
-    sub = command("resume", _resume, "Continue an interrupted run from its latest checkpoint.")
+    sub = command(
+        "resume",
+        _resume,
+        "Continue an interrupted run from its latest checkpoint, or extend a finished one.",
+    )
     sub.add_argument("run_dir", help="Run directory to continue.")
+    sub.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Keys that leave the steps already taken as they were: train.max_epochs=50, "
+        "train.max_steps, train.eval_every_steps, train.early_stopping.*, checkpoint.*, log.*.",
+    )
     _add_launch_flags(sub)
 
     sub = command("plan", _plan, "Estimate memory per device for each strategy; recommend one.")

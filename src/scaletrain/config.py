@@ -214,6 +214,11 @@ class DataConfig(Section):
     normalize: Literal["standardize", "minmax", "none"] = Field(
         "standardize", description="Feature scaling fit on the train split only."
     )
+    normalize_target: Literal["standardize", "none"] = Field(
+        "standardize",
+        description="Regression only: train on targets standardized with train-split mean and "
+        "std; predictions and metrics are turned back into the original units.",
+    )
     context_length: PositiveInt = Field(
         128, description="language_model: tokens per sample (windows of context_length + 1)."
     )
@@ -692,11 +697,28 @@ class Config(Section):
     log: LogConfig = LogConfig()
     parallel: ParallelConfig = ParallelConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _targets_as_probabilities(cls, raw: Any) -> Any:
+        """bce_with_logits and kl_div read regression targets as probabilities: unless the
+        config says otherwise, they are not standardized (which would leave [0, 1])."""
+        if not isinstance(raw, dict) or _loss_name(raw) not in PROBABILITY_LOSSES:
+            return raw
+        data = raw.get("data")
+        if data is None or (isinstance(data, dict) and "normalize_target" not in data):
+            return {**raw, "data": {**(data or {}), "normalize_target": "none"}}
+        return raw
+
     @model_validator(mode="after")
     def _cross_fields(self) -> Config:
         if self.train.precision == "16-mixed" and self.train.device == "cpu":
             raise ValueError(
                 "train.precision: `16-mixed` needs a CUDA device; use `bf16-mixed` on CPU"
+            )
+        if self.loss.name in PROBABILITY_LOSSES and self.data.normalize_target != "none":
+            raise ValueError(
+                "data.normalize_target: `standardize` moves regression targets out of [0, 1], "
+                f"which loss.name={self.loss.name} reads as probabilities; set it to `none`"
             )
         return self
 
@@ -705,6 +727,14 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+PROBABILITY_LOSSES = ("bce_with_logits", "kl_div")
+
+
+def _loss_name(raw: dict) -> Any:
+    loss = raw.get("loss")
+    return loss.get("name") if isinstance(loss, dict) else getattr(loss, "name", None)
 
 
 # --------------------------------------------------------------------------- loading

@@ -68,11 +68,18 @@ def test_resume_warns_once_when_the_training_config_changed(tmp_path):
 
     config = _config(tmp_path, "changed")
     config["train"]["max_steps"] = 4
+    config["optim"]["schedule"] = {"name": "constant"}
     run_dir = scaletrain.train(config).run_dir
+    calls = [None]
 
     def resume_after(edit) -> list[str]:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         edit(saved)
+        # one more step each time: a finished run is not resumed. The length is not part of
+        # the math hash under a constant schedule (test_extend.py covers cosine's case)
+        saved["optim"]["schedule"] = {"name": "constant"}
+        saved["train"]["max_steps"] = 4 + len(calls)
+        calls.append(edit)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -84,5 +91,5 @@ def test_resume_warns_once_when_the_training_config_changed(tmp_path):
     assert resume_after(lambda c: c["parallel"].update(timeout_s=60)) == []
     # the training math changed (the hash of data/model/optim/loss/train/seed): one line
     messages = resume_after(lambda c: c["optim"].update(lr=0.02))
-    assert len(messages) == 1 and "step_00000004" in messages[0], messages
+    assert len(messages) == 1 and "step_00000006" in messages[0], messages  # 4, +1, +1
     assert "saved under another config" in messages[0] and "\n" not in messages[0]

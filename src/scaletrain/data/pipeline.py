@@ -21,6 +21,7 @@ from scaletrain.data.transforms.split import (
     split_indices,
 )
 from scaletrain.data.transforms.table import TableEncoder
+from scaletrain.data.transforms.target import TargetScaler
 from scaletrain.data.transforms.text import TextEncoder
 from scaletrain.errors import ConfigError, DataError
 
@@ -54,12 +55,18 @@ def bundle_from_raw(
         num_scaled=num_scaled,
         encoder=encoder,
     )
+    preprocessor.target = fit_target_scaler(cfg, targets, train_rows=indices.train)
+    values = (
+        targets.values
+        if preprocessor.target is None
+        else preprocessor.target.transform(targets.values)
+    )
 
     def make_split(rows: np.ndarray | None) -> Split | None:
         if rows is None:
             return None
         scaled = preprocessor.transform(inputs[torch.from_numpy(rows)]).contiguous()
-        split = Split(inputs=scaled, targets=targets.values[torch.from_numpy(rows)])
+        split = Split(inputs=scaled, targets=values[torch.from_numpy(rows)])
         if cfg.sampler == "balanced":
             split.sample_weights = balanced_weights(split.targets, targets.task)
         return split
@@ -81,6 +88,16 @@ def bundle_from_raw(
         if split is not None:
             split.sample_weights = None  # only training draws weighted samples
     return DataBundle(spec, train, val, test, preprocessor)
+
+
+def fit_target_scaler(
+    cfg: DataConfig, targets: Targets, *, train_rows: np.ndarray
+) -> TargetScaler | None:
+    """Regression targets' train-split statistics (``data.normalize_target``), else None:
+    classification ignores the key, as there is nothing to scale in a class id."""
+    if targets.task != "regression" or cfg.normalize_target == "none":
+        return None
+    return TargetScaler.fit(targets.values[torch.from_numpy(train_rows)])
 
 
 def fit_encoder(cfg: DataConfig, raw: RawData, *, train_rows: np.ndarray) -> tuple[Any, Any]:

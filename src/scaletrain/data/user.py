@@ -1,13 +1,15 @@
 """Data handed to the Python API: ``{"train": Dataset | (inputs, targets), "val": …, "test": …}``.
 
 Arrays and tensors take the same path as files (task inference, split, preprocessing). A
-``Dataset`` is used as-is: no preprocessing, no layout change; the spec comes from its first
-sample, and for classification from its targets (``dataset.targets`` if present, else one
-pass reading every sample's target).
+``Dataset`` is used as-is: no preprocessing, no layout change (a warning says so, once per
+process, unless ``data.normalize`` and, for regression, ``data.normalize_target`` are
+``none``); the spec comes from its first sample, and for classification from its targets
+(``dataset.targets`` if present, else one pass reading every sample's target).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,6 +110,7 @@ def _bundle_from_datasets(cfg: DataConfig, parts: dict[str, Dataset], *, seed: i
             f"data.task: {cfg.task!r}, but data['train'] targets look like {task} "
             "(integer targets mean classification); a Dataset is used as-is"
         )
+    _warn_not_normalized(cfg, task)
     targets = {name: _dataset_targets(part) for name, part in parts.items()}
     splits = _split_dataset(cfg, parts, targets, seed=seed)
     num_outputs = int(torch.as_tensor(sample[1]).numel())
@@ -133,6 +136,23 @@ def _bundle_from_datasets(cfg: DataConfig, parts: dict[str, Dataset], *, seed: i
         split_of.get("val"),
         split_of.get("test"),
         Preprocessor("none", is_image=spec.is_image),
+    )
+
+
+def _warn_not_normalized(cfg: DataConfig, task: str) -> None:
+    """The scaling arrays get does not happen to a Dataset (Python's default warning filter
+    shows it once per process)."""
+    skipped = ["inputs (data.normalize)"] if cfg.normalize != "none" else []
+    if task == "regression" and cfg.normalize_target != "none":
+        skipped.append("regression targets (data.normalize_target)")
+    if not skipped:
+        return
+    warnings.warn(
+        f"data['train'] is a Dataset, used as-is: its {' and '.join(skipped)} are not "
+        "standardized; scale them in the Dataset, pass (inputs, targets) arrays instead, or "
+        "set those keys to `none` to say the data is ready",
+        UserWarning,
+        stacklevel=2,
     )
 
 

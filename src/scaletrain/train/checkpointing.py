@@ -13,6 +13,7 @@ from scaletrain.config import CheckpointConfig, Config
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import read_jsonl
 from scaletrain.rundir import RunDir, append_record, truncate_metrics
+from scaletrain.train.extend import RunFinished, schedule_needs_total
 from scaletrain.train.guards import StepGuard
 from scaletrain.train.ledger import Ledger
 from scaletrain.train.state import TrainState
@@ -113,6 +114,8 @@ class Checkpointer:
                 CheckpointWarning,
                 stacklevel=2,
             )
+        if self.state.step >= self.total_steps:  # before any file of the run is touched
+            raise RunFinished(self.state.step, self.state.epoch)
         # a resumed process killed before its next save left its count only in metrics.jsonl
         logged = _count_events(self.run.metrics, "resume") if self.strategy.is_main else 0
         self.state.counters["restarts"] = max(self.state.counters["restarts"], logged) + 1
@@ -177,7 +180,13 @@ def _count_events(path: Path, event: str) -> int:
 
 def config_hash(cfg: Config) -> str:
     """SHA-256 of what decides the training math; `parallel` (world size, strategy), `log`,
-    `checkpoint` and the run's name and folder may change between save and resume."""
+    `checkpoint`, the run's name and folder, validation cadence, early stopping and (unless
+    the schedule spreads over the total steps) the run's length may change between save and
+    resume (train/extend.py)."""
     kept = {k: v for k, v in cfg.to_dict().items() if k not in ("parallel", "log", "checkpoint")}
     kept["run"] = {"seed": cfg.run.seed}
+    dropped = {"eval_every_steps", "early_stopping"}
+    if schedule_needs_total(cfg.optim.schedule) is None:
+        dropped |= {"max_epochs", "max_steps"}
+    kept["train"] = {k: v for k, v in kept["train"].items() if k not in dropped}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +31,14 @@ def evaluate_split(
     strategy,
     batch_size: int,
     keep_predictions: bool = False,
+    inverse_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Loss and metrics over `split`; ranks read disjoint shards and reduce exact sums."""
+    """Loss and metrics over `split`; ranks read disjoint shards and reduce exact sums.
+
+    The loss is the training loss (on standardized regression targets where
+    `data.normalize_target` scaled them); metrics and kept predictions are in the targets'
+    original units (`inverse_target`: `Preprocessor.inverse_target`).
+    """
     metrics = build_metrics(
         spec.task, num_classes=spec.num_outputs if spec.task == "classification" else None
     ).to(strategy.device)
@@ -54,6 +61,8 @@ def evaluate_split(
             output = output.float()
             loss_sum += loss_fn(output, targets).double() * len(targets)
             count += len(targets)
+            if inverse_target is not None and spec.task == "regression":
+                output, targets = inverse_target(output), inverse_target(targets)
             metrics.update(output, targets)
             if keep_predictions:
                 _keep(kept, output, targets, inputs, spec)
@@ -127,6 +136,7 @@ class Evaluator:
             precision=self.precision,
             strategy=self.strategy,
             batch_size=self.batch_size,
+            inverse_target=self.data.preprocessor.inverse_target,
         )
         record = {"split": "val", "step": state.step, "epoch": state.epoch}
         self.log({**record, "loss": result.loss, "metrics": result.metrics})

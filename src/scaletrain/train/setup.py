@@ -142,11 +142,13 @@ def build_trainer(
         num_workers=cfg.data.num_workers,
     )  # build_loader(micro_batch_size=...): the OOM back-off builds smaller ones
     guard = StepGuard(cfg.train.guard, strategy=strategy, log_every_steps=cfg.log.every_steps)
+    target = data.preprocessor.target  # standardized regression targets: MAE in their units
+    scale = target.scale_on(strategy.device) if target is not None else None
     epoch_metrics = EpochTrainMetrics(
         spec.task,
         device=strategy.device,
         num_outputs=spec.num_outputs,
-        scorer=(scorer := build_scorer(spec.task, loss_name=cfg.loss.name)),
+        scorer=(scorer := build_scorer(spec.task, loss_name=cfg.loss.name, target_scale=scale)),
     )
     state = TrainState(
         model,

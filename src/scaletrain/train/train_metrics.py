@@ -20,14 +20,24 @@ Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targe
 METRIC_NAMES = {"classification": "accuracy", "regression": "mae", "language_model": "perplexity"}
 
 
-def build_scorer(task: str, *, loss_name: str) -> Scorer | None:
+def build_scorer(
+    task: str, *, loss_name: str, target_scale: torch.Tensor | None = None
+) -> Scorer | None:
     """The sum the epoch's metric is made of, over a batch of outputs (None: from the loss
-    alone)."""
+    alone). `target_scale`: the std of standardized regression targets, so the MAE is in
+    the original units as validation's is."""
     if task == "classification" and loss_name != "bce_with_logits":
         return _correct
+    if task == "regression" and target_scale is not None:
+        return lambda output, targets: (_match(output.float(), targets) * target_scale).sum()
     if task == "regression":
-        return lambda output, targets: (output.float() - targets).abs().sum()
+        return lambda output, targets: _match(output.float(), targets).sum()
     return None
+
+
+def _match(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """|output - target| per element, (B, 1) outputs against (B,) targets."""
+    return (output.reshape(targets.shape) - targets).abs()
 
 
 def _correct(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

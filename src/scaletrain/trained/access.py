@@ -43,7 +43,9 @@ def evaluate_run(
         inputs, targets = read_labelled_file(
             data, handle.config.data, spec=spec, preprocessor=preprocessor
         )
-        return evaluate_tensors(handle.model, inputs, targets, cfg=handle.config, spec=spec)
+        return evaluate_tensors(
+            handle.model, inputs, targets, cfg=handle.config, spec=spec, preprocessor=preprocessor
+        )
     if data is not None:
         raise UserError(
             f"data: expected (inputs, targets) or a file path, got {type(data).__name__}"
@@ -65,7 +67,14 @@ def _evaluate_split(handle: Run, split: str) -> dict:
     data_split = getattr(bundle, split)
     if data_split is None:
         raise UserError(f"--split: {handle.run_dir} has no {split!r} split")
-    return evaluate_on(handle.model, data_split, cfg=cfg, spec=bundle.spec, batch_size=256)
+    return evaluate_on(
+        handle.model,
+        data_split,
+        cfg=cfg,
+        spec=bundle.spec,
+        batch_size=256,
+        inverse_target=bundle.preprocessor.inverse_target,
+    )
 
 
 def predict_run(run: str | Path | Run, inputs, *, checkpoint: str | None, model: nn.Module | None):
@@ -81,6 +90,7 @@ def predict_run(run: str | Path | Run, inputs, *, checkpoint: str | None, model:
         preprocessor.transform(raw),
         spec=spec,
         precision=Precision.from_config(handle.config.train.precision, device),
+        inverse_target=preprocessor.inverse_target,
     )
     return _prediction_dict(output.numpy(), spec)
 

@@ -53,7 +53,12 @@ def predict_arrays(
     numpy out, tensor in -> tensor out (on the inputs' device)."""
     network_inputs = preprocess_inputs(inputs, spec=spec, preprocessor=preprocessor)
     result = predict_tensors(
-        model, network_inputs, spec=spec, precision=precision, batch_size=batch_size
+        model,
+        network_inputs,
+        spec=spec,
+        precision=precision,
+        batch_size=batch_size,
+        inverse_target=preprocessor.inverse_target,
     )
     return result.to(inputs.device) if isinstance(inputs, torch.Tensor) else result.numpy()
 
@@ -65,9 +70,11 @@ def predict_tensors(
     spec: DataSpec,
     precision: Precision,
     batch_size: int = BATCH_SIZE,
+    inverse_target=None,
 ) -> torch.Tensor:
     """Probabilities or values (CPU, float32) of preprocessed inputs: batched on the model's
-    device, in eval mode, without gradients."""
+    device, in eval mode, without gradients; regression values in the targets' units
+    (`inverse_target`: `Preprocessor.inverse_target`)."""
     device = device_of(model)
     outputs = []
     was_training = model.training
@@ -79,6 +86,8 @@ def predict_tensors(
                     output = model(precision.cast_inputs(batch.to(device))).float()
                 if spec.task == "classification":
                     output = output.softmax(dim=1)
+                elif spec.task == "regression" and inverse_target is not None:
+                    output = inverse_target(output).float()
                 outputs.append(output.cpu())
     finally:
         model.train(was_training)
@@ -99,7 +108,13 @@ def evaluate_arrays(
     network_inputs = preprocess_inputs(inputs, spec=spec, preprocessor=preprocessor)
     encoded = encode_labels(targets, spec=spec, origin="targets")
     return evaluate_tensors(
-        model, network_inputs, encoded, cfg=cfg, spec=spec, batch_size=batch_size
+        model,
+        network_inputs,
+        encoded,
+        cfg=cfg,
+        spec=spec,
+        preprocessor=preprocessor,
+        batch_size=batch_size,
     )
 
 
@@ -110,22 +125,40 @@ def evaluate_tensors(
     *,
     cfg: Config,
     spec: DataSpec,
+    preprocessor: Preprocessor,
     batch_size: int = BATCH_SIZE,
 ) -> dict:
-    """Loss and metrics of preprocessed inputs and encoded targets."""
+    """Loss and metrics of preprocessed inputs and encoded targets (regression targets in
+    their original units: scaled here as the model trained on them)."""
     if len(encoded) != len(network_inputs):
         raise UserError(f"data: {len(network_inputs)} inputs but {len(encoded)} targets")
     if len(encoded) == 0:
         raise UserError("data: has no samples to evaluate")
+    if spec.task == "regression":
+        encoded = preprocessor.transform_target(encoded)
     split = Split(inputs=network_inputs, targets=encoded)
-    return evaluate_on(model, split, cfg=cfg, spec=spec, batch_size=batch_size)
+    return evaluate_on(
+        model,
+        split,
+        cfg=cfg,
+        spec=spec,
+        batch_size=batch_size,
+        inverse_target=preprocessor.inverse_target,
+    )
 
 
 def evaluate_on(
-    model: nn.Module, split: Split, *, cfg: Config, spec: DataSpec, batch_size: int = BATCH_SIZE
+    model: nn.Module,
+    split: Split,
+    *,
+    cfg: Config,
+    spec: DataSpec,
+    batch_size: int = BATCH_SIZE,
+    inverse_target=None,
 ) -> dict:
     """The run's loss (`cfg.loss`) and metrics over a split, in one process on the model's
-    device, as its final metrics were computed."""
+    device, as its final metrics were computed (the split's regression targets scaled as in
+    training; `inverse_target` turns metrics back into the targets' units)."""
     device = device_of(model)
     loss_fn = build_loss(
         cfg.loss,
@@ -141,6 +174,7 @@ def evaluate_on(
         precision=Precision.from_config(cfg.train.precision, device),
         strategy=SingleStrategy(device),
         batch_size=batch_size,
+        inverse_target=inverse_target,
     )
     return {"loss": result.loss, **result.metrics}
 
@@ -238,7 +272,11 @@ class PreprocessedModel(nn.Module):
         self.network = network
         self.preprocessor = preprocessor
         self.input_shape = tuple(spec.input_shape)
+        self.task = spec.task
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         scaled = self.preprocessor.transform(inputs)
-        return self.network(scaled.reshape(len(scaled), *self.input_shape))
+        output = self.network(scaled.reshape(len(scaled), *self.input_shape))
+        if self.task == "regression":  # values in the targets' units, like run.predict
+            return self.preprocessor.inverse_target(output).to(output.dtype)
+        return output

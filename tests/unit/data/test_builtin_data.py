@@ -61,7 +61,7 @@ def test_builtin_spec(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_builtin_contents_match_sklearn(name):
     """Unscaled split rows are exactly sklearn's rows at the split's indices."""
-    cfg = DataConfig(name=name, normalize="none", layout="flat")
+    cfg = DataConfig(name=name, normalize="none", normalize_target="none", layout="flat")
     bundle = build_data(cfg, seed=3)
     sklearn_bunch = SKLEARN[name]()
     stratify = sklearn_bunch.target if EXPECTED[name][0] == "classification" else None
@@ -153,7 +153,10 @@ def test_splits_are_disjoint_and_cover_everything():
 
 
 def test_task_override_turns_classes_into_regression():
-    bundle = build_data(DataConfig(name="iris", task="regression", normalize="none"), seed=0)
+    bundle = build_data(
+        DataConfig(name="iris", task="regression", normalize="none", normalize_target="none"),
+        seed=0,
+    )
     assert bundle.spec.task == "regression" and bundle.spec.num_outputs == 1
     assert bundle.train.targets.dtype == torch.float32
     assert set(bundle.train.targets.reshape(-1).tolist()) == {0.0, 1.0, 2.0}

@@ -3,6 +3,8 @@
 Two stages: an optional *encoder* (table columns, text, image files -> numbers; fit on train)
 and *scaling* ``(inputs - shift) / scale`` per feature (per channel for images). Both go into
 ``preprocess.json``, so predict turns raw files into exactly the tensors the model saw.
+Regression targets may be standardized too (``target``); ``inverse_target`` turns outputs
+back into the original units (a run directory without it: outputs are already in them).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from scaletrain.data.raw import InputsFile
 from scaletrain.data.transforms.image import ImageDecoder
 from scaletrain.data.transforms.stats import RunningMoments
 from scaletrain.data.transforms.table import TableEncoder
+from scaletrain.data.transforms.target import TargetScaler
 from scaletrain.data.transforms.text import TextEncoder
 
 Method = Literal["standardize", "minmax", "none"]
@@ -40,6 +43,7 @@ class Preprocessor:
         scale: torch.Tensor | None = None,
         is_image: bool = False,
         encoder: Any = None,
+        target: TargetScaler | None = None,
     ):
         assert (method == "none") == (shift is None), "statistics exactly when scaling"
         self.method = method
@@ -47,6 +51,7 @@ class Preprocessor:
         self.shift = shift  # float64, broadcastable against one sample
         self.scale = scale
         self.encoder = encoder  # TableEncoder | TextEncoder | ImageDecoder | None
+        self.target = target  # regression targets' standardization, or None
         self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -102,6 +107,16 @@ class Preprocessor:
         shift, scale = self._on(inputs.device)
         return (inputs.to(torch.float32) - shift) / scale
 
+    def transform_target(self, targets: torch.Tensor) -> torch.Tensor:
+        """Regression targets as the model trained on them (standardized where
+        `data.normalize_target` scaled them; unchanged otherwise)."""
+        return targets if self.target is None else self.target.transform(targets)
+
+    def inverse_target(self, values: torch.Tensor) -> torch.Tensor:
+        """Regression outputs in the targets' original units (float64 where standardized;
+        unchanged where the targets were not)."""
+        return values if self.target is None else self.target.inverse(values)
+
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Cached so per-batch transforms on an accelerator copy the statistics once.
         if device not in self._cache:
@@ -120,19 +135,28 @@ class Preprocessor:
             state["scale"] = self.scale.flatten().tolist()
         if self.encoder is not None:
             state["encoder"] = self.encoder.state_dict()
+        if self.target is not None:
+            state["target"] = self.target.state_dict()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Preprocessor:
         """Rebuild exactly what ``state_dict`` saved."""
         encoder = encoder_from_state(state.get("encoder"))
+        target = state.get("target")  # absent in run directories from before it existed
+        target = None if target is None else TargetScaler.from_state_dict(target)
         if state["method"] == "none":
-            return cls("none", is_image=state["is_image"], encoder=encoder)
+            return cls("none", is_image=state["is_image"], encoder=encoder, target=target)
         shape = state["shape"]
         shift = torch.tensor(state["shift"], dtype=torch.float64).reshape(shape)
         scale = torch.tensor(state["scale"], dtype=torch.float64).reshape(shape)
         return cls(
-            state["method"], shift=shift, scale=scale, is_image=state["is_image"], encoder=encoder
+            state["method"],
+            shift=shift,
+            scale=scale,
+            is_image=state["is_image"],
+            encoder=encoder,
+            target=target,
         )
 
     def __repr__(self) -> str:
