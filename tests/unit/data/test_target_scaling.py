@@ -96,6 +96,17 @@ def test_diabetes_with_defaults_learns_and_metrics_are_in_original_units(tmp_pat
     assert test["mae"] == pytest.approx(mean_absolute_error(targets[340:], predicted), rel=1e-5)
     rmse = mean_squared_error(targets[340:], predicted) ** 0.5
     assert test["rmse"] == pytest.approx(rmse, rel=1e-5)
+    # the in-memory API agrees: Run.predict / Run.evaluate / with_preprocessing / load_run
+    assert np.allclose(run.predict(inputs[340:]).reshape(-1), predicted, rtol=1e-5)
+    on_arrays = run.evaluate(inputs[340:], targets[340:])
+    assert on_arrays["r2"] == pytest.approx(test["r2"], abs=1e-5)
+    assert on_arrays["loss"] == pytest.approx(test["loss"], rel=1e-5)
+    raw_in = torch.as_tensor(inputs[340:], dtype=torch.float32)
+    with torch.no_grad():
+        wrapped = run.with_preprocessing()(raw_in).reshape(-1).double().numpy()
+    assert np.allclose(wrapped, predicted, rtol=1e-4)
+    reloaded = scaletrain.load_run(run.run_dir)  # a built-in model: rebuilt from the run
+    assert np.allclose(reloaded.predict(inputs[340:]).reshape(-1), predicted, rtol=1e-5)
     epochs = [
         r for r in read_jsonl(run.run_dir / "metrics.jsonl") if r.get("split") == "train_epoch"
     ]
