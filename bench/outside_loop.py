@@ -39,7 +39,7 @@ SPANS = [
     ("summary.json", "scaletrain.api", "_write_summary", None),
     ("TensorBoard hparams", "scaletrain.metrics.logger", "log_hparams", "MetricsLogger"),
     ("report (in the call)", "scaletrain.api", "_write_report", None),
-    ("report + TB (in the call)", "scaletrain.finish", "finish_run", None),
+    ("report + TB (background thread)", "scaletrain.finish", "_write", None),
 ]
 
 
@@ -100,10 +100,11 @@ def _install(recorder: Recorder) -> None:
 
 
 def _user_run(out: str, epochs: int, device: str, name: str):
-    import scaletrain
     import torch
     from sklearn.datasets import load_digits
     from torch import nn
+
+    import scaletrain
 
     class MyNet(nn.Module):
         def __init__(self):

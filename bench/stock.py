@@ -234,7 +234,9 @@ def _keras(splits, kind, data, epochs, batch, bf16, marks, out):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    tick = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: marks.epoch_done(epoch))
+    tick = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: marks.epoch_done(epoch)
+    )
     model.fit(
         *splits[0], batch_size=batch, epochs=epochs, validation_data=splits[1], callbacks=[tick]
     )

@@ -266,6 +266,9 @@ def _print_result(run_dir: Path, metrics: dict, status: str | None) -> None:
         Console().print(format_table(metrics))
     if status and status != "finished":
         console.print(f"status: {status}")
+    from scaletrain.finish import wait_for_reports
+
+    wait_for_reports()  # train() returns before its report is written
     report = Path(run_dir) / "report.html"
     console.print(f"run directory: {run_dir}")
     if report.is_file():

@@ -21,7 +21,7 @@ LAYERS = [
     {"rundir"},
     {"data", "models", "optim", "metrics", "parallel", "report"},
     {"checkpoint"},
-    {"train"},
+    {"train", "finish"},
     {"api"},
     {"launch", "catalog", "config_docs", "tune", "compress", "ensemble"},
     {"cli"},
