@@ -9,7 +9,8 @@ accuracy at the end. Throughput is samples/s from the start of epoch 2 to the re
 training call (per-run setup is not counted; per-epoch validation, checkpoints and the work
 after the last step are). Each (workload, variant) runs in a fresh process, variants
 alternating (A B C D E A B C D E ...), so load from other users hits all alike.
-Run: `python -m bench.stock [--repeats 3] [--workloads digits-mlp,...] [--threads T]`.
+Run: `python -m bench.stock [--repeats 3] [--workloads digits-mlp,...] [--threads T]
+[--before-src /path/to/old/src]`.
 """
 
 from __future__ import annotations
@@ -272,10 +273,14 @@ def _child(workload: str, variant: str, threads: int) -> None:
     print(json.dumps(result))
 
 
-def _run_child(workload: str, variant: str, threads: int) -> dict:
+def _run_child(workload: str, variant: str, threads: int, before_src: str | None) -> dict:
+    """One fresh process; `scaletrain-before` is the stock variant run from `--before-src`
+    (an older checkout's src/), for before/after figures in the same alternation."""
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    if variant == "scaletrain-before":
+        variant, env["PYTHONPATH"] = "scaletrain", f"{before_src}{os.pathsep}{os.getcwd()}"
     command = [sys.executable, "-m", "bench.stock", "--child", f"{workload}:{variant}"]
     command += ["--threads", str(threads)]
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
     output = subprocess.run(command, capture_output=True, text=True, env=env)
     if output.returncode:
         raise RuntimeError(f"{workload} {variant} failed:\n{output.stderr[-3000:]}")
@@ -288,19 +293,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--before-src", help="adds variant scaletrain-before run from this src/")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child.split(":"), args.threads)
         return []
-    variants = args.variants.split(",")
+    variants = args.variants.split(",") + (["scaletrain-before"] if args.before_src else [])
     rows = []
     for workload in args.workloads.split(","):
         print(f"== {workload}  load {os.getloadavg()[0]:.2f}", flush=True)
         runs: dict[str, list[dict]] = {variant: [] for variant in variants}
         for _ in range(args.repeats):
             for variant in variants:
-                runs[variant].append(_run_child(workload, variant, args.threads))
+                runs[variant].append(_run_child(workload, variant, args.threads, args.before_src))
         rows += _summarize(workload, runs)
     print(f"load after: {os.getloadavg()}")
     save_results("stock", rows)
