@@ -39,7 +39,8 @@ SPANS = [
     ("summary.json", "scaletrain.api", "_write_summary", None),
     ("TensorBoard hparams", "scaletrain.metrics.logger", "log_hparams", "MetricsLogger"),
     ("report (in the call)", "scaletrain.api", "_write_report", None),
-    ("report + TB (background thread)", "scaletrain.finish", "_write", None),
+    ("TensorBoard hparams (finish)", "scaletrain.finish", "_write_hparams", None),
+    ("report (background thread)", "scaletrain.finish", "_write_report", None),
 ]
 
 

@@ -151,6 +151,7 @@ def _scaletrain(splits, kind, data, epochs, batch, bf16, marks, out, lean=False)
         cfg, model=_torch_model(kind, data), data=parts, callbacks=[Tick()], overwrite=True
     )
     marks.returned = time.perf_counter()
+    getattr(run, "wait", lambda: None)()  # the background report, before the folder goes
     return _accuracy(run.model, splits[2], bf16)
 
 

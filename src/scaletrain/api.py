@@ -57,8 +57,9 @@ class Run:
     steps: int = 0  # optimizer steps taken
 
     def wait(self) -> Run:
-        """Block until report.html and TensorBoard's hparams are written: `train()` returns
-        before them (a background thread writes them; the process waits for it at exit)."""
+        """Block until report.html is written: `train()` returns before it (a background
+        thread draws it; the process waits for it at exit). Call it before deleting the
+        run directory."""
         wait_for_reports()
         return self
 
