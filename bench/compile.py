@@ -52,6 +52,7 @@ def _run_side(args) -> None:
             cfg, model=model, data={"train": (inputs, targets)}, callbacks=[timer]
         )
         summary = json.loads((run.run_dir / "summary.json").read_text())
+        getattr(run, "wait", lambda: None)()  # the background report, before the folder goes
     print(
         json.dumps(
             {

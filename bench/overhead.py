@@ -83,7 +83,8 @@ def measure(workload: Workload, *, steps: int, guard: str) -> dict:
             batch_size=workload.batch_size,
             guard=guard,
         )
-        scaletrain.train(cfg, model=model, data={"train": (inputs, targets)}, callbacks=[raw])
+        run = scaletrain.train(cfg, model=model, data={"train": (inputs, targets)}, callbacks=[raw])
+        getattr(run, "wait", lambda: None)()  # the background report, before the folder goes
     warmup = min(50, steps // 5)
     ours = statistics.median(raw.ours_seconds[warmup:])
     theirs = statistics.median(raw.raw_seconds[warmup:])

@@ -128,6 +128,7 @@ def _run_side(args) -> None:
                 cfg, model=model, data={"train": (inputs, targets)}, callbacks=[timer]
             )
             summary = json.loads((run.run_dir / "summary.json").read_text())
+            getattr(run, "wait", lambda: None)()  # the background report, before the folder goes
         # on_step_end deltas start at step 2: pad so warm-up trims the same steps on both sides
         model, seconds, mfu = run.model, [float("nan"), *timer.seconds], summary["mfu"]
     total = time.perf_counter() - started

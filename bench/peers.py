@@ -72,7 +72,8 @@ def _scaletrain(clock: Clock, steps: int, out: str, fast: bool) -> None:
         cfg["log"] = {"progress": False, "tensorboard": False, "report": False}
         cfg["checkpoint"] = {"every_epochs": 0, "save_best": False}
     clock.on_step_end = clock.tick
-    scaletrain.train(cfg, model=_mlp(), data={"train": _data()}, callbacks=[clock])
+    run = scaletrain.train(cfg, model=_mlp(), data={"train": _data()}, callbacks=[clock])
+    getattr(run, "wait", lambda: None)()  # the background report, before the folder goes
 
 
 def _lightning(clock: Clock, steps: int, out: str, fast: bool) -> None:

@@ -23,7 +23,8 @@ from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
-from scaletrain.metrics import MetricsLogger, peak_rss_mb
+from scaletrain.finish import finish_run, wait_for_reports
+from scaletrain.metrics import peak_rss_mb
 from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
 from scaletrain.optim import check_implementation
 from scaletrain.parallel import build_strategy
@@ -70,6 +71,7 @@ def train(
         callbacks: objects with any of the ``train.callbacks`` events.
     """
     tune_malloc()  # before the first training allocations; a no-op where MALLOC_* is set
+    wait_for_reports(raise_errors=False)  # the last run's report: one drawing at a time
     cfg = load_config(config, list(overrides))
     if model is not None:
         cfg = _replace(cfg, model=UserModelConfig(class_name=type(model).__qualname__))
@@ -127,6 +129,7 @@ def resume(
             values are recorded in the run's config.yaml.
     """
     tune_malloc()
+    wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
     saved_text = run.config.read_text()
     cfg = load_config(run.config)
@@ -223,11 +226,14 @@ def _fit(
             with contextlib.suppress(OSError) if sys.exc_info()[1] else contextlib.nullcontext():
                 _write_summary(run, cfg, strategy, result, status, locals().get("final"))
     final = locals().get("final") or FinalMetrics({}, None, None)
-    if strategy.is_main and cfg.log.tensorboard and status != "interrupted":
-        with MetricsLogger(run.root, tensorboard=True) as logger:
-            logger.log_hparams(cfg.to_dict(), final.metrics)
-    if strategy.is_main and cfg.log.report:
-        _write_report(run)
+    if strategy.is_main:  # after the result: in a background thread (finish.py says why)
+        finish_run(
+            run.root,
+            hparams=cfg.to_dict() if cfg.log.tensorboard and status != "interrupted" else None,
+            final_metrics=final.metrics,
+            report=cfg.log.report,
+            background=strategy.world_size == 1,  # ranks tear the group down: finish first
+        )
     trained = strategy.unwrap_model(result.state.model)
     exit_code = 128 + result.stop_signal if result.stop_signal else 0
     return Run(
@@ -449,12 +455,6 @@ def _write_summary(
         spec = read_json(spec_file)
         summary["task"], summary["class_names"] = spec["task"], spec["class_names"]
     atomic_write_json(run.summary, summary)
-
-
-def _write_report(run: RunDir) -> None:
-    from scaletrain.report import write_report  # a leaf below api: reads run files only
-
-    write_report(run.root)
 
 
 def _spec_to_dict(spec: DataSpec) -> dict:

@@ -294,6 +294,9 @@ def _print_result(run_dir: Path, metrics: dict, status: str | None, *, report: b
             print(f"interrupted: a final checkpoint was written; {hint}", file=sys.stderr)
     elif status and status != "finished":
         console.print(f"status: {status}")
+    from scaletrain.finish import wait_for_reports
+
+    wait_for_reports()  # train() returns before its report is written
     console.print(f"run directory: {run_dir}")
     report = Path(run_dir) / "report.html" if report else None
     if report is not None and report.is_file():

@@ -592,16 +592,27 @@ class TrainConfig(Section):
 # --------------------------------------------------------------------------- checkpoint
 class CheckpointConfig(Section):
     every_steps: PositiveInt | None = Field(None, description="Save every N steps.")
-    every_epochs: NonNegInt = Field(1, description="Save at the end of every N epochs; 0 = off.")
+    every_epochs: NonNegInt = Field(
+        0,
+        description="Save at the end of every N epochs; 0 = off (the default: by time, below, "
+        "plus the final and the best checkpoint; a save cost more than a small epoch).",
+    )
     every_minutes: PositiveFloat | None = Field(
-        None, description="Also save when this many minutes passed since the last save."
+        10.0,
+        description="Save when this many minutes passed since the last save (null = off). "
+        "The final checkpoint, and one on SIGTERM/SIGINT, are written whatever this says.",
     )
     keep_last: PositiveInt = Field(
         2,
         description="Step checkpoints kept (plus best and final); older ones are deleted only "
         "after a newer one is committed.",
     )
-    save_best: bool = Field(True, description="Keep the best checkpoint by train.monitor.")
+    save_best: bool = Field(
+        True,
+        description="Keep the best checkpoint by train.monitor. In one process it is held as a "
+        "CPU copy and written once, before the next step checkpoint (every_minutes, final, "
+        "signal); several ranks write it when it improves.",
+    )
     async_save: bool = Field(
         False,
         description="Copy the state to CPU memory, then write in a background thread: training "

@@ -2,7 +2,8 @@
 
 The peak is measured once per (device, dtype, torch version, threads) by a matmul and cached
 in `~/.cache/scaletrain/peak_flops.json`, so later runs pay nothing and the first pays about two
-seconds. FLOPs per sample are counted analytically (`models.flops`: 2 per
+seconds; within a process it is remembered too (also where the disk cache is skipped because
+the CPU was oversubscribed: a second run in a notebook does not probe again). FLOPs per sample are counted analytically (`models.flops`: 2 per
 multiply-add, training = 3x forward), so MFU = samples/s * FLOPs per sample / peak.
 """
 
@@ -26,6 +27,7 @@ CACHE_FILE = CACHE / "peak_flops.json"
 CPU_SHAPES = [(256,) * 3, (512,) * 3, (256, 1024, 1024), (1024,) * 3, (2048,) * 3]
 SLOW_PRODUCT_S = 0.5  # shapes predicted to take longer are skipped (emulated bf16)
 CUDA_SIZE = 8192  # ~1 TFLOP: ~1 ms on an H100 in bf16, enough to reach its clocks
+_MEASURED: dict[str, float] = {}  # this process's peaks, by cache key
 
 
 def mfu(samples_per_s: float, flops_per_sample: int | None, peak: float | None) -> float | None:
@@ -45,10 +47,13 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     key = "|".join(
         [_device_name(device), str(dtype), torch.__version__, str(torch.get_num_threads())]
     )
+    if key in _MEASURED:
+        return _MEASURED[key]
     cache = _read_cache()
     if key in cache:
+        _MEASURED[key] = cache[key]
         return cache[key]
-    value = measure_peak_flops(device, dtype)
+    value = _MEASURED[key] = measure_peak_flops(device, dtype)
     if device.type == "cuda" or not _cpu_oversubscribed():
         cache[key] = max(value, _read_cache().get(key, 0.0))  # a peak only ever rises
         _write_cache(cache)

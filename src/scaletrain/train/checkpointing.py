@@ -13,6 +13,7 @@ from scaletrain.config import CheckpointConfig, Config
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import read_jsonl
 from scaletrain.rundir import RunDir, append_record, truncate_metrics
+from scaletrain.train.best import BestWeights, Snapshot
 from scaletrain.train.extend import RunFinished, schedule_needs_total
 from scaletrain.train.guards import StepGuard
 from scaletrain.train.ledger import Ledger
@@ -47,6 +48,8 @@ class Checkpointer:
         self.last_path: Path | None = None
         self._saved_config_hash: str | None = None  # of the checkpoint loaded last
         self._last_save_time = time.monotonic()
+        # one process: a new best is a CPU copy, written before the next step checkpoint
+        self.best = BestWeights() if strategy.world_size == 1 else None
 
     def due_by_time(self) -> bool:
         """Rank 0's clock only: ranks agree through the guard's step-boundary reduction."""
@@ -95,6 +98,33 @@ class Checkpointer:
         if self.strategy.is_main:
             self.store.mark_best(self.state.step, metric=metric, value=self.state.best_value)
 
+    def keep_best(self, *, pending_loss: float, pending_steps: int, metric: str) -> None:
+        """Remember the state at a new best in CPU memory (see train/best.py)."""
+        state = self.state
+        state.pending_loss, state.pending_steps = pending_loss, pending_steps
+        side_state = {**state.side_state(), "config_sha256": self.config_hash}
+        self.best.keep(state, metric=metric, side_state=side_state)
+
+    def take_best(self) -> Snapshot | None:
+        return self.best.take() if self.best is not None else None
+
+    def save_snapshot(self, snapshot: Snapshot) -> tuple[Path, float]:
+        """Write a best snapshot as the checkpoint of its step, marked best; (path, seconds)."""
+        started = time.perf_counter()
+        # named before it exists: the prune after this save keeps what best.json names
+        self.store.mark_best(snapshot.step, metric=snapshot.metric, value=snapshot.value)
+        if self.last_step == snapshot.step:  # saved at that step already
+            return self.last_path, 0.0
+        self.ledger.flush()
+        self.store.wait(self.strategy)  # an async save in flight commits first
+        path = self.store.save(
+            step=snapshot.step,
+            tensors=snapshot.tensors,
+            side_state=snapshot.side_state,
+            strategy=self.strategy,
+        )
+        return path, time.perf_counter() - started
+
     def finish(self) -> None:
         """Wait for a background save; raise CheckpointError (on every rank) if it failed."""
         self.store.wait(self.strategy)
@@ -134,6 +164,9 @@ class Checkpointer:
         counters, skip_spans = dict(state.counters), [*state.skip_spans]
         skip_spans += [span for span in self.guard.bad_spans if span not in skip_spans]
         backoff = state.schedule.backoff * lr_backoff
+        snapshot = self.take_best()  # on disk first, as a best saved at once would be
+        if snapshot is not None:
+            self.save_snapshot(snapshot)
         path = self._load()
         state.counters = {**counters, "rollbacks": counters["rollbacks"] + 1}
         state.skip_spans = skip_spans

@@ -74,10 +74,20 @@ class Trainer:
     def save(self, reason: str, *, best: bool = False) -> None:
         """Checkpoint now (collective), keeping the unlogged part of the log window."""
         loss, steps = self.logger.pending()
+        metric = self.evaluator.monitor.name
+        if best and self.saver.best is not None:  # a CPU copy now, on disk with the next save
+            self.saver.keep_best(pending_loss=loss, pending_steps=steps, metric=metric)
+            return
+        snapshot = self.saver.take_best()
+        if snapshot is not None and snapshot.step != self.state.step:
+            best_path, best_s = self.saver.save_snapshot(snapshot)
+            self.logger.event(
+                "checkpoint", snapshot.step, f"best: {best_path.name}", stall_s=best_s
+            )
         path, stall_s = self.saver.save(pending_loss=loss, pending_steps=steps)
-        if best:
-            self.saver.mark_best(metric=self.evaluator.monitor.name)
-        elif stall_s is None:
+        if best or (snapshot is not None and snapshot.step == self.state.step):
+            self.saver.mark_best(metric=metric)
+        if stall_s is None and not best:
             return  # saved at this step already (as the best, or every_steps): said once
         detail = f"{reason}: {path.name}"
         self.logger.event("checkpoint", self.state.step, detail, stall_s=stall_s)

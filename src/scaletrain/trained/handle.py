@@ -12,6 +12,7 @@ from torch import nn
 from scaletrain.config import Config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import UserError
+from scaletrain.finish import wait_for_reports
 from scaletrain.rundir import RunDir
 from scaletrain.train.precision import Precision
 from scaletrain.trained.files import read_preprocessor, read_spec
@@ -50,6 +51,13 @@ class Run:
     # read from the run directory on first use (data_spec.json, preprocess.json)
     spec: DataSpec | None = field(default=None, repr=False)
     preprocessor: Preprocessor | None = field(default=None, repr=False)
+
+    def wait(self) -> Run:
+        """Block until report.html is written: `train()` returns before it (a background
+        thread draws it; the process waits for it at exit). Call it before deleting the
+        run directory."""
+        wait_for_reports()
+        return self
 
     def predict(self, inputs: Any, *, batch_size: int = BATCH_SIZE):
         """Class probabilities (N, classes) for classification, values (N, outputs) for

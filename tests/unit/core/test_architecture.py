@@ -22,7 +22,7 @@ LAYERS = [
     {"rundir"},
     {"data", "models", "optim", "metrics", "parallel", "report"},
     {"checkpoint"},
-    {"train"},
+    {"train", "finish"},
     {"trained"},  # a trained run as an object: predict/evaluate/reload, below the api
     {"api"},
     {"launch", "catalog", "config_docs", "tune", "compress", "ensemble"},

@@ -92,5 +92,5 @@ def test_a_user_module_gets_a_summary_and_a_model_section(tiny_config):
         [[1, 10]],
     ]
     assert torch.equal(model[1].weight, run.model[1].weight)  # frozen: untouched by training
-    report = (run.run_dir / "report.html").read_text()
+    report = (run.wait().run_dir / "report.html").read_text()  # written after train returns
     assert '<section id="model"><h2>Model: Sequential</h2>' in report

@@ -44,12 +44,14 @@ def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(mfu_module, "CACHE", tmp_path)
     monkeypatch.setattr(mfu_module, "CACHE_FILE", tmp_path / "peak_flops.json")
     monkeypatch.setattr(mfu_module, "_cpu_oversubscribed", lambda: False)  # the load probe
+    monkeypatch.setattr(mfu_module, "_MEASURED", {})  # a fresh process
     first = peak_flops(torch.device("cpu"), torch.float32)
     assert first > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
     cached = json.loads((tmp_path / "peak_flops.json").read_text())
     assert list(cached.values()) == [first]
     key = next(iter(cached))
     (tmp_path / "peak_flops.json").write_text(json.dumps({key: 123.0}))
+    monkeypatch.setattr(mfu_module, "_MEASURED", {})  # the next process reads the file
     assert peak_flops(torch.device("cpu"), torch.float32) == 123.0  # no second measurement
 
 
@@ -59,5 +61,23 @@ def test_a_peak_measured_on_an_oversubscribed_cpu_is_not_cached(tmp_path, monkey
     monkeypatch.setattr(mfu_module, "CACHE", tmp_path)
     monkeypatch.setattr(mfu_module, "CACHE_FILE", tmp_path / "peak_flops.json")
     monkeypatch.setattr(mfu_module, "_cpu_oversubscribed", lambda: True)
-    assert peak_flops(torch.device("cpu"), torch.float32) > 1e8
+    monkeypatch.setattr(mfu_module, "_MEASURED", {})
+    first = peak_flops(torch.device("cpu"), torch.float32)
+    assert first > 1e8
     assert not (tmp_path / "peak_flops.json").exists()
+
+
+def test_a_second_run_in_the_same_process_does_not_probe_again(tmp_path, monkeypatch):
+    """Even where the disk cache was skipped (a busy CPU), the next run of the process
+    reuses the peak: the probe costs about two seconds each time."""
+    monkeypatch.setattr(mfu_module, "CACHE", tmp_path)
+    monkeypatch.setattr(mfu_module, "CACHE_FILE", tmp_path / "peak_flops.json")
+    monkeypatch.setattr(mfu_module, "_cpu_oversubscribed", lambda: True)
+    monkeypatch.setattr(mfu_module, "_MEASURED", {})
+    first = peak_flops(torch.device("cpu"), torch.float32)
+
+    def probe(*args):
+        raise AssertionError("measured a second time")
+
+    monkeypatch.setattr(mfu_module, "measure_peak_flops", probe)
+    assert peak_flops(torch.device("cpu"), torch.float32) == first

@@ -1,0 +1,76 @@
+"""The default checkpoint policy: no checkpoint per epoch; the best state kept as a CPU copy and
+written once, as a real checkpoint of its step; the final one always; the report after return."""
+
+import copy
+import threading
+
+import torch
+
+from scaletrain import api
+from scaletrain.checkpoint import CheckpointStore
+from scaletrain.checkpoint.state_dict import model_state
+from scaletrain.fileio import read_jsonl
+from scaletrain.finish import wait_for_reports
+
+
+class WeightsAtEpochEnd:
+    """Callback: a copy of the weights after each epoch (its validation ran just before)."""
+
+    def __init__(self):
+        self.by_step: dict[int, dict] = {}
+
+    def on_epoch_end(self, state):
+        self.by_step[state.step] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+
+def _train(tiny_config, callback, **train):
+    cfg = {**tiny_config, "train": {**tiny_config["train"], **train}}
+    return api.train(cfg, callbacks=[callback])
+
+
+def test_the_best_is_written_once_from_memory_and_holds_that_steps_weights(tiny_config):
+    # val.loss monitored for its maximum: the best is an early epoch, not the last one
+    callback = WeightsAtEpochEnd()
+    run = _train(tiny_config, callback, max_epochs=4, monitor={"metric": "val.loss", "mode": "max"})
+    store = CheckpointStore(run.run_dir / "checkpoints")
+    best, last = store.best_step(), run.steps
+    assert best is not None and best < last  # older than the last weights
+    assert [p.name for p in store.committed()] == [f"step_{best:08d}", f"step_{last:08d}"]
+    events = [r for r in read_jsonl(run.run_dir / "metrics.jsonl") if r.get("event")]
+    details = [r["detail"] for r in events if r["event"] == "checkpoint"]
+    assert details == [f"best: step_{best:08d}", f"final: step_{last:08d}"]  # none per epoch
+    model = copy.deepcopy(run.model)  # the same layout, loaded from the file below
+    tensors = {"model": model_state(model)}
+    store.load(store.find("best"), tensors=tensors, rank=0)
+    for name, value in callback.by_step[best].items():
+        assert torch.equal(tensors["model"][name], value), name  # a copy, not the live weights
+    assert run.weights == {"name": "best", "step": best}
+
+
+def test_a_best_at_the_last_step_marks_the_final_checkpoint(tiny_config):
+    callback = WeightsAtEpochEnd()
+    run = _train(tiny_config, callback, max_epochs=2, monitor={"metric": "val.loss", "mode": "min"})
+    store = CheckpointStore(run.run_dir / "checkpoints")
+    assert store.best_step() == run.steps  # val loss still falls in epoch 2 on digits
+    assert [p.name for p in store.committed()] == [f"step_{run.steps:08d}"]  # one save
+    assert run.weights == {"name": "last", "step": run.steps}
+
+
+def test_every_epochs_still_saves_each_epoch_when_asked(tiny_config):
+    cfg = {**tiny_config, "checkpoint": {"every_epochs": 1}}
+    cfg["train"] = {**tiny_config["train"], "max_epochs": 3}
+    run = api.train(cfg)
+    events = [r for r in read_jsonl(run.run_dir / "metrics.jsonl") if r.get("event")]
+    reasons = [r["detail"].split(":")[0] for r in events if r["event"] == "checkpoint"]
+    assert reasons == ["every_epochs", "every_epochs", "final"]  # epochs 1 and 2, then the end
+
+
+def test_the_report_is_written_after_train_returns_and_waited_for(tiny_config):
+    cfg = {**tiny_config, "log": {"progress": False, "tensorboard": False, "report": True}}
+    run = api.train(cfg)
+    writers = [t for t in threading.enumerate() if t.name == "scaletrain-report"]
+    assert all(not t.daemon for t in writers)  # the interpreter waits for it at exit
+    assert run.wait() is run
+    assert (run.run_dir / "report.html").stat().st_size > 1000
+    assert not [t for t in threading.enumerate() if t.name == "scaletrain-report"]
+    wait_for_reports()  # nothing pending: returns at once
