@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
 
 from rich.console import Console
-from rich_argparse import RichHelpFormatter
 
+from scaletrain.cli_parser import build_parser
 from scaletrain.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -19,7 +18,7 @@ console = Console(stderr=True)
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
-    parser = _build_parser()
+    parser = build_parser(HANDLERS)
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options (`train c.yaml --out d optim.lr=1`).
     if extra and hasattr(args, "overrides") and all("=" in item for item in extra):
@@ -332,224 +331,21 @@ def _prediction_lines(result: dict) -> list[str]:
     return [header, *(",".join(f"{v:.6g}" for v in row) for row in pred)]
 
 
-# --- parser -------------------------------------------------------------------------------
-class HelpFormatter(RichHelpFormatter):
-    """Group titles as written, first letter capitalized (rich-argparse's default
-    `str.title` made "Through Torchrun'S Elastic Agent")."""
-
-    group_name_formatter = staticmethod(lambda title: title[:1].upper() + title[1:])
-
-
-class _Version(argparse.Action):
-    """`--version`: scaletrain's and torch's versions, read without importing torch."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from importlib.metadata import PackageNotFoundError, version
-
-        import scaletrain
-
-        try:
-            torch_version = version("torch")
-        except PackageNotFoundError:
-            torch_version = "not installed"
-        print(
-            f"scaletrain {scaletrain.__version__} (torch {torch_version}, Python "
-            f"{sys.version.split()[0]})"
-        )
-        parser.exit()
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
-    common.add_argument("--debug", action="store_true", help="Show tracebacks for user errors.")
-    parser = argparse.ArgumentParser(
-        prog="scaletrain",
-        parents=[common],
-        formatter_class=HelpFormatter,
-        description="Train neural networks from one config: `scaletrain train configs/default.yaml`.",
-    )
-    parser.add_argument("--version", action=_Version, help="Print the versions and exit.")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            parents=[common],
-            help=help_text,
-            description=help_text,
-            formatter_class=HelpFormatter,
-        )
-        sub.set_defaults(handler=handler)
-        return sub
-
-    sub = command("train", _train, "Train a model from a YAML config.")
-    sub.add_argument("config", help="YAML config file, e.g. configs/default.yaml.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Dotted overrides: optim.lr=3e-4.",
-    )
-    sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
-    sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
-    sub.add_argument(
-        "--resume",
-        action="store_true",
-        help="Continue the run from its newest checkpoint (start over where it has none).",
-    )
-
-    _add_launch_flags(sub)
-
-    sub = command(
-        "resume",
-        _resume,
-        "Continue an interrupted run from its latest checkpoint, or extend a finished one.",
-    )
-    sub.add_argument("run_dir", help="Run directory to continue.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="Keys that leave the steps already taken as they were: train.max_epochs=50, "
-        "train.max_steps, train.eval_every_steps, train.early_stopping.*, checkpoint.*, log.*.",
-    )
-    _add_launch_flags(sub)
-
-    sub = command("plan", _plan, "Estimate memory per device for each strategy; recommend one.")
-    sub.add_argument("config", help="YAML config file.")
-    sub.add_argument(
-        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-    )
-    sub.add_argument("--nproc", type=int, default=1, help="Processes per node.")
-    sub.add_argument("--nnodes", type=int, default=1, help="Nodes.")
-    sub.add_argument("--device-memory", type=float, help="GB per device (default: measured).")
-
-    sub = command(
-        "summary",
-        _summary,
-        "Layers, output shapes, parameters, size and FLOPs of a config's model.",
-    )
-    sub.add_argument("config", help="YAML config file (its data gives the input shape).")
-    sub.add_argument(
-        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-    )
-
-    sub = command(
-        "eval", _eval, "Reload a run's model and evaluate it on a split or a new labelled file."
-    )
-    sub.add_argument("run_dir", help="Run directory.")
-    sub.add_argument("--split", default="test", choices=["train", "val", "test"], help="Split.")
-    sub.add_argument(
-        "--data",
-        metavar="FILE",
-        help="A labelled .csv, .parquet, .npy or .npz file to evaluate on instead of a split "
-        "(read like the training data, with the run's preprocessing and classes).",
-    )
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
-
-    sub = command(
-        "predict", _predict, "Predict for raw inputs (CSV/NPY), with saved preprocessing."
-    )
-    sub.add_argument("run_dir", help="Run directory.")
-    sub.add_argument("input_file", help="CSV (header, feature columns) or NPY file of inputs.")
-    sub.add_argument("--out", help="Write predictions as CSV here instead of stdout.")
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
-
-    config = command("config", None, "Show or check a config.")
-    config_commands = config.add_subparsers(title="config commands", metavar="ACTION")
-    for name, handler, text in (
-        ("show", _config_show, "Print the resolved config with defaults filled in."),
-        ("check", _config_check, "Validate a config; exit 2 with the culprit key if invalid."),
-    ):
-        sub = config_commands.add_parser(
-            name, parents=[common], help=text, description=text, formatter_class=HelpFormatter
-        )
-        sub.set_defaults(handler=handler)
-        sub.add_argument("config", help="YAML config file.")
-        sub.add_argument(
-            "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-        )
-
-    sub = command(
-        "list", _list, "List registered models, datasets, optimizers, schedules, losses, inits."
-    )
-    sub.add_argument(
-        "kind",
-        choices=["models", "datasets", "optimizers", "schedules", "losses", "inits"],
-        help="What to list.",
-    )
-
-    sub = command("report", _report, "Write the self-contained HTML report of a run.")
-    sub.add_argument("run_dir", help="Run directory.")
-    sub.add_argument("--open", action="store_true", help="Open it in a browser.")
-
-    sub = command("compare", _compare, "Compare runs: overlaid curves, final metrics, config diff.")
-    sub.add_argument("run_dirs", nargs="+", help="Run directories.")
-    sub.add_argument(
-        "--out",
-        help="Output HTML file (default: compare-RUN1-vs-RUN2.html beside the first run).",
-    )
-    sub.add_argument("--align", default="step", choices=["step", "time"], help="X axis.")
-
-    sub = command("export", _export, "Export a run's weights for use elsewhere (no pickle).")
-    sub.add_argument("run_dir", help="Run directory.")
-    sub.add_argument("--format", default="safetensors", choices=["safetensors"], help="Format.")
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
-    sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors).")
-
-    sub = command("prepare", _prepare, "Write a config's data as memory-mapped shards.")
-    sub.add_argument("config", help="YAML config whose `data` section names the source.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Dotted overrides: data.path=x.csv.",
-    )
-    sub.add_argument("--out", required=True, help="Folder to write (shards + manifest.json).")
-    sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")
-    sub.add_argument("--overwrite", action="store_true", help="Replace an existing shard folder.")
-    return parser
-
-
-def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
-    from scaletrain.launch.torchrun import LAST_CALL_S  # no torch import: cheap
-
-    group = sub.add_argument_group("distributed (through torchrun's elastic agent)")
-    # strings, parsed in _launched: `--nproc 1:4` gets a clear refusal, not argparse's
-    group.add_argument("--nproc", default="1", help="Worker processes on this node.")
-    group.add_argument(
-        "--nnodes",
-        default="1",
-        help="Nodes in the job: N, or MIN:MAX for an elastic job that goes on with MIN..MAX.",
-    )
-    group.add_argument(
-        "--node-rank", type=int, default=0, help="This node: 0 hosts the rendezvous."
-    )
-    group.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0 (c10d rendezvous).")
-    group.add_argument(
-        "--max-restarts", type=int, default=0, help="Restart failed workers N times."
-    )
-    group.add_argument(
-        "--rdzv-timeout", type=int, default=600, help="Seconds to wait for every node to join."
-    )
-    group.add_argument(
-        "--rdzv-last-call",
-        type=int,
-        default=LAST_CALL_S,
-        help="--nnodes MIN:MAX: seconds to wait for more nodes once MIN joined.",
-    )
-    group.add_argument("--local-addr", help="This node's address as the others reach it.")
+HANDLERS = {
+    "train": _train,
+    "resume": _resume,
+    "plan": _plan,
+    "summary": _summary,
+    "eval": _eval,
+    "predict": _predict,
+    "config_show": _config_show,
+    "config_check": _config_check,
+    "list": _list,
+    "report": _report,
+    "compare": _compare,
+    "export": _export,
+    "prepare": _prepare,
+}
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ LAYERS = [
     {"trained"},  # a trained run as an object: predict/evaluate/reload, below the api
     {"api"},
     {"launch", "catalog", "config_docs", "tune", "compress", "ensemble"},
+    {"cli_parser"},  # the parser, below the commands it names
     {"cli"},
     {"__main__", "__init__"},
 ]
