@@ -25,7 +25,7 @@ from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.finish import finish_run, wait_for_reports
 from scaletrain.metrics import peak_rss_mb
-from scaletrain.models import ModelSummary, build_model, summarize_model, summary_table
+from scaletrain.models import ModelSummary, summarize_model, summary_table
 from scaletrain.optim import check_implementation
 from scaletrain.parallel import build_strategy
 from scaletrain.rundir import (
@@ -46,6 +46,7 @@ from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.rng import seed_everything
 from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
+from scaletrain.trained.weights import build_run_model
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 MAX_SUMMARY_ROWS = 60  # at the start of a run: deeper layers give way (the file has all)
@@ -188,7 +189,7 @@ def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None):
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
     check_monitor(cfg.train.monitor, task=bundle.spec.task)
     if model is None:
-        model = _build_model(cfg, bundle.spec)
+        model = build_run_model(cfg, bundle.spec)
     return bundle, model
 
 
@@ -379,15 +380,6 @@ def export(run_dir: str | Path, *, out: str | Path | None = None, checkpoint: st
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _build_model(cfg: Config, spec: DataSpec) -> nn.Module:
-    return build_model(
-        cfg.model,
-        input_shape=spec.input_shape,
-        num_outputs=spec.num_outputs,
-        vocab_size=spec.vocab_size,
-    )
-
-
 def _remove_if_untrained(run: RunDir) -> None:
     """A run refused before its first update (a config mismatch only the built model or
     loss could see) leaves nothing behind, so the corrected rerun is not refused."""
