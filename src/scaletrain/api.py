@@ -268,7 +268,7 @@ def _final_evaluation(
         metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
         return FinalMetrics(metrics, {"name": "last", "step": last}, None)
     metrics_last = _evaluate_splits(result, bundle, run, strategy, keep_predictions=False)
-    _load_weights(result.state.model, CheckpointStore(run.checkpoints).find("best"), strategy)
+    _load_best(result, run, strategy, best)
     metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
     return FinalMetrics(metrics, {"name": "best", "step": best}, metrics_last)
 
@@ -395,6 +395,18 @@ def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec, *, show:
     atomic_write_json(run.model_summary, summary.to_dict())
     if show:
         Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
+
+
+def _load_best(result: LoopResult, run: RunDir, strategy, best: int) -> None:
+    """The best weights into the trained model: from the copy one process kept of what it
+    wrote (the same bits), else read back from the checkpoint."""
+    from scaletrain.checkpoint.state_dict import load_model_state
+
+    kept = result.best_in_memory
+    if kept is not None and kept[0] == best:
+        load_model_state(result.state.model, kept[1])
+        return
+    _load_weights(result.state.model, CheckpointStore(run.checkpoints).find("best"), strategy)
 
 
 def _load_weights(model: nn.Module, path: Path, strategy) -> None:

@@ -50,6 +50,9 @@ class Checkpointer:
         self._last_save_time = time.monotonic()
         # one process: a new best is a CPU copy, written before the next step checkpoint
         self.best = BestWeights() if strategy.world_size == 1 else None
+        # the model weights of the best snapshot written last: the final evaluation loads
+        # them from memory instead of reading back (and re-hashing) what was just saved
+        self.written_best: tuple[int, dict] | None = None
 
     def due_by_time(self) -> bool:
         """Rank 0's clock only: ranks agree through the guard's step-boundary reduction."""
@@ -113,6 +116,7 @@ class Checkpointer:
         started = time.perf_counter()
         # named before it exists: the prune after this save keeps what best.json names
         self.store.mark_best(snapshot.step, metric=snapshot.metric, value=snapshot.value)
+        self.written_best = (snapshot.step, snapshot.tensors["model"])
         if self.last_step == snapshot.step:  # saved at that step already
             return self.last_path, 0.0
         self.ledger.flush()

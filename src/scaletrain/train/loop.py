@@ -48,6 +48,8 @@ class LoopResult:
     overhead_fraction: float | None = None
     compile_s: float | None = None  # first step, compilation included
     error: Exception | None = None  # why a failed run failed (the caller re-raises it)
+    # (step, model weights) of the best checkpoint as written, where one process kept them
+    best_in_memory: tuple[int, dict] | None = None
 
 
 def run_loop(
@@ -178,4 +180,5 @@ def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | No
         overhead_fraction=max(0.0, 1 - compute / seconds) if seconds else None,
         compile_s=t.first_step.seconds if t.first_step else None,
         error=error,
+        best_in_memory=t.saver.written_best,
     )

@@ -3,6 +3,7 @@ written once, as a real checkpoint of its step; the final one always; the report
 
 import copy
 import threading
+from pathlib import Path
 
 import torch
 
@@ -74,3 +75,30 @@ def test_the_report_is_written_after_train_returns_and_waited_for(tiny_config):
     assert (run.run_dir / "report.html").stat().st_size > 1000
     assert not [t for t in threading.enumerate() if t.name == "scaletrain-report"]
     wait_for_reports()  # nothing pending: returns at once
+
+
+class SpoilTheBestOnDisk(WeightsAtEpochEnd):
+    """Also flips a byte of the best checkpoint's data once training ended (after the final
+    save, before the final evaluation): only weights taken from memory survive that."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.checkpoints = run_dir / "checkpoints"
+
+    def on_train_end(self, state):
+        best = CheckpointStore(self.checkpoints).best_step()
+        data = sorted((self.checkpoints / f"step_{best:08d}").glob("*.safetensors"))[0]
+        raw = bytearray(data.read_bytes())
+        raw[-1] ^= 0xFF
+        data.write_bytes(bytes(raw))
+
+
+def test_the_final_evaluation_takes_the_best_from_memory_not_from_disk(tiny_config):
+    run_dir = Path(tiny_config["run"]["out_dir"]) / tiny_config["run"]["name"]
+    callback = SpoilTheBestOnDisk(run_dir)
+    run = _train(tiny_config, callback, max_epochs=4, monitor={"metric": "val.loss", "mode": "max"})
+    best = CheckpointStore(run.run_dir / "checkpoints").best_step()
+    assert run.weights == {"name": "best", "step": best} and best < run.steps
+    weights = run.model.state_dict()
+    for name, value in callback.by_step[best].items():
+        assert torch.equal(weights[name], value), name  # the best step's exact weights
