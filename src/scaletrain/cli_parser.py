@@ -67,13 +67,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
 
     sub = command("train", handlers["train"], "Train a model from a YAML config.")
     sub.add_argument("config", help="YAML config file, e.g. configs/default.yaml.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Dotted overrides: optim.lr=3e-4.",
-    )
+    _add_overrides(sub, "Dotted overrides: optim.lr=3e-4.")
     sub.add_argument("--out", help="Parent folder for the run directory (run.out_dir).")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing run directory.")
     sub.add_argument(
@@ -90,11 +84,9 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         "Continue an interrupted run from its latest checkpoint, or extend a finished one.",
     )
     sub.add_argument("run_dir", help="Run directory to continue.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="Keys that leave the steps already taken as they were: train.max_epochs=50, "
+    _add_overrides(
+        sub,
+        "Keys that leave the steps already taken as they were: train.max_epochs=50, "
         "train.max_steps, train.eval_every_steps, train.early_stopping.*, checkpoint.*, log.*.",
     )
     _add_launch_flags(sub)
@@ -103,9 +95,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         "plan", handlers["plan"], "Estimate memory per device for each strategy; recommend one."
     )
     sub.add_argument("config", help="YAML config file.")
-    sub.add_argument(
-        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-    )
+    _add_overrides(sub)
     sub.add_argument("--nproc", type=int, default=1, help="Processes per node.")
     sub.add_argument("--nnodes", type=int, default=1, help="Nodes.")
     sub.add_argument("--device-memory", type=float, help="GB per device (default: measured).")
@@ -116,9 +106,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         "Layers, output shapes, parameters, size and FLOPs of a config's model.",
     )
     sub.add_argument("config", help="YAML config file (its data gives the input shape).")
-    sub.add_argument(
-        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-    )
+    _add_overrides(sub)
 
     sub = command(
         "eval",
@@ -133,9 +121,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         help="A labelled .csv, .parquet, .npy or .npz file to evaluate on instead of a split "
         "(read like the training data, with the run's preprocessing and classes).",
     )
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
+    _add_checkpoint_option(sub)
 
     sub = command(
         "predict",
@@ -145,9 +131,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sub.add_argument("run_dir", help="Run directory.")
     sub.add_argument("input_file", help="CSV (header, feature columns) or NPY file of inputs.")
     sub.add_argument("--out", help="Write predictions as CSV here instead of stdout.")
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
+    _add_checkpoint_option(sub)
 
     config = command("config", None, "Show or check a config.")
     config_commands = config.add_subparsers(title="config commands", metavar="ACTION")
@@ -164,9 +148,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         sub.add_argument("config", help="YAML config file.")
-        sub.add_argument(
-            "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="Dotted overrides."
-        )
+        _add_overrides(sub)
 
     sub = command(
         "list",
@@ -198,24 +180,26 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     )
     sub.add_argument("run_dir", help="Run directory.")
     sub.add_argument("--format", default="safetensors", choices=["safetensors"], help="Format.")
-    sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
-    )
+    _add_checkpoint_option(sub)
     sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors).")
 
     sub = command("prepare", handlers["prepare"], "Write a config's data as memory-mapped shards.")
     sub.add_argument("config", help="YAML config whose `data` section names the source.")
-    sub.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Dotted overrides: data.path=x.csv.",
-    )
+    _add_overrides(sub, "Dotted overrides: data.path=x.csv.")
     sub.add_argument("--out", required=True, help="Folder to write (shards + manifest.json).")
     sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing shard folder.")
     return parser
+
+
+def _add_overrides(sub: argparse.ArgumentParser, help_text: str = "Dotted overrides.") -> None:
+    sub.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def _add_checkpoint_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
+    )
 
 
 def _add_launch_flags(sub: argparse.ArgumentParser) -> None:
