@@ -44,6 +44,20 @@ SPANS = [
 ]
 
 
+def _timed(function, record):
+    """`function`, calling `record(seconds, args, kwargs)` after each call (also on raise)."""
+
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - started, args, kwargs)
+
+    return timed
+
+
 class Recorder:
     def __init__(self):
         self.spans: dict[str, float] = defaultdict(float)
@@ -51,38 +65,21 @@ class Recorder:
         self.steps: list[float] = []
 
     def wrap(self, label: str, function):
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.spans[label] += time.perf_counter() - started
-
-        return timed
+        return _timed(function, lambda seconds, args, kwargs: self._add(label, seconds))
 
     def wrap_save(self, function):
-        @functools.wraps(function)
-        def timed(trainer, reason, *args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(trainer, reason, *args, **kwargs)
-            finally:
-                kind = "best" if kwargs.get("best") else reason.split(":")[0].split(" ")[0]
-                self.saves[f"checkpoint: {kind}"] += time.perf_counter() - started
+        def record(seconds, args, kwargs):
+            reason = args[1]
+            kind = "best" if kwargs.get("best") else reason.split(":")[0].split(" ")[0]
+            self.saves[f"checkpoint: {kind}"] += seconds
 
-        return timed
+        return _timed(function, record)
 
     def wrap_step(self, function):
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.steps.append(time.perf_counter() - started)
+        return _timed(function, lambda seconds, args, kwargs: self.steps.append(seconds))
 
-        return timed
+    def _add(self, label: str, seconds: float) -> None:
+        self.spans[label] += seconds
 
 
 def _install(recorder: Recorder) -> None:
