@@ -44,6 +44,7 @@ from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
+from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
 from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
 from scaletrain.trained.weights import build_run_model
@@ -196,6 +197,9 @@ def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None):
 def _fit(
     run: RunDir, cfg: Config, strategy, bundle, model, plan, *, resume: bool, callbacks
 ) -> Run:
+    if strategy.is_server:  # a parameter server's process serves until the workers are done
+        updates = serve_parameters(cfg, model, run=run, strategy=strategy, resume=resume)
+        return Run(run.root, {}, model, cfg, "served", 0, steps=updates)
     seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
     status, result = "failed", None
     try:

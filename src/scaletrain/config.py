@@ -660,10 +660,30 @@ class FSDPConfig(Section):
     )
 
 
+class PSConfig(Section):
+    servers: PositiveInt = Field(
+        1, description="`async_ps`: processes holding parameters (the last ranks); the rest train."
+    )
+    staleness: NonNegInt = Field(
+        0, description="`async_ps`: the most updates a pushed gradient may be behind (tau)."
+    )
+    stale: Literal["drop", "scale"] = Field(
+        "drop", description="An older gradient: `drop` it, or `scale` it down and apply it."
+    )
+    update: Literal["optim"] = Field(
+        "optim", description="How servers step: `optim` = the run's optim.* (name, lr schedule)."
+    )
+    shards_dir: str | None = Field(
+        None,
+        description="Servers keep parameters and optimizer state memory-mapped here (resumable).",
+    )
+
+
 class ParallelConfig(Section):
-    strategy: Literal["single", "ddp", "fsdp", "auto"] = Field(
+    strategy: Literal["single", "ddp", "fsdp", "auto", "async_ps"] = Field(
         "auto",
-        description="`auto`: single for one process, else the cheapest that fits (`scaletrain plan`).",
+        description="`auto`: single for one process, else the cheapest that fits (`scaletrain plan`); "
+        "`async_ps`: asynchronous parameter server (docs/distributed.md).",
     )
     timeout_s: PositiveInt = Field(
         600, description="Seconds a collective or the process-group start may wait for peers."
@@ -682,6 +702,7 @@ class ParallelConfig(Section):
     device_memory_gb: PositiveFloat | None = Field(
         None, description="Memory per device for `auto` and the planner; default: measured."
     )
+    ps: PSConfig = PSConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ParallelConfig:
@@ -741,6 +762,26 @@ class Config(Section):
 
 
 PROBABILITY_LOSSES = ("bce_with_logits", "kl_div")
+
+
+def _check_async_ps(cfg: Config) -> None:
+    """What the asynchronous parameter server cannot honour, named by its key."""
+    servers_step = "the servers step the parameters, not the workers"
+    if cfg.train.precision in ("16-mixed", "bf16-true"):
+        raise ValueError(
+            f"train.precision: `{cfg.train.precision}` with parallel.strategy=async_ps: "
+            f"{servers_step}, in fp32 without a grad scaler; use `bf16-mixed` or `32`"
+        )
+    if cfg.checkpoint.async_save:
+        raise ValueError(
+            "checkpoint.async_save: with parallel.strategy=async_ps only worker 0 saves and it "
+            "has no process group for background saves; set it to false"
+        )
+    if cfg.train.guard.nonfinite == "rollback":
+        raise ValueError(
+            "train.guard.nonfinite: `rollback` with parallel.strategy=async_ps cannot roll the "
+            f"servers back ({servers_step}); use `skip` or `stop`"
+        )
 
 
 def _loss_name(raw: dict) -> Any:

@@ -11,6 +11,7 @@ from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
+from scaletrain.parallel.ps.worker import AsyncPSStrategy
 from scaletrain.parallel.strategy import (
     BaseStrategy,
     SingleStrategy,
@@ -19,7 +20,12 @@ from scaletrain.parallel.strategy import (
     resolve_device,
 )
 
-STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "auto": AutoStrategy}
+STRATEGIES = {
+    "ddp": DDPStrategy,
+    "fsdp": FSDPStrategy,
+    "auto": AutoStrategy,
+    "async_ps": AsyncPSStrategy,
+}
 
 
 def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
@@ -42,6 +48,7 @@ def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "AsyncPSStrategy",
     "AutoStrategy",
     "BaseStrategy",
     "DDPStrategy",

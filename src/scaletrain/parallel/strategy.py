@@ -83,6 +83,8 @@ class BaseStrategy:
     name = "base"
     rank = 0
     world_size = 1
+    is_server = False  # a parameter server's process: serves instead of training
+    writes_checkpoints = True  # every rank writes its part of a checkpoint
 
     def __init__(self, cfg: ParallelConfig, device: torch.device):
         self.cfg = cfg
@@ -154,6 +156,13 @@ class BaseStrategy:
         and pulls parameters instead, local SGD averages parameters every few updates.
         """
         update()
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The run's optimizer, once built (a parameter server's workers read its lr)."""
+
+    def eval_shard(self) -> tuple[int, int]:
+        """(rank, ranks) splitting an evaluated split: each rank reads its part."""
+        return self.rank, self.world_size
 
     @contextmanager
     def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:

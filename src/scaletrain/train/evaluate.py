@@ -45,12 +45,9 @@ def evaluate_split(
     loss_sum = torch.zeros((), dtype=torch.float64, device=strategy.device)
     count = torch.zeros((), dtype=torch.float64, device=strategy.device)
     kept: dict[str, list] = {"target": [], "pred": [], "input": []}
+    rank, world_size = strategy.eval_shard()
     batches = EvalLoader(
-        split,
-        batch_size=batch_size,
-        rank=strategy.rank,
-        world_size=strategy.world_size,
-        device=strategy.device,
+        split, batch_size=batch_size, rank=rank, world_size=world_size, device=strategy.device
     )
     # eval mode; under FSDP the whole model is gathered once, so ranks with different
     # batch counts (uneven shards) need no per-batch collectives
@@ -67,7 +64,7 @@ def evaluate_split(
             if keep_predictions:
                 _keep(kept, output, targets, inputs, spec)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, count]))
-    computed = metrics.compute(all_gather=strategy.all_gather if strategy.world_size > 1 else None)
+    computed = metrics.compute(all_gather=strategy.all_gather if world_size > 1 else None)
     predictions = _gather_predictions(kept, strategy) if keep_predictions else None
     return EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
 

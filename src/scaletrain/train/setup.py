@@ -134,6 +134,7 @@ def build_trainer(
     )
     model.train()  # evaluation switches to eval mode and back
     optimizer = build_optimizer(cfg.optim, model)
+    strategy.bind_optimizer(optimizer)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total_steps=plan.total_steps)
     loss_fn = build_loss(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts

@@ -1,0 +1,1 @@
+"""The asynchronous parameter server: roles, the server side and the workers' strategy."""

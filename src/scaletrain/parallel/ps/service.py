@@ -1,0 +1,152 @@
+"""The server side of the asynchronous parameter server: pushes are gated by staleness,
+applied by the shard's optimizer one at a time, and logged in the order applied.
+
+RPC calls module-level functions by reference, so each server process holds its one
+`ParameterServer` in `_SERVER`; a push that arrives before the store is built waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+_SERVER: ParameterServer | None = None
+_READY = threading.Event()
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor] | None) -> int:
+    if not tensors:
+        return 0
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+
+
+class ParameterServer:
+    """One shard's parameters behind a lock: gate, apply, log; workers come and go."""
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        store,
+        gate,
+        set_lr: Callable[[float], None],
+        log_path: Path | None,
+        num_workers: int,
+    ):
+        self.index, self.store, self.gate, self.set_lr = index, store, gate, set_lr
+        self.num_workers = num_workers
+        self.lock = threading.Lock()  # RPC handlers run on a thread pool: one update at a time
+        self.finished = threading.Event()  # every worker said done (or was declared dead)
+        self.done: set[int] = set()
+        self.staleness = Counter()  # staleness of each push -> how many
+        self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
+        self._log = log_path.open("a", encoding="utf-8") if log_path is not None else None
+        self._started = time.time()
+
+    def push(self, worker: int, step: int, base_version: int, grads: dict, lr: float):
+        """Apply a worker's gradient computed on `base_version`, unless too stale; returns
+        (applied, staleness, version, parameters if they changed since base_version)."""
+        with self.lock:
+            current = self.store.version
+            applied, scale, staleness = self.gate.decide(
+                base_version=base_version, current_version=current
+            )
+            if applied:
+                self.set_lr(lr)
+                self.store.apply(grads, scale=scale)
+            self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
+            self._write(
+                {
+                    "version": self.store.version,
+                    "worker": worker,
+                    "step": step,
+                    "base_version": base_version,
+                    "staleness": staleness,
+                    "applied": applied,
+                    "scale": scale,
+                    "lr": lr,
+                }
+            )
+            return (applied, staleness, *self._reply(base_version))
+
+    def pull(self, known_version: int):
+        """(version, parameters) where they changed since `known_version`, else (version, None)."""
+        with self.lock:
+            return self._reply(known_version)
+
+    def _reply(self, known_version: int):
+        version = self.store.version
+        params = None if version == known_version else self.store.read()
+        self.counts["bytes_pulled"] += tensor_bytes(params)
+        return version, params
+
+    def _count(self, staleness: int, *, applied: bool, scale: float, pushed: int) -> None:
+        self.staleness[staleness] += 1
+        self.counts["bytes_pushed"] += pushed
+        if not applied:
+            self.counts["dropped"] += 1
+        else:
+            self.counts["applied"] += 1
+            self.counts["scaled"] += scale != 1.0
+
+    def _write(self, record: dict) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(record) + "\n")
+
+    def worker_done(self, worker: int) -> None:
+        with self.lock:
+            self.done.add(worker)
+            if len(self.done) >= self.num_workers:
+                self.finished.set()
+
+    def summary(self) -> dict:
+        """What this server did, for the run directory's ps/ folder and the report."""
+        return {
+            "server": self.index,
+            "version": self.store.version,
+            "applied": self.counts["applied"],
+            "dropped": self.counts["dropped"],
+            "scaled": self.counts["scaled"],
+            "bytes_pushed": self.counts["bytes_pushed"],
+            "bytes_pulled": self.counts["bytes_pulled"],
+            "staleness_histogram": {str(key): n for key, n in sorted(self.staleness.items())},
+            "seconds": time.time() - self._started,
+        }
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def install(server: ParameterServer) -> None:
+    """Make `server` the one this process's RPC handlers use."""
+    global _SERVER
+    _SERVER = server
+    _READY.set()
+
+
+def _server(timeout_s: float = 600.0) -> ParameterServer:
+    if not _READY.wait(timeout_s):
+        raise RuntimeError("parameter server not ready")
+    assert _SERVER is not None
+    return _SERVER
+
+
+# --- RPC entry points (run on the server, called by workers) -------------------------------
+def rpc_push(worker: int, step: int, base_version: int, grads: dict, lr: float):
+    return _server().push(worker, step, base_version, grads, lr)
+
+
+def rpc_pull(known_version: int):
+    return _server().pull(known_version)
+
+
+def rpc_worker_done(worker: int) -> None:
+    _server().worker_done(worker)

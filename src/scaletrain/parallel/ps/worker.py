@@ -1,0 +1,195 @@
+"""`parallel.strategy: async_ps`: the strategy of every process of a parameter-server job.
+
+A worker computes gradients on its own slice of each global batch and, instead of stepping
+an optimizer, pushes them (with the version of the parameters they were computed on) to the
+servers holding each parameter; the reply carries the parameters that changed. Nothing waits
+for the other workers: the collectives the loop calls (loss and metric sums, flags) are
+worker-local, each worker standing for all of them. A server process runs the same start
+(RPC, data, model) and then serves (`train/ps_serve.py`) instead of training.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed.rpc as rpc
+from torch import nn
+
+from scaletrain.config import ParallelConfig
+from scaletrain.parallel.env import LaunchEnv
+from scaletrain.parallel.ps import service
+from scaletrain.parallel.ps.roles import make_roles
+from scaletrain.parallel.ps.store import plan_shards
+from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
+
+_COMPILED = re.compile(r"(^|\.)_orig_mod(?=\.|$)")  # regional torch.compile's wrapper
+
+
+def parameter_name(name: str) -> str:
+    """A parameter's name as every process spells it, compiled regions or not."""
+    return _COMPILED.sub("", name).lstrip(".")
+
+
+class AsyncPSStrategy(BaseStrategy):
+    """Workers push gradients and pull parameters; no collective in the steady state."""
+
+    name = "async_ps"
+
+    def __init__(self, cfg: ParallelConfig, *, env: LaunchEnv, device: torch.device):
+        super().__init__(cfg, device)
+        self.env = env
+        self.roles = make_roles(env.world_size, cfg.ps.servers)
+        self.rank = env.rank
+        self.world_size = self.roles.num_workers  # the plan and data: workers share batches
+        self.is_server = self.roles.is_server(env.rank)
+        self.writes_checkpoints = self.is_main  # worker 0 saves alone: no collective save
+        self.versions: list[int] = [-1] * self.roles.num_servers  # -1: never pulled
+        self.shards: list[list[tuple[str, nn.Parameter]]] = []  # per server: its parameters
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.steps_pushed = 0
+        self.stats = {"bytes_pushed": 0, "bytes_pulled": 0, "dropped": 0, "scaled": 0}
+        self.staleness: dict[int, int] = {}
+        self._rpc_up = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def setup(self) -> None:
+        options = rpc.TensorPipeRpcBackendOptions(
+            init_method="env://", rpc_timeout=float(self.cfg.timeout_s)
+        )
+        rpc.init_rpc(
+            self.roles.name(self.rank),
+            rank=self.rank,
+            world_size=self.env.world_size,
+            rpc_backend_options=options,
+        )
+        self._rpc_up = True
+
+    def teardown(self) -> None:
+        """Idempotent: a worker tells every server it is done, then RPC shuts down (the
+        servers wait for all workers first, so nobody calls a peer that is gone)."""
+        if not self._rpc_up:
+            return
+        self._rpc_up = False
+        if not self.is_server:
+            for name in self.roles.servers:
+                rpc.rpc_sync(name, service.rpc_worker_done, args=(self.rank,))
+        rpc.shutdown(graceful=True)
+
+    def serve(self, server: service.ParameterServer) -> None:
+        """On a server: answer pushes and pulls until every worker is done."""
+        service.install(server)
+        server.finished.wait()
+
+    # --- model -------------------------------------------------------------------------
+    def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
+        model = model.to(self.device)
+        named = [
+            (parameter_name(name), param)
+            for name, param in model.named_parameters()
+            if param.requires_grad
+        ]
+        owner = plan_shards(
+            [(name, param.numel()) for name, param in named], self.roles.num_servers
+        )
+        self.shards = [
+            [(name, param) for name, param in named if owner[name] == index]
+            for index in range(self.roles.num_servers)
+        ]
+        return model
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The worker's optimizer is never stepped: its schedule's lr travels with each push
+        (so torch's warning that the schedule steps before the optimizer is not news)."""
+        self.optimizer = optimizer
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+
+    # --- how a step's gradients travel -------------------------------------------------
+    @contextmanager
+    def no_sync(self, model: nn.Module, *, enabled: bool) -> Iterator[None]:
+        """Before the first forward: pull the parameters once (after a start or a resume)."""
+        if any(version < 0 for version in self.versions):
+            self.pull()
+        yield
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        """Nothing: each worker's gradient travels alone."""
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Nothing: buffers (BatchNorm statistics) stay each worker's own."""
+
+    def apply_update(self, update: Callable[[], None]) -> None:
+        """Push this step's gradients to every server at once; take back what changed."""
+        self.steps_pushed += 1
+        lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else None
+        futures = []
+        for index, shard in enumerate(self.shards):
+            grads = {name: _gradient(param) for name, param in shard}
+            self.stats["bytes_pushed"] += service.tensor_bytes(grads)
+            args = (self.rank, self.steps_pushed, self.versions[index], grads, lr)
+            futures.append(rpc.rpc_async(self.roles.servers[index], service.rpc_push, args=args))
+        for index, future in enumerate(futures):
+            applied, staleness, version, params = future.wait()
+            self.staleness[staleness] = self.staleness.get(staleness, 0) + 1
+            self.stats["dropped"] += not applied
+            self._take(index, version, params)
+
+    def pull(self) -> None:
+        """Fetch the shards whose version changed since this worker last saw them."""
+        futures = [
+            rpc.rpc_async(name, service.rpc_pull, args=(self.versions[index],))
+            for index, name in enumerate(self.roles.servers)
+        ]
+        for index, future in enumerate(futures):
+            self._take(index, *future.wait())
+
+    def _take(self, index: int, version: int, params: dict | None) -> None:
+        self.versions[index] = version
+        if params is None:
+            return
+        self.stats["bytes_pulled"] += service.tensor_bytes(params)
+        with torch.no_grad():
+            for name, param in self.shards[index]:
+                param.copy_(params[name])
+
+    @contextmanager
+    def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The newest parameters, in eval mode."""
+        if self.shards:
+            self.pull()
+        with super().evaluation(model) as eval_model:
+            yield eval_model
+
+    def eval_shard(self) -> tuple[int, int]:
+        """Each worker evaluates a whole split itself: no gather across workers."""
+        return 0, 1
+
+    # --- worker-local collectives -------------------------------------------------------
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This worker's value as if every worker had it: a step's loss share is 1/W of the
+        worker's mean loss, so W x it is the mean; no worker waits for another."""
+        if self.world_size == 1:
+            return tensor
+        return tensor.detach() * self.world_size
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+    def any_flag(self, flag: bool) -> bool:
+        return flag
+
+    def barrier(self) -> None:
+        """Start-up and resume only (the run directory exists before anyone reads it)."""
+        rpc.api._barrier(self.roles.everyone)
+
+    def worker_metrics(self) -> dict:
+        return {**self.stats, "staleness": dict(sorted(self.staleness.items()))}
+
+
+def _gradient(param: nn.Parameter) -> torch.Tensor:
+    """A parameter without a gradient this step (unused) pushes zeros."""
+    grad = param.grad
+    return torch.zeros_like(param) if grad is None else grad.detach()

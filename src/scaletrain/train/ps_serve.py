@@ -1,0 +1,109 @@
+"""A parameter server's process after the common start (RPC, data, model): hold this
+server's shard of the parameters in a `ShardStore` stepped by the run's optimizer
+(`optim.*`), answer the workers until all are done, then leave its files in `RUN/ps/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from scaletrain.config import Config, OptimConfig
+from scaletrain.errors import ConfigError
+from scaletrain.fileio import atomic_write_json
+from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
+from scaletrain.optim.params import bias_and_norm_ids
+from scaletrain.parallel.ps.service import ParameterServer
+from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
+from scaletrain.parallel.ps.worker import parameter_name
+from scaletrain.rundir import RunDir
+
+PS_FOLDER = "ps"
+
+
+def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, resume: bool) -> int:
+    """Serve this process's shard until every worker is done; returns the updates applied."""
+    ps, roles = cfg.parallel.ps, strategy.roles
+    index = strategy.rank - roles.num_workers
+    named = {
+        parameter_name(name): param
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+    owner = plan_shards([(name, p.numel()) for name, p in named.items()], roles.num_servers)
+    mine = {name: p.detach().clone() for name, p in named.items() if owner[name] == index}
+    if resume and ps.shards_dir is None:
+        raise ConfigError(
+            "parallel.ps.shards_dir: resuming an async_ps run needs the servers' shards on disk; "
+            "this run kept them in memory only (set parallel.ps.shards_dir for new runs)"
+        )
+    factory = ShardOptimizer(cfg.optim, exempt=_exempt_names(model))
+    store = ShardStore(
+        mine,
+        make_optimizer=factory,
+        shards_dir=Path(ps.shards_dir) if ps.shards_dir else None,
+        server=index,
+        resume=resume,
+    )
+    folder = run.root / PS_FOLDER
+    folder.mkdir(exist_ok=True)
+    server = ParameterServer(
+        index,
+        store=store,
+        gate=StalenessGate(ps.staleness, ps.stale),
+        set_lr=factory.set_lr,
+        log_path=folder / f"server_{index}.jsonl",
+        num_workers=roles.num_workers,
+    )
+    try:
+        strategy.serve(server)
+    finally:
+        server.close()
+        store.flush()
+        save_file(
+            {name: t.contiguous() for name, t in store.read().items()},
+            str(folder / f"server_{index}.safetensors"),
+        )
+        atomic_write_json(folder / f"server_{index}.json", server.summary())
+        store.close()
+    return server.counts["applied"]
+
+
+class ShardOptimizer:
+    """`make_optimizer` for a shard: the run's optimizer over the shard's parameters, with
+    weight decay grouped as `build_optimizer` groups it (biases and norms exempt)."""
+
+    def __init__(self, cfg: OptimConfig, *, exempt: set[str]):
+        self.cfg, self.exempt = cfg, exempt
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def __call__(self, params) -> torch.optim.Optimizer:
+        named = list(params.items()) if isinstance(params, dict) else list(params)
+        cfg = self.cfg
+        if cfg.weight_decay == 0:
+            groups = [{"name": "all", "params": [p for _, p in named], "weight_decay": 0.0}]
+        else:
+            decay = [p for name, p in named if name not in self.exempt]
+            keep = [p for name, p in named if name in self.exempt]
+            groups = [
+                {"name": "decay", "params": decay, "weight_decay": cfg.weight_decay},
+                {"name": "no_decay", "params": keep, "weight_decay": 0.0},
+            ]
+            groups = [group for group in groups if group["params"]]
+        tensors = [p for group in groups for p in group["params"]]
+        kernel = choose_kernel(cfg.name, cfg.implementation, tensors)
+        self.optimizer = OPTIMIZERS[cfg.name](cfg, groups, kernel)
+        return self.optimizer
+
+    def set_lr(self, lr: float | None) -> None:
+        """The pushing worker's scheduled lr (every group shares it, as in `optim.*`)."""
+        if self.optimizer is not None and lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+
+def _exempt_names(model: nn.Module) -> set[str]:
+    exempt = bias_and_norm_ids(model)
+    return {parameter_name(name) for name, p in model.named_parameters() if id(p) in exempt}

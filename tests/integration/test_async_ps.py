@@ -1,0 +1,132 @@
+"""`parallel.strategy: async_ps` end to end: real torchrun processes talking over
+torch.distributed.rpc, checked against one process and against a plain-PyTorch replay of
+the order in which the server applied the workers' gradients."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from distributed_helpers import child_env, run
+from safetensors.torch import load_file
+
+from scaletrain import api
+from scaletrain.config import load_config
+from scaletrain.data import BatchLoader
+from scaletrain.parallel.ps.worker import parameter_name
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "run": {"name": "ps", "seed": 0},
+    "data": {"source": "builtin", "name": "digits"},
+    "model": {"name": "mlp", "hidden": [16]},
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "cosine"}},
+    "train": {
+        "max_steps": 12,
+        "batch_size": 32,
+        "precision": "32",
+        "device": "cpu",
+        "num_threads": 1,
+    },  # one thread everywhere: the reference and the workers sum in the same order
+    "checkpoint": {"every_epochs": 0, "save_best": False},
+    "log": {"progress": False, "tensorboard": False, "report": False},
+}
+
+
+def write_config(tmp_path: Path, **sections) -> Path:
+    config = {**CONFIG, **sections}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_ps(config: Path, out: Path, *, nproc: int, overrides=(), timeout: float = 90):
+    command = [sys.executable, "-m", "scaletrain", "train", str(config), "--out", str(out)]
+    command += ["--nproc", str(nproc), "parallel.strategy=async_ps", *overrides]
+    finished = run(command, timeout=timeout, env=child_env())
+    assert finished.returncode == 0, finished.output
+    return out / "ps", finished.output
+
+
+def server_params(run_dir: Path, servers: int = 1) -> dict[str, torch.Tensor]:
+    params = {}
+    for index in range(servers):
+        params.update(load_file(str(run_dir / "ps" / f"server_{index}.safetensors")))
+    return params
+
+
+def applied_log(run_dir: Path, server: int = 0) -> list[dict]:
+    lines = (run_dir / "ps" / f"server_{server}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_one_worker_with_tau_0_equals_one_process_bit_for_bit(tmp_path):
+    config = write_config(tmp_path)
+    single = api.train(config, overrides=[f"run.out_dir={tmp_path / 'single'}"])
+    run_dir, _ = train_ps(config, tmp_path / "async", nproc=2)
+    expected = {parameter_name(n): p for n, p in single.model.named_parameters()}
+    served = server_params(run_dir)
+    assert served.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(served[name], value.detach()), name
+    records = applied_log(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert all(r["applied"] and r["staleness"] == 0 for r in records)
+    # the worker's own final checkpoint holds the parameters it took back from its last push
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+
+
+def test_two_workers_with_tau_0_equal_a_replay_of_the_applied_order(tmp_path):
+    config = write_config(tmp_path)
+    run_dir, _ = train_ps(config, tmp_path / "async", nproc=3)
+    records = applied_log(run_dir)
+    assert len(records) == 2 * 12  # every push of both workers, applied or dropped
+    applied = [r for r in records if r["applied"]]
+    assert all(r["staleness"] == 0 for r in applied)
+    assert [r["version"] for r in applied] == list(range(1, len(applied) + 1))
+    dropped = [r for r in records if not r["applied"]]
+    assert all(r["staleness"] > 0 for r in dropped)
+
+    cfg = load_config(config, [])
+    bundle, model = api._data_and_model(cfg, None, None)
+    batches = {worker: worker_batches(bundle, cfg, worker=worker, workers=2) for worker in (0, 1)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9, foreach=False)
+    for record in applied:
+        inputs, targets = batches[record["worker"]][record["step"] - 1]
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        for group in optimizer.param_groups:
+            group["lr"] = record["lr"]
+        optimizer.step()
+    served = server_params(run_dir)
+    for name, value in model.named_parameters():
+        torch.testing.assert_close(
+            served[parameter_name(name)], value.detach(), rtol=1e-5, atol=1e-6
+        )
+
+
+def worker_batches(bundle, cfg, *, worker: int, workers: int) -> list:
+    """Worker `worker`'s slice of each global batch, step after step, as its loader reads it."""
+    loader = BatchLoader(
+        bundle.train,
+        global_batch_size=cfg.train.batch_size,
+        micro_batch_size=cfg.train.batch_size // workers,
+        shuffle=True,
+        seed=cfg.run.seed,
+        drop_last=cfg.data.drop_last,
+        rank=worker,
+        world_size=workers,
+        num_workers=0,
+    )
+    steps = []
+    while len(steps) < cfg.train.max_steps:
+        for batch in loader:
+            (inputs, targets), *_ = batch.micro_batches
+            steps.append((inputs, targets))
+    return steps[: cfg.train.max_steps]
