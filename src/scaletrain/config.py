@@ -752,6 +752,8 @@ class Config(Section):
                 "data.normalize_target: `standardize` moves regression targets out of [0, 1], "
                 f"which loss.name={self.loss.name} reads as probabilities; set it to `none`"
             )
+        if self.parallel.strategy == "async_ps":
+            _check_async_ps(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from scaletrain.fileio import atomic_write_json
 from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
 from scaletrain.optim.params import bias_and_norm_ids
 from scaletrain.parallel.ps.service import ParameterServer
-from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
 from scaletrain.parallel.ps.worker import parameter_name
 from scaletrain.rundir import RunDir
 
@@ -25,6 +24,8 @@ PS_FOLDER = "ps"
 
 def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, resume: bool) -> int:
     """Serve this process's shard until every worker is done; returns the updates applied."""
+    from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
+
     ps, roles = cfg.parallel.ps, strategy.roles
     index = strategy.rank - roles.num_workers
     named = {
