@@ -5,18 +5,23 @@ the order in which the server applied the workers' gradients."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from distributed_helpers import child_env, run
+from distributed_helpers import child_env, kill_tree, run
 from safetensors.torch import load_file
 
 from scaletrain import api
 from scaletrain.config import load_config
 from scaletrain.data import BatchLoader
+from scaletrain.parallel.ps.store import StalenessGate
 from scaletrain.parallel.ps.worker import parameter_name
 
 pytestmark = pytest.mark.slow
@@ -130,3 +135,89 @@ def worker_batches(bundle, cfg, *, worker: int, workers: int) -> list:
             (inputs, targets), *_ = batch.micro_batches
             steps.append((inputs, targets))
     return steps[: cfg.train.max_steps]
+
+
+def start_ps(config: Path, out: Path, *, nproc: int, overrides=()) -> subprocess.Popen:
+    command = [sys.executable, "-m", "scaletrain", "train", str(config), "--out", str(out)]
+    command += ["--nproc", str(nproc), "parallel.strategy=async_ps", *overrides]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
+    )
+
+
+def heartbeat(run_dir: Path, rank: int) -> dict | None:
+    try:
+        return json.loads((run_dir / "heartbeat" / f"rank_{rank:05d}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_step(run_dir: Path, rank: int, step: int, *, timeout: float = 60) -> dict:
+    """Worker `rank`'s heartbeat (pid, step) once it finished `step`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        beat = heartbeat(run_dir, rank)
+        if beat and beat["step"] >= step:
+            return beat
+        time.sleep(0.02)
+    raise AssertionError(f"worker {rank} never reached step {step}")
+
+
+def finish(process: subprocess.Popen, *, timeout: float = 90) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        output, _ = process.communicate()
+        raise AssertionError(f"timed out:\n{output}") from None
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.mark.parametrize("stale", ["drop", "scale"])
+def test_a_stopped_worker_never_gets_an_update_older_than_tau_applied(tmp_path, stale):
+    tau = 2
+    # wider layers: slower steps, so both workers are still training when one is stopped
+    train = {**CONFIG["train"], "max_steps": 300}
+    config = write_config(tmp_path, train=train, model={"name": "mlp", "hidden": [256, 256]})
+    out = tmp_path / "async"
+    process = start_ps(
+        config,
+        out,
+        nproc=3,
+        overrides=[f"parallel.ps.staleness={tau}", f"parallel.ps.stale={stale}"],
+    )
+    try:
+        slow = wait_for_step(out / "ps", rank=1, step=5)["pid"]
+        os.kill(slow, signal.SIGSTOP)
+        fast = heartbeat(out / "ps", 0)
+        assert fast["step"] < 300, "worker 0 finished before worker 1 was stopped"
+        wait_for_step(out / "ps", rank=0, step=fast["step"] + 4 * tau)  # pushing meanwhile
+        os.kill(slow, signal.SIGCONT)
+    except BaseException:
+        kill_tree(process.pid)
+        raise
+    finish(process)
+    run_dir = out / "ps"
+    records = applied_log(run_dir)
+    gate = StalenessGate(tau, stale)
+    late = [r for r in records if r["staleness"] > tau]
+    assert late, "the stopped worker's first push after SIGCONT is stale"
+    assert any(r["worker"] == 1 for r in late)
+    for record in records:
+        base = record["base_version"]
+        expected = gate.decide(base_version=base, current_version=base + record["staleness"])
+        assert (record["applied"], record["scale"]) == expected[:2], record
+    if stale == "drop":
+        assert not any(r["applied"] for r in late)
+    else:
+        assert all(r["applied"] and r["scale"] < 1 for r in late)
+    summary = json.loads((run_dir / "ps" / "server_0.json").read_text())
+    assert summary["dropped"] == sum(not r["applied"] for r in records)
+    assert summary["scaled"] == sum(r["applied"] and r["scale"] != 1.0 for r in records)
+    assert summary["applied"] == summary["version"] == sum(r["applied"] for r in records)
+    histogram = {}
+    for record in records:
+        histogram[str(record["staleness"])] = histogram.get(str(record["staleness"]), 0) + 1
+    assert summary["staleness_histogram"] == histogram
+    assert summary["workers"]["1"]["pushes"] == summary["workers"]["0"]["pushes"] == 300

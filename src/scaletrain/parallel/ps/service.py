@@ -46,6 +46,7 @@ class ParameterServer:
         self.done: set[int] = set()
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
+        self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
         self._log = log_path.open("a", encoding="utf-8") if log_path is not None else None
         self._started = time.time()
 
@@ -61,6 +62,7 @@ class ParameterServer:
                 self.set_lr(lr)
                 self.store.apply(grads, scale=scale)
             self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
+            self._seen(worker, dropped=not applied)
             self._write(
                 {
                     "version": self.store.version,
@@ -95,6 +97,13 @@ class ParameterServer:
             self.counts["applied"] += 1
             self.counts["scaled"] += scale != 1.0
 
+    def _seen(self, worker: int, *, dropped: bool) -> None:
+        now = time.time()
+        seen = self.workers.setdefault(worker, {"pushes": 0, "dropped": 0, "first": now})
+        seen["pushes"] += 1
+        seen["dropped"] += dropped
+        seen["last"] = now
+
     def _write(self, record: dict) -> None:
         if self._log is not None:
             self._log.write(json.dumps(record) + "\n")
@@ -116,6 +125,14 @@ class ParameterServer:
             "bytes_pushed": self.counts["bytes_pushed"],
             "bytes_pulled": self.counts["bytes_pulled"],
             "staleness_histogram": {str(key): n for key, n in sorted(self.staleness.items())},
+            "workers": {
+                str(worker): {
+                    "pushes": seen["pushes"],
+                    "dropped": seen["dropped"],
+                    "seconds": seen["last"] - seen["first"],
+                }
+                for worker, seen in sorted(self.workers.items())
+            },
             "seconds": time.time() - self._started,
         }
 
