@@ -677,6 +677,12 @@ class PSConfig(Section):
         None,
         description="Servers keep parameters and optimizer state memory-mapped here (resumable).",
     )
+    flush_every: PositiveInt = Field(
+        100, description="`shards_dir`: commit the shards every N updates (a crash loses fewer)."
+    )
+    window_mb: PositiveFloat | None = Field(
+        None, description="`shards_dir`: map at most this much of a tensor at a time (huge models)."
+    )
 
 
 class ParallelConfig(Section):

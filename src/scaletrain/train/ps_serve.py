@@ -16,6 +16,7 @@ from scaletrain.fileio import atomic_write_json
 from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
 from scaletrain.optim.params import bias_and_norm_ids
 from scaletrain.parallel.ps.service import ParameterServer
+from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
 from scaletrain.parallel.ps.worker import parameter_name
 from scaletrain.rundir import RunDir
 
@@ -24,8 +25,6 @@ PS_FOLDER = "ps"
 
 def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, resume: bool) -> int:
     """Serve this process's shard until every worker is done; returns the updates applied."""
-    from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
-
     ps, roles = cfg.parallel.ps, strategy.roles
     index = strategy.rank - roles.num_workers
     named = {
@@ -40,13 +39,15 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
             "parallel.ps.shards_dir: resuming an async_ps run needs the servers' shards on disk; "
             "this run kept them in memory only (set parallel.ps.shards_dir for new runs)"
         )
-    factory = ShardOptimizer(cfg.optim, exempt=_exempt_names(model))
+    factory = ShardOptimizer(cfg.optim, names=list(mine), exempt=_exempt_names(model))
     store = ShardStore(
         mine,
         make_optimizer=factory,
         shards_dir=Path(ps.shards_dir) if ps.shards_dir else None,
         server=index,
+        flush_every=ps.flush_every,
         resume=resume,
+        window_mb=ps.window_mb,
     )
     folder = run.root / PS_FOLDER
     folder.mkdir(exist_ok=True)
@@ -54,7 +55,6 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         index,
         store=store,
         gate=StalenessGate(ps.staleness, ps.stale),
-        set_lr=factory.set_lr,
         log_path=folder / f"server_{index}.jsonl",
         num_workers=roles.num_workers,
     )
@@ -73,15 +73,15 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
 
 
 class ShardOptimizer:
-    """`make_optimizer` for a shard: the run's optimizer over the shard's parameters, with
-    weight decay grouped as `build_optimizer` groups it (biases and norms exempt)."""
+    """`make_optimizer` for a shard: the run's optimizer over the shard's parameters (given in
+    the order of `names`), weight decay grouped as `build_optimizer` groups it (biases and
+    norms exempt). The workers' schedule sets the lr of each update (`ShardStore.apply`)."""
 
-    def __init__(self, cfg: OptimConfig, *, exempt: set[str]):
-        self.cfg, self.exempt = cfg, exempt
-        self.optimizer: torch.optim.Optimizer | None = None
+    def __init__(self, cfg: OptimConfig, *, names: list[str], exempt: set[str]):
+        self.cfg, self.names, self.exempt = cfg, names, exempt
 
-    def __call__(self, params) -> torch.optim.Optimizer:
-        named = list(params.items()) if isinstance(params, dict) else list(params)
+    def __call__(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        named = list(zip(self.names, params, strict=True))
         cfg = self.cfg
         if cfg.weight_decay == 0:
             groups = [{"name": "all", "params": [p for _, p in named], "weight_decay": 0.0}]
@@ -94,15 +94,9 @@ class ShardOptimizer:
             ]
             groups = [group for group in groups if group["params"]]
         tensors = [p for group in groups for p in group["params"]]
-        kernel = choose_kernel(cfg.name, cfg.implementation, tensors)
-        self.optimizer = OPTIMIZERS[cfg.name](cfg, groups, kernel)
-        return self.optimizer
-
-    def set_lr(self, lr: float | None) -> None:
-        """The pushing worker's scheduled lr (every group shares it, as in `optim.*`)."""
-        if self.optimizer is not None and lr is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        return OPTIMIZERS[cfg.name](
+            cfg, groups, choose_kernel(cfg.name, cfg.implementation, tensors)
+        )
 
 
 def _exempt_names(model: nn.Module) -> set[str]:

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,11 +34,10 @@ class ParameterServer:
         *,
         store,
         gate,
-        set_lr: Callable[[float], None],
         log_path: Path | None,
         num_workers: int,
     ):
-        self.index, self.store, self.gate, self.set_lr = index, store, gate, set_lr
+        self.index, self.store, self.gate = index, store, gate
         self.num_workers = num_workers
         self.lock = threading.Lock()  # RPC handlers run on a thread pool: one update at a time
         self.finished = threading.Event()  # every worker said done (or was declared dead)
@@ -59,8 +57,7 @@ class ParameterServer:
                 base_version=base_version, current_version=current
             )
             if applied:
-                self.set_lr(lr)
-                self.store.apply(grads, scale=scale)
+                self.store.apply(grads, scale=scale, lr=lr)
             self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
             self._seen(worker, dropped=not applied)
             self._write(

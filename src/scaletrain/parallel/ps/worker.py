@@ -23,6 +23,7 @@ from scaletrain.config import ParallelConfig
 from scaletrain.parallel.env import LaunchEnv
 from scaletrain.parallel.ps import service
 from scaletrain.parallel.ps.roles import make_roles
+from scaletrain.parallel.ps.store import plan_shards
 from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
 
 _COMPILED = re.compile(r"(^|\.)_orig_mod(?=\.|$)")  # regional torch.compile's wrapper
@@ -85,8 +86,6 @@ class AsyncPSStrategy(BaseStrategy):
 
     # --- model -------------------------------------------------------------------------
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
-        from scaletrain.parallel.ps.store import plan_shards  # psstore's; imported when used
-
         model = model.to(self.device)
         named = [
             (parameter_name(name), param)
