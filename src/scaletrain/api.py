@@ -32,6 +32,7 @@ from scaletrain.rundir import (
     API_REUSE_HINT,
     RunDir,
     RunLock,
+    append_record,
     open_run_dir,
     prepare_run_dir,
     read_json,
@@ -216,6 +217,7 @@ def _fit(
         status = result.status
         if result.error is not None:
             raise result.error  # after the loop closed its files; the summary has its step
+        _strategy_record(run, strategy, result, plan)
         if status != "interrupted":
             final = _final_evaluation(result, bundle, run, strategy)
     except KeyboardInterrupt:
@@ -252,6 +254,13 @@ def _fit(
         metrics_last=final.metrics_last,
         steps=result.state.step,
     )
+
+
+def _strategy_record(run: RunDir, strategy, result: LoopResult, plan) -> None:
+    """The strategy's account of the run (a parameter server's counts) in metrics.jsonl."""
+    record = strategy.finish_training(samples_per_step=plan.global_batch_size // plan.world_size)
+    if record and strategy.is_main:
+        append_record(run.metrics, {"step": result.state.step, **record})
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,9 @@ def test_a_stopped_worker_never_gets_an_update_older_than_tau_applied(tmp_path, 
         histogram[str(record["staleness"])] = histogram.get(str(record["staleness"]), 0) + 1
     assert summary["staleness_histogram"] == histogram
     assert summary["workers"]["1"]["pushes"] == summary["workers"]["0"]["pushes"] == 300
+    # worker 0 waited for worker 1, then logged the servers' counts
+    (record,) = [r["ps"] for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if "ps" in r]
+    assert record["dropped"] == summary["dropped"] and record["updates"] == summary["applied"]
+    assert record["staleness_histogram"] == histogram
+    assert record["bytes_pushed"] == summary["bytes_pushed"] > 0
+    assert all(worker["samples_per_s"] > 0 for worker in record["workers"].values())

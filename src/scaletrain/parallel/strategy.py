@@ -157,6 +157,10 @@ class BaseStrategy:
         """
         update()
 
+    def finish_training(self, *, samples_per_step: int) -> dict | None:
+        """After the last step, before the final evaluation: a record for metrics.jsonl."""
+        return None
+
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The run's optimizer, once built (a parameter server's workers read its lr)."""
 

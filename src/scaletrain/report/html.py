@@ -21,6 +21,7 @@ from scaletrain.report.page import (
     section,
     table,
 )
+from scaletrain.report.parameter_server import parameter_server_section
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 from scaletrain.report.sections import classification_section, regression_section
 from scaletrain.rundir import RunDir
@@ -69,6 +70,7 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
         classification_section(run) if run.task == "classification" else "",
         class_distribution_section(run) if run.task == "classification" else "",
         regression_section(run) if run.task == "regression" else "",
+        parameter_server_section(run),
         model_section(run),
         events_section(run),
     ]

@@ -48,6 +48,7 @@ class RunData:
     events: list[dict[str, Any]] = field(default_factory=list)
     data_spec: dict[str, Any] = field(default_factory=dict)
     model_summary: dict[str, Any] | None = None  # None: written before model summaries existed
+    parameter_server: dict[str, Any] | None = None  # async_ps: the servers' counts at the end
 
     @property
     def name(self) -> str:
@@ -143,6 +144,10 @@ def read_run(path: str | Path) -> RunData:
         events=[record for record in records if "event" in record],
         data_spec=read_json(spec_path) if spec_path.is_file() else {},
         model_summary=read_json(run.model_summary) if run.model_summary.is_file() else None,
+        parameter_server=next(
+            (record["ps"] for record in reversed(records) if isinstance(record.get("ps"), dict)),
+            None,
+        ),
     )
 
 

@@ -40,8 +40,10 @@ class ParameterServer:
         self.index, self.store, self.gate = index, store, gate
         self.num_workers = num_workers
         self.lock = threading.Lock()  # RPC handlers run on a thread pool: one update at a time
-        self.finished = threading.Event()  # every worker said done (or was declared dead)
+        self.trained = threading.Event()  # every worker finished training (or died)
+        self.finished = threading.Event()  # every worker left: nobody calls any more
         self.done: set[int] = set()
+        self.left: set[int] = set()
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
         self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
@@ -106,10 +108,27 @@ class ParameterServer:
             self._log.write(json.dumps(record) + "\n")
 
     def worker_done(self, worker: int) -> None:
+        """`worker` took its last step (it may still pull, to evaluate)."""
         with self.lock:
             self.done.add(worker)
             if len(self.done) >= self.num_workers:
+                self.trained.set()
+
+    def worker_left(self, worker: int) -> None:
+        """`worker` will call no more: when all have left, the server may close."""
+        with self.lock:
+            self.done.add(worker)
+            self.left.add(worker)
+            if len(self.done) >= self.num_workers:
+                self.trained.set()
+            if len(self.left) >= self.num_workers:
                 self.finished.set()
+
+    def wait_trained(self, timeout_s: float) -> dict:
+        """Block until every worker finished training; then this server's summary."""
+        self.trained.wait(timeout_s)
+        with self.lock:
+            return self.summary()
 
     def summary(self) -> dict:
         """What this server did, for the run directory's ps/ folder and the report."""
@@ -164,3 +183,11 @@ def rpc_pull(known_version: int):
 
 def rpc_worker_done(worker: int) -> None:
     _server().worker_done(worker)
+
+
+def rpc_worker_left(worker: int) -> None:
+    _server().worker_left(worker)
+
+
+def rpc_wait_trained(timeout_s: float) -> dict:
+    return _server().wait_trained(timeout_s)

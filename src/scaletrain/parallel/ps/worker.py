@@ -76,8 +76,23 @@ class AsyncPSStrategy(BaseStrategy):
         self._rpc_up = False
         if not self.is_server:
             for name in self.roles.servers:
-                rpc.rpc_sync(name, service.rpc_worker_done, args=(self.rank,))
+                rpc.rpc_sync(name, service.rpc_worker_left, args=(self.rank,))
         rpc.shutdown(graceful=True)
+
+    def finish_training(self, *, samples_per_step: int) -> dict | None:
+        """Tell the servers this worker is done; worker 0 waits for the others (the run ends
+        with its last worker) and returns the servers' counts for metrics.jsonl."""
+        for name in self.roles.servers:
+            rpc.rpc_sync(name, service.rpc_worker_done, args=(self.rank,))
+        if not self.is_main:
+            return None
+        timeout = float(self.cfg.timeout_s)
+        futures = [
+            rpc.rpc_async(name, service.rpc_wait_trained, args=(timeout,), timeout=timeout + 60)
+            for name in self.roles.servers
+        ]
+        servers = [future.wait() for future in futures]
+        return {"ps": ps_record(servers, samples_per_step=samples_per_step)}
 
     def serve(self, server: service.ParameterServer) -> None:
         """On a server: answer pushes and pulls until every worker is done."""
@@ -193,3 +208,31 @@ def _gradient(param: nn.Parameter) -> torch.Tensor:
     """A parameter without a gradient this step (unused) pushes zeros."""
     grad = param.grad
     return torch.zeros_like(param) if grad is None else grad.detach()
+
+
+def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
+    """The job's counts from every server's summary: per worker samples/s, the staleness
+    histogram, dropped and scaled updates, bytes pushed and pulled."""
+    histogram: dict[str, int] = {}
+    for summary in servers:
+        for key, count in summary["staleness_histogram"].items():
+            histogram[key] = histogram.get(key, 0) + count
+    first = servers[0]["workers"]  # every worker pushes to every server: server 0 saw all
+    workers = {
+        name: {
+            "pushes": seen["pushes"],
+            # pushes after the first over the time between the first and the last push
+            "samples_per_s": (seen["pushes"] - 1) * samples_per_step / max(seen["seconds"], 1e-9),
+        }
+        for name, seen in first.items()
+    }
+    return {
+        "servers": len(servers),
+        "updates": sum(summary["applied"] for summary in servers),
+        "dropped": sum(summary["dropped"] for summary in servers),
+        "scaled": sum(summary["scaled"] for summary in servers),
+        "bytes_pushed": sum(summary["bytes_pushed"] for summary in servers),
+        "bytes_pulled": sum(summary["bytes_pulled"] for summary in servers),
+        "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
+        "workers": workers,
+    }
