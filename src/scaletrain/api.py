@@ -258,8 +258,8 @@ def _fit(
 
 def _strategy_record(run: RunDir, strategy, result: LoopResult, plan) -> None:
     """The strategy's account of the run (a parameter server's counts) in metrics.jsonl."""
-    record = strategy.finish_training(samples_per_step=plan.global_batch_size // plan.world_size)
-    if record and strategy.is_main:
+    records = strategy.finish_training(samples_per_step=plan.global_batch_size // plan.world_size)
+    for record in records if strategy.is_main else ():
         append_record(run.metrics, {"step": result.state.step, **record})
 
 

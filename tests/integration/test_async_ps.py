@@ -227,3 +227,30 @@ def test_a_stopped_worker_never_gets_an_update_older_than_tau_applied(tmp_path, 
     assert record["staleness_histogram"] == histogram
     assert record["bytes_pushed"] == summary["bytes_pushed"] > 0
     assert all(worker["samples_per_s"] > 0 for worker in record["workers"].values())
+
+
+def test_a_killed_worker_is_logged_and_the_others_finish_the_run(tmp_path):
+    train = {**CONFIG["train"], "max_steps": 300, "batch_size": 48}  # 16 per worker
+    config = write_config(tmp_path, train=train, model={"name": "mlp", "hidden": [256, 256]})
+    out = tmp_path / "async"
+    process = start_ps(config, out, nproc=4)  # 3 workers, 1 server
+    try:
+        victim = wait_for_step(out / "ps", rank=2, step=5)["pid"]
+        os.kill(victim, signal.SIGKILL)
+    except BaseException:
+        kill_tree(process.pid)
+        raise
+    output = finish(process)
+    assert f"worker rank 2 (pid {victim}) exited with code -9" in output
+    run_dir = out / "ps"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 300
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    (lost,) = [r for r in records if r.get("event") == "worker_lost"]
+    assert "worker rank 2 died" in lost["detail"]
+    (ps,) = [r["ps"] for r in records if "ps" in r]
+    assert ps["lost_workers"] == [2]
+    assert ps["workers"]["0"]["pushes"] == ps["workers"]["1"]["pushes"] == 300
+    assert 5 <= ps["workers"]["2"]["pushes"] < 300
+    server_log = (run_dir / "ps" / "server_0.jsonl").read_text()
+    assert '"event": "worker_lost", "worker": 2' in server_log

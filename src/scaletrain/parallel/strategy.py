@@ -157,9 +157,9 @@ class BaseStrategy:
         """
         update()
 
-    def finish_training(self, *, samples_per_step: int) -> dict | None:
-        """After the last step, before the final evaluation: a record for metrics.jsonl."""
-        return None
+    def finish_training(self, *, samples_per_step: int) -> list[dict]:
+        """After the last step, before the final evaluation: records for metrics.jsonl."""
+        return []
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The run's optimizer, once built (a parameter server's workers read its lr)."""

@@ -68,6 +68,17 @@ ENV_READERS = {
         "RANK",
     },
     "_alloc.py": {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"},  # glibc's own knobs
+    # async_ps's own launcher gives each process the variables torchrun would
+    "launch/ps_supervisor.py": {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_RUN_ID",
+        "OMP_NUM_THREADS",
+    },
 }
 
 

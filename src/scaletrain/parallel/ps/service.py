@@ -44,6 +44,7 @@ class ParameterServer:
         self.finished = threading.Event()  # every worker left: nobody calls any more
         self.done: set[int] = set()
         self.left: set[int] = set()
+        self.lost: list[int] = []  # workers that died, in the order noticed
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
         self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
@@ -124,6 +125,15 @@ class ParameterServer:
             if len(self.left) >= self.num_workers:
                 self.finished.set()
 
+    def worker_lost(self, worker: int) -> None:
+        """`worker` died: training goes on without it (it is logged and counted)."""
+        with self.lock:
+            if worker in self.left:
+                return
+            self.lost.append(worker)
+            self._write({"event": "worker_lost", "worker": worker, "version": self.store.version})
+        self.worker_left(worker)
+
     def wait_trained(self, timeout_s: float) -> dict:
         """Block until every worker finished training; then this server's summary."""
         self.trained.wait(timeout_s)
@@ -150,6 +160,7 @@ class ParameterServer:
                 for worker, seen in sorted(self.workers.items())
             },
             "seconds": time.time() - self._started,
+            "lost_workers": list(self.lost),
         }
 
     def close(self) -> None:
@@ -183,6 +194,10 @@ def rpc_pull(known_version: int):
 
 def rpc_worker_done(worker: int) -> None:
     _server().worker_done(worker)
+
+
+def rpc_ping() -> bool:
+    return True
 
 
 def rpc_worker_left(worker: int) -> None:

@@ -10,6 +10,7 @@ worker-local, each worker standing for all of them. A server process runs the sa
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from scaletrain.parallel.ps.roles import make_roles
 from scaletrain.parallel.ps.store import plan_shards
 from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
 
+PING_EVERY_S = 1.0  # servers look for lost workers this often
 _COMPILED = re.compile(r"(^|\.)_orig_mod(?=\.|$)")  # regional torch.compile's wrapper
 
 
@@ -76,28 +78,52 @@ class AsyncPSStrategy(BaseStrategy):
         self._rpc_up = False
         if not self.is_server:
             for name in self.roles.servers:
-                rpc.rpc_sync(name, service.rpc_worker_left, args=(self.rank,))
-        rpc.shutdown(graceful=True)
+                # a server that is gone already (it failed, or the run failed at the start)
+                # has nothing to be told; the error that ended the run is the one to show
+                with contextlib.suppress(RuntimeError):
+                    rpc.rpc_sync(name, service.rpc_worker_left, args=(self.rank,))
+        # not graceful: its barrier would wait for a lost worker forever; the protocol above
+        # (workers leave, then the servers close) leaves no call in flight
+        rpc.shutdown(graceful=False)
 
-    def finish_training(self, *, samples_per_step: int) -> dict | None:
+    def finish_training(self, *, samples_per_step: int) -> list[dict]:
         """Tell the servers this worker is done; worker 0 waits for the others (the run ends
         with its last worker) and returns the servers' counts for metrics.jsonl."""
         for name in self.roles.servers:
             rpc.rpc_sync(name, service.rpc_worker_done, args=(self.rank,))
         if not self.is_main:
-            return None
+            return []
         timeout = float(self.cfg.timeout_s)
         futures = [
             rpc.rpc_async(name, service.rpc_wait_trained, args=(timeout,), timeout=timeout + 60)
             for name in self.roles.servers
         ]
         servers = [future.wait() for future in futures]
-        return {"ps": ps_record(servers, samples_per_step=samples_per_step)}
+        lost = sorted({worker for summary in servers for worker in summary["lost_workers"]})
+        events = [
+            {
+                "event": "worker_lost",
+                "detail": f"worker rank {worker} died; the others trained on without it",
+            }
+            for worker in lost
+        ]
+        return [*events, {"ps": ps_record(servers, samples_per_step=samples_per_step)}]
 
     def serve(self, server: service.ParameterServer) -> None:
-        """On a server: answer pushes and pulls until every worker is done."""
+        """On a server: answer pushes and pulls until every worker left; a worker whose
+        process died (its ping fails, which a slow or stopped one's does not) is lost."""
         service.install(server)
-        server.finished.wait()
+        pings: dict[int, rpc.Future] = {}
+        while not server.finished.wait(PING_EVERY_S):
+            for worker in range(self.roles.num_workers):
+                ping = pings.get(worker)
+                if ping is not None and ping.done():
+                    del pings[worker]
+                    if _failed(ping):
+                        server.worker_lost(worker)
+                elif ping is None and worker not in server.left:
+                    name = self.roles.name(worker)
+                    pings[worker] = rpc.rpc_async(name, service.rpc_ping, timeout=0)
 
     # --- model -------------------------------------------------------------------------
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
@@ -235,4 +261,13 @@ def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
         "bytes_pulled": sum(summary["bytes_pulled"] for summary in servers),
         "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
         "workers": workers,
+        "lost_workers": sorted({w for summary in servers for w in summary["lost_workers"]}),
     }
+
+
+def _failed(future) -> bool:
+    try:
+        future.wait()
+    except RuntimeError:
+        return True
+    return False

@@ -1,0 +1,121 @@
+"""`--nproc N` for `parallel.strategy: async_ps` on one machine: our own supervisor instead
+of torchrun's agent, which stops every process when one fails. Here a worker that dies is
+reported and the others train on (the servers notice it too and stop waiting for it); a
+server that dies, or worker 0 (the rank that writes the run directory), stops the job with
+one line naming it. Each process gets the variables torchrun would give it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from scaletrain.launch.torchrun import LaunchError, LaunchOptions
+
+POLL_S = 0.1
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+
+
+@dataclass
+class Child:
+    rank: int
+    process: subprocess.Popen
+    role: str  # worker | server
+
+    @property
+    def label(self) -> str:
+        if self.role == "server":
+            return f"parameter server (rank {self.rank}, pid {self.process.pid})"
+        return f"worker rank {self.rank} (pid {self.process.pid})"
+
+
+def supervise(options: LaunchOptions, command: list[str], *, servers: int) -> int:
+    """Run `scaletrain COMMAND` in `options.nproc` local processes; the last `servers` serve."""
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // options.nproc)
+    children = []
+    for rank in range(options.nproc):
+        role = "server" if rank >= options.nproc - servers else "worker"
+        children.append(Child(rank, _spawn(rank, options.nproc, port, threads, command), role))
+    try:
+        return _watch(children, num_workers=options.nproc - servers)
+    except KeyboardInterrupt:
+        _stop(children, signal.SIGINT)
+        raise
+    finally:
+        _stop(children, signal.SIGTERM)
+
+
+def _spawn(rank: int, world_size: int, port: int, threads: int, command: list[str]):
+    env = {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "TORCHELASTIC_RUN_ID": f"scaletrain-ps-{port}",  # a launched worker: never relaunch
+    }
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return subprocess.Popen([sys.executable, "-m", "scaletrain", *command], env=env)
+
+
+def _watch(children: list[Child], *, num_workers: int) -> int:
+    """Until every process ended: a lost worker (not 0) is reported, anything else stops all."""
+    running = list(children)
+    while running:
+        time.sleep(POLL_S)
+        for child in [child for child in running if child.process.poll() is not None]:
+            running.remove(child)
+            code = child.process.returncode
+            if code == 0:
+                continue
+            if code == 2:  # bad input: every process refuses it alike, rank 0 said why
+                _stop(running, signal.SIGTERM)
+                raise LaunchError(
+                    f"{child.label} stopped on bad input (the error above); "
+                    "the other processes were stopped",
+                    exit_code=2,
+                )
+            if child.role == "worker" and child.rank != 0:
+                print(
+                    f"async_ps: {child.label} exited with code {code}; "
+                    f"training goes on with the other workers",
+                    file=sys.stderr,
+                )
+                continue
+            _stop(running, signal.SIGTERM)
+            what = "stopped the run" if child.role == "server" else "was the run's writer"
+            raise LaunchError(
+                f"{child.label} exited with code {code} and {what}; the other processes were "
+                "stopped (scaletrain resume RUN_DIR continues from the last checkpoint"
+                + (" and the servers' shards)" if child.role == "server" else ")"),
+            )
+    return 0
+
+
+def _stop(children: list[Child], signum: int) -> None:
+    alive = [child for child in children if child.process.poll() is None]
+    for child in alive:
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in alive:
+        try:
+            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
