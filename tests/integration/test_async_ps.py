@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from distributed_helpers import child_env, kill_tree, run
+from distributed_helpers import child_env, descendants, kill_tree, run
 from safetensors.torch import load_file
 
 from scaletrain import api
@@ -254,3 +254,62 @@ def test_a_killed_worker_is_logged_and_the_others_finish_the_run(tmp_path):
     assert 5 <= ps["workers"]["2"]["pushes"] < 300
     server_log = (run_dir / "ps" / "server_0.jsonl").read_text()
     assert '"event": "worker_lost", "worker": 2' in server_log
+
+
+def process_of_rank(parent: int, rank: int, *, timeout: float = 30) -> int:
+    """The pid of the launched process with RANK=`rank` (servers write no heartbeat)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(parent):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return pid
+        time.sleep(0.1)
+    raise AssertionError(f"no process of rank {rank}")
+
+
+def test_a_killed_server_stops_the_run_in_one_line_and_resume_continues_from_its_shards(
+    tmp_path,
+):
+    shards = tmp_path / "shards"
+    train = {**CONFIG["train"], "max_steps": 200}
+    config = write_config(
+        tmp_path,
+        train=train,
+        model={"name": "mlp", "hidden": [256, 256]},
+        checkpoint={"every_steps": 20, "every_epochs": 0, "save_best": False},
+        parallel={"ps": {"shards_dir": str(shards), "flush_every": 5}},
+    )
+    out = tmp_path / "async"
+    process = start_ps(config, out, nproc=3)  # workers 0 and 1, server 0 (rank 2)
+    try:
+        wait_for_step(out / "ps", rank=0, step=50)
+        server = process_of_rank(process.pid, 2)
+        os.kill(server, signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    except BaseException:
+        kill_tree(process.pid)
+        raise
+    assert process.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output  # worker 0 names the server; the launcher adds nothing
+    assert errors[0].startswith("error: parameter server 0 (rank 2) stopped answering")
+    assert "scaletrain resume RUN_DIR" in errors[0]
+    flushed = json.loads((shards / "server_0" / "manifest.json").read_text())["version"]
+    assert flushed >= 50  # two workers pushed: 50+ updates, committed every 5
+
+    run_dir = out / "ps"
+    before = len(applied_log(run_dir))  # line-buffered: what the killed server applied
+    assert applied_log(run_dir)[-1]["version"] >= flushed
+    command = [sys.executable, "-m", "scaletrain", "resume", str(run_dir), "--nproc", "3"]
+    finished = run(command, timeout=90, env=child_env())
+    assert finished.returncode == 0, finished.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 200
+    resumed = [r for r in applied_log(run_dir)[before:] if r.get("applied")]
+    assert resumed[0]["version"] == flushed + 1  # the restarted server went on from its files
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert any(r.get("event") == "resume" for r in events)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from scaletrain.launch.torchrun import LaunchError, LaunchOptions
 
 POLL_S = 0.1
+# worker 0's exit code after it reported a lost server itself (parallel/ps/worker.py's
+# ServerLostError; not imported: that would import torch into the launcher)
+SERVER_LOST_EXIT = 3
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 
 
@@ -72,33 +75,57 @@ def _watch(children: list[Child], *, num_workers: int) -> int:
     running = list(children)
     while running:
         time.sleep(POLL_S)
-        for child in [child for child in running if child.process.poll() is not None]:
+        ended = [child for child in running if child.process.poll() is not None]
+        for child in ended:
             running.remove(child)
+        failed = [child for child in ended if child.process.returncode != 0]
+        # what failed first decides the message: a server, then bad input, then a worker
+        failed.sort(key=lambda child: (child.role != "server", child.process.returncode != 2))
+        for child in failed:
             code = child.process.returncode
-            if code == 0:
-                continue
-            if code == 2:  # bad input: every process refuses it alike, rank 0 said why
-                _stop(running, signal.SIGTERM)
-                raise LaunchError(
-                    f"{child.label} stopped on bad input (the error above); "
-                    "the other processes were stopped",
-                    exit_code=2,
-                )
-            if child.role == "worker" and child.rank != 0:
+            if child.role == "worker" and child.rank != 0 and code not in (2, 3):
                 print(
                     f"async_ps: {child.label} exited with code {code}; "
                     f"training goes on with the other workers",
                     file=sys.stderr,
                 )
                 continue
+            if child.role == "server" and _reported_by_writer(children[0]):
+                _stop(running, signal.SIGTERM)
+                raise SystemExit(1)  # worker 0 said which server, in one line
             _stop(running, signal.SIGTERM)
-            what = "stopped the run" if child.role == "server" else "was the run's writer"
-            raise LaunchError(
-                f"{child.label} exited with code {code} and {what}; the other processes were "
-                "stopped (scaletrain resume RUN_DIR continues from the last checkpoint"
-                + (" and the servers' shards)" if child.role == "server" else ")"),
-            )
+            raise _failure(child)
     return 0
+
+
+def _reported_by_writer(writer: Child) -> bool:
+    """Worker 0 notices a dead server at its next push and says so itself; wait for it."""
+    try:
+        writer.process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        return False
+    return writer.process.returncode == SERVER_LOST_EXIT
+
+
+def _failure(child: Child) -> LaunchError:
+    code = child.process.returncode
+    if child.role == "server":
+        return LaunchError(
+            f"{child.label} exited with code {code} and stopped the run; the other processes "
+            "were stopped: `scaletrain resume RUN_DIR --nproc N` continues from the last "
+            "checkpoint and the servers' shards (parallel.ps.shards_dir)"
+        )
+    if code == 2:  # bad input: every process refuses it alike, rank 0 said why
+        return LaunchError(
+            f"{child.label} stopped on bad input (the error above); the other processes "
+            "were stopped",
+            exit_code=2,
+        )
+    return LaunchError(
+        f"{child.label} exited with code {code} (the error above); it writes the run "
+        "directory, so the other processes were stopped: `scaletrain resume RUN_DIR --nproc N` "
+        "continues from the last checkpoint"
+    )
 
 
 def _stop(children: list[Child], signum: int) -> None:

@@ -39,6 +39,8 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
             "parallel.ps.shards_dir: resuming an async_ps run needs the servers' shards on disk; "
             "this run kept them in memory only (set parallel.ps.shards_dir for new runs)"
         )
+    if resume:  # the workers' Checkpointer.resume meets every process at a barrier
+        strategy.barrier()
     factory = ShardOptimizer(cfg.optim, names=list(mine), exempt=_exempt_names(model))
     store = ShardStore(
         mine,

@@ -48,7 +48,8 @@ class ParameterServer:
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
         self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
-        self._log = log_path.open("a", encoding="utf-8") if log_path is not None else None
+        # line-buffered: a killed server's log still says what it had applied
+        self._log = log_path.open("a", encoding="utf-8", buffering=1) if log_path else None
         self._started = time.time()
 
     def push(self, worker: int, step: int, base_version: int, grads: dict, lr: float):

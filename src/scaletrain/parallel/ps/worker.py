@@ -19,8 +19,10 @@ from contextlib import contextmanager
 import torch
 import torch.distributed.rpc as rpc
 from torch import nn
+from torch.distributed.checkpoint.state_dict import _init_optim_state
 
 from scaletrain.config import ParallelConfig
+from scaletrain.errors import UserError
 from scaletrain.parallel.env import LaunchEnv
 from scaletrain.parallel.ps import service
 from scaletrain.parallel.ps.roles import make_roles
@@ -29,6 +31,12 @@ from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
 
 PING_EVERY_S = 1.0  # servers look for lost workers this often
 _COMPILED = re.compile(r"(^|\.)_orig_mod(?=\.|$)")  # regional torch.compile's wrapper
+
+
+class ServerLostError(UserError):
+    """A parameter server died: the run cannot go on without its shard."""
+
+    exit_code = 3  # not bad input (2); launch/ps_supervisor.py's SERVER_LOST_EXIT
 
 
 def parameter_name(name: str) -> str:
@@ -144,8 +152,12 @@ class AsyncPSStrategy(BaseStrategy):
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The worker's optimizer is never stepped: its schedule's lr travels with each push
-        (so torch's warning that the schedule steps before the optimizer is not news)."""
+        (so torch's warning that the schedule steps before the optimizer is not news).
+
+        Its state is created now (zeros, as DCP does before a load): a checkpoint then
+        holds the keys a resume's load expects, though the state itself is never used."""
         self.optimizer = optimizer
+        _init_optim_state(optimizer)
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
 
     # --- how a step's gradients travel -------------------------------------------------
@@ -173,7 +185,7 @@ class AsyncPSStrategy(BaseStrategy):
             args = (self.rank, self.steps_pushed, self.versions[index], grads, lr)
             futures.append(rpc.rpc_async(self.roles.servers[index], service.rpc_push, args=args))
         for index, future in enumerate(futures):
-            applied, staleness, version, params = future.wait()
+            applied, staleness, version, params = self._answer(index, future)
             self.staleness[staleness] = self.staleness.get(staleness, 0) + 1
             self.stats["dropped"] += not applied
             self._take(index, version, params)
@@ -185,7 +197,20 @@ class AsyncPSStrategy(BaseStrategy):
             for index, name in enumerate(self.roles.servers)
         ]
         for index, future in enumerate(futures):
-            self._take(index, *future.wait())
+            self._take(index, *self._answer(index, future))
+
+    def _answer(self, index: int, future):
+        """A server's reply; a server that died is one line naming it (the run stops)."""
+        try:
+            return future.wait()
+        except RuntimeError:
+            rank = self.roles.num_workers + index
+            raise ServerLostError(
+                f"parameter server {index} (rank {rank}) stopped answering at worker "
+                f"{self.rank}'s push {self.steps_pushed}; the run stops: "
+                "`scaletrain resume RUN_DIR` continues from the last checkpoint and the "
+                "servers' shards (parallel.ps.shards_dir)"
+            ) from None
 
     def _take(self, index: int, version: int, params: dict | None) -> None:
         self.versions[index] = version
