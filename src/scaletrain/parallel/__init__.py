@@ -10,6 +10,7 @@ from scaletrain.parallel.ddp import DDPStrategy
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
+from scaletrain.parallel.local_sgd import DiLoCoStrategy, LocalSGDStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
 from scaletrain.parallel.strategy import (
     BaseStrategy,
@@ -19,7 +20,13 @@ from scaletrain.parallel.strategy import (
     resolve_device,
 )
 
-STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "auto": AutoStrategy}
+STRATEGIES = {
+    "ddp": DDPStrategy,
+    "fsdp": FSDPStrategy,
+    "auto": AutoStrategy,
+    "local_sgd": LocalSGDStrategy,
+    "diloco": DiLoCoStrategy,
+}
 
 
 def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
@@ -45,10 +52,12 @@ __all__ = [
     "AutoStrategy",
     "BaseStrategy",
     "DDPStrategy",
+    "DiLoCoStrategy",
     "DistributedStrategy",
     "FSDPStrategy",
     "FirstStepClock",
     "LaunchEnv",
+    "LocalSGDStrategy",
     "SingleStrategy",
     "Strategy",
     "WrapRequest",

@@ -52,6 +52,7 @@ class Strategy(Protocol):
     def reduce_gradients(self, model: nn.Module) -> None: ...
     def sync_buffers(self, model: nn.Module) -> None: ...
     def apply_update(self, update: Callable[[], None]) -> None: ...
+    def end_training(self, model: nn.Module) -> None: ...
     def evaluation(self, model: nn.Module): ...
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
@@ -83,6 +84,12 @@ class BaseStrategy:
     name = "base"
     rank = 0
     world_size = 1
+    # payload bytes this rank hands to gradient/parameter collectives per optimizer step
+    # (amortized over a sync period); None: not counted (one process: none at all)
+    comm_bytes_per_step: float | None = None
+    # a strategy whose ranks hold weights of their own between syncs says what a
+    # checkpoint holds (`checkpoint_tensors`, `restore_tensors`; see local_sgd.py)
+    replicas = None
 
     def __init__(self, cfg: ParallelConfig, device: torch.device):
         self.cfg = cfg
@@ -154,6 +161,10 @@ class BaseStrategy:
         and pulls parameters instead, local SGD averages parameters every few updates.
         """
         update()
+
+    def end_training(self, model: nn.Module) -> None:
+        """After the last update of a run that was not interrupted: a strategy whose ranks
+        drift apart between syncs syncs once more (see local_sgd.py)."""
 
     @contextmanager
     def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:
