@@ -41,6 +41,8 @@ class LocalSGDStrategy(DistributedStrategy):
         self.period = self.cfg.local.steps
         self.since_sync = 0  # local updates since the last sync (saved with the side state)
         self.replicas = self  # TrainState asks it what a checkpoint holds
+        self._load_from: str | None = None  # while a checkpoint loads: "replicas" | "global"
+        self._saved: dict | None = None  # the loading checkpoint's `replicas` side state
         self.comm_bytes_per_step: float | None = None
 
     # --- model -------------------------------------------------------------------------
@@ -73,7 +75,7 @@ class LocalSGDStrategy(DistributedStrategy):
         """The local optimizer step; every H of them, the ranks sync."""
         update()
         self.since_sync += 1
-        if self.since_sync == self.period:
+        if self.since_sync >= self.period:  # >: resumed with a shorter period
             self.sync()
 
     def sync(self) -> None:
@@ -113,15 +115,39 @@ class LocalSGDStrategy(DistributedStrategy):
     def _global_params_as_model(self) -> list[torch.Tensor]:
         return self.global_params
 
-    # --- checkpoints (TrainState calls these) ------------------------------------------
+    # --- checkpoints (TrainState and the Checkpointer call these) -----------------------
+    def prepare_load(self, saved: dict | None) -> None:
+        """Before a checkpoint's tensors are read (`saved`: its side state's `replicas`):
+        this rank's own state where the checkpoint holds it (same strategy and world
+        size); else the global model (it was saved at a sync, or by ddp/fsdp). Between
+        syncs on another world size or strategy the ranks' own weights would be lost:
+        refused."""
+        same = (
+            saved is not None
+            and saved.get("world_size") == self.world_size
+            and saved.get("strategy") == self.name
+        )
+        if not same and saved is not None and saved.get("since_sync"):
+            raise CheckpointError(
+                f"this checkpoint was saved by {saved.get('world_size')} "
+                f"{saved.get('strategy')} ranks between two syncs, each with weights of its "
+                f"own; resume it with --nproc {saved.get('world_size')} and "
+                f"parallel.strategy={saved.get('strategy')}"
+            )
+        self._load_from = "replicas" if same else "global"
+        self._saved = saved
+
     def checkpoint_tensors(self, base: dict) -> dict:
         """`base` ({"model", "optim"} of this rank) -> what a checkpoint holds: the global
         model under `model`, this rank's state under its own key, rank 0's optimizer state
-        under `optim` (so another strategy can resume from the checkpoint)."""
+        under `optim` (another strategy resumes from those two). To load after
+        `prepare_load` chose the global model: `model` and `optim` into this rank."""
+        if self._load_from == "global":
+            return {**base, **self._extra_tensors(saved=self._saved)}
         tensors = {
             "model": self._global_state(base["model"]),
             "replicas": {f"rank_{self.rank:05d}": base},
-            **self._extra_tensors(),
+            **self._extra_tensors(saved=self.state_dict()),
         }
         if self.is_main:
             tensors["optim"] = base["optim"]
@@ -130,9 +156,11 @@ class LocalSGDStrategy(DistributedStrategy):
     def restore_tensors(self, tensors: dict) -> dict:
         """After DCP filled `checkpoint_tensors`' dict in place (the global tensors, the
         anchor and the outer momentum with it): this rank's own state, to load."""
+        if self._load_from == "global":
+            return tensors
         return tensors["replicas"][f"rank_{self.rank:05d}"]
 
-    def _extra_tensors(self) -> dict:
+    def _extra_tensors(self, *, saved: dict | None) -> dict:
         return {}
 
     def _global_state(self, model_state: dict) -> dict:
@@ -153,16 +181,27 @@ class LocalSGDStrategy(DistributedStrategy):
         return state
 
     def state_dict(self) -> dict:
-        return {"since_sync": self.since_sync, "world_size": self.world_size, "steps": self.period}
+        return {
+            "strategy": self.name,
+            "world_size": self.world_size,
+            "steps": self.period,
+            "since_sync": self.since_sync,
+            "outer_momentum": self.cfg.local.outer_momentum > 0,
+        }
 
-    def load_state_dict(self, state: dict) -> None:
-        saved = state["world_size"]
-        if saved != self.world_size and state["since_sync"]:
-            raise CheckpointError(
-                f"this checkpoint was saved by {saved} {self.name} ranks between two syncs, "
-                f"each with weights of its own; resume it with --nproc {saved}"
-            )
-        self.since_sync = state["since_sync"]
+    def load_state_dict(self, state: dict | None) -> None:
+        """After the tensors; `state` is None in another strategy's checkpoint."""
+        if self._load_from == "global":  # every rank holds the global model: a sync point
+            with torch.no_grad():
+                self._global_from_params()
+            self.since_sync = 0
+        else:
+            self.since_sync = state["since_sync"]
+        self._load_from = None
+
+    def _global_from_params(self) -> None:
+        _copy(self.global_params, self.params)
+        _copy(self.global_buffers, self.buffers)
 
 
 class DiLoCoStrategy(LocalSGDStrategy):
@@ -206,15 +245,25 @@ class DiLoCoStrategy(LocalSGDStrategy):
             for anchor, param in zip(self.global_params, self.params, strict=True)
         ]
 
-    def _extra_tensors(self) -> dict:
+    def _extra_tensors(self, *, saved: dict | None) -> dict:
+        """The fp32 anchor and the outer momentum, where `saved` (a side state) says the
+        checkpoint holds them."""
+        if saved is None or saved.get("strategy") != self.name:
+            return {}
         names = [f"{index:05d}" for index in range(len(self.global_params))]
         outer = {"anchor": dict(zip(names, (a.detach() for a in self.global_params), strict=True))}
-        if self.cfg.local.outer_momentum > 0:
+        if saved.get("outer_momentum") and self.cfg.local.outer_momentum > 0:
             outer["momentum"] = {
                 name: self.outer.state[anchor]["momentum_buffer"]
                 for name, anchor in zip(names, self.global_params, strict=True)
             }
         return {"outer": outer}
+
+    def _global_from_params(self) -> None:
+        """The anchor was read from the checkpoint where a diloco run saved it."""
+        if self._saved is None or self._saved.get("strategy") != self.name:
+            _copy([anchor.detach() for anchor in self.global_params], self.params)
+        _copy(self.global_buffers, self.buffers)
 
 
 def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:

@@ -89,8 +89,8 @@ class TrainState:
         self.skip_spans = [list(span) for span in side.get("skip_spans", [])]
         for name, part in self.components.items():
             part.load_state_dict(dict(side.get(name, {})))
-        if self.replicas is not None and "replicas" in side:
-            self.replicas.load_state_dict(side["replicas"])
+        if self.replicas is not None:  # None: a checkpoint of another strategy
+            self.replicas.load_state_dict(side.get("replicas"))
         self.schedule.last_epoch = side["schedule"]["last_epoch"]
         self.schedule.set_backoff(side.get("lr_scale", 1.0))
         if self.scaler is not None and side["scaler"]:
