@@ -1,5 +1,5 @@
 """The combination matrix (issue #12 section 2): every pair of strategy, precision, optimizer,
-penalty, model, gradient accumulation and clipping trains together, or is refused at config
+penalty, model, gradient accumulation, clipping and task trains together, or is refused at config
 time in one line.
 
 The cases are the checked-in pairwise covering array `combinations.json` (made by
@@ -100,7 +100,8 @@ def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool =
         optim.update(momentum=0.9, nesterov=True)
     return {
         "run": {"name": name, "seed": 0, "out_dir": str(out)},
-        "data": data_section(case["model"], text_csv),
+        # regression: the digit (or the text's class) as a number to predict
+        "data": data_section(case["model"], text_csv) | {"task": case.get("task", "auto")},
         "model": MODELS[case["model"]],
         "optim": optim,
         "train": {
@@ -182,8 +183,10 @@ def test_fp32_matches_one_process(runs, name):
     assert reference.keys() == candidate.keys()
     for key in reference:
         if not key.endswith(PER_RANK_BUFFERS):
+            # atol 1e-5: rmsprop divides by the root of a tiny second moment, which turns
+            # reduction-order rounding (~1e-7) into ~2e-6 (seen); a wrong update is ~lr (1e-3)
             torch.testing.assert_close(
-                candidate[key], reference[key], rtol=1e-5, atol=1e-6, msg=key
+                candidate[key], reference[key], rtol=1e-5, atol=1e-5, msg=key
             )
 
 
