@@ -20,7 +20,7 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("combinations.json")
 
 FACTORS: dict[str, list] = {
-    "strategy": ["single", "ddp", "fsdp"],
+    "strategy": ["single", "ddp", "fsdp", "local_sgd", "diloco"],
     "precision": ["32", "bf16-mixed", "bf16-true"],
     "optimizer": ["sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
     "penalty": ["none", "l1", "elastic"],
