@@ -127,8 +127,9 @@ def test_resume_between_syncs_on_another_world_size_is_refused(runs, tmp_path, n
     assert finished.returncode != 0
     # the worker's one line (what follows is torchrun's agent reporting the exit code 2)
     expected = (
-        "error: this checkpoint was saved by 2 diloco ranks between two syncs, each with "
-        "weights of its own; resume it with --nproc 2 and parallel.strategy=diloco"
+        f"error: {resumed / 'checkpoints' / 'step_00000006'}: saved by 2 diloco ranks between "
+        "two syncs, each with weights of its own; resume it with --nproc 2 and "
+        "parallel.strategy=diloco"
     )
     assert expected in finished.output.splitlines(), finished.output
     assert "exitcode  : 2" in finished.output

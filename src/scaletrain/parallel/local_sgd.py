@@ -116,12 +116,12 @@ class LocalSGDStrategy(DistributedStrategy):
         return self.global_params
 
     # --- checkpoints (TrainState and the Checkpointer call these) -----------------------
-    def prepare_load(self, saved: dict | None) -> None:
+    def prepare_load(self, saved: dict | None, *, source: str) -> None:
         """Before a checkpoint's tensors are read (`saved`: its side state's `replicas`):
         this rank's own state where the checkpoint holds it (same strategy and world
         size); else the global model (it was saved at a sync, or by ddp/fsdp). Between
         syncs on another world size or strategy the ranks' own weights would be lost:
-        refused."""
+        refused (`source`: the checkpoint, named in the message)."""
         same = (
             saved is not None
             and saved.get("world_size") == self.world_size
@@ -129,7 +129,7 @@ class LocalSGDStrategy(DistributedStrategy):
         )
         if not same and saved is not None and saved.get("since_sync"):
             raise CheckpointError(
-                f"this checkpoint was saved by {saved.get('world_size')} "
+                f"{source}: saved by {saved.get('world_size')} "
                 f"{saved.get('strategy')} ranks between two syncs, each with weights of its "
                 f"own; resume it with --nproc {saved.get('world_size')} and "
                 f"parallel.strategy={saved.get('strategy')}"
