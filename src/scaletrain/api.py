@@ -462,6 +462,7 @@ def _write_summary(
         "peak_rss_mb": peak_rss_mb(),
         "memory": strategy.memory_report(),  # planner estimate vs measured peak, per rank
         "mfu": result.mfu if result else None,
+        "comm_bytes_per_step": strategy.comm_bytes_per_step,  # docs/distributed.md
         "overhead_fraction": result.overhead_fraction if result else None,
         "compile_s": result.compile_s if result else None,
         "counters": state.counters if state else {},

@@ -685,10 +685,32 @@ class PSConfig(Section):
     )
 
 
+class LocalConfig(Section):
+    steps: PositiveInt = Field(
+        8,
+        description="Local optimizer steps between syncs (H): bytes sent fall H-fold, the "
+        "replicas drift apart in between.",
+    )
+    outer_lr: PositiveFloat = Field(
+        0.7, description="diloco: learning rate of the outer SGD on the averaged deltas."
+    )
+    outer_momentum: float = Field(
+        0.9, ge=0.0, lt=1.0, description="diloco: momentum of the outer SGD (0: none)."
+    )
+    outer_nesterov: bool = Field(
+        True, description="diloco: Nesterov momentum for the outer SGD (needs outer_momentum > 0)."
+    )
+
+
+LOCAL_STRATEGIES = ("local_sgd", "diloco")
+_OUTER_KEYS = ("outer_lr", "outer_momentum", "outer_nesterov")
+
+
 class ParallelConfig(Section):
-    strategy: Literal["single", "ddp", "fsdp", "auto", "async_ps"] = Field(
+    strategy: Literal["single", "ddp", "fsdp", "auto", "local_sgd", "diloco", "async_ps"] = Field(
         "auto",
-        description="`auto`: single for one process, else the cheapest that fits (`scaletrain plan`); "
+        description="`auto`: single for one process, else the cheapest that fits (`scaletrain "
+        "plan`); `local_sgd`/`diloco`: ranks train alone, synced every `parallel.local.steps`; "
         "`async_ps`: asynchronous parameter server (docs/distributed.md).",
     )
     timeout_s: PositiveInt = Field(
@@ -696,6 +718,7 @@ class ParallelConfig(Section):
     )
     ddp: DDPConfig = DDPConfig()
     fsdp: FSDPConfig = FSDPConfig()
+    local: LocalConfig = LocalConfig()
     offload: Literal["none", "cpu"] = Field(
         "none", description="`cpu`: FSDP keeps params, grads and optimizer state in host memory."
     )
@@ -720,7 +743,34 @@ class ParallelConfig(Section):
             raise ValueError(
                 f"parallel.fsdp.hybrid: needs parallel.strategy=fsdp, got {self.strategy!r}"
             )
+        self._check_local()
         return self
+
+    def _check_local(self) -> None:
+        """`parallel.local.*` only means something to local_sgd/diloco, `outer_*` to diloco.
+        A changed value counts, not a key present: a resolved config.yaml lists every key."""
+        default = LocalConfig()
+        given = [
+            key
+            for key in LocalConfig.model_fields
+            if getattr(self.local, key) != getattr(default, key)
+        ]
+        if given and self.strategy not in LOCAL_STRATEGIES:
+            raise ValueError(
+                f"parallel.local.{given[0]}: only used by parallel.strategy=local_sgd or "
+                f"diloco, got {self.strategy!r}; remove it or pick one of those"
+            )
+        outer = [key for key in given if key in _OUTER_KEYS]
+        if outer and self.strategy == "local_sgd":
+            raise ValueError(
+                f"parallel.local.{outer[0]}: local_sgd averages parameters without an outer "
+                "optimizer; use parallel.strategy=diloco or remove it"
+            )
+        if self.local.outer_nesterov and self.local.outer_momentum == 0:
+            raise ValueError(
+                "parallel.local.outer_nesterov: Nesterov needs parallel.local.outer_momentum "
+                "> 0; set parallel.local.outer_nesterov=false for plain outer SGD"
+            )
 
 
 # --------------------------------------------------------------------------- root

@@ -20,13 +20,14 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("combinations.json")
 
 FACTORS: dict[str, list] = {
-    "strategy": ["single", "ddp", "fsdp"],
+    "strategy": ["single", "ddp", "fsdp", "local_sgd", "diloco"],
     "precision": ["32", "bf16-mixed", "bf16-true"],
     "optimizer": ["sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
     "penalty": ["none", "l1", "elastic"],
     "model": ["mlp", "cnn", "textcnn"],
     "accumulation": [1, 2],
     "clip": ["none", "norm"],
+    "task": ["classification", "regression"],
 }
 
 Case = dict[str, object]  # factor -> value
@@ -66,11 +67,12 @@ def covering_array(factors: dict[str, list] = FACTORS) -> list[Case]:
 
 
 def case_name(case: Case) -> str:
-    """A readable, unique name: ddp-32-adamw-l1-cnn-accum2-clip."""
+    """A readable, unique name: ddp-32-adamw-l1-cnn-accum2-clip-regression."""
     clip = "-clip" if case["clip"] == "norm" else ""
+    task = "-regression" if case.get("task") == "regression" else ""
     return (
         f"{case['strategy']}-{case['precision']}-{case['optimizer']}-{case['penalty']}-"
-        f"{case['model']}-accum{case['accumulation']}{clip}"
+        f"{case['model']}-accum{case['accumulation']}{clip}{task}"
     )
 
 

@@ -1,5 +1,5 @@
 """The combination matrix (issue #12 section 2): every pair of strategy, precision, optimizer,
-penalty, model, gradient accumulation and clipping trains together, or is refused at config
+penalty, model, gradient accumulation, clipping and task trains together, or is refused at config
 time in one line.
 
 The cases are the checked-in pairwise covering array `combinations.json` (made by
@@ -34,7 +34,14 @@ pytestmark = pytest.mark.slow
 
 CASES: dict[str, Case] = {case_name(case): case for case in load_table()}
 DISTRIBUTED = [name for name, case in CASES.items() if case["strategy"] != "single"]
-FP32_DISTRIBUTED = [name for name in DISTRIBUTED if CASES[name]["precision"] == "32"]
+# local_sgd/diloco let the ranks drift between syncs: by design not one process's weights
+# (tests/integration/test_local_sgd.py checks them against DDP with one-step periods)
+LOCAL = ("local_sgd", "diloco")
+FP32_DISTRIBUTED = [
+    name
+    for name in DISTRIBUTED
+    if CASES[name]["precision"] == "32" and CASES[name]["strategy"] not in LOCAL
+]
 NUM_STEPS = 8
 BATCH_SIZE = 64
 WORLD_SIZE = 2
@@ -100,7 +107,8 @@ def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool =
         optim.update(momentum=0.9, nesterov=True)
     return {
         "run": {"name": name, "seed": 0, "out_dir": str(out)},
-        "data": data_section(case["model"], text_csv),
+        # regression: the digit (or the text's class) as a number to predict
+        "data": data_section(case["model"], text_csv) | {"task": case.get("task", "auto")},
         "model": MODELS[case["model"]],
         "optim": optim,
         "train": {
@@ -113,8 +121,16 @@ def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool =
         "checkpoint": {"every_epochs": 0, "save_best": False},
         "log": {"every_steps": 1, "progress": False, "tensorboard": False, "report": False},
         # a case that fails on one rank only: its peer gives up waiting within a minute
-        "parallel": {"strategy": "single" if twin else case["strategy"], "timeout_s": 60},
+        "parallel": parallel_section(case, twin=twin),
     }
+
+
+def parallel_section(case: Case, *, twin: bool) -> dict:
+    """local_sgd/diloco sync every 4 of the 8 steps: a sync mid-run and one at the end."""
+    section = {"strategy": "single" if twin else case["strategy"], "timeout_s": 60}
+    if not twin and case["strategy"] in LOCAL:
+        section["local"] = {"steps": 4}
+    return section
 
 
 def twin_name(name: str) -> str:
@@ -182,8 +198,10 @@ def test_fp32_matches_one_process(runs, name):
     assert reference.keys() == candidate.keys()
     for key in reference:
         if not key.endswith(PER_RANK_BUFFERS):
+            # atol 1e-5: rmsprop divides by the root of a tiny second moment, which turns
+            # reduction-order rounding (~1e-7) into ~2e-6 (seen); a wrong update is ~lr (1e-3)
             torch.testing.assert_close(
-                candidate[key], reference[key], rtol=1e-5, atol=1e-6, msg=key
+                candidate[key], reference[key], rtol=1e-5, atol=1e-5, msg=key
             )
 
 

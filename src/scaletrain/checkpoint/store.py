@@ -301,6 +301,13 @@ class CheckpointStore:
             dcp.load(tensors, storage_reader=reader, planner=planner)
         except CheckpointException as exc:  # a BaseException: surface our own refusal as is
             raise first_failure(exc, path) from None
+        return self._read_side(path, manifest, rank=rank)
+
+    def side_state(self, path: Path, *, rank: int) -> dict:
+        """This rank's side state alone: what to load can depend on it (local SGD's ranks)."""
+        return self._read_side(path, self.verify(path), rank=rank)
+
+    def _read_side(self, path: Path, manifest: Manifest, *, rank: int) -> dict:
         side = self.side_file(path, manifest, rank=rank)
         try:
             state = json.loads(side.read_bytes())

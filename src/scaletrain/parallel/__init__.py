@@ -10,6 +10,7 @@ from scaletrain.parallel.ddp import DDPStrategy
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
+from scaletrain.parallel.local_sgd import DiLoCoStrategy, LocalSGDStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
 from scaletrain.parallel.ps.worker import AsyncPSStrategy
 from scaletrain.parallel.strategy import (
@@ -25,6 +26,8 @@ STRATEGIES = {
     "fsdp": FSDPStrategy,
     "auto": AutoStrategy,
     "async_ps": AsyncPSStrategy,
+    "local_sgd": LocalSGDStrategy,
+    "diloco": DiLoCoStrategy,
 }
 
 
@@ -52,10 +55,12 @@ __all__ = [
     "AutoStrategy",
     "BaseStrategy",
     "DDPStrategy",
+    "DiLoCoStrategy",
     "DistributedStrategy",
     "FSDPStrategy",
     "FirstStepClock",
     "LaunchEnv",
+    "LocalSGDStrategy",
     "SingleStrategy",
     "Strategy",
     "WrapRequest",

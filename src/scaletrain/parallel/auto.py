@@ -105,6 +105,10 @@ class AutoStrategy(DistributedStrategy):
         with self._delegate().evaluation(model) as module:
             yield module
 
+    @property
+    def comm_bytes_per_step(self) -> float | None:
+        return self.chosen.comm_bytes_per_step if self.chosen else None
+
     def memory_report(self) -> dict | None:
         return self.chosen.memory_report() if self.chosen else None
 

@@ -24,6 +24,10 @@ class DDPStrategy(DistributedStrategy):
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
         """Move to this rank's device and wrap in DDP."""
         settings = self.cfg.ddp
+        # every gradient is all-reduced once per step (the static graph's first step: more)
+        self.comm_bytes_per_step = float(
+            sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        )
         return DistributedDataParallel(
             model.to(self.device),
             device_ids=[self.device.index] if self.device.type == "cuda" else None,

@@ -119,9 +119,10 @@ def estimate(
         facts, candidate.activation_checkpointing, cfg.activation_checkpointing_every
     )
     params = facts.param_bytes
-    if candidate.strategy in ("single", "ddp"):
+    if candidate.strategy in ("single", "ddp", *_LOCAL_COPIES):
         parts = (params + facts.buffer_bytes, params, optimizer_states * params)
         buffers = _ddp_buffers(params, candidate, cfg)
+        buffers += _LOCAL_COPIES.get(candidate.strategy, 0) * params
         return MemoryEstimate(candidate.label, candidate, *parts, activations, buffers)
     sharded = math.ceil(params / (shard_size or world_size))
     parts = (sharded + facts.buffer_bytes, sharded, optimizer_states * sharded)
@@ -139,6 +140,11 @@ def estimate(
             host_bytes=host,
         )
     return MemoryEstimate(candidate.label, candidate, *parts, activations, working_set)
+
+
+# local SGD: the global model and the sync's flat buffer; DiLoCo: the anchor, the outer
+# momentum, the deltas and their flat buffer (parameter-sized copies; the anchor is fp32)
+_LOCAL_COPIES = {"local_sgd": 2, "diloco": 4}
 
 
 def _fsdp_working_set(facts: ModelFacts, *, reshard_after_forward: bool) -> int:

@@ -52,6 +52,7 @@ class Strategy(Protocol):
     def reduce_gradients(self, model: nn.Module) -> None: ...
     def sync_buffers(self, model: nn.Module) -> None: ...
     def apply_update(self, update: Callable[[], None]) -> None: ...
+    def end_training(self, model: nn.Module) -> None: ...
     def evaluation(self, model: nn.Module): ...
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
@@ -85,6 +86,12 @@ class BaseStrategy:
     world_size = 1
     is_server = False  # a parameter server's process: serves instead of training
     writes_checkpoints = True  # every rank writes its part of a checkpoint
+    # payload bytes this rank hands to gradient/parameter collectives per optimizer step
+    # (amortized over a sync period); None: not counted (one process: none at all)
+    comm_bytes_per_step: float | None = None
+    # a strategy whose ranks hold weights of their own between syncs says what a
+    # checkpoint holds (`checkpoint_tensors`, `restore_tensors`; see local_sgd.py)
+    replicas = None
 
     def __init__(self, cfg: ParallelConfig, device: torch.device):
         self.cfg = cfg
@@ -167,6 +174,10 @@ class BaseStrategy:
     def eval_shard(self) -> tuple[int, int]:
         """(rank, ranks) splitting an evaluated split: each rank reads its part."""
         return self.rank, self.world_size
+
+    def end_training(self, model: nn.Module) -> None:
+        """After the last update of a run that was not interrupted: a strategy whose ranks
+        drift apart between syncs syncs once more (see local_sgd.py)."""
 
     @contextmanager
     def evaluation(self, model: nn.Module) -> Iterator[nn.Module]:

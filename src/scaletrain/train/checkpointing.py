@@ -186,6 +186,10 @@ class Checkpointer:
         path = self.store.latest_valid()
         if path is None:
             raise CheckpointError(f"no valid checkpoint to load in {self.store.root}")
+        if self.state.replicas is not None:  # which tensors it reads depends on the saver
+            saved = self.store.side_state(path, rank=self.strategy.rank).get("replicas")
+            saved = saved if isinstance(saved, dict) else None
+            self.state.replicas.prepare_load(saved, source=str(path))
         tensors = self.state.tensors()
         side = self.store.load(path, tensors=tensors, rank=self.strategy.rank)
         self.state.load_tensors(tensors)

@@ -113,6 +113,8 @@ def run_loop(
                 if epoch_end:
                     callbacks.on_epoch_end(state)
             interrupted = stop.reason == "signal"
+            if not interrupted:  # local SGD/DiLoCo: the last period syncs (a resume needs none)
+                strategy.end_training(state.model)
             t.save(f"interrupted by signal {signals.signum}" if interrupted else "final")
             t.saver.finish()  # a background save commits (or raises) before the run ends
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last committed checkpoint

@@ -168,6 +168,7 @@ def build_trainer(
         build_loader(micro_batch_size=plan.micro_batch_size),
         scaler=precision.scaler,
         components={"guard": guard, "train_metrics": epoch_metrics},
+        replicas=strategy.replicas,
     )
     ledger = Ledger(run.root / LEDGER, enabled=strategy.is_main)
     saver = Checkpointer(

@@ -46,12 +46,18 @@ class TrainState:
         }
     )
     skip_spans: list = field(default_factory=list)  # [epoch, start, stop] never to train on
+    # the strategy's `replicas` where ranks hold weights of their own between syncs (local
+    # SGD, DiLoCo): it says what a checkpoint holds besides this rank's model and optimizer
+    replicas: Any = None
 
     def tensors(self) -> dict:
         """Model and optimizer state keyed by parameter names (reshardable by DCP)."""
-        return model_and_optimizer_state(self.model, self.optimizer)
+        tensors = model_and_optimizer_state(self.model, self.optimizer)
+        return tensors if self.replicas is None else self.replicas.checkpoint_tensors(tensors)
 
     def load_tensors(self, tensors: dict) -> None:
+        if self.replicas is not None:
+            tensors = self.replicas.restore_tensors(tensors)
         load_model_and_optimizer_state(self.model, self.optimizer, tensors)
 
     def side_state(self) -> dict:
@@ -67,6 +73,7 @@ class TrainState:
             "lr_scale": self.schedule.backoff,
             "skip_spans": [list(span) for span in self.skip_spans],
             **{name: part.state_dict() for name, part in self.components.items()},
+            **({"replicas": self.replicas.state_dict()} if self.replicas is not None else {}),
             "schedule": {"last_epoch": self.schedule.last_epoch},
             "scaler": _scaler_state(self.scaler),
             "loader": self.loader.state_dict(),
@@ -82,6 +89,8 @@ class TrainState:
         self.skip_spans = [list(span) for span in side.get("skip_spans", [])]
         for name, part in self.components.items():
             part.load_state_dict(dict(side.get(name, {})))
+        if self.replicas is not None:  # None: a checkpoint of another strategy
+            self.replicas.load_state_dict(side.get("replicas"))
         self.schedule.last_epoch = side["schedule"]["last_epoch"]
         self.schedule.set_backoff(side.get("lr_scale", 1.0))
         if self.scaler is not None and side["scaler"]:

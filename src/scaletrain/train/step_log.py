@@ -98,6 +98,8 @@ class TrainLogger:
             "mfu": self.mfu(per_second),
             "rss_mb": current_rss_mb(),
         }
+        if self.strategy.comm_bytes_per_step is not None:
+            record["comm_bytes_per_step"] = self.strategy.comm_bytes_per_step
         self.log(record)
         self.progress.update(state.step, record)
         self.callbacks.on_log(state, record)

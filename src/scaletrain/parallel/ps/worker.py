@@ -150,6 +150,13 @@ class AsyncPSStrategy(BaseStrategy):
         ]
         return model
 
+    @property
+    def comm_bytes_per_step(self) -> float | None:
+        """This worker's bytes pushed and pulled per step so far (train records)."""
+        if not self.steps_pushed:
+            return None
+        return (self.stats["bytes_pushed"] + self.stats["bytes_pulled"]) / self.steps_pushed
+
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The worker's optimizer is never stepped: its schedule's lr travels with each push
         (so torch's warning that the schedule steps before the optimizer is not news).
