@@ -20,6 +20,10 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("combinations.json")
 
 FACTORS: dict[str, list] = {
+    # not async_ps: its processes are RPC peers (workers + servers) under its own launcher,
+    # not ranks of the one torchrun job the distributed cases share, and it refuses
+    # bf16-true; test_async_ps.py checks it against one process and a replay, and its
+    # refusals are listed under `refused`
     "strategy": ["single", "ddp", "fsdp", "local_sgd", "diloco"],
     "precision": ["32", "bf16-mixed", "bf16-true"],
     "optimizer": ["sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
