@@ -230,8 +230,14 @@ def test_a_stopped_worker_never_gets_an_update_older_than_tau_applied(tmp_path, 
 
 
 def test_a_killed_worker_is_logged_and_the_others_finish_the_run(tmp_path):
-    train = {**CONFIG["train"], "max_steps": 300, "batch_size": 48}  # 16 per worker
-    config = write_config(tmp_path, train=train, model={"name": "mlp", "hidden": [256, 256]})
+    # validation every 50 steps with best checkpoints: workers 1 and 2 validate, never save
+    train = {**CONFIG["train"], "max_steps": 300, "batch_size": 48, "eval_every_steps": 50}
+    config = write_config(
+        tmp_path,
+        train=train,
+        model={"name": "mlp", "hidden": [256, 256]},
+        checkpoint={"every_epochs": 0, "save_best": True},
+    )
     out = tmp_path / "async"
     process = start_ps(config, out, nproc=4)  # 3 workers, 1 server
     try:
@@ -242,6 +248,7 @@ def test_a_killed_worker_is_logged_and_the_others_finish_the_run(tmp_path):
         raise
     output = finish(process)
     assert f"worker rank 2 (pid {victim}) exited with code -9" in output
+    assert "worker rank 1" not in output  # it trained to the end
     run_dir = out / "ps"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 300

@@ -75,7 +75,7 @@ class Checkpointer:
     def save(self, *, pending_loss: float, pending_steps: int) -> tuple[Path, float | None]:
         """Save the state unless it was saved at this step already; (path, stall seconds)."""
         state = self.state
-        if self.last_step == state.step or not self.strategy.writes_checkpoints:
+        if self.last_step == state.step:
             return self.last_path, None
         # the partial log window survives a resume
         state.pending_loss, state.pending_steps = pending_loss, pending_steps

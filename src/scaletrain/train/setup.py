@@ -73,6 +73,8 @@ class Trainer:
 
     def save(self, reason: str, *, best: bool = False) -> None:
         """Checkpoint now (collective), keeping the unlogged part of the log window."""
+        if not self.saver.strategy.writes_checkpoints:  # async_ps: worker 0 saves alone
+            return
         loss, steps = self.logger.pending()
         metric = self.evaluator.monitor.name
         if best and self.saver.best is not None:  # a CPU copy now, on disk with the next save
