@@ -41,7 +41,7 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         )
     if resume:  # the workers' Checkpointer.resume meets every process at a barrier
         strategy.barrier()
-    factory = ShardOptimizer(cfg.optim, names=list(mine), exempt=_exempt_names(model))
+    factory = ShardOptimizer(cfg.optim, names=list(mine), exempt=exempt_names(model))
     store = ShardStore(
         mine,
         make_optimizer=factory,
@@ -101,6 +101,7 @@ class ShardOptimizer:
         )
 
 
-def _exempt_names(model: nn.Module) -> set[str]:
+def exempt_names(model: nn.Module) -> set[str]:
+    """Names of the biases and norm-layer parameters (no weight decay), spelled alike."""
     exempt = bias_and_norm_ids(model)
     return {parameter_name(name) for name, p in model.named_parameters() if id(p) in exempt}
