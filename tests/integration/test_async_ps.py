@@ -320,3 +320,18 @@ def test_a_killed_server_stops_the_run_in_one_line_and_resume_continues_from_its
     assert resumed[0]["version"] == flushed + 1  # the restarted server went on from its files
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert any(r.get("event") == "resume" for r in events)
+
+
+def test_a_server_that_refuses_to_start_says_why_and_the_job_exits_2(tmp_path):
+    shards = tmp_path / "shards"
+    (shards / "server_0").mkdir(parents=True)
+    (shards / "server_0" / "manifest.json").write_text("{}")  # another run's shards
+    config = write_config(tmp_path, parallel={"ps": {"shards_dir": str(shards)}})
+    command = [sys.executable, "-m", "scaletrain", "train", str(config), "--out", str(tmp_path)]
+    command += ["--nproc", "2", "parallel.strategy=async_ps"]
+    finished = run(command, timeout=90, env=child_env())
+    assert finished.returncode == 2, finished.output
+    errors = [line for line in finished.output.splitlines() if line.startswith("error:")]
+    assert errors[0].startswith("error: parameter server 0: ")
+    assert "server_0/manifest.json: this folder already holds a server's shards" in errors[0]
+    assert len(errors) <= 2, finished.output  # + worker 0: the server stopped answering

@@ -83,19 +83,36 @@ def _watch(children: list[Child], *, num_workers: int) -> int:
         failed.sort(key=lambda child: (child.role != "server", child.process.returncode != 2))
         for child in failed:
             code = child.process.returncode
-            if child.role == "worker" and child.rank != 0 and code not in (2, 3):
+            if code == SERVER_LOST_EXIT:  # a worker lost its server: report the server
+                child = _failed_server(children) or child
+                code = child.process.returncode
+            if child.role == "worker" and child.rank != 0 and code not in (2, SERVER_LOST_EXIT):
                 print(
                     f"async_ps: {child.label} exited with code {code}; "
                     f"training goes on with the other workers",
                     file=sys.stderr,
                 )
                 continue
+            if child.role == "server" and code == 2:
+                _stop(running, signal.SIGTERM)
+                raise SystemExit(2)  # it printed why it refused to start
             if child.role == "server" and _reported_by_writer(children[0]):
                 _stop(running, signal.SIGTERM)
                 raise SystemExit(1)  # worker 0 said which server, in one line
             _stop(running, signal.SIGTERM)
             raise _failure(child)
     return 0
+
+
+def _failed_server(children: list[Child]) -> Child | None:
+    """The server that failed, once it has ended (it may still be exiting)."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.role == "server" and child.process.poll() not in (None, 0):
+                return child
+        time.sleep(POLL_S)
+    return None
 
 
 def _reported_by_writer(writer: Child) -> bool:
@@ -109,6 +126,11 @@ def _reported_by_writer(writer: Child) -> bool:
 
 def _failure(child: Child) -> LaunchError:
     code = child.process.returncode
+    if child.role == "server" and code == 2:
+        return LaunchError(
+            f"{child.label} refused to start (its error above); the other processes were stopped",
+            exit_code=2,
+        )
     if child.role == "server":
         return LaunchError(
             f"{child.label} exited with code {code} and stopped the run; the other processes "

@@ -4,6 +4,7 @@ server's shard of the parameters in a `ShardStore` stepped by the run's optimize
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -11,11 +12,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scaletrain.config import Config, OptimConfig
-from scaletrain.errors import ConfigError
+from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json
 from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
 from scaletrain.optim.params import bias_and_norm_ids
-from scaletrain.parallel.ps.service import ParameterServer
+from scaletrain.parallel.ps.service import ParameterServer, abandon
 from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
 from scaletrain.parallel.ps.worker import parameter_name
 from scaletrain.rundir import RunDir
@@ -34,23 +35,27 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
     }
     owner = plan_shards([(name, p.numel()) for name, p in named.items()], roles.num_servers)
     mine = {name: p.detach().clone() for name, p in named.items() if owner[name] == index}
-    if resume and ps.shards_dir is None:
-        raise ConfigError(
-            "parallel.ps.shards_dir: resuming an async_ps run needs the servers' shards on disk; "
-            "this run kept them in memory only (set parallel.ps.shards_dir for new runs)"
+    try:
+        if resume and ps.shards_dir is None:
+            raise ConfigError(
+                "parallel.ps.shards_dir: resuming an async_ps run needs the servers' shards on "
+                "disk; this run kept them in memory only (set parallel.ps.shards_dir for new runs)"
+            )
+        if resume:  # the workers' Checkpointer.resume meets every process at a barrier
+            strategy.barrier()
+        store = ShardStore(
+            mine,
+            make_optimizer=ShardOptimizer(cfg.optim, names=list(mine), exempt=exempt_names(model)),
+            shards_dir=Path(ps.shards_dir) if ps.shards_dir else None,
+            server=index,
+            flush_every=ps.flush_every,
+            resume=resume,
+            window_mb=ps.window_mb,
         )
-    if resume:  # the workers' Checkpointer.resume meets every process at a barrier
-        strategy.barrier()
-    factory = ShardOptimizer(cfg.optim, names=list(mine), exempt=exempt_names(model))
-    store = ShardStore(
-        mine,
-        make_optimizer=factory,
-        shards_dir=Path(ps.shards_dir) if ps.shards_dir else None,
-        server=index,
-        flush_every=ps.flush_every,
-        resume=resume,
-        window_mb=ps.window_mb,
-    )
+    except UserError as error:  # only this process knows: say it (ranks > 0 are quiet)
+        print(f"error: parameter server {index}: {error}", file=sys.stderr)
+        abandon()
+        raise
     folder = run.root / PS_FOLDER
     folder.mkdir(exist_ok=True)
     server = ParameterServer(

@@ -177,10 +177,15 @@ def install(server: ParameterServer) -> None:
     _READY.set()
 
 
+def abandon() -> None:
+    """This process will never serve (its start failed): answer waiting calls with an error
+    now, or RPC's shutdown would wait for them."""
+    _READY.set()
+
+
 def _server(timeout_s: float = 600.0) -> ParameterServer:
-    if not _READY.wait(timeout_s):
-        raise RuntimeError("parameter server not ready")
-    assert _SERVER is not None
+    if not _READY.wait(timeout_s) or _SERVER is None:
+        raise RuntimeError("this parameter server failed to start")
     return _SERVER
 
 
