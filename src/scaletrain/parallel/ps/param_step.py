@@ -95,7 +95,13 @@ class OptimizerTemplate:
         optimizer.step()
         for param in params:
             param.grad = None
-        return [optimizer.state.get(param, {}) for param in params]
+        after = [optimizer.state.get(param, {}) for param in params]
+        if not keep:
+            # torch's optimizers sit in reference cycles, freed only when the cyclic
+            # collector runs: cut their links to the (mapped) tensors now
+            optimizer.state.clear()
+            optimizer.param_groups.clear()
+        return after
 
     def forget(self) -> None:
         """Drop the built optimizers (and with them their references to mapped memory)."""

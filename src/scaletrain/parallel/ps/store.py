@@ -36,6 +36,7 @@ from scaletrain.parallel.ps.checkpoint_state import load_store_state, store_stat
 from scaletrain.parallel.ps.layout import (
     ParamEntry,
     TensorSpec,
+    check_same_optimizer,
     check_same_params,
     manifest_json,
     read_manifest,
@@ -83,6 +84,7 @@ class ShardStore:
         self.version = 0
         self._since_flush = 0
         self._dirty = False  # written since the last commit
+        self._torn = False  # an update failed halfway: only a resume may continue
         self._closed = False
         window_bytes = None if window_mb is None else max(1, int(window_mb * 2**20))
         if shards_dir is None:
@@ -106,7 +108,11 @@ class ShardStore:
         self._check_open()
         indices = checked_indices(grads, self._index, self._entries)
         self._dirty = True
-        self._updater.apply(self._entries, self._committed, grads, indices, scale=scale, lr=lr)
+        try:
+            self._updater.apply(self._entries, self._committed, grads, indices, scale=scale, lr=lr)
+        except BaseException:
+            self._torn = True  # some parameters took this update: never commit that
+            raise
         self.version += 1
         self._since_flush += 1
         if self._since_flush >= self.flush_every:
@@ -141,10 +147,12 @@ class ShardStore:
         self._dirty = False
 
     def close(self) -> None:
-        """Flush and unmap; a closed store refuses further use. Safe to call twice."""
+        """Flush (unless an update failed halfway) and unmap; a closed store refuses further
+        use. Safe to call twice."""
         if self._closed:
             return
-        self.flush()
+        if not self._torn:
+            self.flush()
         self._template.forget()
         self._updater.backing.close()
         self._closed = True
@@ -184,14 +192,12 @@ class ShardStore:
         path = backing.manifest_path
         manifest = read_manifest(path)
         if manifest.server != self.server:
-            raise UserError(f"{path}: shards of server {manifest.server}, not of {self.server}")
-        check_same_params(path, manifest.entries, self._entries)
-        wanted = self._template.describe()
-        if manifest.optimizer != wanted:
             raise UserError(
-                f"{path}: the shards were stepped by {manifest.optimizer}, but the run asks "
-                f"for {wanted}; resume with the optimizer settings that wrote them"
+                f"{path}: shards of server {manifest.server}, not of {self.server}; each "
+                "server resumes from its own server_<index> folder"
             )
+        check_same_params(path, manifest.entries, self._entries)
+        check_same_optimizer(path, manifest.optimizer, self._template.describe())
         backing.committed_slot = manifest.slot
         backing.check_files(manifest.entries)
         self._entries = manifest.entries
@@ -201,3 +207,8 @@ class ShardStore:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"the store of server {self.server} is closed")
+        if self._torn:
+            raise RuntimeError(
+                f"server {self.server}: an update failed halfway, so the parameters are torn; "
+                "reopen the store with resume=True (it holds the last commit)"
+            )

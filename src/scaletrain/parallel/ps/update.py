@@ -56,9 +56,8 @@ class ShardUpdater:
             updates = [(index, grads[entries[index].name]) for index in indices]
             self._apply_whole(entries, updates, scale=scale, lr=lr)
             return
-        for index in indices:
-            grad = grads[entries[index].name]
-            self._apply_chunked(index, entries[index], grad, scale=scale, lr=lr)
+        for index in indices:  # no name holds a gradient past its parameter's step
+            self._apply_chunked(index, entries[index], grads[entries[index].name], scale, lr)
 
     def read(self, index: int, entry: ParamEntry, key: str) -> torch.Tensor:
         """A copy in RAM of one stored tensor, read window by window."""
@@ -102,7 +101,7 @@ class ShardUpdater:
         for index, new_state in zip(indices, new_states, strict=True):
             entries[index].scalars = self._save_state(index, entries[index], new_state, 0)
 
-    def _apply_chunked(self, index, entry: ParamEntry, grad, *, scale, lr) -> None:
+    def _apply_chunked(self, index, entry: ParamEntry, grad, scale, lr) -> None:
         grad = _prepare(grad, entry.spec, scale)
         fresh = not (entry.tensors or entry.scalars)  # the optimizer initializes its state
         scalars = entry.scalars
@@ -112,6 +111,7 @@ class ShardUpdater:
             piece = grad[start : start + count].view(param.shape)
             [new_state] = self.template.step([index], [param], [piece], [state], lr=lr, keep=False)
             scalars = self._save_state(index, entry, new_state, start)
+            del param, state, piece, new_state  # unmapped and freed before the next window
         entry.scalars = scalars  # the last chunk's: every chunk started from the same ones
 
     def _load_state(self, index: int, entry: ParamEntry, start: int, count: int) -> dict:

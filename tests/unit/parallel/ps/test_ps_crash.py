@@ -60,7 +60,12 @@ def test_a_torn_update_leaves_the_last_commit_whole_on_disk(tmp_path):
     with pytest.raises(RuntimeError, match="dies here"):
         store.apply(Explodes(update_grads(8, numel), "layer2.weight"))
     # layers 0 and 1 of update 8 are written in place in the working slot; 7 was never
-    # committed: the files say 6, whole
+    # committed: the files say 6, whole, and the torn store refuses to commit anything
+    with pytest.raises(RuntimeError, match="failed halfway.*resume=True"):
+        store.flush()
+    with pytest.raises(RuntimeError, match="failed halfway"):
+        store.read()
+    store.close()
     reopened = _open(tmp_path, numel, resume=True)
     assert reopened.version == 6
     reference = Reference(numel)
