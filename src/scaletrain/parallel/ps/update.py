@@ -77,11 +77,18 @@ class ShardUpdater:
             target.copy_(flat[start : start + count].view(target.shape))
 
     def store_state_tensor(
-        self, index: int, entry: ParamEntry, key: str, value: torch.Tensor, start: int = 0
+        self,
+        index: int,
+        entry: ParamEntry,
+        key: str,
+        value: torch.Tensor,
+        *,
+        start: int = 0,
+        chunked: bool = False,
     ) -> None:
-        """A state tensor after a step: already in place in its file, or copied there."""
+        """A state tensor after a step: already in place in its file, or copied there.
+        `chunked`: `value` is the piece at `start` of an elementwise (parameter-shaped) state."""
         if key not in entry.tensors:
-            chunked = value.numel() != entry.spec.numel
             shape = entry.spec.shape if chunked else tuple(value.shape)
             entry.tensors[key] = TensorSpec(value.dtype, shape)
             self.backing.create(index, key, entry.tensors[key])
@@ -99,35 +106,39 @@ class ShardUpdater:
             states.append(self._load_state(index, entry, 0, entry.spec.numel))
         new_states = self.template.step(indices, params, grads, states, lr=lr)
         for index, new_state in zip(indices, new_states, strict=True):
-            entries[index].scalars = self._save_state(index, entries[index], new_state, 0)
+            entries[index].scalars = self._save_state(index, entries[index], new_state)
 
     def _apply_chunked(self, index, entry: ParamEntry, grad, scale, lr) -> None:
         grad = _prepare(grad, entry.spec, scale)
         fresh = not (entry.tensors or entry.scalars)  # the optimizer initializes its state
         scalars = entry.scalars
-        for start, count in self._chunks(entry):
+        chunks = self._chunks(entry)
+        for start, count in chunks:
             param = self.backing.view(index, PARAM, entry.spec, start, count)
             state = {} if fresh else self._load_state(index, entry, start, count)
             piece = grad[start : start + count].view(param.shape)
             [new_state] = self.template.step([index], [param], [piece], [state], lr=lr, keep=False)
-            scalars = self._save_state(index, entry, new_state, start)
+            scalars = self._save_state(index, entry, new_state, start, chunked=len(chunks) > 1)
             del param, state, piece, new_state  # unmapped and freed before the next window
         entry.scalars = scalars  # the last chunk's: every chunk started from the same ones
 
     def _load_state(self, index: int, entry: ParamEntry, start: int, count: int) -> dict:
+        whole = count == entry.spec.numel  # else a chunk: elementwise, state shaped alike
         state: dict[str, Any] = {
-            key: self.backing.view(index, key, spec, start, count)
+            key: self.backing.view(
+                index, key, spec, *((0, spec.numel) if whole else (start, count))
+            )
             for key, spec in entry.tensors.items()
         }
         # fresh tensors for every chunk: each must start from the same step count
         state.update({key: decode_scalar(value) for key, value in entry.scalars.items()})
         return state
 
-    def _save_state(self, index: int, entry: ParamEntry, state: dict, start: int) -> dict:
+    def _save_state(self, index, entry: ParamEntry, state: dict, start=0, *, chunked=False):
         scalars = {}
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0:
-                self.store_state_tensor(index, entry, key, value, start)
+                self.store_state_tensor(index, entry, key, value, start=start, chunked=chunked)
             else:
                 scalars[key] = encode_scalar(value)
         return scalars
