@@ -1,26 +1,27 @@
 """One parameter server's state: its parameters and their optimizer state, stepped in place.
 
-In RAM (`shards_dir: null`) or memory-mapped under `shards_dir/server_<i>/` (backing.py):
+In RAM (`shards_dir: None`) or memory-mapped under `shards_dir/server_<i>/` (backing.py):
 `numpy.memmap` files in two slots plus `manifest.json` (layout.py). The tensors the optimizer
-updates are views of the mapped files, so an update writes the page cache directly; with
-`window_mb` set only a window per tensor is mapped at a time (parameters larger than the
-address space a process may have).
+updates are views of the mapped files, so an update writes the page cache directly. With
+`window_mb` only a window per tensor is mapped at a time: the address space needed is about
+one parameter's gradient plus ~8 windows, whatever the store's size.
 
-Flush policy and crash consistency (mapped stores):
+Flush policy and crash consistency (mapped stores; docs/distributed.md has the table):
 
 - `version` counts the updates applied. Every `flush_every` updates (and on `flush()`,
-  `close()` and `load_state_dict()`) the store commits: the working slot is made whole,
-  fsynced, and the manifest naming it and the version is replaced atomically, data first.
+  `close()` and `load_state_dict()`) the store commits: the working slot is made whole and
+  fsynced, then the manifest naming it and the version is replaced atomically. Data first.
 - A commit is all or nothing: the manifest never names a version whose data is not wholly on
-  disk, and the slot it names is not written again until the next commit. A kill (SIGKILL or
-  any other death) mid-update or mid-commit leaves the last commit intact.
-- Resuming (`resume=True`) reopens the last commit: a killed server, and equally a machine
-  that lost power, loses the updates applied since (at most `flush_every`), never more, and
-  never resumes half an update. Workers that pulled newer parameters push gradients whose
-  base version is ahead of the server; the staleness gate drops them (staleness.py).
-- Cost of a commit: a copy of every parameter and its state (once per commit period, copy on
-  write, on the first write after a commit), an fsync per file and the manifest's atomic
-  write: `flush_every` trades that cost against the updates a crash loses.
+  disk, and the slot it names is not written again until the next commit.
+- Resuming (`resume=True`) reopens the last commit. A killed server (SIGKILL, mid-update or
+  mid-commit) and a machine that lost power alike lose the updates applied since (at most
+  `flush_every`), never more, and never resume half an update: the page cache keeps a killed
+  process's writes, but they may be half an update, so they are not trusted.
+- An exception inside `apply` leaves the live store torn: it refuses everything but `close()`
+  (which then commits nothing); a resume continues from the last commit.
+- Cost of a commit: a copy of every parameter and its state (copy on write, once per commit
+  period), an fsync per file and the manifest's atomic write. `flush_every` trades that cost
+  against the updates a crash loses.
 """
 
 from __future__ import annotations
