@@ -88,10 +88,7 @@ class ShardStore:
         self._torn = False  # an update failed halfway: only a resume may continue
         self._closed = False
         window_bytes = None if window_mb is None else max(1, int(window_mb * 2**20))
-        if shards_dir is None:
-            backing: RamShards | MappedShards = RamShards()
-        else:
-            backing = MappedShards(Path(shards_dir) / f"server_{server}", window_bytes=window_bytes)
+        backing = _backing(shards_dir, server, window_bytes)
         self._updater = ShardUpdater(backing, self._template, window_bytes=window_bytes)
         if resume:
             self._reopen(backing)
@@ -213,3 +210,9 @@ class ShardStore:
                 f"server {self.server}: an update failed halfway, so the parameters are torn; "
                 "reopen the store with resume=True (it holds the last commit)"
             )
+
+
+def _backing(shards_dir: Path | str | None, server: int, window_bytes: int | None):
+    if shards_dir is None:
+        return RamShards()
+    return MappedShards(Path(shards_dir) / f"server_{server}", window_bytes=window_bytes)
