@@ -48,14 +48,20 @@ class ShardUpdater:
         scale: float,
         lr: float | None,
     ) -> None:
-        """Step the parameters `indices` in place from their gradients in `grads` (by name;
-        with a window each is fetched only when its parameter is stepped)."""
+        """Step the parameters `indices` in place from their gradients in `grads` (by name).
+
+        All at once when the gradients can be used as they are (no window, no scale, the
+        parameters' dtype, contiguous); else parameter by parameter, each gradient fetched,
+        converted and scaled only when its parameter is stepped, so the temporaries are never
+        more than one parameter (or window) in size."""
         for index in indices:
             self.backing.begin_write(index, committed[index])
-        if self.window_bytes is None:
+        if self.window_bytes is None and scale == 1.0:
             updates = [(index, grads[entries[index].name]) for index in indices]
-            self._apply_whole(entries, updates, scale=scale, lr=lr)
-            return
+            if all(_usable_as_is(grad, entries[index].spec) for index, grad in updates):
+                self._apply_whole(entries, updates, lr=lr)
+                return
+            del updates
         for index in indices:  # no name holds a gradient past its parameter's step
             self._apply_chunked(index, entries[index], grads[entries[index].name], scale, lr)
 
@@ -96,13 +102,13 @@ class ShardUpdater:
         if target.data_ptr() != value.data_ptr():
             target.copy_(value.view(target.shape))
 
-    def _apply_whole(self, entries, updates, *, scale: float, lr: float | None) -> None:
+    def _apply_whole(self, entries, updates, *, lr: float | None) -> None:
         indices = [index for index, _ in updates]
         params, grads, states = [], [], []
         for index, grad in updates:
             entry = entries[index]
             params.append(self.backing.view(index, PARAM, entry.spec, 0, entry.spec.numel))
-            grads.append(_prepare(grad, entry.spec, scale).view(entry.spec.shape))
+            grads.append(grad.detach().view(entry.spec.shape))
             states.append(self._load_state(index, entry, 0, entry.spec.numel))
         new_states = self.template.step(indices, params, grads, states, lr=lr)
         for index, new_state in zip(indices, new_states, strict=True):
@@ -150,6 +156,10 @@ class ShardUpdater:
 
     def _chunks_of(self, spec: TensorSpec) -> list[tuple[int, int]]:
         return chunk_ranges(spec.numel, window_numel(self.window_bytes, spec.dtype))
+
+
+def _usable_as_is(grad: torch.Tensor, spec: TensorSpec) -> bool:
+    return grad.dtype == spec.dtype and grad.is_contiguous()
 
 
 def _prepare(grad: torch.Tensor, spec: TensorSpec, scale: float) -> torch.Tensor:
