@@ -1,8 +1,9 @@
 """One parameter server's state: its parameters and their optimizer state, stepped in place.
 
-In RAM (`shards_dir: None`) or memory-mapped under `shards_dir/server_<i>/` (backing.py):
-`numpy.memmap` files in two slots plus `manifest.json` (layout.py). The tensors the optimizer
-updates are views of the mapped files, so an update writes the page cache directly. With
+In host memory, whatever device the gradients come from: in RAM (`shards_dir: None`) or
+memory-mapped under `shards_dir/server_<i>/` (backing.py): `numpy.memmap` files in two slots
+plus `manifest.json` (layout.py). The tensors the optimizer updates are views of the mapped
+files, so an update writes the page cache directly. With
 `window_mb` only a window per tensor is mapped at a time: the address space needed is about
 one parameter's gradient plus ~8 windows, whatever the store's size.
 

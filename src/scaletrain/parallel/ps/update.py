@@ -159,12 +159,12 @@ class ShardUpdater:
 
 
 def _usable_as_is(grad: torch.Tensor, spec: TensorSpec) -> bool:
-    return grad.dtype == spec.dtype and grad.is_contiguous()
+    return grad.dtype == spec.dtype and grad.device.type == "cpu" and grad.is_contiguous()
 
 
 def _prepare(grad: torch.Tensor, spec: TensorSpec, scale: float) -> torch.Tensor:
     """The gradient flat, in the parameter's dtype, times `scale`."""
-    grad = grad.detach().reshape(-1).to(spec.dtype)
+    grad = grad.detach().reshape(-1).to("cpu", spec.dtype)  # a server's store lives in host memory
     return grad * scale if scale != 1.0 else grad  # the one parameter-sized temporary
 
 
