@@ -118,6 +118,11 @@ class ShardStore:
             self.flush()
         return self.version
 
+    @property
+    def torn(self) -> bool:
+        """An update failed halfway: only `close()` (which commits nothing) is allowed."""
+        return self._torn
+
     def read(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Copies in RAM of the current parameters (all, or those named)."""
         self._check_open()

@@ -61,6 +61,7 @@ def test_a_torn_update_leaves_the_last_commit_whole_on_disk(tmp_path):
         store.apply(Explodes(update_grads(8, numel), "layer2.weight"))
     # layers 0 and 1 of update 8 are written in place in the working slot; 7 was never
     # committed: the files say 6, whole, and the torn store refuses to commit anything
+    assert store.torn
     with pytest.raises(RuntimeError, match="failed halfway.*resume=True"):
         store.flush()
     with pytest.raises(RuntimeError, match="failed halfway"):
