@@ -37,11 +37,11 @@ class RamShards:
         self._tensors: dict[tuple[int, str], torch.Tensor] = {}
 
     def create(self, index: int, key: str, spec: TensorSpec) -> None:
-        self._tensors[index, key] = torch.zeros(spec.numel, dtype=spec.dtype)
+        self._tensors[index, key] = torch.zeros(spec.shape, dtype=spec.dtype)
 
     def view(self, index: int, key: str, spec: TensorSpec, start: int, count: int) -> torch.Tensor:
-        flat = self._tensors[index, key][start : start + count]
-        return flat.view(spec.shape) if count == spec.numel else flat
+        whole = self._tensors[index, key]  # the same object every time: optimizers are cached
+        return whole if count == spec.numel else whole.view(-1)[start : start + count]
 
     def begin_write(self, index: int, committed: ParamEntry) -> None:
         pass
@@ -129,15 +129,14 @@ class MappedShards:
     def _view(self, slot: int, index: int, key: str, spec: TensorSpec, start: int, count: int):
         if spec.numel == 0:
             return torch.empty(spec.shape, dtype=spec.dtype)  # an empty file cannot be mapped
-        if self.window_bytes is None:
-            whole = self._mapped.get((slot, index, key))
-            if whole is None:
-                whole = _map(self.file(slot, index, key), spec.dtype, 0, spec.numel)
-                self._mapped[slot, index, key] = whole
-            flat = whole[start : start + count]
-        else:
+        if self.window_bytes is not None:
             flat = _map(self.file(slot, index, key), spec.dtype, start, count)
-        return flat.view(spec.shape) if count == spec.numel else flat
+            return flat.view(spec.shape) if count == spec.numel else flat
+        whole = self._mapped.get((slot, index, key))
+        if whole is None:  # one object per file: the store caches optimizers by identity
+            whole = _map(self.file(slot, index, key), spec.dtype, 0, spec.numel).view(spec.shape)
+            self._mapped[slot, index, key] = whole
+        return whole if count == spec.numel else whole.view(-1)[start : start + count]
 
     def _window_numel(self, spec: TensorSpec) -> int | None:
         return window_numel(self.window_bytes, spec.dtype)

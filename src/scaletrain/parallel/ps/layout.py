@@ -164,6 +164,29 @@ def check_same_params(path: Path, stored: list[ParamEntry], expected: list[Param
             )
 
 
+def check_same_optimizer(path: Path, stored: dict, wanted: dict) -> None:
+    """Refuse shards stepped by another optimizer class or other hyper-parameters."""
+    if stored.get("class") != wanted["class"]:
+        raise UserError(
+            f"{path}: the shards were stepped by {stored.get('class')}, but the run asks for "
+            f"{wanted['class']}; resume with the optimizer that wrote them"
+        )
+    stored_groups, wanted_groups = list(stored.get("groups", [])), wanted["groups"]
+    if len(stored_groups) != len(wanted_groups):
+        raise UserError(
+            f"{path}: the shards' optimizer has {len(stored_groups)} parameter groups, the "
+            f"run's {len(wanted_groups)}; resume with the optimizer settings that wrote them"
+        )
+    for number, (have, want) in enumerate(zip(stored_groups, wanted_groups, strict=True)):
+        for key in sorted(set(have) | set(want)):
+            if have.get(key) != want.get(key):
+                raise UserError(
+                    f"{path}: the shards' optimizer has {key}={have.get(key)} in group "
+                    f"{number}, the run asks for {key}={want.get(key)}; resume with the "
+                    "optimizer settings that wrote them"
+                )
+
+
 def _describe(entry: ParamEntry) -> str:
     shape = "x".join(map(str, entry.spec.shape)) or "scalar"
     return f"{shape} {dtype_name(entry.spec.dtype)} (optimizer group {entry.group})"

@@ -61,6 +61,9 @@ class OptimizerTemplate:
             raise ValueError(f"make_optimizer left out the parameters at positions {missing}")
         self.group_of = [where[id(param)] for param in standins]
         self.elementwise = self.cls in ELEMENTWISE
+        # (params, optimizer) built over exactly these tensors: building one costs ~100 us;
+        # reused while the store hands over the same tensor objects (a slot's mappings)
+        self._built: list[tuple[list[torch.Tensor], torch.optim.Optimizer]] = []
 
     def describe(self) -> dict:
         """Class and hyper-parameters as JSON, recorded in the manifest and checked on resume."""
@@ -69,25 +72,60 @@ class OptimizerTemplate:
 
     def step(
         self,
-        index: int,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        state: dict[str, Any],
+        indices: Sequence[int],
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        states: Sequence[dict[str, Any]],
         *,
         lr: float | None = None,
-    ) -> dict[str, Any]:
-        """Update `param` in place from `grad` and `state` (which it may also update in place);
-        returns the state after the step (new tensors where the optimizer made them)."""
-        group = dict(self.groups[self.group_of[index]])
-        if lr is not None:
-            group["lr"] = lr
-        optimizer = self.cls([{**group, "params": [param]}])
-        if state:
-            optimizer.state[param] = state
-        param.grad = grad
+        keep: bool = True,
+    ) -> list[dict[str, Any]]:
+        """One update of `params` (the store's parameters `indices`, or chunks of them) in
+        place from `grads` and `states` (stepped in place too, where they are given); returns
+        each parameter's state after the step (new tensors where the optimizer made them).
+        `keep=False` builds a throwaway optimizer (windows: nothing may hold their mapping)."""
+        optimizer = self._optimizer_over(indices, params, keep=keep)
+        for group, index in zip(optimizer.param_groups, self._group_indices(indices), strict=True):
+            group["lr"] = self.groups[index]["lr"] if lr is None else lr
+        optimizer.state.clear()
+        for param, grad, state in zip(params, grads, states, strict=True):
+            param.grad = grad
+            if state:
+                optimizer.state[param] = state
         optimizer.step()
-        param.grad = None
-        return optimizer.state[param]
+        for param in params:
+            param.grad = None
+        after = [optimizer.state.get(param, {}) for param in params]
+        if not keep:
+            # torch's optimizers sit in reference cycles, freed only when the cyclic
+            # collector runs: cut their links to the (mapped) tensors now
+            optimizer.state.clear()
+            optimizer.param_groups.clear()
+        return after
+
+    def forget(self) -> None:
+        """Drop the built optimizers (and with them their references to mapped memory)."""
+        self._built.clear()
+
+    def _optimizer_over(self, indices, params, *, keep: bool) -> torch.optim.Optimizer:
+        for built, optimizer in self._built:
+            if len(built) == len(params) and all(
+                a is b for a, b in zip(built, params, strict=True)
+            ):
+                return optimizer
+        members: dict[int, list[torch.Tensor]] = {}
+        for index, param in zip(indices, params, strict=True):
+            members.setdefault(self.group_of[index], []).append(param)
+        optimizer = self.cls([{**self.groups[g], "params": ps} for g, ps in members.items()])
+        if not keep:
+            return optimizer
+        if len(self._built) >= 4:  # two slots' full sets, and a partial push or two
+            self._built.pop(0)
+        self._built.append((list(params), optimizer))
+        return optimizer
+
+    def _group_indices(self, indices: Sequence[int]) -> list[int]:
+        return list(dict.fromkeys(self.group_of[index] for index in indices))
 
 
 def _qualified(cls: type) -> str:

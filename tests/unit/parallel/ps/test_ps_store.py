@@ -178,3 +178,24 @@ def test_a_fresh_store_refuses_a_folder_that_holds_shards(tmp_path):
     ShardStore(_params(), make_optimizer=OPTIMIZERS["sgd"], shards_dir=tmp_path, server=0).close()
     with pytest.raises(UserError, match=r"server_0/manifest\.json: this folder already holds"):
         ShardStore(_params(), make_optimizer=OPTIMIZERS["sgd"], shards_dir=tmp_path, server=0)
+
+
+@pytest.mark.parametrize("where", ["ram", "mapped"])
+def test_gradients_in_another_dtype_or_layout_are_converted_per_parameter(tmp_path, where):
+    make = OPTIMIZERS["adamw_fused"]
+    params, grads = _params(), _grads(_params(), 3)
+    odd = [
+        {
+            name: (g.to(torch.bfloat16) if g.dim() == 1 else g.t().contiguous().t())
+            for name, g in grad.items()
+        }
+        for grad in grads
+    ]
+    assert not odd[0]["encoder.weight"].is_contiguous()
+    converted = [{name: g.float().contiguous() for name, g in grad.items()} for grad in odd]
+    store = ShardStore(
+        params, make_optimizer=make, shards_dir=None if where == "ram" else tmp_path, server=0
+    )
+    for grad in odd:
+        store.apply(grad)
+    _assert_equal(store.read(), _reference(make, params, converted))
