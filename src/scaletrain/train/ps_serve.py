@@ -69,13 +69,15 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         strategy.serve(server)
     finally:
         server.close()
-        store.flush()
-        save_file(
-            {name: t.contiguous() for name, t in store.read().items()},
-            str(folder / f"server_{index}.safetensors"),
-        )
+        if not store.torn:  # a failed update is never committed: a resume redoes it
+            save_file(
+                {name: t.contiguous() for name, t in store.read().items()},
+                str(folder / f"server_{index}.safetensors"),
+            )
         atomic_write_json(folder / f"server_{index}.json", server.summary())
         store.close()
+    if server.failure is not None:
+        raise server.failure
     return server.counts["applied"]
 
 

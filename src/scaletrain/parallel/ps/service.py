@@ -45,6 +45,7 @@ class ParameterServer:
         self.done: set[int] = set()
         self.left: set[int] = set()
         self.lost: list[int] = []  # workers that died, in the order noticed
+        self.failure: Exception | None = None  # an update that failed halfway
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
         self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
@@ -61,7 +62,12 @@ class ParameterServer:
                 base_version=base_version, current_version=current
             )
             if applied:
-                self.store.apply(grads, scale=scale, lr=lr)
+                try:
+                    self.store.apply(grads, scale=scale, lr=lr)
+                except Exception as error:  # the store is torn: this server stops
+                    self.failure = error
+                    self.finished.set()
+                    raise
             self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
             self._seen(worker, dropped=not applied)
             self._write(
