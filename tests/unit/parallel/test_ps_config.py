@@ -57,3 +57,14 @@ def test_the_first_ranks_train_and_the_last_serve():
 def test_servers_need_at_least_one_worker_beside_them(world, servers):
     with pytest.raises(ConfigError, match=r"parallel\.ps\.servers: .* --nproc"):
         make_roles(world, servers)
+
+
+def test_scaletrain_plan_splits_the_batch_over_the_workers_only():
+    from scaletrain.launch.planning import plan_for_config
+
+    cfg = load_config(
+        {"data": {"source": "builtin", "name": "digits"}, "model": {"name": "mlp"}},
+        [*ASYNC, "train.batch_size=32"],
+    )
+    _, batch_plan = plan_for_config(cfg, nproc=3)  # 2 workers + 1 server: 16 samples each
+    assert (batch_plan.world_size, batch_plan.micro_batch_size) == (2, 16)
