@@ -176,6 +176,35 @@ class ParameterServer:
             self._log = None
 
 
+def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
+    """The job's counts from every server's summary: per worker samples/s, the staleness
+    histogram, dropped and scaled updates, bytes pushed and pulled."""
+    histogram: dict[str, int] = {}
+    for summary in servers:
+        for key, count in summary["staleness_histogram"].items():
+            histogram[key] = histogram.get(key, 0) + count
+    first = servers[0]["workers"]  # every worker pushes to every server: server 0 saw all
+    workers = {
+        name: {
+            "pushes": seen["pushes"],
+            # pushes after the first over the time between the first and the last push
+            "samples_per_s": (seen["pushes"] - 1) * samples_per_step / max(seen["seconds"], 1e-9),
+        }
+        for name, seen in first.items()
+    }
+    return {
+        "servers": len(servers),
+        "updates": sum(summary["applied"] for summary in servers),
+        "dropped": sum(summary["dropped"] for summary in servers),
+        "scaled": sum(summary["scaled"] for summary in servers),
+        "bytes_pushed": sum(summary["bytes_pushed"] for summary in servers),
+        "bytes_pulled": sum(summary["bytes_pulled"] for summary in servers),
+        "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
+        "workers": workers,
+        "lost_workers": sorted({w for summary in servers for w in summary["lost_workers"]}),
+    }
+
+
 def install(server: ParameterServer) -> None:
     """Make `server` the one this process's RPC handlers use."""
     global _SERVER

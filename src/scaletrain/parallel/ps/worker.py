@@ -115,7 +115,7 @@ class AsyncPSStrategy(BaseStrategy):
             }
             for worker in lost
         ]
-        return [*events, {"ps": ps_record(servers, samples_per_step=samples_per_step)}]
+        return [*events, {"ps": service.ps_record(servers, samples_per_step=samples_per_step)}]
 
     def serve(self, server: service.ParameterServer) -> None:
         """On a server: answer pushes and pulls until every worker left; a worker whose
@@ -266,35 +266,6 @@ def _gradient(param: nn.Parameter) -> torch.Tensor:
     """A parameter without a gradient this step (unused) pushes zeros."""
     grad = param.grad
     return torch.zeros_like(param) if grad is None else grad.detach()
-
-
-def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
-    """The job's counts from every server's summary: per worker samples/s, the staleness
-    histogram, dropped and scaled updates, bytes pushed and pulled."""
-    histogram: dict[str, int] = {}
-    for summary in servers:
-        for key, count in summary["staleness_histogram"].items():
-            histogram[key] = histogram.get(key, 0) + count
-    first = servers[0]["workers"]  # every worker pushes to every server: server 0 saw all
-    workers = {
-        name: {
-            "pushes": seen["pushes"],
-            # pushes after the first over the time between the first and the last push
-            "samples_per_s": (seen["pushes"] - 1) * samples_per_step / max(seen["seconds"], 1e-9),
-        }
-        for name, seen in first.items()
-    }
-    return {
-        "servers": len(servers),
-        "updates": sum(summary["applied"] for summary in servers),
-        "dropped": sum(summary["dropped"] for summary in servers),
-        "scaled": sum(summary["scaled"] for summary in servers),
-        "bytes_pushed": sum(summary["bytes_pushed"] for summary in servers),
-        "bytes_pulled": sum(summary["bytes_pulled"] for summary in servers),
-        "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
-        "workers": workers,
-        "lost_workers": sorted({w for summary in servers for w in summary["lost_workers"]}),
-    }
 
 
 def _failed(future) -> bool:
