@@ -47,6 +47,7 @@ STRATEGIES = {
     "async_ps": ["parallel.strategy=async_ps", "parallel.ps.servers=1"],
     "local_sgd": ["parallel.strategy=local_sgd", "parallel.local.steps=8"],
     "diloco": ["parallel.strategy=diloco", "parallel.local.steps=8"],
+    "diloco_h32": ["parallel.strategy=diloco", "parallel.local.steps=32"],
 }
 EXTRA_PROCESSES = {"async_ps": 1}
 
@@ -213,21 +214,61 @@ def stall_one_worker(rank: int, run_dir: Path, record: dict) -> None:
 
 
 def read_run(run_dir: Path, target: float) -> dict:
+    """Rank 0's view of a finished run: accuracy over time, pauses, bytes."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in lines if r.get("split") == "val" and "metrics" in r]
-    reached = [r["time_s"] for r in vals if r["metrics"].get("accuracy", 0) >= target]
+    curve = [(r["time_s"], r["metrics"].get("accuracy", 0.0)) for r in vals]
     times = [r["time_s"] for r in lines if r.get("split") == "train" and "time_s" in r]
     gaps = np.diff(times) if len(times) > 1 else np.array([0.0])
     summary = json.loads((run_dir / "summary.json").read_text())
+    per_step = summary.get("comm_bytes_per_step")
     return {
-        "time_to_target_s": reached[0] if reached else None,
-        "best_val_accuracy": max((r["metrics"].get("accuracy", 0) for r in vals), default=None),
+        "time_to_target_s": time_to(curve, target),
+        "val_curve": curve,
+        "best_val_accuracy": max((acc for _, acc in curve), default=None),
         "test_accuracy": summary["metrics"].get("test", {}).get("accuracy"),
         "wall_s": summary["wall_s"],
         "steps": summary["steps"],
         "longest_step_gap_s": float(gaps.max()),
-        "comm": {k: v for k, v in summary.items() if k.startswith("comm")},
+        "comm_bytes_per_step": per_step,
+        "comm_mb_per_rank": per_step * summary["steps"] / 1e6 if per_step else None,
     }
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    """When a validation first reached `target` (validation time included)."""
+    return next((time_s for time_s, accuracy in curve if accuracy >= target), None)
+
+
+def relative_targets(records: list[dict], fraction: float = 0.99) -> None:
+    """Time to `fraction` x DDP's best validation accuracy of the same workload."""
+    best = {r["workload"]: r["best_val_accuracy"] for r in records if r["strategy"] == "ddp"}
+    for record in records:
+        if record["workload"] in best and "val_curve" in record:
+            target = fraction * best[record["workload"]]
+            record["time_to_99pct_ddp_s"] = time_to(record["val_curve"], target)
+
+
+def print_table(records: list[dict]) -> None:
+    print("| workload | strategy | link | steps | best val | test | s to target / to 99 % DDP |"
+          " bytes/step | MB per rank | longest pause s | wall s |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    for r in records:
+        if "error" in r:
+            print(f"| {r['workload']} | {r['strategy']} | {r['link']} | failed |")
+            continue
+        reach = " / ".join(
+            "-" if r.get(key) is None else f"{r[key]:.1f}"
+            for key in ("time_to_target_s", "time_to_99pct_ddp_s")
+        )
+        per_step, total = r["comm_bytes_per_step"], r["comm_mb_per_rank"]
+        print(
+            f"| {r['workload']} | {r['strategy']} | {r['link'].split()[0]} | {r['steps']} | "
+            f"{r['best_val_accuracy']:.3f} | {r['test_accuracy']:.3f} | {reach} | "
+            f"{'-' if per_step is None else f'{per_step:,.0f}'} | "
+            f"{'-' if total is None else f'{total:.1f}'} | "
+            f"{r['longest_step_gap_s']:.2f} | {r['wall_s']:.1f} |"
+        )
 
 
 def run_one(
@@ -279,6 +320,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     record = run_one(workload, strategy, None, args.stall, Path(tmp), args.timeout)
                 print(json.dumps(record), flush=True)
                 records.append(record)
+    relative_targets(records)
+    print_table(records)
     suffix = f"{args.link}{'_stall' if args.stall else ''}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"async_compare_{suffix}.json").write_text(json.dumps(records, indent=1) + "\n")
