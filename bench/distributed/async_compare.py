@@ -45,11 +45,16 @@ TBF = "tbf rate 100mbit burst 32kbit latency 400ms"
 STRATEGIES = {
     "ddp": ["parallel.strategy=ddp"],
     "async_ps": ["parallel.strategy=async_ps", "parallel.ps.servers=1"],
+    "async_ps_tau4": [
+        "parallel.strategy=async_ps",
+        "parallel.ps.servers=1",
+        "parallel.ps.staleness=4",
+    ],
     "local_sgd": ["parallel.strategy=local_sgd", "parallel.local.steps=8"],
     "diloco": ["parallel.strategy=diloco", "parallel.local.steps=8"],
     "diloco_h32": ["parallel.strategy=diloco", "parallel.local.steps=32"],
 }
-EXTRA_PROCESSES = {"async_ps": 1}
+EXTRA_PROCESSES = {"async_ps": 1, "async_ps_tau4": 1}
 
 
 def workload_config(name: str, data_dir: Path) -> tuple[dict, float]:
@@ -144,6 +149,8 @@ def start_job(config: Path, out: Path, strategy: str, link: SlowLink | None, log
     env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     if link is None:
         return [start([*command, "--nproc", str(processes), *overrides], env, log)]
+    if "parallel.strategy=async_ps" in overrides:  # RPC would take a same-host shortcut
+        overrides = [*overrides, "parallel.ps.transport=tcp"]
     endpoint = f"{link.addresses[0]}:29500"
     nodes = []
     for rank in reversed(range(processes)):  # the host node last: the others wait for it

@@ -683,6 +683,11 @@ class PSConfig(Section):
     window_mb: PositiveFloat | None = Field(
         None, description="`shards_dir`: map at most this much of a tensor at a time (huge models)."
     )
+    transport: Literal["auto", "tcp"] = Field(
+        "auto",
+        description="RPC between processes: `auto` lets TensorPipe use shared memory between "
+        "processes of one host; `tcp` sends everything over the network, as between machines.",
+    )
 
 
 class LocalConfig(Section):

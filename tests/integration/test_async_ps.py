@@ -70,10 +70,12 @@ def applied_log(run_dir: Path, server: int = 0) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def test_one_worker_with_tau_0_equals_one_process_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("transport", ["auto", "tcp"])  # tcp: no same-host shortcut
+def test_one_worker_with_tau_0_equals_one_process_bit_for_bit(tmp_path, transport):
     config = write_config(tmp_path)
     single = api.train(config, overrides=[f"run.out_dir={tmp_path / 'single'}"])
-    run_dir, _ = train_ps(config, tmp_path / "async", nproc=2)
+    overrides = [f"parallel.ps.transport={transport}"]
+    run_dir, _ = train_ps(config, tmp_path / "async", nproc=2, overrides=overrides)
     expected = {parameter_name(n): p for n, p in single.model.named_parameters()}
     served = server_params(run_dir)
     assert served.keys() == expected.keys()

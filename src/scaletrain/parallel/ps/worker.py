@@ -67,8 +67,13 @@ class AsyncPSStrategy(BaseStrategy):
 
     # --- lifecycle ---------------------------------------------------------------------
     def setup(self) -> None:
+        # `tcp`: TensorPipe's same-host paths (shared memory, cross-memory attach) would
+        # skip the network even between network namespaces, so a shaped link is not used
+        tcp_only = {"_transports": ["uv"], "_channels": ["basic"]}
         options = rpc.TensorPipeRpcBackendOptions(
-            init_method="env://", rpc_timeout=float(self.cfg.timeout_s)
+            init_method="env://",
+            rpc_timeout=float(self.cfg.timeout_s),
+            **(tcp_only if self.cfg.ps.transport == "tcp" else {}),
         )
         rpc.init_rpc(
             self.roles.name(self.rank),
