@@ -75,6 +75,7 @@ def current_umask() -> int:
 
 
 def fsync_file(path: Path) -> None:
+    """Write a file's dirty pages to the disk, those dirtied through a mapping of it too."""
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -66,13 +67,29 @@ def run(command: list[str], *, timeout: float, env: dict[str, str] | None = None
         text=True,
         env=env or child_env(),
     )
+    return wait_finished(process, timeout=timeout, what=" ".join(command))
+
+
+def wait_finished(process: subprocess.Popen, *, timeout: float, what: str = "") -> Finished:
+    """Its output once it exits; on timeout stop the whole process tree, then fail."""
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_tree(process.pid)
         output, _ = process.communicate()
-        raise AssertionError(f"timed out after {timeout}s: {' '.join(command)}\n{output}") from None
+        raise AssertionError(f"timed out after {timeout}s: {what}\n{output}") from None
     return Finished(process.returncode, output)
+
+
+def train_variants(out: Path, config: dict, specs: list[str], *, timeout: float = 240) -> str:
+    """One 2-rank torchrun job training `config` once per `NAME=KEY=VALUE,...` spec into
+    `out/NAME` (workers/train_variants.py); its output; fails the test if the job fails."""
+    finished = torchrun(
+        [str(WORKERS / "train_variants.py"), str(out), json.dumps(config), *specs],
+        timeout=timeout,
+    )
+    assert finished.returncode == 0, finished.output
+    return finished.output
 
 
 def descendants(pid: int) -> list[int]:

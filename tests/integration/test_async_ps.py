@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from distributed_helpers import child_env, descendants, kill_tree, run
+from distributed_helpers import child_env, descendants, kill_tree, run, wait_finished
 from safetensors.torch import load_file
 
 from scaletrain import api
@@ -166,14 +166,9 @@ def wait_for_step(run_dir: Path, rank: int, step: int, *, timeout: float = 60) -
 
 
 def finish(process: subprocess.Popen, *, timeout: float = 90) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(process.pid)
-        output, _ = process.communicate()
-        raise AssertionError(f"timed out:\n{output}") from None
-    assert process.returncode == 0, output
-    return output
+    finished = wait_finished(process, timeout=timeout)
+    assert finished.returncode == 0, finished.output
+    return finished.output
 
 
 @pytest.mark.parametrize("stale", ["drop", "scale"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from distributed_helpers import WORKERS, load_weights, torchrun
+from distributed_helpers import load_weights, train_variants
 
 from scaletrain import api
 from scaletrain.config import DataConfig
@@ -56,13 +56,10 @@ VARIANTS = {
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("runs")
     specs = [f"{name}={overrides}" for name, overrides in VARIANTS.items()]
-    finished = torchrun(
-        [str(WORKERS / "train_variants.py"), str(out), json.dumps(CONFIG), *specs], timeout=240
-    )
-    assert finished.returncode == 0, finished.output
+    output = train_variants(out, CONFIG, specs, timeout=240)
     single = api.train({**CONFIG, "run": {"seed": 3, "name": "single", "out_dir": str(out)}})
     weights = {name: load_weights(out / name) for name in [*VARIANTS, "single"]}
-    return {"weights": weights, "single_run": single, "out": out, "output": finished.output}
+    return {"weights": weights, "single_run": single, "out": out, "output": output}
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "ddp_accumulate"])

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from distributed_helpers import WORKERS, load_weights, torchrun
+from distributed_helpers import load_weights, train_variants
 
 from scaletrain import api
 from scaletrain.config import DataConfig
@@ -35,16 +35,9 @@ CONFIG = {
 def test_rank_without_a_sample_in_the_last_step_joins_the_step(tmp_path):
     num_train = len(build_data(DataConfig(**DATA), seed=3).train)
     assert num_train % 2 == 1  # the last step of each epoch has one sample for two ranks
-    finished = torchrun(
-        [
-            str(WORKERS / "train_variants.py"),
-            str(tmp_path),
-            json.dumps(CONFIG),
-            "ddp=parallel.strategy=ddp,parallel.timeout_s=60",
-        ],
-        timeout=120,
+    train_variants(
+        tmp_path, CONFIG, ["ddp=parallel.strategy=ddp,parallel.timeout_s=60"], timeout=120
     )
-    assert finished.returncode == 0, finished.output
     single = api.train({**CONFIG, "run": {"seed": 3, "name": "single", "out_dir": str(tmp_path)}})
     summaries = {
         name: json.loads((tmp_path / name / "summary.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distributed_helpers import WORKERS, child_env, free_port, run, torchrun
+from distributed_helpers import WORKERS, child_env, free_port, run, train_variants
 
 from scaletrain.train.ledger import LEDGER, expand_ledger, read_ledger
 
@@ -38,10 +38,7 @@ STRATEGIES = ["ddp", "fsdp"]
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
     specs = [f"{name}=parallel.strategy={name}" for name in STRATEGIES]
-    finished = torchrun(
-        [str(WORKERS / "train_variants.py"), str(out), json.dumps(CONFIG), *specs], timeout=240
-    )
-    assert finished.returncode == 0, finished.output
+    train_variants(out, CONFIG, specs, timeout=240)
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from distributed_helpers import WORKERS, load_weights, torchrun
+from distributed_helpers import load_weights, torchrun, train_variants
 from safetensors import safe_open
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,7 @@ VARIANTS = {
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local_sgd")
     specs = [f"{name}={overrides}" for name, overrides in VARIANTS.items()]
-    finished = torchrun(
-        [str(WORKERS / "train_variants.py"), str(out), json.dumps(CONFIG), *specs], timeout=300
-    )
-    assert finished.returncode == 0, finished.output
+    train_variants(out, CONFIG, specs, timeout=300)
     return out
 
 
@@ -181,11 +178,7 @@ def test_diloco_reaches_ddp_accuracy_with_8x_fewer_bytes(tmp_path):
         "log": {"progress": False, "tensorboard": False, "report": False, "every_steps": 50},
     }
     specs = ["ddp=parallel.strategy=ddp", "diloco=parallel.strategy=diloco,parallel.local.steps=8"]
-    finished = torchrun(
-        [str(WORKERS / "train_variants.py"), str(tmp_path), json.dumps(config), *specs],
-        timeout=240,
-    )
-    assert finished.returncode == 0, finished.output
+    train_variants(tmp_path, config, specs, timeout=240)
     ddp, diloco = (
         json.loads((tmp_path / n / "summary.json").read_text()) for n in ("ddp", "diloco")
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distributed_helpers import WORKERS, torchrun
+from distributed_helpers import torchrun, train_variants
 
 from scaletrain.train.ledger import LEDGER, expand_ledger, read_ledger
 
@@ -35,10 +35,7 @@ def runs(tmp_path_factory) -> Path:
     """The uninterrupted 2-rank runs, FSDP and DDP, with a checkpoint at step SAVED_AT."""
     out = tmp_path_factory.mktemp("two_ranks")
     specs = ["fsdp=parallel.strategy=fsdp", "ddp=parallel.strategy=ddp"]
-    finished = torchrun(
-        [str(WORKERS / "train_variants.py"), str(out), json.dumps(CONFIG), *specs], timeout=240
-    )
-    assert finished.returncode == 0, finished.output
+    train_variants(out, CONFIG, specs, timeout=240)
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from scaletrain.errors import UserError
-from scaletrain.fileio import atomic_write_json, fsync_dir
+from scaletrain.fileio import atomic_write_json, fsync_dir, fsync_file
 from scaletrain.parallel.ps.layout import ParamEntry, TensorSpec
 
 PARAM = "param"  # the key of the parameter itself among its files
@@ -101,7 +101,7 @@ class MappedShards:
             self.begin_write(index, old)
         for index, entry in enumerate(entries):
             for key in (PARAM, *entry.tensors):
-                _fsync(self.file(self.working_slot, index, key))
+                fsync_file(self.file(self.working_slot, index, key))
         fsync_dir(self.root / f"slot_{self.working_slot}")
         # the data is on disk before the manifest that names it: a crash between the two
         # leaves the old manifest, whose slot nothing has written since it was committed
@@ -179,12 +179,3 @@ def _map(path: Path, dtype: torch.dtype, start: int, count: int) -> torch.Tensor
         path, dtype=np.uint8, mode="r+", offset=start * itemsize, shape=(count * itemsize,)
     )
     return torch.from_numpy(array).view(dtype)
-
-
-def _fsync(path: Path) -> None:
-    """Write a file's dirty pages, those dirtied through its mappings too, to the disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
