@@ -45,6 +45,7 @@ from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
 from scaletrain.train.plan import check_batch_norm, make_plan
 from scaletrain.train.precision import Precision
+from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
 from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
@@ -195,6 +196,7 @@ def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None):
     return bundle, model
 
 
+@restored_process_settings()  # train.num_threads is the run's, not the caller's for good
 def _fit(
     run: RunDir, cfg: Config, strategy, bundle, model, plan, *, resume: bool, callbacks
 ) -> Run:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scaletrain.config import Config, TrainConfig
+from scaletrain.config import Config
 from scaletrain.data import BatchLoader, DataBundle, StepBatch
 from scaletrain.fileio import atomic_write_json
 from scaletrain.metrics import MetricsLogger
@@ -35,6 +35,7 @@ from scaletrain.train.ledger import LEDGER, Ledger
 from scaletrain.train.monitor import Monitor
 from scaletrain.train.plan import Plan
 from scaletrain.train.precision import Precision
+from scaletrain.train.process_settings import apply_process_settings
 from scaletrain.train.progress import Progress
 from scaletrain.train.state import TrainState
 from scaletrain.train.step import MicroBatchBackoff, TrainStep
@@ -301,22 +302,6 @@ def _place_model(
 def write_plan(run: RunDir, plan: Plan, precision: Precision, strategy) -> None:
     extra = {"precision": precision.name, "device": str(strategy.device)}
     atomic_write_json(run.plan, {**plan.to_dict(), **extra})
-
-
-def apply_process_settings(cfg: TrainConfig) -> None:
-    """Deterministic algorithms and intra-op CPU threads, where the config asks.
-
-    Small models gain little from a second thread and lose most of their speed when the
-    cores are shared: every op waits at a barrier for a thread that is not running
-    (bench/README.md: 12x on the digits CNN on a loaded 2-core machine).
-    """
-    if (
-        torch.are_deterministic_algorithms_enabled() != cfg.deterministic
-        or torch.is_deterministic_algorithms_warn_only_enabled()
-    ):  # only on a change: the call imports torch._inductor's config (0.6-1.7 s here)
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=False)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
 
 
 def wants_channels_last(setting: bool | str, model: nn.Module, *, device, world_size: int) -> bool:
