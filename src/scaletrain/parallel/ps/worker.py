@@ -5,7 +5,7 @@ an optimizer, pushes them (with the version of the parameters they were computed
 servers holding each parameter; the reply carries the parameters that changed. Nothing waits
 for the other workers: the collectives the loop calls (loss and metric sums, flags) are
 worker-local, each worker standing for all of them. A server process runs the same start
-(RPC, data, model) and then serves (`train/ps_serve.py`) instead of training.
+(RPC, data, the model on the meta device) and then serves (`train/ps_serve.py`) instead of training.
 """
 
 from __future__ import annotations
