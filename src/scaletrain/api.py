@@ -169,7 +169,8 @@ def resume(
 def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     """Data, model and plan, built identically on every rank (same seed: same split and
     weights); a plan that cannot train fails here, before the run directory exists."""
-    bundle, model = _data_and_model(cfg, model, data)
+    # a parameter server holds only its shard: its registry model is built without values
+    bundle, model = _data_and_model(cfg, model, data, meta=strategy.is_server)
     plan = make_plan(
         cfg.train,
         world_size=strategy.world_size,
@@ -177,7 +178,8 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
-    check_model_fits(model, bundle, loss_name=cfg.loss.name)
+    if not strategy.is_server:  # the workers check it; a server may hold no values
+        check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(
         cfg.optim,
         device_type=strategy.device.type,
@@ -187,12 +189,13 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     return bundle, model, plan
 
 
-def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None):
+def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None, *, meta=False):
     seed_everything(cfg.run.seed)
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
     check_monitor(cfg.train.monitor, task=bundle.spec.task)
     if model is None:
-        model = build_run_model(cfg, bundle.spec)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = build_run_model(cfg, bundle.spec)
     return bundle, model
 
 

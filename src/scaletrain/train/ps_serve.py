@@ -1,5 +1,6 @@
-"""A parameter server's process after the common start (RPC, data, model): hold this
-server's shard of the parameters in a `ShardStore` stepped by the run's optimizer
+"""A parameter server's process after the common start (RPC, data, the model on the meta
+device: no values): hold this server's shard of the parameters (initial values from worker 0)
+in a `ShardStore` stepped by the run's optimizer
 (`optim.*`), answer the workers until all are done, then leave its files in `RUN/ps/`."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json
 from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
 from scaletrain.optim.params import bias_and_norm_ids
+from scaletrain.parallel.ps.seed import from_worker
 from scaletrain.parallel.ps.service import ParameterServer, abandon
 from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
 from scaletrain.parallel.ps.worker import parameter_name
@@ -34,7 +36,8 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         if param.requires_grad
     }
     owner = plan_shards([(name, p.numel()) for name, p in named.items()], roles.num_servers)
-    mine = {name: p.detach().clone() for name, p in named.items() if owner[name] == index}
+    # names, shapes and dtypes only: the model is on the meta device (api._prepare)
+    mine = {name: p.detach() for name, p in named.items() if owner[name] == index}
     try:
         if resume and ps.shards_dir is None:
             raise ConfigError(
@@ -51,6 +54,9 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
             flush_every=ps.flush_every,
             resume=resume,
             window_mb=ps.window_mb,
+            initial=None
+            if resume
+            else from_worker(roles.name(0), timeout_s=cfg.parallel.timeout_s),
         )
     except UserError as error:  # only this process knows: say it (ranks > 0 are quiet)
         print(f"error: parameter server {index}: {error}", file=sys.stderr)

@@ -27,7 +27,7 @@ Flush policy and crash consistency (mapped stores; docs/distributed.md has the t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -55,7 +55,10 @@ DEFAULT_FLUSH_EVERY = 100
 
 class ShardStore:
     """One server's parameters and optimizer state, in RAM or memory-mapped under
-    `shards_dir/server_<server>/`, updated in place by a real `torch.optim` optimizer."""
+    `shards_dir/server_<server>/`, updated in place by a real `torch.optim` optimizer.
+
+    `params` gives names, shapes and dtypes (meta tensors will do); a new store takes its
+    values from `initial(name)` when given (one parameter at a time), else from `params`."""
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class ShardStore:
         flush_every: int = DEFAULT_FLUSH_EVERY,
         resume: bool = False,
         window_mb: float | None = None,
+        initial: Callable[[str], torch.Tensor] | None = None,
     ):
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
@@ -94,7 +98,7 @@ class ShardStore:
         if resume:
             self._reopen(backing)
         else:
-            self._create(backing, params)
+            self._create(backing, initial or params.__getitem__)
 
     # --- what the server loop calls
 
@@ -178,7 +182,7 @@ class ShardStore:
 
     # --- opening
 
-    def _create(self, backing: RamShards | MappedShards, params: Mapping) -> None:
+    def _create(self, backing: RamShards | MappedShards, initial: Callable) -> None:
         if isinstance(backing, MappedShards):
             if backing.manifest_path.exists():
                 raise UserError(
@@ -188,7 +192,7 @@ class ShardStore:
             backing.committed_slot = 1  # written as the working slot, committed as slot 0
         for index, entry in enumerate(self._entries):
             backing.create(index, PARAM, entry.spec)
-            self._updater.write(index, PARAM, entry.spec, params[entry.name])
+            self._updater.write(index, PARAM, entry.spec, initial(entry.name))
         self._dirty = True
         self.flush()
 

@@ -5,7 +5,7 @@ an optimizer, pushes them (with the version of the parameters they were computed
 servers holding each parameter; the reply carries the parameters that changed. Nothing waits
 for the other workers: the collectives the loop calls (loss and metric sums, flags) are
 worker-local, each worker standing for all of them. A server process runs the same start
-(RPC, data, model) and then serves (`train/ps_serve.py`) instead of training.
+(RPC, data, the model on the meta device) and then serves (`train/ps_serve.py`) instead of training.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import _init_optim_state
 from scaletrain.config import ParallelConfig
 from scaletrain.errors import UserError
 from scaletrain.parallel.env import LaunchEnv
-from scaletrain.parallel.ps import service
+from scaletrain.parallel.ps import seed, service
 from scaletrain.parallel.ps.roles import make_roles
 from scaletrain.parallel.ps.store import plan_shards
 from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
@@ -153,6 +153,8 @@ class AsyncPSStrategy(BaseStrategy):
             [(name, param) for name, param in named if owner[name] == index]
             for index in range(self.roles.num_servers)
         ]
+        if self.rank == 0:  # servers built no values: they take their initial ones from here
+            seed.offer(named)
         return model
 
     @property
