@@ -23,6 +23,9 @@ POLL_S = 0.1
 # ServerLostError; not imported: that would import torch into the launcher)
 SERVER_LOST_EXIT = 3
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+# worker 0 notices a lost server at its next push and prints the one line itself; on a
+# loaded machine that took longer than STOP_GRACE_S (two lines then), so wait longer for it
+SERVER_LOST_REPORT_S = 60.0
 
 
 @dataclass
@@ -118,7 +121,7 @@ def _failed_server(children: list[Child]) -> Child | None:
 def _reported_by_writer(writer: Child) -> bool:
     """Worker 0 notices a dead server at its next push and says so itself; wait for it."""
     try:
-        writer.process.wait(timeout=STOP_GRACE_S)
+        writer.process.wait(timeout=SERVER_LOST_REPORT_S)
     except subprocess.TimeoutExpired:
         return False
     return writer.process.returncode == SERVER_LOST_EXIT
