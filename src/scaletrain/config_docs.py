@@ -14,7 +14,7 @@ from scaletrain.typed_yaml import MAX_VALUES
 
 HEADER = f"""# Config reference
 
-Generated from `src/scaletrain/config.py` by `python -m scaletrain.config_docs > docs/config.md`
+Generated from `src/scaletrain/config/` by `python -m scaletrain.config_docs > docs/config.md`
 (a test fails when this file is out of date). Every key can be set in YAML or overridden on the
 command line as `section.key=value`. Unknown keys and out-of-range values are rejected with
 the key path named.

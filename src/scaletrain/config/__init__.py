@@ -16,48 +16,44 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from scaletrain import choices
+from scaletrain.config.base import (
+    BatchSize,
+    Float,
+    Fraction,
+    Int,
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    Seed,
+)
+from scaletrain.config.models import (
+    CNNConfig as CNNConfig,
+)
+from scaletrain.config.models import (
+    InitConfig as InitConfig,
+)
+from scaletrain.config.models import (
+    MLPConfig as MLPConfig,
+)
+from scaletrain.config.models import (
+    ModelConfig,
+)
+from scaletrain.config.models import (
+    TextCNNConfig as TextCNNConfig,
+)
+from scaletrain.config.models import (
+    UserModelConfig as UserModelConfig,
+)
 from scaletrain.errors import ConfigError
 from scaletrain.typed_yaml import field_at, load_value, takes_text
-
-# Counts fit in int32, so no number reaches torch or numpy as an overflow; the batch sizes
-# have a bound of their own (they size tensors), as does the seed (numpy takes 32 bits).
-MAX_COUNT = 2**31 - 1
-MAX_BATCH = 2**24
-MAX_SEED = 2**32 - 1
-
-
-def _not_bool(value: Any) -> Any:
-    """YAML's `true` is not the number 1: pydantic's lax mode would take it as one."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("bool_not_number", "expected a number, not a boolean")
-    return value
-
-
-_NOT_BOOL = BeforeValidator(_not_bool)
-# One upper bound per type: of two `le` constraints pydantic reports the first.
-Int = Annotated[int, _NOT_BOOL, Field(le=MAX_COUNT)]
-PositiveInt = Annotated[int, _NOT_BOOL, Field(gt=0, le=MAX_COUNT)]
-NonNegInt = Annotated[int, _NOT_BOOL, Field(ge=0, le=MAX_COUNT)]
-BatchSize = Annotated[int, _NOT_BOOL, Field(gt=0, le=MAX_BATCH)]
-Seed = Annotated[int, _NOT_BOOL, Field(ge=0, le=MAX_SEED)]
-Float = Annotated[float, _NOT_BOOL]  # finite: Section's allow_inf_nan=False
-PositiveFloat = Annotated[Float, Field(gt=0)]
-NonNegFloat = Annotated[Float, Field(ge=0)]
-Fraction = Annotated[Float, Field(ge=0, lt=1)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
-    )
 
 
 # --------------------------------------------------------------------------- run
@@ -306,82 +302,6 @@ def _echo(value: Any, limit: int = 200) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
-
-
-# --------------------------------------------------------------------------- model
-class InitConfig(Section):
-    name: Literal[
-        "default",
-        "zeros",
-        "normal",
-        "uniform",
-        "xavier_uniform",
-        "xavier_normal",
-        "kaiming_uniform",
-        "kaiming_normal",
-        "orthogonal",
-    ] = Field("default", description="Weight init for Linear/Conv/Embedding; biases zero.")
-    std: PositiveFloat = Field(0.02, description="Standard deviation for `normal`.")
-    bound: PositiveFloat = Field(0.05, description="Half-width for `uniform`.")
-    gain: PositiveFloat = Field(1.0, description="Gain for xavier/orthogonal.")
-
-
-Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu"]
-
-
-class MLPConfig(Section):
-    name: Literal["mlp"] = "mlp"
-    hidden: list[PositiveInt] = Field([128, 128], description="Hidden layer widths.")
-    activation: Activation = Field("relu", description="Activation between layers.")
-    dropout: Fraction = Field(0.0, description="Dropout after each hidden layer.")
-    batch_norm: bool = Field(False, description="BatchNorm1d after each hidden linear layer.")
-    init: InitConfig = InitConfig()
-
-
-class CNNConfig(Section):
-    name: Literal["cnn"] = "cnn"
-    channels: list[PositiveInt] = Field(
-        [32, 64], min_length=1, description="Output channels per conv block (at least one)."
-    )
-    kernel_size: PositiveInt = Field(3, description="Conv kernel size (same padding).")
-    pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling per block.")
-    batch_norm: bool = Field(True, description="BatchNorm2d after each conv.")
-    dropout: Fraction = Field(0.0, description="Dropout in the head.")
-    head: list[PositiveInt] = Field([128], description="Hidden widths of the MLP head.")
-    activation: Activation = "relu"
-    init: InitConfig = InitConfig()
-
-
-class TextCNNConfig(Section):
-    name: Literal["textcnn"] = "textcnn"
-    embed_dim: PositiveInt = Field(64, description="Token embedding size.")
-    kernel_sizes: list[PositiveInt] = Field(
-        [3, 4, 5], min_length=1, description="Widths of parallel convs (at least one)."
-    )
-    num_filters: PositiveInt = Field(64, description="Filters per kernel width.")
-    padding: Literal["valid", "same"] = Field(
-        "valid", description="Conv padding: `valid` (none) or `same` (output length = input)."
-    )
-    hidden: NonNegInt = Field(
-        0, description="Width of a ReLU layer between pooling and dropout (Dense 32); 0 = none."
-    )
-    dropout: Fraction = Field(0.5, description="Dropout before the classifier.")
-    vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
-    padding_idx: Int | None = Field(0, description="Token id that pads sequences.")
-    init: InitConfig = InitConfig()
-
-
-class UserModelConfig(Section):
-    """Placeholder recorded when the Python API is given an ``nn.Module``."""
-
-    name: Literal["user"] = "user"
-    class_name: str = Field("", description="Class of the user module (recorded, not built).")
-    init: InitConfig = InitConfig()
-
-
-ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextCNNConfig | UserModelConfig, Field(discriminator="name")
-]
 
 
 # --------------------------------------------------------------------------- optim

@@ -1,0 +1,85 @@
+"""The ``model`` section: one pydantic class per registered model, chosen by ``name``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from scaletrain.config.base import Fraction, Int, NonNegInt, PositiveFloat, PositiveInt, Section
+
+
+# --------------------------------------------------------------------------- model
+class InitConfig(Section):
+    name: Literal[
+        "default",
+        "zeros",
+        "normal",
+        "uniform",
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "orthogonal",
+    ] = Field("default", description="Weight init for Linear/Conv/Embedding; biases zero.")
+    std: PositiveFloat = Field(0.02, description="Standard deviation for `normal`.")
+    bound: PositiveFloat = Field(0.05, description="Half-width for `uniform`.")
+    gain: PositiveFloat = Field(1.0, description="Gain for xavier/orthogonal.")
+
+
+Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu"]
+
+
+class MLPConfig(Section):
+    name: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = Field([128, 128], description="Hidden layer widths.")
+    activation: Activation = Field("relu", description="Activation between layers.")
+    dropout: Fraction = Field(0.0, description="Dropout after each hidden layer.")
+    batch_norm: bool = Field(False, description="BatchNorm1d after each hidden linear layer.")
+    init: InitConfig = InitConfig()
+
+
+class CNNConfig(Section):
+    name: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = Field(
+        [32, 64], min_length=1, description="Output channels per conv block (at least one)."
+    )
+    kernel_size: PositiveInt = Field(3, description="Conv kernel size (same padding).")
+    pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling per block.")
+    batch_norm: bool = Field(True, description="BatchNorm2d after each conv.")
+    dropout: Fraction = Field(0.0, description="Dropout in the head.")
+    head: list[PositiveInt] = Field([128], description="Hidden widths of the MLP head.")
+    activation: Activation = "relu"
+    init: InitConfig = InitConfig()
+
+
+class TextCNNConfig(Section):
+    name: Literal["textcnn"] = "textcnn"
+    embed_dim: PositiveInt = Field(64, description="Token embedding size.")
+    kernel_sizes: list[PositiveInt] = Field(
+        [3, 4, 5], min_length=1, description="Widths of parallel convs (at least one)."
+    )
+    num_filters: PositiveInt = Field(64, description="Filters per kernel width.")
+    padding: Literal["valid", "same"] = Field(
+        "valid", description="Conv padding: `valid` (none) or `same` (output length = input)."
+    )
+    hidden: NonNegInt = Field(
+        0, description="Width of a ReLU layer between pooling and dropout (Dense 32); 0 = none."
+    )
+    dropout: Fraction = Field(0.5, description="Dropout before the classifier.")
+    vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
+    padding_idx: Int | None = Field(0, description="Token id that pads sequences.")
+    init: InitConfig = InitConfig()
+
+
+class UserModelConfig(Section):
+    """Placeholder recorded when the Python API is given an ``nn.Module``."""
+
+    name: Literal["user"] = "user"
+    class_name: str = Field("", description="Class of the user module (recorded, not built).")
+    init: InitConfig = InitConfig()
+
+
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig | TextCNNConfig | UserModelConfig, Field(discriminator="name")
+]
