@@ -68,6 +68,7 @@ def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str) -> M
             input_shape=spec.input_shape,
             num_outputs=spec.num_outputs,
             vocab_size=spec.vocab_size,
+            task=spec.task,
         )
     entry = MODELS.get(cfg.model.name)
     block_types = entry.block_types if entry else default_block_types(model)

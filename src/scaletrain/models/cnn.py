@@ -86,6 +86,7 @@ def build_cnn(
     input_shape: tuple[int, ...],
     num_outputs: int,
     vocab_size: int | None = None,
+    task: str = "classification",
 ) -> CNN:
     """Conv blocks with 2x2 pooling and an MLP head, for (C, H, W) images."""
     if len(input_shape) != 3:

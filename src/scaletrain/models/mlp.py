@@ -89,6 +89,7 @@ def build_mlp(
     input_shape: tuple[int, ...],
     num_outputs: int,
     vocab_size: int | None = None,
+    task: str = "classification",
 ) -> MLP:
     """Fully connected network on flattened features (any input shape)."""
     return MLP(cfg, in_features=math.prod(input_shape), num_outputs=num_outputs)

@@ -23,7 +23,9 @@ class ModelEntry:
     """One registered model: how to build it and what its repeated blocks are."""
 
     name: str
-    builder: ModelBuilder  # builder(cfg, *, input_shape, num_outputs, vocab_size) -> nn.Module
+    # builder(cfg, *, input_shape, num_outputs, vocab_size, task) -> nn.Module; `task` tells a
+    # sequence model whether it predicts each next token (language_model) or one label.
+    builder: ModelBuilder
     config_class: type  # the pydantic section: `scaletrain list models` prints its fields
     block_types: tuple[type[nn.Module], ...]  # units for FSDP per-block sharding / checkpointing
 
@@ -53,6 +55,7 @@ def build_model(
     input_shape: tuple[int, ...],
     num_outputs: int,
     vocab_size: int | None = None,
+    task: str = "classification",
 ) -> nn.Module:
     """Build the registered model named by ``cfg.name`` and initialize it from ``cfg.init``.
 
@@ -61,6 +64,7 @@ def build_model(
         input_shape: shape of one sample, without the batch dimension.
         num_outputs: classes (classification) or target width (regression).
         vocab_size: vocabulary size known from token-id data, if any.
+        task: the data's task (`classification`, `regression` or `language_model`).
     """
     entry = MODELS.get(cfg.name)
     if entry is None:
@@ -73,7 +77,11 @@ def build_model(
             f"model.name: unknown model {cfg.name!r}; expected one of {', '.join(sorted(MODELS))}"
         )
     model = entry.builder(
-        cfg, input_shape=tuple(input_shape), num_outputs=num_outputs, vocab_size=vocab_size
+        cfg,
+        input_shape=tuple(input_shape),
+        num_outputs=num_outputs,
+        vocab_size=vocab_size,
+        task=task,
     )
     apply_init(model, cfg.init)
     return model

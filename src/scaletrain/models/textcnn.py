@@ -62,6 +62,7 @@ def build_textcnn(
     input_shape: tuple[int, ...],
     num_outputs: int,
     vocab_size: int | None = None,
+    task: str = "classification",
 ) -> TextCNN:
     """Kim (2014) CNN for token-id sequences (B, T)."""
     if len(input_shape) != 1:

@@ -26,6 +26,7 @@ def build_run_model(cfg: Config, spec: DataSpec) -> nn.Module:
         input_shape=spec.input_shape,
         num_outputs=spec.num_outputs,
         vocab_size=spec.vocab_size,
+        task=spec.task,
     )
 
 
