@@ -138,7 +138,8 @@ class GPTBlock(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token ids (B, T) -> next-token logits (B, T, vocab), or (B, num_outputs) per sequence."""
+    """Token ids (B, T) -> next-token logits (B, T, vocab) for a language model, else
+    (B, num_outputs) per sequence (classification, regression) from the mean over tokens."""
 
     def __init__(
         self, cfg: GPTConfig, *, vocab_size: int, num_outputs: int, context: int, task: str
@@ -258,11 +259,10 @@ def build_gpt(
     task: str = "classification",
 ) -> GPT:
     """Decoder-only transformer (RoPE/learned positions, SwiGLU/GELU, RMSNorm/LayerNorm)."""
-    if len(input_shape) != 1 or task not in ("language_model", "classification"):
+    if len(input_shape) != 1:
         raise ConfigError(
-            f"model.name: `gpt` needs token-id sequences shaped (T,) for language_model or "
-            f"classification, got samples shaped {tuple(input_shape)} for {task}; use a text "
-            "dataset or another model"
+            f"model.name: `gpt` needs token-id sequences shaped (T,), got samples shaped "
+            f"{tuple(input_shape)}; use a text dataset or another model"
         )
     vocab_size = cfg.vocab_size or vocab_size  # the config wins where set
     if vocab_size is None:

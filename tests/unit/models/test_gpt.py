@@ -181,6 +181,11 @@ def test_classification_mean_leaves_padding_out():
     torch.testing.assert_close(model(padded), model(token_ids[:, :7]), rtol=0, atol=1e-6)
 
 
+def test_regression_gives_one_row_per_sequence():
+    model = _tiny("regression", num_outputs=2)
+    assert model(torch.randint(0, VOCAB, (5, 12))).shape == (5, 2)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
