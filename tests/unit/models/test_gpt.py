@@ -16,7 +16,8 @@ from scaletrain.config.models import GPTConfig
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.models import build_model, count_flops_per_sample, summarize_model
 from scaletrain.models.flops import train_flops_per_sample
-from scaletrain.models.gpt import swiglu_hidden
+from scaletrain.models.gpt import GPTBlock, swiglu_hidden
+from scaletrain.models.registry import block_types_of
 
 VOCAB = 37
 VARIANTS = [
@@ -242,3 +243,8 @@ def test_language_model_refuses_another_vocab_size():
         build_model(
             cfg, input_shape=(8,), num_outputs=VOCAB, vocab_size=VOCAB, task="language_model"
         )
+
+
+def test_gpt_blocks_are_the_fsdp_units():
+    model = _tiny()
+    assert block_types_of(GPTConfig(), model) == (GPTBlock,)
