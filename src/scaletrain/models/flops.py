@@ -56,12 +56,21 @@ def count_flops_per_sample(
 def train_flops_per_sample(
     model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
 ) -> int | None:
-    """Forward+backward FLOPs of one sample, or None where the model cannot be counted."""
-    try:
-        forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
-    except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
-        return None
-    return TRAIN_FLOPS_FACTOR * forward or None
+    """Forward+backward FLOPs of one sample, or None where the model cannot be counted.
+
+    On meta copies first, as the model summary counts: no memory or compute, and a fused
+    kernel the counter has no formula for (the CPU's or cuDNN's LSTM) runs there as its
+    decomposition into counted products. Then on the model's device.
+    """
+    for device in ("meta", None):
+        try:
+            forward = count_flops_per_sample(
+                model, input_shape, input_dtype=input_dtype, device=device
+            )
+        except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
+            continue
+        return TRAIN_FLOPS_FACTOR * forward or None
+    return None
 
 
 def _on_meta(model: nn.Module):
