@@ -85,8 +85,17 @@ def test_language_model(tmp_path):
     assert 1.0 < perplexity < 257  # below a uniform guess over 256 bytes + padding
 
 
-def test_ddp_on_two_processes(tmp_path):
-    finished = train(tmp_path, "parallel.strategy=ddp", nproc=2)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["parallel.strategy=ddp"],
+        # the recurrent stack is the sharding and recompute unit
+        ["parallel.strategy=fsdp", "parallel.activation_checkpointing=full"],
+    ],
+    ids=["ddp", "fsdp"],
+)
+def test_two_processes(tmp_path, overrides):
+    finished = train(tmp_path, *overrides, nproc=2)
     assert finished.returncode == 0, finished.output
     summary = summary_of(tmp_path)
     assert summary["world_size"] == 2 and summary["status"] == "finished"
