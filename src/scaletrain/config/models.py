@@ -122,6 +122,32 @@ class GPTConfig(Section):
         return self
 
 
+class RNNConfig(Section):
+    name: Literal["rnn"] = "rnn"
+    cell: Literal["lstm", "gru", "rnn"] = Field(
+        "lstm", description="Recurrent cell: `lstm`, `gru` or a plain tanh `rnn`."
+    )
+    embed_dim: PositiveInt = Field(64, description="Token embedding size.")
+    hidden: PositiveInt = Field(128, description="Hidden state size per direction.")
+    layers: PositiveInt = Field(1, description="Stacked recurrent layers.")
+    bidirectional: bool = Field(
+        False, description="Also read right to left (classification only: an LM would see ahead)."
+    )
+    dropout: Fraction = Field(
+        0.0, description="Dropout between recurrent layers (as torch does) and before the head."
+    )
+    pool: Literal["last", "mean", "max"] = Field(
+        "last",
+        description="Classification: each sequence's true last step, or mean/max over its "
+        "non-padding steps.",
+    )
+    vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
+    padding_idx: Int | None = Field(
+        0, description="Token id that pads sequences (trailing); null: every step counts."
+    )
+    init: InitConfig = InitConfig()
+
+
 class UserModelConfig(Section):
     """Placeholder recorded when the Python API is given an ``nn.Module``."""
 
@@ -131,5 +157,6 @@ class UserModelConfig(Section):
 
 
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextCNNConfig | GPTConfig | UserModelConfig, Field(discriminator="name")
+    MLPConfig | CNNConfig | TextCNNConfig | GPTConfig | RNNConfig | UserModelConfig,
+    Field(discriminator="name"),
 ]

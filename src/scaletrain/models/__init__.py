@@ -1,6 +1,6 @@
 """Models: a plain-dict registry (``MODELS``) filled by the model modules, init, FLOPs, summary."""
 
-from scaletrain.models import cnn, gpt, mlp, textcnn  # noqa: F401  (registration side effects)
+from scaletrain.models import cnn, gpt, mlp, rnn, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
 from scaletrain.models.flops import (
     TRAIN_FLOPS_FACTOR,
@@ -18,6 +18,7 @@ from scaletrain.models.registry import (
     default_block_types,
     register_model,
 )
+from scaletrain.models.rnn import RNN, RecurrentStack, RNNCache
 from scaletrain.models.summary import LayerSummary, ModelSummary, summarize_model, summary_table
 from scaletrain.models.textcnn import TextCNN, TextConvBlock
 
@@ -26,6 +27,7 @@ __all__ = [
     "INITS",
     "MLP",
     "MODELS",
+    "RNN",
     "TRAIN_FLOPS_FACTOR",
     "ConvBlock",
     "GPT",
@@ -34,6 +36,8 @@ __all__ = [
     "MLPBlock",
     "ModelEntry",
     "ModelSummary",
+    "RNNCache",
+    "RecurrentStack",
     "TextCNN",
     "TextConvBlock",
     "apply_init",

@@ -59,15 +59,23 @@ def train_flops_per_sample(
     """Forward+backward FLOPs of one sample, or None where the model cannot be counted.
 
     A model with its own analytic count (``GPT.train_flops_per_sample``: 6N + 12·L·H·Q·T per
-    token) is asked instead of counted, so the summary and MFU use one formula."""
+    token) is asked instead of counted, so the summary and MFU use one formula. Others are
+    counted on meta copies first, as the model summary counts: no memory or compute, and a
+    fused kernel the counter has no formula for (the CPU's or cuDNN's LSTM) runs there as its
+    decomposition into counted products. Then on the model's device.
+    """
     analytic = getattr(model, "train_flops_per_sample", None)
     if callable(analytic):
         return analytic(tuple(input_shape))
-    try:
-        forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
-    except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
-        return None
-    return TRAIN_FLOPS_FACTOR * forward or None
+    for device in ("meta", None):
+        try:
+            forward = count_flops_per_sample(
+                model, input_shape, input_dtype=input_dtype, device=device
+            )
+        except Exception:  # a user module the counter cannot trace: report no MFU, train anyway
+            continue
+        return TRAIN_FLOPS_FACTOR * forward or None
+    return None
 
 
 def _on_meta(model: nn.Module):
