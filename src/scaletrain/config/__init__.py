@@ -50,6 +50,9 @@ from scaletrain.config.models import (
     ModelConfig,
 )
 from scaletrain.config.models import (
+    ResNetConfig as ResNetConfig,
+)
+from scaletrain.config.models import (
     TextCNNConfig as TextCNNConfig,
 )
 from scaletrain.config.models import (

@@ -148,6 +148,31 @@ class RNNConfig(Section):
     init: InitConfig = InitConfig()
 
 
+class ResNetConfig(Section):
+    name: Literal["resnet"] = "resnet"
+    depth: Literal[18, 34] = Field(
+        18,
+        description="Basic-block ResNet depth: 18 (stages of [2, 2, 2, 2] blocks) or 34 "
+        "([3, 4, 6, 3]).",
+    )
+    width: PositiveInt = Field(
+        64, description="Channels of the first stage, doubled at each of the next three."
+    )
+    stem: Literal["auto", "small", "large"] = Field(
+        "auto",
+        description="`small`: 3x3 conv, stride 1, no max pool (CIFAR-style); `large`: 7x7 "
+        "conv, stride 2, then 3x3 max pool, stride 2 (ImageNet-style). `auto`: `small` when "
+        "the images' shorter side is under 64 px, else `large`.",
+    )
+    zero_init_residual: bool = Field(
+        False,
+        description="Start each block's last BatchNorm scale at zero, so every block starts "
+        "as the identity on its residual path (Goyal et al. 2017).",
+    )
+    dropout: Fraction = Field(0.0, description="Dropout on the pooled features, before the head.")
+    init: InitConfig = InitConfig()
+
+
 class UserModelConfig(Section):
     """Placeholder recorded when the Python API is given an ``nn.Module``."""
 
@@ -157,6 +182,6 @@ class UserModelConfig(Section):
 
 
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextCNNConfig | GPTConfig | RNNConfig | UserModelConfig,
+    MLPConfig | CNNConfig | TextCNNConfig | ResNetConfig | GPTConfig | RNNConfig | UserModelConfig,
     Field(discriminator="name"),
 ]

@@ -1,6 +1,6 @@
 """Models: a plain-dict registry (``MODELS``) filled by the model modules, init, FLOPs, summary."""
 
-from scaletrain.models import cnn, gpt, mlp, rnn, textcnn  # noqa: F401  (registration side effects)
+from scaletrain.models import cnn, gpt, mlp, resnet, rnn, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
 from scaletrain.models.flops import (
     TRAIN_FLOPS_FACTOR,
@@ -18,12 +18,14 @@ from scaletrain.models.registry import (
     default_block_types,
     register_model,
 )
+from scaletrain.models.resnet import BasicBlock, ResNet
 from scaletrain.models.rnn import RNN, RecurrentStack, RNNCache
 from scaletrain.models.summary import LayerSummary, ModelSummary, summarize_model, summary_table
 from scaletrain.models.textcnn import TextCNN, TextConvBlock
 
 __all__ = [
     "CNN",
+    "BasicBlock",
     "INITS",
     "MLP",
     "MODELS",
@@ -38,6 +40,7 @@ __all__ = [
     "ModelSummary",
     "RNNCache",
     "RecurrentStack",
+    "ResNet",
     "TextCNN",
     "TextConvBlock",
     "apply_init",

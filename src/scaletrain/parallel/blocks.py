@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
 from torch import nn
 from torch.distributed._composable import checkpoint
 
@@ -36,14 +40,41 @@ def apply_activation_checkpointing(blocks: list[nn.Module], *, mode: str, every:
 
     The composable API works through hooks, so parameter names (and checkpoints) keep their
     FQNs, and it composes with `fully_shard` applied afterwards. RNG state is replayed, so
-    dropout masks in the recomputation equal those of the forward.
+    dropout masks in the recomputation equal those of the forward, and BatchNorm running
+    statistics are put back after it, so they are updated once per forward, as without.
     """
     if mode == "none":
         return 0
     chosen = blocks if mode == "full" else blocks[::every]
     for block in chosen:
-        checkpoint(block)
+        contexts = _batch_norm_kept_on_recompute(block)
+        checkpoint(block, **({"context_fn": contexts} if contexts else {}))
     return len(chosen)
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _batch_norm_kept_on_recompute(block: nn.Module) -> Callable | None:
+    """checkpoint's `context_fn` (forward context, recomputation context) for a block with
+    BatchNorm layers: the recomputation restores their buffers (running mean, variance and
+    count), which its second forward in train mode would otherwise update again."""
+    norms = [module for module in block.modules() if isinstance(module, _BATCH_NORMS)]
+    if not norms:
+        return None
+
+    @contextlib.contextmanager
+    def restoring() -> Iterator[None]:
+        # a copy per norm layer and step: a few KB, against statistics drifting twice as fast
+        saved = [(buffer, buffer.clone()) for norm in norms for buffer in norm.buffers()]
+        try:
+            yield
+        finally:  # also when the recomputation stops early (it raises once it has enough)
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+
+    return lambda: (contextlib.nullcontext(), restoring())
 
 
 def _types_named(model: nn.Module, class_names: list[str]) -> tuple[type[nn.Module], ...]:
