@@ -32,30 +32,40 @@ SERVER_LOST_REPORT_S = 60.0
 class Child:
     rank: int
     process: subprocess.Popen
-    role: str  # worker | server
+    role: str  # worker | spare | server
 
     @property
     def label(self) -> str:
         if self.role == "server":
             return f"parameter server (rank {self.rank}, pid {self.process.pid})"
+        if self.role == "spare":
+            return f"spare worker rank {self.rank} (pid {self.process.pid})"
         return f"worker rank {self.rank} (pid {self.process.pid})"
 
 
-def supervise(options: LaunchOptions, command: list[str], *, servers: int) -> int:
-    """Run `scaletrain COMMAND` in `options.nproc` local processes; the last `servers` serve."""
+def supervise(options: LaunchOptions, command: list[str], *, servers: int, spares: int = 0) -> int:
+    """Run `scaletrain COMMAND` in `options.nproc` local processes: the last `servers` serve,
+    the `spares` before them wait to take over a lost worker (parallel.ps.spare_workers)."""
     port = _free_port()
     threads = max(1, (os.cpu_count() or 1) // options.nproc)
     children = []
     for rank in range(options.nproc):
-        role = "server" if rank >= options.nproc - servers else "worker"
+        role = _role(rank, options.nproc, servers=servers, spares=spares)
         children.append(Child(rank, _spawn(rank, options.nproc, port, threads, command), role))
     try:
-        return _watch(children, num_workers=options.nproc - servers)
+        return _watch(children, spares=spares)
     except KeyboardInterrupt:
         _stop(children, signal.SIGINT)
         raise
     finally:
         _stop(children, signal.SIGTERM)
+
+
+def _role(rank: int, nproc: int, *, servers: int, spares: int) -> str:
+    """Workers first, then spares, then servers (parallel/ps/roles.py, which says it again)."""
+    if rank >= nproc - servers:
+        return "server"
+    return "spare" if rank >= nproc - servers - spares else "worker"
 
 
 def _spawn(rank: int, world_size: int, port: int, threads: int, command: list[str]):
@@ -73,8 +83,9 @@ def _spawn(rank: int, world_size: int, port: int, threads: int, command: list[st
     return subprocess.Popen([sys.executable, "-m", "scaletrain", *command], env=env)
 
 
-def _watch(children: list[Child], *, num_workers: int) -> int:
-    """Until every process ended: a lost worker (not 0) is reported, anything else stops all."""
+def _watch(children: list[Child], *, spares: int) -> int:
+    """Until every process ended: a lost worker (not 0) or spare is reported, anything else
+    stops all."""
     running = list(children)
     while running:
         time.sleep(POLL_S)
@@ -89,10 +100,13 @@ def _watch(children: list[Child], *, num_workers: int) -> int:
             if code == SERVER_LOST_EXIT:  # a worker lost its server: report the server
                 child = _failed_server(children) or child
                 code = child.process.returncode
-            if child.role == "worker" and child.rank != 0 and code not in (2, SERVER_LOST_EXIT):
+            if child.role != "server" and child.rank != 0 and code not in (2, SERVER_LOST_EXIT):
+                then = (
+                    " (a free spare takes its place)" if spares and child.role == "worker" else ""
+                )
                 print(
                     f"async_ps: {child.label} exited with code {code}; "
-                    f"training goes on with the other workers",
+                    f"training goes on with the other workers{then}",
                     file=sys.stderr,
                 )
                 continue

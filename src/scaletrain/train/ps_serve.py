@@ -70,6 +70,7 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         gate=StalenessGate(ps.staleness, ps.stale),
         log_path=folder / f"server_{index}.jsonl",
         num_workers=roles.num_workers,
+        slots=strategy.worker_slots(),  # server 0 with spare workers: who hosts each worker
     )
     try:
         strategy.serve(server)
