@@ -29,7 +29,7 @@ PS_FOLDER = "ps"
 def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, resume: bool) -> int:
     """Serve this process's shard until every worker is done; returns the updates applied."""
     ps, roles = cfg.parallel.ps, strategy.roles
-    index = strategy.rank - roles.num_workers
+    index = strategy.rank - roles.server_rank(0)
     named = {
         parameter_name(name): param
         for name, param in model.named_parameters()

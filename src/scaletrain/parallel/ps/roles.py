@@ -23,10 +23,14 @@ class Roles:
     def is_spare(self, rank: int) -> bool:
         return self.num_workers <= rank < self.num_workers + self.num_spares
 
+    def server_rank(self, index: int) -> int:
+        """The global rank of server `index`."""
+        return self.num_workers + self.num_spares + index
+
     def name(self, rank: int) -> str:
         """The RPC name of a global rank."""
         if self.is_server(rank):
-            return server_name(rank - self.num_workers - self.num_spares)
+            return server_name(rank - self.server_rank(0))
         if self.is_spare(rank):
             return f"spare{rank - self.num_workers}"
         return f"worker{rank}"

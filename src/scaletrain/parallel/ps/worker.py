@@ -127,8 +127,7 @@ class AsyncPSStrategy(BaseStrategy):
 
     def worker_slots(self) -> WorkerSlots | None:
         """Server 0's book of spare workers (`parallel.ps.spare_workers`), else None."""
-        first_server = self.roles.num_workers + self.roles.num_spares
-        if self.rank != first_server or not self.roles.num_spares:
+        if self.rank != self.roles.server_rank(0) or not self.roles.num_spares:
             return None
         return WorkerSlots(self.roles.num_workers, self.roles.spares)
 
@@ -238,7 +237,7 @@ class AsyncPSStrategy(BaseStrategy):
         try:
             return future.wait()
         except RuntimeError:
-            rank = self.roles.num_workers + self.roles.num_spares + index
+            rank = self.roles.server_rank(index)
             raise ServerLostError(
                 f"parameter server {index} (rank {rank}) stopped answering at worker "
                 f"{self.rank}'s push {self.steps_pushed}; the run stops: "
