@@ -67,8 +67,8 @@ def _launched(args) -> bool:
     )
     if not needs_launch(options):
         return False
-    ps = _async_ps_section(args) if options.nnodes == 1 else None
-    if ps is not None:  # our own supervisor: a lost worker must not stop the job
+    ps = _async_ps_section(args)
+    if ps is not None:  # our own supervisor on each node: a lost worker must not stop the job
         from scaletrain.launch.ps_supervisor import supervise
 
         supervise(options, args.argv, servers=ps.servers, spares=ps.spare_workers)

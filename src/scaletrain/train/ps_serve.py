@@ -63,7 +63,7 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         abandon()
         raise
     folder = run.root / PS_FOLDER
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # a server on another node: no run dir yet
     server = ParameterServer(
         index,
         store=store,
