@@ -28,7 +28,7 @@ def start_node(config: Path, out: Path, *, node_rank: int, endpoint: str) -> sub
 
 
 def test_a_worker_killed_on_the_second_node_does_not_stop_the_job(tmp_path):
-    train = {**CONFIG["train"], "max_steps": 150}
+    train = {**CONFIG["train"], "max_steps": 150, "batch_size": 48}  # 3 workers
     config = write_config(tmp_path, train=train, model={"name": "mlp", "hidden": [256, 256]})
     out, endpoint = tmp_path / "async", f"127.0.0.1:{free_port()}"
     # node 0: workers 0 and 1; node 1: worker 2 and the server (global ranks 2, 3)

@@ -249,6 +249,11 @@ def abandon() -> None:
     _READY.set()
 
 
+def _abandoned(timeout_s: float = 600.0) -> bool:
+    """This process will never serve (waits while it may still start)."""
+    return _READY.wait(timeout_s) and _SERVER is None
+
+
 def _server(timeout_s: float = 600.0) -> ParameterServer:
     if not _READY.wait(timeout_s) or _SERVER is None:
         raise RuntimeError("this parameter server failed to start")
@@ -273,6 +278,8 @@ def rpc_ping() -> bool:
 
 
 def rpc_worker_left(worker: int) -> None:
+    if _abandoned():  # it never served (bad input): nothing to tell, no remote traceback
+        return
     _server().worker_left(worker)
 
 
@@ -287,5 +294,7 @@ def rpc_worker_lost(worker: int) -> None:
 
 def rpc_wait_for_slot(spare: str) -> dict | None:
     """A spare waits here (on server 0) until it takes over a worker, or the run ends."""
+    if _abandoned():
+        return None
     takeover = _server().slots.wait(spare)
     return None if takeover is None else takeover.as_dict()

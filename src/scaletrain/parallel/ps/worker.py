@@ -93,6 +93,8 @@ class AsyncPSStrategy(BaseStrategy):
         if not self._rpc_up:
             return
         self._rpc_up = False
+        if self.is_server:  # one that never served (bad input): callers hear so at once,
+            service.abandon()  # instead of waiting parallel.timeout_s for it to start
         if not self.is_server and not (self.is_spare and self.takeover is None):
             for name in self.roles.servers:
                 # a server that is gone already (it failed, or the run failed at the start)
