@@ -91,13 +91,14 @@ def test_server_0_logs_the_takeover_and_keeps_waiting_for_the_worker(tmp_path):
     assert "a spare took its place" in events[0]["detail"] and events[1]["from_step"] == 2
 
 
-def test_with_no_spare_left_or_after_its_last_step_a_worker_is_lost_for_good(tmp_path):
+def test_with_no_spare_left_after_its_last_step_or_as_worker_0_it_is_lost_for_good(tmp_path):
     server, _ = make_server(tmp_path, workers=3)
     server.slots = WorkerSlots(3, [])
     assert server.worker_lost(2) is None and 2 in server.left
     server.slots = WorkerSlots(3, ["spare0"])
     server.worker_done(1)
     assert server.worker_lost(1) is None and 1 in server.left  # done: nothing to take over
+    assert server.worker_lost(0) is None and 0 in server.left  # it wrote the run directory
     assert server.slots.free == ["spare0"]
     events = membership_events(server.summary())
     assert all("trained on without it" in e["detail"] for e in events)

@@ -160,7 +160,8 @@ class ParameterServer:
             self.lost.append(worker)
             self._write({"event": "worker_lost", "worker": worker, "version": self.store.version})
             takeover = None
-            if self.slots is not None and worker not in self.done:
+            # worker 0 writes the run directory: its loss stops the job, no spare becomes it
+            if self.slots is not None and worker != 0 and worker not in self.done:
                 takeover = self.slots.take_over(worker)
             if takeover is not None:
                 self.incarnations[worker] = takeover.incarnation  # fence the dead process
