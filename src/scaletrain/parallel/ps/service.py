@@ -288,8 +288,7 @@ def rpc_wait_trained(timeout_s: float) -> dict:
     return _server().wait_trained(timeout_s)
 
 
-def rpc_worker_lost(worker: int) -> None:
-    """Server 0 saw `worker` die and no spare took it: the other servers stop waiting too."""
+def rpc_worker_lost(worker: int) -> None:  # from server 0: lost for good, stop waiting too
     _server().worker_lost(worker)
 
 
