@@ -206,6 +206,9 @@ def _fit(
     if strategy.is_server:  # a parameter server's process serves until the workers are done
         updates = serve_parameters(cfg, model, run=run, strategy=strategy, resume=resume)
         return Run(run.root, {}, model, cfg, "served", 0, steps=updates)
+    if strategy.is_spare and not _spare_took_over(strategy, resume=resume):
+        return Run(run.root, {}, model, cfg, "spare", 0, steps=0)  # the run ended without it
+    resume = resume and not strategy.is_spare  # a spare: the lost worker's position instead
     seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
     status, result = "failed", None
     try:
@@ -259,6 +262,13 @@ def _fit(
         metrics_last=final.metrics_last,
         steps=result.state.step,
     )
+
+
+def _spare_took_over(strategy, *, resume: bool) -> bool:
+    """async_ps: a spare worker waits until it takes over a lost worker (True) or the run ends."""
+    if resume:
+        strategy.barrier()  # where the workers' Checkpointer.resume meets every process
+    return strategy.wait_for_slot()
 
 
 def _strategy_record(run: RunDir, strategy, result: LoopResult, plan) -> None:

@@ -67,18 +67,18 @@ def _launched(args) -> bool:
     )
     if not needs_launch(options):
         return False
-    servers = _async_ps_servers(args) if options.nnodes == 1 else None
-    if servers is not None:  # our own supervisor: a lost worker must not stop the job
+    ps = _async_ps_section(args)
+    if ps is not None:  # our own supervisor on each node: a lost worker must not stop the job
         from scaletrain.launch.ps_supervisor import supervise
 
-        supervise(options, args.argv, servers=servers)
+        supervise(options, args.argv, servers=ps.servers, spares=ps.spare_workers)
     else:
         launch(options, args.argv)
     return True
 
 
-def _async_ps_servers(args) -> int | None:
-    """`parallel.ps.servers` where the command trains with `parallel.strategy: async_ps`
+def _async_ps_section(args):
+    """`parallel.ps` where the command trains with `parallel.strategy: async_ps`
     (a config that does not load is left to the launched processes to report)."""
     from scaletrain.config import load_config
 
@@ -89,7 +89,7 @@ def _async_ps_servers(args) -> int | None:
             cfg = load_config(Path(args.run_dir) / "config.yaml")
     except UserError:
         return None
-    return cfg.parallel.ps.servers if cfg.parallel.strategy == "async_ps" else None
+    return cfg.parallel.ps if cfg.parallel.strategy == "async_ps" else None
 
 
 def _train(args) -> int:

@@ -609,6 +609,11 @@ class PSConfig(Section):
     window_mb: PositiveFloat | None = Field(
         None, description="`shards_dir`: map at most this much of a tensor at a time (huge models)."
     )
+    spare_workers: NonNegInt = Field(
+        0,
+        description="`async_ps`: extra worker processes that wait and take over a lost worker "
+        "(not worker 0) from its last step; `--nproc` counts workers + spares + servers.",
+    )
     transport: Literal["auto", "tcp"] = Field(
         "auto",
         description="RPC between processes: `auto` lets TensorPipe use shared memory between "
@@ -675,6 +680,11 @@ class ParallelConfig(Section):
                 f"parallel.fsdp.hybrid: needs parallel.strategy=fsdp, got {self.strategy!r}"
             )
         self._check_local()
+        if self.ps.spare_workers and self.strategy != "async_ps":
+            raise ValueError(
+                "parallel.ps.spare_workers: spare workers take over lost parameter-server "
+                f"workers; needs parallel.strategy=async_ps, got {self.strategy!r}"
+            )
         return self
 
     def _check_local(self) -> None:

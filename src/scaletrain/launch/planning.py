@@ -29,8 +29,9 @@ def plan_for_config(
     """Per-device memory of every strategy for `cfg` on `nnodes` x `nproc` processes."""
     world_size = nproc * nnodes
     bundle = build_data(cfg.data, seed=cfg.run.seed)
-    # async_ps: the batch is split over the workers; the servers read no data
-    servers = cfg.parallel.ps.servers if cfg.parallel.strategy == "async_ps" else 0
+    # async_ps: the batch is split over the workers; the servers and spares read no data
+    ps = cfg.parallel.ps
+    servers = ps.servers + ps.spare_workers if cfg.parallel.strategy == "async_ps" else 0
     batch_plan = make_plan(
         cfg.train,
         world_size=max(1, world_size - servers),

@@ -85,6 +85,7 @@ class BaseStrategy:
     rank = 0
     world_size = 1
     is_server = False  # a parameter server's process: serves instead of training
+    is_spare = False  # a spare parameter-server worker: waits to take over a lost one
     writes_checkpoints = True  # every rank writes its part of a checkpoint
     # payload bytes this rank hands to gradient/parameter collectives per optimizer step
     # (amortized over a sync period); None: not counted (one process: none at all)
@@ -92,6 +93,9 @@ class BaseStrategy:
     # a strategy whose ranks hold weights of their own between syncs says what a
     # checkpoint holds (`checkpoint_tensors`, `restore_tensors`; see local_sgd.py)
     replicas = None
+    # async_ps: a spare worker that took over a lost worker, and from which step
+    # ({"worker", "step", ...}); train/takeover.py moves the fresh state there
+    takeover: dict | None = None
 
     def __init__(self, cfg: ParallelConfig, device: torch.device):
         self.cfg = cfg
@@ -170,6 +174,10 @@ class BaseStrategy:
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The run's optimizer, once built (a parameter server's workers read its lr)."""
+
+    def bind_state(self, state) -> None:
+        """The loop's TrainState, once built and resumed (a parameter server's workers label
+        each push with its step)."""
 
     def eval_shard(self) -> tuple[int, int]:
         """(rank, ranks) splitting an evaluated split: each rank reads its part."""

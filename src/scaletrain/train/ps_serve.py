@@ -29,7 +29,7 @@ PS_FOLDER = "ps"
 def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, resume: bool) -> int:
     """Serve this process's shard until every worker is done; returns the updates applied."""
     ps, roles = cfg.parallel.ps, strategy.roles
-    index = strategy.rank - roles.num_workers
+    index = strategy.rank - roles.server_rank(0)
     named = {
         parameter_name(name): param
         for name, param in model.named_parameters()
@@ -63,13 +63,14 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         abandon()
         raise
     folder = run.root / PS_FOLDER
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # a server on another node: no run dir yet
     server = ParameterServer(
         index,
         store=store,
         gate=StalenessGate(ps.staleness, ps.stale),
         log_path=folder / f"server_{index}.jsonl",
         num_workers=roles.num_workers,
+        slots=strategy.worker_slots(),  # server 0 with spare workers: who hosts each worker
     )
     try:
         strategy.serve(server)

@@ -40,6 +40,7 @@ from scaletrain.train.progress import Progress
 from scaletrain.train.state import TrainState
 from scaletrain.train.step import MicroBatchBackoff, TrainStep
 from scaletrain.train.step_log import TrainLogger
+from scaletrain.train.takeover import skip_to
 from scaletrain.train.train_metrics import EpochTrainMetrics, build_scorer
 
 
@@ -187,6 +188,9 @@ def build_trainer(
     monitor = Monitor(cfg.train.monitor, cfg.train.early_stopping, state)
     if resume:
         saver.resume()  # before the logger opens metrics.jsonl (it rewrites the file)
+    if strategy.takeover is not None:  # async_ps: a spare continues a lost worker's shard
+        skip_to(state, strategy.takeover["step"])
+    strategy.bind_state(state)
     logger = TrainLogger(
         cfg.log,
         writer=MetricsLogger(run.root, tensorboard=cfg.log.tensorboard)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from scaletrain.parallel.ps.slots import Takeover, WorkerSlots
+
 _SERVER: ParameterServer | None = None
 _READY = threading.Event()
 
@@ -36,15 +38,20 @@ class ParameterServer:
         gate,
         log_path: Path | None,
         num_workers: int,
+        slots: WorkerSlots | None = None,
     ):
         self.index, self.store, self.gate = index, store, gate
         self.num_workers = num_workers
+        # server 0's book of which process hosts each logical worker (spare workers)
+        self.slots = slots
+        self.incarnations: dict[int, int] = {}  # worker -> newest incarnation seen (a fence)
         self.lock = threading.Lock()  # RPC handlers run on a thread pool: one update at a time
         self.trained = threading.Event()  # every worker finished training (or died)
         self.finished = threading.Event()  # every worker left: nobody calls any more
         self.done: set[int] = set()
         self.left: set[int] = set()
         self.lost: list[int] = []  # workers that died, in the order noticed
+        self.rejoined: list[dict] = []  # takeovers by spare workers, in order
         self.failure: Exception | None = None  # an update that failed halfway
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
@@ -53,10 +60,19 @@ class ParameterServer:
         self._log = log_path.open("a", encoding="utf-8", buffering=1) if log_path else None
         self._started = time.time()
 
-    def push(self, worker: int, step: int, base_version: int, grads: dict, lr: float):
+    def push(
+        self, worker: int, step: int, base_version: int, grads: dict, lr: float, incarnation=0
+    ):
         """Apply a worker's gradient computed on `base_version`, unless too stale; returns
-        (applied, staleness, version, parameters if they changed since base_version)."""
+        (applied, staleness, version, parameters if they changed since base_version).
+        `step` is the worker's loop step; a push of a replaced process is refused."""
         with self.lock:
+            if incarnation < self.incarnations.setdefault(worker, incarnation):
+                self._write({"event": "push_of_replaced_process", "worker": worker, "step": step})
+                raise RuntimeError(f"worker {worker} incarnation {incarnation} was replaced")
+            self.incarnations[worker] = incarnation
+            if self.slots is not None:
+                self.slots.report(worker, step)
             current = self.store.version
             applied, scale, staleness = self.gate.decide(
                 base_version=base_version, current_version=current
@@ -84,9 +100,12 @@ class ParameterServer:
             )
             return (applied, staleness, *self._reply(base_version))
 
-    def pull(self, known_version: int):
-        """(version, parameters) where they changed since `known_version`, else (version, None)."""
+    def pull(self, known_version: int, worker: int | None = None, step: int = 0):
+        """(version, parameters) where they changed since `known_version`, else (version, None);
+        a worker's pull also says which loop step it stands at."""
         with self.lock:
+            if self.slots is not None and worker is not None:
+                self.slots.report(worker, step)
             return self._reply(known_version)
 
     def _reply(self, known_version: int):
@@ -132,14 +151,25 @@ class ParameterServer:
             if len(self.left) >= self.num_workers:
                 self.finished.set()
 
-    def worker_lost(self, worker: int) -> None:
-        """`worker` died: training goes on without it (it is logged and counted)."""
+    def worker_lost(self, worker: int) -> Takeover | None:
+        """`worker` died: a free spare takes it over (server 0, while it still trains), or
+        training goes on without it; either is logged and counted."""
         with self.lock:
             if worker in self.left:
-                return
+                return None
             self.lost.append(worker)
             self._write({"event": "worker_lost", "worker": worker, "version": self.store.version})
+            takeover = None
+            # worker 0 writes the run directory: its loss stops the job, no spare becomes it
+            if self.slots is not None and worker != 0 and worker not in self.done:
+                takeover = self.slots.take_over(worker)
+            if takeover is not None:
+                self.incarnations[worker] = takeover.incarnation  # fence the dead process
+                self.rejoined.append({**takeover.as_dict(), "version": self.store.version})
+                self._write({"event": "worker_rejoined", **self.rejoined[-1]})
+                return takeover
         self.worker_left(worker)
+        return None
 
     def wait_trained(self, timeout_s: float) -> dict:
         """Block until every worker finished training; then this server's summary."""
@@ -168,6 +198,7 @@ class ParameterServer:
             },
             "seconds": time.time() - self._started,
             "lost_workers": list(self.lost),
+            "rejoined": list(self.rejoined),
         }
 
     def close(self) -> None:
@@ -202,6 +233,7 @@ def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
         "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
         "workers": workers,
         "lost_workers": sorted({w for summary in servers for w in summary["lost_workers"]}),
+        "rejoined": servers[0].get("rejoined", []),  # server 0 decides every takeover
     }
 
 
@@ -218,6 +250,11 @@ def abandon() -> None:
     _READY.set()
 
 
+def _abandoned(timeout_s: float = 600.0) -> bool:
+    """This process will never serve (waits while it may still start)."""
+    return _READY.wait(timeout_s) and _SERVER is None
+
+
 def _server(timeout_s: float = 600.0) -> ParameterServer:
     if not _READY.wait(timeout_s) or _SERVER is None:
         raise RuntimeError("this parameter server failed to start")
@@ -225,12 +262,12 @@ def _server(timeout_s: float = 600.0) -> ParameterServer:
 
 
 # --- RPC entry points (run on the server, called by workers) -------------------------------
-def rpc_push(worker: int, step: int, base_version: int, grads: dict, lr: float):
-    return _server().push(worker, step, base_version, grads, lr)
+def rpc_push(worker: int, step: int, base_version: int, grads: dict, lr: float, incarnation=0):
+    return _server().push(worker, step, base_version, grads, lr, incarnation)
 
 
-def rpc_pull(known_version: int):
-    return _server().pull(known_version)
+def rpc_pull(known_version: int, worker: int | None = None, step: int = 0):
+    return _server().pull(known_version, worker, step)
 
 
 def rpc_worker_done(worker: int) -> None:
@@ -242,8 +279,22 @@ def rpc_ping() -> bool:
 
 
 def rpc_worker_left(worker: int) -> None:
+    if _abandoned():  # it never served (bad input): nothing to tell, no remote traceback
+        return
     _server().worker_left(worker)
 
 
 def rpc_wait_trained(timeout_s: float) -> dict:
     return _server().wait_trained(timeout_s)
+
+
+def rpc_worker_lost(worker: int) -> None:  # from server 0: lost for good, stop waiting too
+    _server().worker_lost(worker)
+
+
+def rpc_wait_for_slot(spare: str) -> dict | None:
+    """A spare waits here (on server 0) until it takes over a worker, or the run ends."""
+    if _abandoned():
+        return None
+    takeover = _server().slots.wait(spare)
+    return None if takeover is None else takeover.as_dict()

@@ -24,12 +24,12 @@ from torch.distributed.checkpoint.state_dict import _init_optim_state
 from scaletrain.config import ParallelConfig
 from scaletrain.errors import UserError
 from scaletrain.parallel.env import LaunchEnv
-from scaletrain.parallel.ps import seed, service
+from scaletrain.parallel.ps import seed, service, watch
 from scaletrain.parallel.ps.roles import make_roles
+from scaletrain.parallel.ps.slots import WorkerSlots, membership_events
 from scaletrain.parallel.ps.store import plan_shards
 from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
 
-PING_EVERY_S = 1.0  # servers look for lost workers this often
 _COMPILED = re.compile(r"(^|\.)_orig_mod(?=\.|$)")  # regional torch.compile's wrapper
 
 
@@ -52,10 +52,14 @@ class AsyncPSStrategy(BaseStrategy):
     def __init__(self, cfg: ParallelConfig, *, env: LaunchEnv, device: torch.device):
         super().__init__(cfg, device)
         self.env = env
-        self.roles = make_roles(env.world_size, cfg.ps.servers)
-        self.rank = env.rank
+        self.roles = make_roles(env.world_size, cfg.ps.servers, cfg.ps.spare_workers)
+        self.rank = env.rank  # a spare's becomes the logical worker's it takes over
         self.world_size = self.roles.num_workers  # the plan and data: workers share batches
         self.is_server = self.roles.is_server(env.rank)
+        self.is_spare = self.roles.is_spare(env.rank)  # waits; may take over a lost worker
+        self.takeover: dict | None = None  # a spare's: which worker, from which step
+        self.incarnation = 0  # a takeover's number: servers refuse pushes of older ones
+        self._state = None  # the loop's TrainState: pushes carry its step
         self.writes_checkpoints = self.is_main  # worker 0 saves alone: no collective save
         self.versions: list[int] = [-1] * self.roles.num_servers  # -1: never pulled
         self.shards: list[list[tuple[str, nn.Parameter]]] = []  # per server: its parameters
@@ -89,7 +93,9 @@ class AsyncPSStrategy(BaseStrategy):
         if not self._rpc_up:
             return
         self._rpc_up = False
-        if not self.is_server:
+        if self.is_server:  # one that never served (bad input): callers hear so at once,
+            service.abandon()  # instead of waiting parallel.timeout_s for it to start
+        if not self.is_server and not (self.is_spare and self.takeover is None):
             for name in self.roles.servers:
                 # a server that is gone already (it failed, or the run failed at the start)
                 # has nothing to be told; the error that ended the run is the one to show
@@ -112,31 +118,44 @@ class AsyncPSStrategy(BaseStrategy):
             for name in self.roles.servers
         ]
         servers = [future.wait() for future in futures]
-        lost = sorted({worker for summary in servers for worker in summary["lost_workers"]})
-        events = [
-            {
-                "event": "worker_lost",
-                "detail": f"worker rank {worker} died; the others trained on without it",
-            }
-            for worker in lost
+        return [
+            *membership_events(servers[0]),
+            {"ps": service.ps_record(servers, samples_per_step=samples_per_step)},
         ]
-        return [*events, {"ps": service.ps_record(servers, samples_per_step=samples_per_step)}]
 
     def serve(self, server: service.ParameterServer) -> None:
-        """On a server: answer pushes and pulls until every worker left; a worker whose
-        process died (its ping fails, which a slow or stopped one's does not) is lost."""
-        service.install(server)
-        pings: dict[int, rpc.Future] = {}
-        while not server.finished.wait(PING_EVERY_S):
-            for worker in range(self.roles.num_workers):
-                ping = pings.get(worker)
-                if ping is not None and ping.done():
-                    del pings[worker]
-                    if _failed(ping):
-                        server.worker_lost(worker)
-                elif ping is None and worker not in server.left:
-                    name = self.roles.name(worker)
-                    pings[worker] = rpc.rpc_async(name, service.rpc_ping, timeout=0)
+        """On a server: answer pushes and pulls until every worker left (`watch.serve`)."""
+        watch.serve(server, self.roles)
+
+    def worker_slots(self) -> WorkerSlots | None:
+        """Server 0's book of spare workers (`parallel.ps.spare_workers`), else None."""
+        if self.rank != self.roles.server_rank(0) or not self.roles.num_spares:
+            return None
+        return WorkerSlots(self.roles.num_workers, self.roles.spares)
+
+    def wait_for_slot(self) -> bool:
+        """On a spare: wait (no data, no pushes) until server 0 hands it a lost worker, then
+        become that worker (its rank: data shard, seed, heartbeat); False: the run ended."""
+        try:
+            takeover = rpc.rpc_sync(
+                self.roles.servers[0],
+                service.rpc_wait_for_slot,
+                args=(self.roles.name(self.rank),),
+                timeout=0,  # as long as the run lasts
+            )
+        except RuntimeError:  # server 0 is gone: the job stops; a spare has nothing to say
+            return False
+        if takeover is None:
+            return False
+        self.takeover = takeover
+        self.rank = takeover["worker"]
+        self.incarnation = takeover["incarnation"]
+        return True
+
+    def bind_state(self, state) -> None:
+        """The loop's state, once built: pushes carry its step, and a spare that took over a
+        worker skips to that worker's position (`train/takeover.py` moves the state)."""
+        self._state = state
 
     # --- model -------------------------------------------------------------------------
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
@@ -191,12 +210,13 @@ class AsyncPSStrategy(BaseStrategy):
     def apply_update(self, update: Callable[[], None]) -> None:
         """Push this step's gradients to every server at once; take back what changed."""
         self.steps_pushed += 1
+        step = self._state.step + 1 if self._state is not None else self.steps_pushed
         lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else None
         futures = []
         for index, shard in enumerate(self.shards):
             grads = {name: _gradient(param) for name, param in shard}
             self.stats["bytes_pushed"] += service.tensor_bytes(grads)
-            args = (self.rank, self.steps_pushed, self.versions[index], grads, lr)
+            args = (self.rank, step, self.versions[index], grads, lr, self.incarnation)
             futures.append(rpc.rpc_async(self.roles.servers[index], service.rpc_push, args=args))
         for index, future in enumerate(futures):
             applied, staleness, version, params = self._answer(index, future)
@@ -206,8 +226,9 @@ class AsyncPSStrategy(BaseStrategy):
 
     def pull(self) -> None:
         """Fetch the shards whose version changed since this worker last saw them."""
+        step = self._state.step if self._state is not None else self.steps_pushed
         futures = [
-            rpc.rpc_async(name, service.rpc_pull, args=(self.versions[index],))
+            rpc.rpc_async(name, service.rpc_pull, args=(self.versions[index], self.rank, step))
             for index, name in enumerate(self.roles.servers)
         ]
         for index, future in enumerate(futures):
@@ -218,7 +239,7 @@ class AsyncPSStrategy(BaseStrategy):
         try:
             return future.wait()
         except RuntimeError:
-            rank = self.roles.num_workers + index
+            rank = self.roles.server_rank(index)
             raise ServerLostError(
                 f"parameter server {index} (rank {rank}) stopped answering at worker "
                 f"{self.rank}'s push {self.steps_pushed}; the run stops: "
@@ -273,11 +294,3 @@ def _gradient(param: nn.Parameter) -> torch.Tensor:
     """A parameter without a gradient this step (unused) pushes zeros."""
     grad = param.grad
     return torch.zeros_like(param) if grad is None else grad.detach()
-
-
-def _failed(future) -> bool:
-    try:
-        future.wait()
-    except RuntimeError:
-        return True
-    return False
