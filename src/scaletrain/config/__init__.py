@@ -34,6 +34,7 @@ from scaletrain.config.base import (
     Section,
     Seed,
 )
+from scaletrain.config.dims import DimsConfig
 from scaletrain.config.models import (
     CNNConfig as CNNConfig,
 )
@@ -657,6 +658,7 @@ class ParallelConfig(Section):
         None, description="Memory per device for `auto` and the planner; default: measured."
     )
     ps: PSConfig = PSConfig()
+    dims: DimsConfig = DimsConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ParallelConfig:
@@ -669,6 +671,7 @@ class ParallelConfig(Section):
                 f"parallel.fsdp.hybrid: needs parallel.strategy=fsdp, got {self.strategy!r}"
             )
         self._check_local()
+        _check_dims(self)
         return self
 
     def _check_local(self) -> None:
@@ -696,6 +699,23 @@ class ParallelConfig(Section):
                 "parallel.local.outer_nesterov: Nesterov needs parallel.local.outer_momentum "
                 "> 0; set parallel.local.outer_nesterov=false for plain outer SGD"
             )
+
+
+def _check_dims(cfg: ParallelConfig) -> None:
+    """Only fsdp composes a mesh of several dims; the others keep every rank a replica."""
+    if cfg.dims.is_default():
+        return
+    key = f"parallel.dims.{cfg.dims.first_changed()}"
+    if cfg.strategy != "fsdp":
+        raise ValueError(
+            f"{key}: a mesh of dims is built by parallel.strategy=fsdp, got {cfg.strategy!r}; "
+            "set parallel.strategy=fsdp or leave parallel.dims at its defaults"
+        )
+    if cfg.fsdp.hybrid and cfg.dims.dp_replicate != 1:
+        raise ValueError(
+            "parallel.fsdp.hybrid: it sets parallel.dims.dp_replicate to the node count; "
+            "give one of the two, not both"
+        )
 
 
 # --------------------------------------------------------------------------- root
