@@ -173,7 +173,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     bundle, model = _data_and_model(cfg, model, data, meta=strategy.is_server)
     plan = make_plan(
         cfg.train,
-        world_size=strategy.world_size,
+        world_size=strategy.dp_size,  # ranks reading different samples (not TP peers)
         num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )
@@ -206,7 +206,8 @@ def _fit(
     if strategy.is_server:  # a parameter server's process serves until the workers are done
         updates = serve_parameters(cfg, model, run=run, strategy=strategy, resume=resume)
         return Run(run.root, {}, model, cfg, "served", 0, steps=updates)
-    seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
+    # per data-parallel rank dropout/noise streams; tensor-parallel peers share theirs
+    seed_everything(cfg.run.seed + 1000 * strategy.dp_rank + 1)
     status, result = "failed", None
     try:
         result = run_loop(

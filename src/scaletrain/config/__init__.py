@@ -755,6 +755,8 @@ class Config(Section):
             )
         if self.parallel.strategy == "async_ps":
             _check_async_ps(self)
+        if self.parallel.dims.tp > 1:
+            _check_tensor_parallel(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -765,6 +767,23 @@ class Config(Section):
 
 
 PROBABILITY_LOSSES = ("bce_with_logits", "kl_div")
+
+
+def _check_tensor_parallel(cfg: Config) -> None:
+    """What splitting heads and the vocabulary over `parallel.dims.tp` ranks cannot honour."""
+    tp = cfg.parallel.dims.tp
+    for key in ("n_head", "n_kv_head"):
+        heads = getattr(cfg.model, key, None)
+        if isinstance(heads, int) and heads % tp:
+            raise ValueError(
+                f"parallel.dims.tp: {tp} does not divide model.{key}={heads}; each rank holds "
+                f"whole attention heads: pick a tp that divides {heads}"
+            )
+    if cfg.loss.label_smoothing:
+        raise ValueError(
+            "loss.label_smoothing: the loss from vocabulary-split logits (parallel.dims.tp > 1, "
+            "torch's loss_parallel) has none; set it to 0 or use parallel.dims.tp=1"
+        )
 
 
 def _check_async_ps(cfg: Config) -> None:

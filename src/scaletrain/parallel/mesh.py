@@ -80,7 +80,9 @@ class ParallelDims:
 
     def describe(self) -> str:
         """`dp_replicate 1 x dp_shard 2 x tp 2 x pp 1`, for logs and messages."""
-        return " x ".join(f"{name} {size}" for name, size in zip(MESH_DIMS, self.sizes, strict=True))
+        return " x ".join(
+            f"{name} {size}" for name, size in zip(MESH_DIMS, self.sizes, strict=True)
+        )
 
 
 def resolve_dims(

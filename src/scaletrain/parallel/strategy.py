@@ -33,6 +33,7 @@ class WrapRequest:
     # one micro batch on the meta device: the planner measures activations from its shape
     example_input: torch.Tensor | None = None
     optimizer_states_per_param: int = 2
+    model_name: str | None = None  # `model.name`: the tensor-parallel plan is looked up by it
     fp32_modules: tuple[nn.Module, ...] = ()  # norm layers: fp32 params under mixed precision
 
 
@@ -102,6 +103,16 @@ class BaseStrategy:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp_rank(self) -> int:
+        """The data-parallel rank: which samples this rank reads (TP peers share it)."""
+        return self.rank
+
+    @property
+    def dp_size(self) -> int:
+        """Ranks reading different samples: the loader's and the loss share's world size."""
+        return self.world_size
+
     # --- model -------------------------------------------------------------------------
     def candidate(self) -> Candidate:
         return Candidate(self.name, activation_checkpointing=self.cfg.activation_checkpointing)
@@ -109,6 +120,7 @@ class BaseStrategy:
     def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module:
         """Plan this rank's memory, checkpoint blocks if asked, then place the model."""
         request = request or WrapRequest()
+        self.check_model(request.model_name)
         self.memory.plan(
             model,
             self.candidate(),
@@ -119,6 +131,7 @@ class BaseStrategy:
         line = self.memory.planned_line()
         if line and self.is_main and self.world_size > 1:  # teardown prints it beside the peak
             print(line, file=sys.stderr)
+        self._split_model(model, request)
         blocks = find_blocks(
             model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
         )
@@ -132,6 +145,17 @@ class BaseStrategy:
     def _shard_size(self) -> int | None:
         """Ranks one parameter is sharded over, where not the world (hybrid FSDP)."""
         return None
+
+    def check_model(self, model_name: str | None) -> None:
+        """Refuse, in one line, a model this strategy cannot split (before any planning)."""
+
+    def _split_model(self, model: nn.Module, request: WrapRequest) -> None:
+        """Split the model inside each data-parallel rank (tensor parallel); default: none."""
+
+    @contextmanager
+    def loss_parallel(self) -> Iterator[None]:
+        """Around forward, loss and backward: where the logits stay split (loss parallel)."""
+        yield
 
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
         return model.to(self.device)
@@ -172,8 +196,8 @@ class BaseStrategy:
         """The run's optimizer, once built (a parameter server's workers read its lr)."""
 
     def eval_shard(self) -> tuple[int, int]:
-        """(rank, ranks) splitting an evaluated split: each rank reads its part."""
-        return self.rank, self.world_size
+        """(rank, ranks) splitting an evaluated split: each data-parallel rank reads its part."""
+        return self.dp_rank, self.dp_size
 
     def end_training(self, model: nn.Module) -> None:
         """After the last update of a run that was not interrupted: a strategy whose ranks

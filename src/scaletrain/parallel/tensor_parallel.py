@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -58,6 +58,31 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, *, model_name: 
     tp_plan_for(model_name, tp=tp_mesh.size())(model, tp_mesh)
 
 
+class FullOutput(nn.Module):
+    """Evaluation's view of a tensor-parallel model: whole logits, as plain tensors.
+
+    Metrics, predictions and generation read the logits outside `loss_parallel`; gathering
+    them costs one all-gather per batch, acceptable outside the training step.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        return full_value(self.model(*args, **kwargs))
+
+
+def local_value(tensor):
+    """A replicated DTensor's value as a plain tensor (the loss under loss parallel)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_value(tensor):
+    """A split DTensor gathered whole (logits kept for training metrics); else as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 @register_tp_plan("gpt")
 def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract)."""
@@ -88,7 +113,9 @@ def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
 def _block_plan(block: nn.Module) -> dict:
     """Norms on sequence shards; attention and MLP on head / hidden shards (Megatron)."""
-    gather_sequence = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+    gather_sequence = PrepareModuleInput(
+        input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
+    )
     plan = {
         "attn_norm": SequenceParallel(),
         "attn": gather_sequence,

@@ -64,7 +64,11 @@ class GPT(nn.Module):
         if tie:
             self.head.weight = self.tok_emb.weight
         for name, param in self.named_parameters():
-            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("out_proj.weight", "w_out.weight")) else 0.02
+            std = (
+                0.02 / math.sqrt(2 * n_layer)
+                if name.endswith(("out_proj.weight", "w_out.weight"))
+                else 0.02
+            )
             if param.dim() > 1:
                 nn.init.normal_(param, std=std)
 

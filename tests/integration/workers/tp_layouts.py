@@ -19,7 +19,9 @@ from scaletrain.parallel.tensor_parallel import apply_tensor_parallel
 def main() -> None:
     dp_shard, tp, steps = (int(value) for value in sys.argv[1:4])
     dist.init_process_group("gloo")
-    dims = resolve_dims(DimsConfig(dp_shard=dp_shard, tp=tp), world_size=dist.get_world_size(), rank=dist.get_rank())
+    dims = resolve_dims(
+        DimsConfig(dp_shard=dp_shard, tp=tp), world_size=dist.get_world_size(), rank=dist.get_rank()
+    )
     mesh = build_device_mesh(dims, "cpu")
     torch.manual_seed(0)
     model = GPT()
