@@ -79,6 +79,7 @@ class FSDPStrategy(DistributedStrategy):
             reshard_after_forward=self.cfg.fsdp.reshard_after_forward,
             activation_checkpointing=self.cfg.activation_checkpointing,
             offload=self.cfg.offload,
+            tp=self.dims.tp,
         )
 
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):

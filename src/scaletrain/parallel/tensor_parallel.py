@@ -87,6 +87,12 @@ def full_value(tensor):
 def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract)."""
     tp = tp_mesh.size()
+    if getattr(model, "task", "language_model") != "language_model":
+        raise ConfigError(
+            f"parallel.dims.tp: {tp} splits gpt for data.task=language_model only; a "
+            f"sequence classifier ({model.task}) pools over the sequence, which sequence "
+            "parallelism splits: use parallel.dims.tp=1"
+        )
     _check_heads(model, tp)
     tied = model.head.weight is model.tok_emb.weight
     top = {
@@ -113,18 +119,18 @@ def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
 def _block_plan(block: nn.Module) -> dict:
     """Norms on sequence shards; attention and MLP on head / hidden shards (Megatron)."""
-    gather_sequence = PrepareModuleInput(
-        input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
-    )
     plan = {
         "attn_norm": SequenceParallel(),
-        "attn": gather_sequence,
+        # (x, kv): the sequence gathered for attention; the KV cache is left alone
+        "attn": PrepareModuleInput(
+            input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+        ),
         "attn.q_proj": ColwiseParallel(),
         "attn.k_proj": ColwiseParallel(),
         "attn.v_proj": ColwiseParallel(),
         "attn.out_proj": RowwiseParallel(output_layouts=Shard(1)),
         "mlp_norm": SequenceParallel(),
-        "mlp": gather_sequence,
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
         "mlp.w_in": ColwiseParallel(),
         "mlp.w_out": RowwiseParallel(output_layouts=Shard(1)),
     }

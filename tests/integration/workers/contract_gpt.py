@@ -18,7 +18,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, kv=None):
         batch, length, _ = x.shape
         q, k, v = (
             proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)  # local heads
@@ -48,7 +48,7 @@ class GPTBlock(nn.Module):
         self.mlp = FeedForward(d_model)
 
     def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
+        x = x + self.attn(self.attn_norm(x), None)
         return x + self.mlp(self.mlp_norm(x))
 
 
