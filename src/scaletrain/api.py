@@ -178,6 +178,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    strategy.check_model(model, model_name=cfg.model.name)  # e.g. one TP cannot split
     if not strategy.is_server:  # the workers check it; a server may hold no values
         check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(

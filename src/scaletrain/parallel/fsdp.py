@@ -22,11 +22,16 @@ from scaletrain.parallel.memory_plan import Candidate
 from scaletrain.parallel.mesh import (
     ParallelDims,
     build_device_mesh,
+    data_parallel_group,
     data_parallel_mesh,
     resolve_dims,
 )
 from scaletrain.parallel.strategy import WrapRequest
-from scaletrain.parallel.tensor_parallel import FullOutput, apply_tensor_parallel, tp_plan_for
+from scaletrain.parallel.tensor_parallel import (
+    FullOutput,
+    apply_tensor_parallel,
+    check_tensor_parallel,
+)
 
 
 class FSDPStrategy(DistributedStrategy):
@@ -52,7 +57,7 @@ class FSDPStrategy(DistributedStrategy):
         super().setup()
         self.mesh = build_device_mesh(self.dims, self.device.type)
         if self.dims.tp_enabled:
-            self._dp_group = self.mesh["dp"].get_group()
+            self._dp_group = data_parallel_group(self.mesh)
 
     def _shard_size(self) -> int | None:
         return self.dims.dp_shard if self.dims.dp_shard != self.world_size else None
@@ -63,9 +68,9 @@ class FSDPStrategy(DistributedStrategy):
         if self.dims.tp_enabled:
             apply_tensor_parallel(model, self.mesh["tp"], model_name=request.model_name)
 
-    def check_model(self, model_name: str | None) -> None:
+    def check_model(self, model: nn.Module, *, model_name: str | None) -> None:
         if self.dims.tp_enabled:
-            tp_plan_for(model_name, tp=self.dims.tp)
+            check_tensor_parallel(model, model_name=model_name, tp=self.dims.tp)
 
     @contextmanager
     def loss_parallel(self) -> Iterator[None]:

@@ -119,17 +119,22 @@ def build_device_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
     """The one mesh of a run: all four dims, size-1 ones included, so `mesh[name]` works for
     each name; `mesh["dp_replicate", "dp_shard"]` is the data-parallel (FSDP/HSDP) mesh.
 
-    Under TP, flattened dims are added too (`mesh["dp"]`: the data-parallel ranks in one
-    group, for metrics; `dp_shard_tp`, `dp_tp`): a DTensor reduced over FSDP's and TP's dims
-    at once (the gradient norm) then takes one all-reduce instead of one per dim, and every
-    rank gets the same bits (two sequential reductions may round differently per rank).
+    Under TP, flattened dims are added too (`dp_shard_tp`, `dp_tp`): a DTensor reduced over
+    FSDP's and TP's dims at once (the gradient norm) then takes one all-reduce instead of one
+    per dim, and every rank gets the same bits (two sequential reductions may round
+    differently per rank).
     """
     mesh = init_device_mesh(device_type, dims.sizes, mesh_dim_names=MESH_DIMS)
     if dims.tp_enabled:
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
         mesh["dp_shard", "tp"]._flatten("dp_shard_tp")
         mesh["dp_replicate", "dp_shard", "tp"]._flatten("dp_tp")
     return mesh
+
+
+def data_parallel_group(mesh: DeviceMesh):
+    """One process group of the ranks reading different samples (metrics are summed over
+    it); torch keeps the flattened mesh, built once here."""
+    return mesh["dp_replicate", "dp_shard"]._flatten("dp").get_group()
 
 
 def data_parallel_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:

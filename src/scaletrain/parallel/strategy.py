@@ -120,7 +120,6 @@ class BaseStrategy:
     def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module:
         """Plan this rank's memory, checkpoint blocks if asked, then place the model."""
         request = request or WrapRequest()
-        self.check_model(request.model_name)
         self.memory.plan(
             model,
             self.candidate(),
@@ -146,7 +145,7 @@ class BaseStrategy:
         """Ranks one parameter is sharded over, where not the world (hybrid FSDP)."""
         return None
 
-    def check_model(self, model_name: str | None) -> None:
+    def check_model(self, model: nn.Module, *, model_name: str | None) -> None:
         """Refuse, in one line, a model this strategy cannot split (before any planning)."""
 
     def _split_model(self, model: nn.Module, request: WrapRequest) -> None:

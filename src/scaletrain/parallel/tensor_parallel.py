@@ -12,6 +12,7 @@ the projection's output width, so a column-wise shard of Q/K/V is a shard of hea
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -26,36 +27,41 @@ from torch.distributed.tensor.parallel import (
 
 from scaletrain.errors import ConfigError
 
-# model name -> apply(model, tp_mesh): parallelizes the model in place
-TensorParallelPlan = Callable[[nn.Module, DeviceMesh], None]
-TP_PLANS: dict[str, TensorParallelPlan] = {}
+
+@dataclass(frozen=True)
+class TensorParallelPlan:
+    """How one registered model is split: `check` refuses what cannot be (before the run
+    directory exists), `apply` parallelizes the model in place."""
+
+    apply: Callable[[nn.Module, DeviceMesh], None]
+    check: Callable[[nn.Module, int], None]
 
 
-def register_tp_plan(name: str) -> Callable[[TensorParallelPlan], TensorParallelPlan]:
-    def decorator(plan: TensorParallelPlan) -> TensorParallelPlan:
-        assert name not in TP_PLANS, f"tensor-parallel plan {name!r} registered twice"
-        TP_PLANS[name] = plan
-        return plan
-
-    return decorator
+TP_PLANS: dict[str, TensorParallelPlan] = {}  # model name -> its plan
 
 
 def tp_plan_for(model_name: str | None, *, tp: int) -> TensorParallelPlan:
     """The plan of `model.name`, or one line saying that this model cannot be split."""
     plan = TP_PLANS.get(model_name or "")
     if plan is None:
-        shown = f"model.name={model_name}" if model_name else "a model given to the Python API"
         raise ConfigError(
-            f"parallel.dims.tp: {tp} needs a tensor-parallel plan, and {shown} has none "
-            f"(plans: {', '.join(sorted(TP_PLANS))}); use parallel.dims.tp=1 and shard it "
-            "with dp_shard instead"
+            f"parallel.dims.tp: {tp} needs a tensor-parallel plan, and model.name={model_name} "
+            f"has none (plans: {', '.join(sorted(TP_PLANS))}); use parallel.dims.tp=1 and "
+            "shard it with dp_shard instead"
         )
     return plan
 
 
+def check_tensor_parallel(model: nn.Module, *, model_name: str | None, tp: int) -> None:
+    """One line for a model that `tp` ranks cannot split; nothing else happens."""
+    tp_plan_for(model_name, tp=tp).check(model, tp)
+
+
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, *, model_name: str | None):
     """Split `model` over `tp_mesh` in place by its registered plan."""
-    tp_plan_for(model_name, tp=tp_mesh.size())(model, tp_mesh)
+    plan = tp_plan_for(model_name, tp=tp_mesh.size())
+    plan.check(model, tp_mesh.size())
+    plan.apply(model, tp_mesh)
 
 
 class FullOutput(nn.Module):
@@ -83,17 +89,8 @@ def full_value(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-@register_tp_plan("gpt")
 def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract)."""
-    tp = tp_mesh.size()
-    if getattr(model, "task", "language_model") != "language_model":
-        raise ConfigError(
-            f"parallel.dims.tp: {tp} splits gpt for data.task=language_model only; a "
-            f"sequence classifier ({model.task}) pools over the sequence, which sequence "
-            "parallelism splits: use parallel.dims.tp=1"
-        )
-    _check_heads(model, tp)
     tied = model.head.weight is model.tok_emb.weight
     top = {
         # each rank looks up the rows of its vocabulary shard; the sum over ranks is
@@ -139,7 +136,15 @@ def _block_plan(block: nn.Module) -> dict:
     return plan
 
 
-def _check_heads(model: nn.Module, tp: int) -> None:
+def check_gpt(model: nn.Module, tp: int) -> None:
+    """Whole heads per rank, and per-token logits (a pooled classifier would average only
+    its rank's part of the sequence)."""
+    if getattr(model, "task", "language_model") != "language_model":
+        raise ConfigError(
+            f"parallel.dims.tp: {tp} splits gpt for data.task=language_model only; a "
+            f"sequence classifier ({model.task}) pools over the sequence, which sequence "
+            "parallelism splits: use parallel.dims.tp=1"
+        )
     attn = model.blocks[0].attn
     head_dim = attn.head_dim
     for name in ("q_proj", "k_proj"):
@@ -150,3 +155,6 @@ def _check_heads(model: nn.Module, tp: int) -> None:
                 f"{'query' if name == 'q_proj' else 'key/value'} heads (model.n_head); "
                 "each rank holds whole heads: pick a tp that divides it"
             )
+
+
+TP_PLANS["gpt"] = TensorParallelPlan(apply=parallelize_gpt, check=check_gpt)

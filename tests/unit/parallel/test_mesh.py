@@ -107,7 +107,7 @@ def test_a_model_without_a_plan_refuses_tp():
     message = str(info.value)
     assert message.startswith("parallel.dims.tp: 2 needs a tensor-parallel plan")
     assert "model.name=mlp has none (plans: gpt)" in message
-    assert tp_plan_for("gpt", tp=2) is not None
+    assert tp_plan_for("gpt", tp=2).apply is not None
 
 
 def test_the_strategy_refuses_dims_that_do_not_fit_the_launch():
