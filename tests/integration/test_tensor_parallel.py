@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from distributed_helpers import WORKERS, load_weights, torchrun
+from distributed_helpers import WORKERS, load_weights, run, torchrun
 
 from scaletrain import api
 
@@ -63,6 +64,10 @@ TWO_RANKS = {
     "fsdp2": FSDP,
     "tp2": f"{FSDP},parallel.dims.tp=2",
     "tp2_other": f"{FSDP},parallel.dims.tp=2,{OTHER_GPT}",
+    # activation checkpointing of the split blocks, 4 micro batches of 2 per step
+    "tp2_ac_accum": (
+        f"{FSDP},parallel.dims.tp=2,parallel.activation_checkpointing=full,train.micro_batch_size=2"
+    ),
 }
 FOUR_RANKS = {"dp2_tp2": f"{FSDP},parallel.dims.dp_shard=2,parallel.dims.tp=2"}
 
@@ -104,6 +109,7 @@ def runs(tmp_path_factory) -> Path:
     [
         ("fsdp2", "single"),
         ("tp2", "single"),
+        ("tp2_ac_accum", "single"),
         ("dp2_tp2", "single"),
         ("tp2_other", "single_other"),
     ],
@@ -178,16 +184,14 @@ def test_bf16_mixed_under_tp2_trains(tmp_path):
 
 
 def test_a_model_without_a_plan_is_one_line_before_any_file(tmp_path):
-    finished = torchrun(
-        ["-m", "scaletrain", "train", str(ROOT / "configs/default.yaml"), "--out", str(tmp_path)]
-        + ["model.name=mlp", FSDP, "parallel.dims.tp=2", "train.device=cpu"],
-        nproc=2,
-        timeout=200,
-    )
-    assert finished.returncode != 0
+    command = [sys.executable, "-m", "scaletrain", "train", str(ROOT / "configs/default.yaml")]
+    command += ["--out", str(tmp_path), "--nproc", "2", "model.name=mlp", FSDP]
+    finished = run([*command, "parallel.dims.tp=2", "train.device=cpu"], timeout=200)
+    assert finished.returncode == 2, finished.output
     errors = [line for line in finished.output.splitlines() if line.startswith("error: ")]
-    assert errors[0].startswith(
-        "error: parallel.dims.tp: 2 needs a tensor-parallel plan, and model.name=mlp has none"
+    assert errors[0] == (
+        "error: parallel.dims.tp: 2 needs a tensor-parallel plan, and model.name=mlp has none "
+        "(plans: gpt); use parallel.dims.tp=1 and shard it with dp_shard instead"
     ), finished.output
     assert "Traceback" not in finished.output
     assert not any(tmp_path.iterdir()), "a refused run left a run directory behind"
