@@ -195,3 +195,23 @@ def test_a_model_without_a_plan_is_one_line_before_any_file(tmp_path):
     ), finished.output
     assert "Traceback" not in finished.output
     assert not any(tmp_path.iterdir()), "a refused run left a run directory behind"
+
+
+def test_planner_is_within_15_percent_of_the_measured_peak_under_tp(tmp_path):
+    """A 4-layer GPT (d_model 256, vocab 2048, context 128, fp32) at global batch 8 and 32,
+    as dp_shard 2 and as tp 2: measured with test_memory_planner.py's method (peak RSS with
+    every tensor of 64 KiB or more its own mapping). Measured when written: +7 %, -1 %,
+    -0.4 %, -9 %."""
+    out = tmp_path / "grid.json"
+    finished = torchrun(
+        [str(WORKERS / "tp_memory.py"), str(out), "2,1,8;1,2,8;2,1,32;1,2,32"],
+        timeout=400,
+        MALLOC_MMAP_THRESHOLD_="65536",
+    )
+    assert finished.returncode == 0, finished.output[-4000:]
+    points = [
+        p for r in (0, 1) for p in json.loads(out.with_name(f"grid.json.rank{r}").read_text())
+    ]
+    assert len(points) == 8 and {p["strategy"] for p in points} == {"fsdp-zero3", "fsdp-zero3+tp2"}
+    for point in points:
+        assert abs(point["relative_error"]) <= 0.15, point

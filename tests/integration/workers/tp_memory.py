@@ -1,6 +1,6 @@
 """Worker: the planner's per-rank estimate vs the measured peak for a GPT under FSDP with and
 without tensor parallelism. Usage: tp_memory.py OUT_JSON DIMS[;DIMS...] where DIMS is
-`dp_shard,tp`. Rank r writes OUT_JSON.rank<r>. Run with MALLOC_MMAP_THRESHOLD_=65536 (see
+`dp_shard,tp,global_batch`. Rank r writes OUT_JSON.rank<r>. Run with MALLOC_MMAP_THRESHOLD_=65536 (see
 test_memory_planner.py: freed tensors return to the OS, so RSS follows live tensors)."""
 
 import gc
@@ -15,11 +15,11 @@ from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_loss, build_optimizer
 from scaletrain.parallel import WrapRequest, build_strategy
 
-VOCAB, CONTEXT, BATCH = 2048, 128, 8
+VOCAB, CONTEXT = 2048, 128
 GPT = GPTConfig(n_layer=4, n_head=8, d_model=256)
 
 
-def measure(dp_shard: int, tp: int) -> dict:
+def measure(dp_shard: int, tp: int, global_batch: int) -> dict:
     cfg = ParallelConfig(strategy="fsdp", dims=DimsConfig(dp_shard=dp_shard, tp=tp))
     strategy = build_strategy(cfg, device_name="cpu")
     strategy.setup()
@@ -28,7 +28,7 @@ def measure(dp_shard: int, tp: int) -> dict:
         model = build_model(
             GPT, input_shape=(CONTEXT,), num_outputs=VOCAB, vocab_size=VOCAB, task="language_model"
         )
-        batch = BATCH // strategy.dp_size
+        batch = global_batch // strategy.dp_size
         inputs = torch.randint(0, VOCAB, (batch, CONTEXT))
         targets = torch.randint(0, VOCAB, (batch, CONTEXT))
         model = strategy.wrap_model(
@@ -50,7 +50,14 @@ def measure(dp_shard: int, tp: int) -> dict:
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return {"rank": strategy.rank, "dp_shard": dp_shard, "tp": tp, **strategy.memory_report()}
+        report = strategy.memory_report()
+        return {
+            "rank": strategy.rank,
+            "dp_shard": dp_shard,
+            "tp": tp,
+            "batch": global_batch,
+            **report,
+        }
     finally:
         strategy.teardown()
         gc.collect()
