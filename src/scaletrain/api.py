@@ -173,7 +173,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     bundle, model = _data_and_model(cfg, model, data, meta=strategy.is_server)
     plan = make_plan(
         cfg.train,
-        world_size=strategy.dp_size,  # ranks reading different samples (not TP peers)
+        world_size=strategy.data_shard()[1],  # pipeline stages read the same batch
         num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )
@@ -208,7 +208,7 @@ def _fit(
         updates = serve_parameters(cfg, model, run=run, strategy=strategy, resume=resume)
         return Run(run.root, {}, model, cfg, "served", 0, steps=updates)
     # per data-parallel rank dropout/noise streams; tensor-parallel peers share theirs
-    seed_everything(cfg.run.seed + 1000 * strategy.dp_rank + 1)
+    seed_everything(cfg.run.seed + 1000 * strategy.data_shard()[0] + 1)
     status, result = "failed", None
     try:
         result = run_loop(

@@ -68,7 +68,7 @@ class DistributedStrategy(BaseStrategy):
         """
         total = tensor.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        copies = self.world_size // self.dp_size
+        copies = self.world_size // self.data_shard()[1]
         if copies > 1:
             total = total / copies if total.is_floating_point() else total // copies
         return total

@@ -45,13 +45,12 @@ class FSDPStrategy(DistributedStrategy):
         self.dims = _resolve(self.cfg, self.env)
         self.mesh = None  # built in setup(), once the process group exists
 
-    @property
-    def dp_rank(self) -> int:
-        return self.dims.dp_rank
+    def data_shard(self) -> tuple[int, int]:
+        """The data-parallel position: the ranks of one tensor-parallel group share it."""
+        return self.dims.dp_rank, self.dims.dp_size
 
-    @property
-    def dp_size(self) -> int:
-        return self.dims.dp_size
+    def eval_shard(self) -> tuple[int, int]:
+        return self.data_shard()
 
     def setup(self) -> None:
         super().setup()

@@ -46,11 +46,8 @@ class Strategy(Protocol):
 
     @property
     def is_main(self) -> bool: ...
-    @property
-    def dp_rank(self) -> int: ...
-    @property
-    def dp_size(self) -> int: ...
     def setup(self) -> None: ...
+    def data_shard(self) -> tuple[int, int]: ...
     def check_model(self, model: nn.Module, *, model_name: str | None) -> None: ...
     def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module: ...
     def unwrap_model(self, model: nn.Module) -> nn.Module: ...
@@ -108,16 +105,6 @@ class BaseStrategy:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def dp_rank(self) -> int:
-        """The data-parallel rank: which samples this rank reads (TP peers share it)."""
-        return self.rank
-
-    @property
-    def dp_size(self) -> int:
-        """Ranks reading different samples: the loader's and the loss share's world size."""
-        return self.world_size
 
     # --- model -------------------------------------------------------------------------
     def candidate(self) -> Candidate:
@@ -201,8 +188,13 @@ class BaseStrategy:
         """The run's optimizer, once built (a parameter server's workers read its lr)."""
 
     def eval_shard(self) -> tuple[int, int]:
-        """(rank, ranks) splitting an evaluated split: each data-parallel rank reads its part."""
-        return self.dp_rank, self.dp_size
+        """(rank, ranks) splitting an evaluated split: each rank reads its part."""
+        return self.rank, self.world_size
+
+    def data_shard(self) -> tuple[int, int]:
+        """(rank, ranks) splitting each training batch: the data-parallel position (pipeline
+        stages read the same batch)."""
+        return self.rank, self.world_size
 
     def end_training(self, model: nn.Module) -> None:
         """After the last update of a run that was not interrupted: a strategy whose ranks

@@ -122,8 +122,7 @@ class TrainStep:
         """Backward of every micro batch; returns the loss share and the predictions."""
         # a rank whose share of a short last step is empty still joins the collectives
         micro_batches = batch.micro_batches or [self.empty_batch]
-        # data-parallel ranks: those of one tensor-parallel group read the same samples
-        world, total = self.strategy.dp_size, batch.num_samples_global
+        world, total = self.strategy.data_shard()[1], batch.num_samples_global
         step_loss = None
         predictions = [] if self.keeps_predictions else None
         last = len(micro_batches) - 1

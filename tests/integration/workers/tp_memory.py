@@ -28,7 +28,7 @@ def measure(dp_shard: int, tp: int, global_batch: int) -> dict:
         model = build_model(
             GPT, input_shape=(CONTEXT,), num_outputs=VOCAB, vocab_size=VOCAB, task="language_model"
         )
-        batch = global_batch // strategy.dp_size
+        batch = global_batch // strategy.data_shard()[1]
         inputs = torch.randint(0, VOCAB, (batch, CONTEXT))
         targets = torch.randint(0, VOCAB, (batch, CONTEXT))
         model = strategy.wrap_model(

@@ -131,4 +131,4 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path, capsys):
 
 def test_a_strategy_without_tp_reads_every_rank_as_data_parallel():
     strategy = build_strategy(load_config(DEFAULT).parallel, device_name="cpu")
-    assert (strategy.dp_rank, strategy.dp_size) == (0, 1) == strategy.eval_shard()
+    assert strategy.data_shard() == (0, 1) == strategy.eval_shard()
