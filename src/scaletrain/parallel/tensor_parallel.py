@@ -141,9 +141,9 @@ def check_gpt(model: nn.Module, tp: int) -> None:
     its rank's part of the sequence)."""
     if getattr(model, "task", "language_model") != "language_model":
         raise ConfigError(
-            f"parallel.dims.tp: {tp} splits gpt for data.task=language_model only; a "
-            f"sequence classifier ({model.task}) pools over the sequence, which sequence "
-            "parallelism splits: use parallel.dims.tp=1"
+            f"parallel.dims.tp: {tp} splits gpt for data.task=language_model only; its "
+            f"{model.task} head averages over the sequence, which sequence parallelism "
+            "splits: use parallel.dims.tp=1"
         )
     attn = model.blocks[0].attn
     head_dim = attn.head_dim

@@ -17,6 +17,7 @@ from scaletrain.parallel import MESH_DIMS, build_device_mesh, build_strategy, re
 from scaletrain.parallel.tensor_parallel import tp_plan_for
 
 DEFAULT = Path(__file__).parents[3] / "configs" / "default.yaml"
+GPT = Path(__file__).parents[3] / "configs" / "gpt-stdlib.yaml"
 
 
 def test_auto_fills_dp_shard_and_the_product_is_the_world():
@@ -95,6 +96,17 @@ def test_config_refusals_name_the_key(overrides, expected):
     assert expected in str(info.value) and "\n" not in str(info.value).strip()
 
 
+def test_heads_not_divisible_by_tp_are_refused_at_config_time():
+    with pytest.raises(ConfigError) as info:
+        load_config(GPT, ["parallel.strategy=fsdp", "parallel.dims.tp=2"])  # n_head 5
+    assert str(info.value) == (
+        "parallel.dims.tp: 2 does not divide model.n_head=5; each rank holds whole attention "
+        "heads: pick a tp that divides 5"
+    )
+    cfg = load_config(GPT, ["parallel.strategy=fsdp", "parallel.dims.tp=5"])
+    assert cfg.parallel.dims.tp == 5
+
+
 def test_defaults_leave_every_strategy_as_it_was():
     for strategy in ("single", "ddp", "fsdp", "auto", "local_sgd", "diloco"):
         cfg = load_config(DEFAULT, [f"parallel.strategy={strategy}"])
@@ -132,3 +144,20 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path, capsys):
 def test_a_strategy_without_tp_reads_every_rank_as_data_parallel():
     strategy = build_strategy(load_config(DEFAULT).parallel, device_name="cpu")
     assert strategy.data_shard() == (0, 1) == strategy.eval_shard()
+
+
+def test_the_gpt_plan_refuses_a_pooled_classifier_and_split_heads():
+    from scaletrain.config import GPTConfig
+    from scaletrain.models import build_model
+    from scaletrain.parallel.tensor_parallel import check_tensor_parallel
+
+    def gpt(task: str, n_head: int):
+        cfg = GPTConfig(n_layer=1, n_head=n_head, d_model=24)
+        outputs = 11 if task == "language_model" else 3
+        return build_model(cfg, input_shape=(8,), num_outputs=outputs, vocab_size=11, task=task)
+
+    with pytest.raises(ConfigError, match=r"splits gpt for data.task=language_model only"):
+        check_tensor_parallel(gpt("classification", 4), model_name="gpt", tp=2)
+    with pytest.raises(ConfigError, match=r"2 does not divide the model's 3 query heads"):
+        check_tensor_parallel(gpt("language_model", 3), model_name="gpt", tp=2)
+    check_tensor_parallel(gpt("language_model", 4), model_name="gpt", tp=2)  # fits: no error
