@@ -217,3 +217,39 @@ def test_planner_is_within_15_percent_of_the_measured_peak_under_tp(tmp_path):
     assert len(points) == 8 and {p["strategy"] for p in points} == {"fsdp-zero3", "fsdp-zero3+tp2"}
     for point in points:
         assert abs(point["relative_error"]) <= 0.15, point
+
+
+TP2 = f"{FSDP},parallel.dims.tp=2"
+OTHER_SETTINGS = {
+    # optimizers without a fused DTensor kernel, penalties, value clipping, bf16 both ways
+    "sgd_l1_bf16_true": "optim.name=sgd,optim.momentum=0.9,optim.nesterov=true,"
+    "optim.penalty.l1=0.001,train.precision=bf16-true,optim.clip.mode=value",
+    "rmsprop_elastic_accumulate": "optim.name=rmsprop,optim.penalty.l1=0.001,"
+    "optim.penalty.l2=0.01,train.precision=bf16-mixed,train.micro_batch_size=2",
+    "adagrad": "optim.name=adagrad",
+    "adam_zero2_ac": "optim.name=adam,parallel.fsdp.reshard_after_forward=false,"
+    "parallel.activation_checkpointing=every_n",
+}
+
+
+def test_tp2_with_other_optimizers_penalties_and_precisions(tmp_path):
+    """Every setting trains under tp 2; the fp32 ones match one process step for step."""
+    config = {**CONFIG, "train": {**CONFIG["train"], "max_steps": 4}}
+    config["checkpoint"] = {"every_epochs": 0, "save_best": False}
+    specs = [f"{name}={TP2},{settings}" for name, settings in OTHER_SETTINGS.items()]
+    finished = torchrun(
+        [str(WORKERS / "train_variants.py"), str(tmp_path), json.dumps(config), *specs],
+        nproc=2,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.output[-4000:]
+    for name, settings in OTHER_SETTINGS.items():
+        losses = _losses(tmp_path / name)
+        assert len(losses) == 4 and losses[4] < losses[1], (name, losses)
+        if "bf16" in settings:
+            continue
+        single = {**config, "run": {"seed": 3, "name": f"single_{name}", "out_dir": str(tmp_path)}}
+        api.train(single, overrides=[s for s in settings.split(",") if "parallel." not in s])
+        expected = _losses(tmp_path / f"single_{name}")
+        for step in losses:
+            assert losses[step] == pytest.approx(expected[step], rel=1e-4), (name, step)
