@@ -71,7 +71,12 @@ TWO_RANKS = {
         f"{FSDP},parallel.dims.tp=2,parallel.activation_checkpointing=full,train.micro_batch_size=2"
     ),
 }
-FOUR_RANKS = {"dp2_tp2": f"{FSDP},parallel.dims.dp_shard=2,parallel.dims.tp=2"}
+FOUR_RANKS = {
+    "dp2_tp2": f"{FSDP},parallel.dims.dp_shard=2,parallel.dims.tp=2",
+    # HSDP: two replicas, each split over 2 ranks by TP, or FSDP-sharded over 2 ranks
+    "rep2_tp2": f"{FSDP},parallel.dims.dp_replicate=2,parallel.dims.tp=2",
+    "rep2_dp2": f"{FSDP},parallel.dims.dp_replicate=2,parallel.dims.dp_shard=2",
+}
 
 
 def _variants(out: Path, variants: dict[str, str], *, nproc: int) -> str:
@@ -113,6 +118,8 @@ def runs(tmp_path_factory) -> Path:
         ("tp2", "single"),
         ("tp2_ac_accum", "single"),
         ("dp2_tp2", "single"),
+        ("rep2_tp2", "single"),
+        ("rep2_dp2", "single"),
         ("tp2_other", "single_other"),
     ],
 )
@@ -137,7 +144,7 @@ def test_tp_peers_read_the_same_samples_and_report_one_loss(runs):
     from scaletrain.train.ledger import LEDGER, expand_ledger, read_ledger
 
     single = expand_ledger(read_ledger(runs / "single" / LEDGER))
-    for name in ("tp2", "dp2_tp2"):
+    for name in ("tp2", "dp2_tp2", "rep2_tp2"):
         assert expand_ledger(read_ledger(runs / name / LEDGER)) == single, name
 
 
