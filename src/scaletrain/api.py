@@ -173,11 +173,12 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     bundle, model = _data_and_model(cfg, model, data, meta=strategy.is_server)
     plan = make_plan(
         cfg.train,
-        world_size=strategy.world_size,
+        world_size=strategy.data_shard()[1],  # pipeline stages read the same batch
         num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    strategy.check_model(model, model_name=cfg.model.name)  # e.g. one TP cannot split
     if not strategy.is_server:  # the workers check it; a server may hold no values
         check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(
@@ -209,7 +210,8 @@ def _fit(
     if strategy.is_spare and not _spare_took_over(strategy, resume=resume):
         return Run(run.root, {}, model, cfg, "spare", 0, steps=0)  # the run ended without it
     resume = resume and not strategy.is_spare  # a spare: the lost worker's position instead
-    seed_everything(cfg.run.seed + 1000 * strategy.rank + 1)  # per-rank dropout/noise streams
+    # per data-parallel rank dropout/noise streams; tensor-parallel peers share theirs
+    seed_everything(cfg.run.seed + 1000 * strategy.data_shard()[0] + 1)
     status, result = "failed", None
     try:
         result = run_loop(

@@ -34,6 +34,7 @@ from scaletrain.config.base import (
     Section,
     Seed,
 )
+from scaletrain.config.dims import DimsConfig
 from scaletrain.config.models import (
     CNNConfig as CNNConfig,
 )
@@ -668,6 +669,7 @@ class ParallelConfig(Section):
         None, description="Memory per device for `auto` and the planner; default: measured."
     )
     ps: PSConfig = PSConfig()
+    dims: DimsConfig = DimsConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ParallelConfig:
@@ -685,6 +687,7 @@ class ParallelConfig(Section):
                 "parallel.ps.spare_workers: spare workers take over lost parameter-server "
                 f"workers; needs parallel.strategy=async_ps, got {self.strategy!r}"
             )
+        _check_dims(self)
         return self
 
     def _check_local(self) -> None:
@@ -712,6 +715,23 @@ class ParallelConfig(Section):
                 "parallel.local.outer_nesterov: Nesterov needs parallel.local.outer_momentum "
                 "> 0; set parallel.local.outer_nesterov=false for plain outer SGD"
             )
+
+
+def _check_dims(cfg: ParallelConfig) -> None:
+    """Only fsdp composes a mesh of several dims; the others keep every rank a replica."""
+    if cfg.dims.is_default():
+        return
+    key = f"parallel.dims.{cfg.dims.first_changed()}"
+    if cfg.strategy != "fsdp":
+        raise ValueError(
+            f"{key}: a mesh of dims is built by parallel.strategy=fsdp, got {cfg.strategy!r}; "
+            "set parallel.strategy=fsdp or leave parallel.dims at its defaults"
+        )
+    if cfg.fsdp.hybrid and cfg.dims.dp_replicate != 1:
+        raise ValueError(
+            "parallel.fsdp.hybrid: it sets parallel.dims.dp_replicate to the node count; "
+            "give one of the two, not both"
+        )
 
 
 # --------------------------------------------------------------------------- root
@@ -751,6 +771,8 @@ class Config(Section):
             )
         if self.parallel.strategy == "async_ps":
             _check_async_ps(self)
+        if self.parallel.dims.tp > 1:
+            _check_tensor_parallel(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -761,6 +783,23 @@ class Config(Section):
 
 
 PROBABILITY_LOSSES = ("bce_with_logits", "kl_div")
+
+
+def _check_tensor_parallel(cfg: Config) -> None:
+    """What splitting heads and the vocabulary over `parallel.dims.tp` ranks cannot honour."""
+    tp = cfg.parallel.dims.tp
+    for key in ("n_head", "n_kv_head"):
+        heads = getattr(cfg.model, key, None)
+        if isinstance(heads, int) and heads % tp:
+            raise ValueError(
+                f"parallel.dims.tp: {tp} does not divide model.{key}={heads}; each rank holds "
+                f"whole attention heads: pick a tp that divides {heads}"
+            )
+    if cfg.loss.label_smoothing:
+        raise ValueError(
+            "loss.label_smoothing: the loss from vocabulary-split logits (parallel.dims.tp > 1, "
+            "torch's loss_parallel) has none; set it to 0 or use parallel.dims.tp=1"
+        )
 
 
 def _check_async_ps(cfg: Config) -> None:

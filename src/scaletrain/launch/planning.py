@@ -32,9 +32,11 @@ def plan_for_config(
     # async_ps: the batch is split over the workers; the servers and spares read no data
     ps = cfg.parallel.ps
     servers = ps.servers + ps.spare_workers if cfg.parallel.strategy == "async_ps" else 0
+    # tensor-parallel peers and pipeline stages read the same samples: data-parallel ranks
+    model_split = cfg.parallel.dims.tp * cfg.parallel.dims.pp
     batch_plan = make_plan(
         cfg.train,
-        world_size=max(1, world_size - servers),
+        world_size=max(1, (world_size - servers) // model_split),
         num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )

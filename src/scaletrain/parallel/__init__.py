@@ -12,6 +12,7 @@ from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
 from scaletrain.parallel.local_sgd import DiLoCoStrategy, LocalSGDStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
+from scaletrain.parallel.mesh import MESH_DIMS, ParallelDims, build_device_mesh, resolve_dims
 from scaletrain.parallel.ps.worker import AsyncPSStrategy
 from scaletrain.parallel.strategy import (
     BaseStrategy,
@@ -20,6 +21,7 @@ from scaletrain.parallel.strategy import (
     WrapRequest,
     resolve_device,
 )
+from scaletrain.parallel.tensor_parallel import TP_PLANS, full_value, local_value
 
 STRATEGIES = {
     "ddp": DDPStrategy,
@@ -50,7 +52,9 @@ def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
 
 
 __all__ = [
+    "MESH_DIMS",
     "STRATEGIES",
+    "TP_PLANS",
     "AsyncPSStrategy",
     "AutoStrategy",
     "BaseStrategy",
@@ -61,12 +65,17 @@ __all__ = [
     "FirstStepClock",
     "LaunchEnv",
     "LocalSGDStrategy",
+    "ParallelDims",
     "SingleStrategy",
     "Strategy",
     "WrapRequest",
+    "build_device_mesh",
     "build_strategy",
     "compile_regions",
+    "full_value",
+    "local_value",
     "optimizer_states_per_param",
     "read_launch_env",
     "resolve_device",
+    "resolve_dims",
 ]

@@ -24,6 +24,7 @@ class DistributedStrategy(BaseStrategy):
         self.env = env
         self.rank = env.rank
         self.world_size = env.world_size
+        self._dp_group = None  # None: every rank is a data-parallel rank of its own
         self._buffers: dict[int, list[torch.Tensor]] = {}  # per model: updated in place
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -59,14 +60,22 @@ class DistributedStrategy(BaseStrategy):
 
     # --- collectives -------------------------------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A reduced copy; the argument is left as it was."""
+        """A reduced copy, each data-parallel rank counted once; the argument is left as it was.
+
+        Ranks of one tensor-parallel group hold the same values (the same samples): the sum
+        runs over all ranks, so a flag raised on any rank reaches every rank, and is then
+        divided by the group size.
+        """
         total = tensor.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        copies = self.world_size // self.data_shard()[1]
+        if copies > 1:
+            total = total / copies if total.is_floating_point() else total // copies
         return total
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's tensor in rank order; sizes may differ in any dimension."""
-        return all_gather_uneven(tensor)
+        """Every data-parallel rank's tensor in rank order; sizes may differ in any dimension."""
+        return all_gather_uneven(tensor, group=self._dp_group)
 
     def any_flag(self, flag: bool) -> bool:
         value = torch.tensor([int(flag)], device=self.device)
@@ -95,12 +104,12 @@ def broadcast_in_place(tensors: list[torch.Tensor], *, src: int) -> None:
             tensor.copy_(data.clone().view(tensor.dtype).reshape(tensor.shape))
 
 
-def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:
+def all_gather_uneven(tensor: torch.Tensor, *, group=None) -> list[torch.Tensor]:
     """all_gather for tensors whose shapes differ across ranks: pad to the max, then trim."""
-    world_size = dist.get_world_size()
+    world_size = dist.get_world_size(group)
     shape = torch.tensor(tensor.shape, dtype=torch.int64, device=tensor.device)
     shapes = [torch.empty_like(shape) for _ in range(world_size)]
-    dist.all_gather(shapes, shape)
+    dist.all_gather(shapes, shape, group=group)
     sizes = [tuple(int(size) for size in each.tolist()) for each in shapes]
     # gloo has no bool all_gather: send bytes
     payload = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
@@ -108,7 +117,7 @@ def all_gather_uneven(tensor: torch.Tensor) -> list[torch.Tensor]:
     padded = payload.new_zeros(max_shape)
     padded[tuple(slice(0, size) for size in payload.shape)] = payload
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded.contiguous())
+    dist.all_gather(gathered, padded.contiguous(), group=group)
     pieces = [
         part[tuple(slice(0, size) for size in dims)]
         for part, dims in zip(gathered, sizes, strict=True)

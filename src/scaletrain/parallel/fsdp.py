@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -14,17 +14,68 @@ from torch.distributed.fsdp import (
     OffloadPolicy,
     fully_shard,
 )
+from torch.distributed.tensor.parallel import loss_parallel
 
+from scaletrain.errors import ConfigError
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.memory_plan import Candidate
-from scaletrain.parallel.process_group import build_mesh
+from scaletrain.parallel.mesh import (
+    ParallelDims,
+    build_device_mesh,
+    data_parallel_group,
+    data_parallel_mesh,
+    resolve_dims,
+)
 from scaletrain.parallel.strategy import WrapRequest
+from scaletrain.parallel.tensor_parallel import (
+    FullOutput,
+    apply_tensor_parallel,
+    check_tensor_parallel,
+)
 
 
 class FSDPStrategy(DistributedStrategy):
-    """ZeRO-3 (`reshard_after_forward: true`), ZeRO-2 (`false`) or hybrid (HSDP)."""
+    """ZeRO-3 (`reshard_after_forward: true`), ZeRO-2 (`false`) or hybrid (HSDP), on the
+    `parallel.dims` mesh: tensor parallel inside each data-parallel rank when `tp > 1`."""
 
     name = "fsdp"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dims = _resolve(self.cfg, self.env)
+        self.mesh = None  # built in setup(), once the process group exists
+
+    def data_shard(self) -> tuple[int, int]:
+        """The data-parallel position: the ranks of one tensor-parallel group share it."""
+        return self.dims.dp_rank, self.dims.dp_size
+
+    def eval_shard(self) -> tuple[int, int]:
+        return self.data_shard()
+
+    def setup(self) -> None:
+        super().setup()
+        self.mesh = build_device_mesh(self.dims, self.device.type)
+        if self.dims.tp_enabled:
+            self._dp_group = data_parallel_group(self.mesh)
+
+    def _shard_size(self) -> int | None:
+        return self.dims.dp_shard if self.dims.dp_shard != self.world_size else None
+
+    def _split_model(self, model: nn.Module, request: WrapRequest) -> None:
+        """Tensor parallel first (torchtitan's order): checkpointing and FSDP then see the
+        DTensor shards of each block."""
+        if self.dims.tp_enabled:
+            apply_tensor_parallel(model, self.mesh["tp"], model_name=request.model_name)
+
+    def check_model(self, model: nn.Module, *, model_name: str | None) -> None:
+        if self.dims.tp_enabled:
+            check_tensor_parallel(model, model_name=model_name, tp=self.dims.tp)
+
+    @contextmanager
+    def loss_parallel(self) -> Iterator[None]:
+        """Under TP the logits stay split along the vocabulary: cross-entropy from shards."""
+        with loss_parallel() if self.dims.tp_enabled else nullcontext():
+            yield
 
     def candidate(self) -> Candidate:
         return Candidate(
@@ -32,6 +83,7 @@ class FSDPStrategy(DistributedStrategy):
             reshard_after_forward=self.cfg.fsdp.reshard_after_forward,
             activation_checkpointing=self.cfg.activation_checkpointing,
             offload=self.cfg.offload,
+            tp=self.dims.tp,
         )
 
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
@@ -39,7 +91,7 @@ class FSDPStrategy(DistributedStrategy):
         settings = self.cfg.fsdp
         reshard = settings.reshard_after_forward
         options = {
-            "mesh": build_mesh(self.env, device=self.device, hybrid=settings.hybrid),
+            "mesh": data_parallel_mesh(self.mesh, self.dims),
             "mp_policy": _mixed_precision(request.compute_dtype),
             "offload_policy": self._offload_policy(),
         }
@@ -84,7 +136,7 @@ class FSDPStrategy(DistributedStrategy):
             unit.unshard()
             unit.set_reshard_after_forward(False, recurse=False)
         try:
-            yield model
+            yield FullOutput(model) if self.dims.tp_enabled else model
         finally:
             for unit in units:
                 unit.reshard()
@@ -116,3 +168,22 @@ def _fsdp_root(model: nn.Module) -> FSDPModule:
     root = getattr(model, "_orig_mod", model)  # torch.compile keeps the module inside
     assert isinstance(root, FSDPModule), f"expected a fully_shard root, got {type(root)}"
     return root
+
+
+def _resolve(cfg, env) -> ParallelDims:
+    """`parallel.dims` for this world; `parallel.fsdp.hybrid` replicates across nodes."""
+    nodes = None
+    if cfg.fsdp.hybrid:
+        if env.world_size % env.local_world_size:
+            raise ConfigError(
+                f"parallel.fsdp.hybrid: world size {env.world_size} is not a multiple of the "
+                f"{env.local_world_size} processes per node; start the same --nproc on every node"
+            )
+        nodes = env.world_size // env.local_world_size
+    dims = resolve_dims(cfg.dims, world_size=env.world_size, rank=env.rank, nodes=nodes)
+    if dims.pp_enabled:
+        raise ConfigError(
+            f"parallel.dims.pp: {dims.pp} pipeline stages are not built by this version; "
+            "use parallel.dims.pp=1"
+        )
+    return dims

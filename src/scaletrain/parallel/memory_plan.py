@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scaletrain.config import ParallelConfig
 from scaletrain.parallel.memory_probe import ModelFacts
+from scaletrain.parallel.mesh import resolve_dims
 
 _MB = 2**20
 
@@ -36,6 +37,7 @@ class Candidate:
     reshard_after_forward: bool = True
     activation_checkpointing: str = "none"
     offload: str = "none"
+    tp: int = 1  # parallel.dims.tp: each rank holds 1/tp of the blocks and activations
 
     @property
     def label(self) -> str:
@@ -43,6 +45,8 @@ class Candidate:
             text = self.strategy
         else:
             text = "fsdp-zero3" if self.reshard_after_forward else "fsdp-zero2"
+        if self.tp > 1:
+            text += f"+tp{self.tp}"
         if self.activation_checkpointing != "none":
             text += f"+ac-{self.activation_checkpointing}"
         return text + ("+offload" if self.offload == "cpu" else "")
@@ -88,6 +92,9 @@ class MemoryPlan:
 def candidates(cfg: ParallelConfig, *, world_size: int, device_type: str) -> list[Candidate]:
     """Ordered by traffic and recompute cost: the planner recommends the first that fits."""
     checkpointing = cfg.activation_checkpointing
+    if cfg.dims.tp > 1:  # a mesh with tensor parallelism: FSDP on it, the dims as given
+        split = Candidate("fsdp", activation_checkpointing=checkpointing, tp=cfg.dims.tp)
+        return [replace(split, reshard_after_forward=False), split]
     if world_size == 1:
         return [Candidate("single", activation_checkpointing=checkpointing)]
     found = [
@@ -115,6 +122,7 @@ def estimate(
 
     `cfg` supplies the DDP bucket settings and `activation_checkpointing_every`.
     """
+    facts = split_by_tensor_parallel(facts, candidate.tp)
     activations = activation_bytes(
         facts, candidate.activation_checkpointing, cfg.activation_checkpointing_every
     )
@@ -145,6 +153,40 @@ def estimate(
 # local SGD: the global model and the sync's flat buffer; DiLoCo: the anchor, the outer
 # momentum, the deltas and their flat buffer (parameter-sized copies; the anchor is fp32)
 _LOCAL_COPIES = {"local_sgd": 2, "diloco": 4}
+
+
+def split_by_tensor_parallel(facts: ModelFacts, tp: int) -> ModelFacts:
+    """One rank's share under tensor + sequence parallelism (`tensor_parallel.py`'s plan).
+
+    Parameters: 1/tp (the norms, replicated, are counted split too: a few KB). Activations:
+    1/tp (heads, hidden units, vocabulary and, between blocks, the sequence are split), plus
+    the two inputs per block that sequence parallelism all-gathers whole for attention and
+    the MLP and autograd saves; each is taken as large as the block's input (exact in fp32;
+    under bf16 autocast the saved copy is half that: an overestimate).
+    """
+    if tp == 1:
+        return facts
+
+    def split(value: int) -> int:
+        return math.ceil(value / tp)
+
+    gathered = tuple(2 * size - 2 * split(size) for size in facts.block_input_bytes)
+    return replace(
+        facts,
+        param_bytes=split(facts.param_bytes),
+        block_param_bytes=tuple(split(size) for size in facts.block_param_bytes),
+        saved_bytes=split(facts.saved_bytes) + sum(gathered),
+        block_saved_bytes=tuple(
+            split(size) + extra
+            for size, extra in zip(facts.block_saved_bytes, gathered, strict=True)
+        ),
+        block_input_bytes=tuple(split(size) for size in facts.block_input_bytes),
+        block_recompute_bytes=tuple(
+            split(size) + extra
+            for size, extra in zip(facts.block_recompute_bytes, gathered, strict=True)
+        ),
+        largest_saved_bytes=split(facts.largest_saved_bytes),
+    )
 
 
 def _fsdp_working_set(facts: ModelFacts, *, reshard_after_forward: bool) -> int:
@@ -193,6 +235,9 @@ def plan_memory(
 ) -> MemoryPlan:
     """Every candidate's estimate, whether it fits, and the recommendation."""
     shard_size = local_world_size if cfg.fsdp.hybrid else world_size
+    if not cfg.dims.is_default():  # the mesh's FSDP dim, as the strategy will build it
+        nodes = world_size // local_world_size if cfg.fsdp.hybrid else None
+        shard_size = resolve_dims(cfg.dims, world_size=world_size, nodes=nodes).dp_shard
     estimates = []
     for candidate in candidates(cfg, world_size=world_size, device_type=device_type):
         found = estimate(

@@ -8,9 +8,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from scaletrain.errors import ConfigError
 from scaletrain.parallel.env import LaunchEnv
 
 # Several runs in one process (tune, ensembles) re-create the group on torchrun's store,
@@ -60,17 +58,3 @@ def destroy_process_group() -> None:
         # while holding the GIL: a deadlock. Sleeping releases the GIL so they finish first.
         time.sleep(0.1)
         dist.destroy_process_group()
-
-
-def build_mesh(env: LaunchEnv, *, device: torch.device, hybrid: bool) -> DeviceMesh:
-    """1-D mesh over all ranks, or (nodes, ranks per node) for hybrid sharding."""
-    if not hybrid:
-        return init_device_mesh(device.type, (env.world_size,), mesh_dim_names=("shard",))
-    per_node = env.local_world_size
-    if env.world_size % per_node:
-        raise ConfigError(
-            f"parallel.fsdp.hybrid: world size {env.world_size} is not a multiple of the "
-            f"{per_node} processes per node; start the same --nproc on every node"
-        )
-    shape = (env.world_size // per_node, per_node)
-    return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))

@@ -33,6 +33,7 @@ class WrapRequest:
     # one micro batch on the meta device: the planner measures activations from its shape
     example_input: torch.Tensor | None = None
     optimizer_states_per_param: int = 2
+    model_name: str | None = None  # `model.name`: the tensor-parallel plan is looked up by it
     fp32_modules: tuple[nn.Module, ...] = ()  # norm layers: fp32 params under mixed precision
 
 
@@ -46,9 +47,12 @@ class Strategy(Protocol):
     @property
     def is_main(self) -> bool: ...
     def setup(self) -> None: ...
+    def data_shard(self) -> tuple[int, int]: ...
+    def check_model(self, model: nn.Module, *, model_name: str | None) -> None: ...
     def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module: ...
     def unwrap_model(self, model: nn.Module) -> nn.Module: ...
     def no_sync(self, model: nn.Module, *, enabled: bool): ...
+    def loss_parallel(self): ...
     def reduce_gradients(self, model: nn.Module) -> None: ...
     def sync_buffers(self, model: nn.Module) -> None: ...
     def apply_update(self, update: Callable[[], None]) -> None: ...
@@ -123,6 +127,7 @@ class BaseStrategy:
         line = self.memory.planned_line()
         if line and self.is_main and self.world_size > 1:  # teardown prints it beside the peak
             print(line, file=sys.stderr)
+        self._split_model(model, request)
         blocks = find_blocks(
             model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
         )
@@ -136,6 +141,17 @@ class BaseStrategy:
     def _shard_size(self) -> int | None:
         """Ranks one parameter is sharded over, where not the world (hybrid FSDP)."""
         return None
+
+    def check_model(self, model: nn.Module, *, model_name: str | None) -> None:
+        """Refuse, in one line, a model this strategy cannot split (before any planning)."""
+
+    def _split_model(self, model: nn.Module, request: WrapRequest) -> None:
+        """Split the model inside each data-parallel rank (tensor parallel); default: none."""
+
+    @contextmanager
+    def loss_parallel(self) -> Iterator[None]:
+        """Around forward, loss and backward: where the logits stay split (loss parallel)."""
+        yield
 
     def _place(self, model: nn.Module, blocks: list[nn.Module], request: WrapRequest):
         return model.to(self.device)
@@ -181,6 +197,11 @@ class BaseStrategy:
 
     def eval_shard(self) -> tuple[int, int]:
         """(rank, ranks) splitting an evaluated split: each rank reads its part."""
+        return self.rank, self.world_size
+
+    def data_shard(self) -> tuple[int, int]:
+        """(rank, ranks) splitting each training batch: the data-parallel position (pipeline
+        stages read the same batch)."""
         return self.rank, self.world_size
 
     def end_training(self, model: nn.Module) -> None:

@@ -151,8 +151,8 @@ def build_trainer(
         shuffle=True,
         seed=cfg.run.seed,
         drop_last=cfg.data.drop_last,
-        rank=strategy.rank,
-        world_size=strategy.world_size,
+        rank=strategy.data_shard()[0],
+        world_size=strategy.data_shard()[1],
         device=strategy.device,
         num_workers=cfg.data.num_workers,
     )  # build_loader(micro_batch_size=...): the OOM back-off builds smaller ones
@@ -291,6 +291,7 @@ def _place_model(
         WrapRequest(
             compute_dtype=precision.autocast_dtype,  # FSDP: MixedPrecisionPolicy
             block_types=block_types,  # the registry's blocks: FSDP units, checkpointed blocks
+            model_name=cfg.model.name,  # the tensor-parallel plan's key
             # one micro batch's shape: the planner measures activations on the meta device
             example_input=torch.empty(
                 (plan.micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"

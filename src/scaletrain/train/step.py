@@ -21,6 +21,7 @@ from torch import nn
 from scaletrain.config import ClipConfig
 from scaletrain.data import BatchLoader, StepBatch
 from scaletrain.optim import Penalty, clip_gradients, gradient_sum
+from scaletrain.parallel import full_value, local_value
 from scaletrain.train.guards import StepGuard, Verdict
 from scaletrain.train.plan import Plan, with_micro_batch
 from scaletrain.train.precision import Precision
@@ -121,7 +122,7 @@ class TrainStep:
         """Backward of every micro batch; returns the loss share and the predictions."""
         # a rank whose share of a short last step is empty still joins the collectives
         micro_batches = batch.micro_batches or [self.empty_batch]
-        world, total = self.strategy.world_size, batch.num_samples_global
+        world, total = self.strategy.data_shard()[1], batch.num_samples_global
         step_loss = None
         predictions = [] if self.keeps_predictions else None
         last = len(micro_batches) - 1
@@ -131,22 +132,25 @@ class TrainStep:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             if self.casts_inputs:
                 inputs = self.precision.cast_inputs(inputs)
-            with (
-                self.strategy.no_sync(self.model, enabled=index != last),
-                self.precision.autocast(),
-            ):
-                output = self.model(inputs)
-                # no sample: zero gradients, so DDP/FSDP's reductions see every rank
-                loss = self.loss_fn(output, targets) if size else output.float().sum() * 0.0
-                # mean over the micro batch -> share of the global step's mean loss
-                share = size * world / total
-                scaled = loss * share if share != 1.0 else loss
+            # tensor parallel: the loss from vocabulary-split logits, in backward too
+            with self.strategy.loss_parallel():
+                with (
+                    self.strategy.no_sync(self.model, enabled=index != last),
+                    self.precision.autocast(),
+                ):
+                    output = self.model(inputs)
+                    # no sample: zero gradients, so DDP/FSDP's reductions see every rank
+                    loss = self.loss_fn(output, targets) if size else output.float().sum() * 0.0
+                    # mean over the micro batch -> share of the global step's mean loss
+                    share = size * world / total
+                    scaled = loss * share if share != 1.0 else loss
+                self.precision.backward(scaled)
+            loss = local_value(loss.detach())  # a replicated DTensor under loss parallel
             weight = size / total
-            part = loss.detach() if weight == 1.0 else loss.detach() * weight
+            part = loss if weight == 1.0 else loss * weight
             step_loss = part if step_loss is None else step_loss + part
             if predictions is not None and size:
-                predictions.append((output.detach(), targets))
-            self.precision.backward(scaled)
+                predictions.append((full_value(output.detach()), targets))
         return step_loss, predictions
 
 
