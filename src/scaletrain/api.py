@@ -173,11 +173,12 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     bundle, model = _data_and_model(cfg, model, data, meta=strategy.is_server)
     plan = make_plan(
         cfg.train,
-        world_size=strategy.world_size,
+        world_size=strategy.data_shard()[1],  # pipeline stages read the same batch
         num_train_samples=len(bundle.train),
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
+    strategy.check_model(model)  # a pipeline needs the GPT layout
     if not strategy.is_server:  # the workers check it; a server may hold no values
         check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(

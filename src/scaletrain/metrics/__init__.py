@@ -8,6 +8,7 @@ the process group itself.
 from __future__ import annotations
 
 from scaletrain.metrics.classification import CLASSIFICATION_METRICS, ClassificationMetrics
+from scaletrain.metrics.language import LANGUAGE_METRICS, LanguageModelMetrics
 from scaletrain.metrics.logger import MetricsLogger, read_metrics, scalar_items
 from scaletrain.metrics.metric_set import AllGather, MetricSet
 from scaletrain.metrics.regression import REGRESSION_METRICS, RegressionMetrics
@@ -17,6 +18,7 @@ from scaletrain.metrics.system import current_rss_mb, format_table, peak_rss_mb
 METRICS: dict[str, tuple[str, ...]] = {
     "classification": CLASSIFICATION_METRICS,
     "regression": REGRESSION_METRICS,
+    "language_model": LANGUAGE_METRICS,
 }
 
 
@@ -28,6 +30,8 @@ def build_metrics(task: str, *, num_classes: int | None) -> MetricSet:
         return ClassificationMetrics(num_classes)
     if task == "regression":
         return RegressionMetrics()
+    if task == "language_model":
+        return LanguageModelMetrics()
     raise ValueError(f"unknown metrics task {task!r}; expected one of {', '.join(METRICS)}")
 
 
@@ -35,6 +39,7 @@ __all__ = [
     "METRICS",
     "AllGather",
     "ClassificationMetrics",
+    "LanguageModelMetrics",
     "MetricSet",
     "MetricsLogger",
     "RegressionMetrics",

@@ -22,7 +22,7 @@ from scaletrain.errors import ConfigError, UserError
 LossBuilder = Callable[..., nn.Module]
 LOSSES: dict[str, LossBuilder] = {}
 LOSS_TASKS: dict[str, tuple[str, ...]] = {}  # the data tasks each loss accepts
-_AUTO = {"classification": "cross_entropy", "regression": "mse"}
+_AUTO = {"classification": "cross_entropy", "regression": "mse", "language_model": "cross_entropy"}
 
 
 def register_loss(name: str, *, tasks: tuple[str, ...]) -> Callable[[LossBuilder], LossBuilder]:
@@ -119,7 +119,7 @@ def _match_shapes(
     return output, target
 
 
-@register_loss("cross_entropy", tasks=("classification",))
+@register_loss("cross_entropy", tasks=("classification", "language_model"))
 def _cross_entropy(cfg: LossConfig, *, num_outputs: int, class_counts: list[int] | None):
     """Softmax cross-entropy, with label smoothing and class weights."""
     weight = class_weights(cfg, num_outputs=num_outputs, class_counts=class_counts)

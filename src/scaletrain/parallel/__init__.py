@@ -12,6 +12,7 @@ from scaletrain.parallel.env import LaunchEnv, read_launch_env
 from scaletrain.parallel.fsdp import FSDPStrategy
 from scaletrain.parallel.local_sgd import DiLoCoStrategy, LocalSGDStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
+from scaletrain.parallel.pipeline import PipelineStrategy
 from scaletrain.parallel.ps.worker import AsyncPSStrategy
 from scaletrain.parallel.strategy import (
     BaseStrategy,
@@ -28,6 +29,7 @@ STRATEGIES = {
     "async_ps": AsyncPSStrategy,
     "local_sgd": LocalSGDStrategy,
     "diloco": DiLoCoStrategy,
+    "pp": PipelineStrategy,
 }
 
 
@@ -61,6 +63,7 @@ __all__ = [
     "FirstStepClock",
     "LaunchEnv",
     "LocalSGDStrategy",
+    "PipelineStrategy",
     "SingleStrategy",
     "Strategy",
     "WrapRequest",

@@ -150,8 +150,8 @@ def build_trainer(
         shuffle=True,
         seed=cfg.run.seed,
         drop_last=cfg.data.drop_last,
-        rank=strategy.rank,
-        world_size=strategy.world_size,
+        rank=strategy.data_shard()[0],
+        world_size=strategy.data_shard()[1],
         device=strategy.device,
         num_workers=cfg.data.num_workers,
     )  # build_loader(micro_batch_size=...): the OOM back-off builds smaller ones
