@@ -1,8 +1,9 @@
 """Pipeline parallelism on 2 gloo processes trains a tiny GPT as one process does.
 
 Each schedule (gpipe, 1f1b, interleaved_1f1b with 2 stages per rank) gives the loss curve of
-the single-process run step for step (fp32: rel 1e-5, abs 1e-6; the sums only change
-order), and the same final weights. Accumulation with clipping too (the global grad norm
+the single-process run step for step (fp32: loss rel 1e-5, abs 1e-6; grad norm rel 1e-4:
+the sums only change order; Adam would hide a gradient scaled by a constant, the norm does
+not), and the same final weights (abs 5e-5 after 12 Adam steps). Accumulation with clipping too (the global grad norm
 crosses stages). An epoch ends on a short batch, which the pipeline cuts into fewer pieces.
 A checkpoint written by 2 stages resumes in one process, and one of a single process resumes
 as 2 stages, each continuing as the uninterrupted run does.
@@ -24,7 +25,7 @@ from scaletrain import api
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS, SAVED_AT, BATCH = 10, 5, 8
+MAX_STEPS, SAVED_AT, BATCH = 12, 5, 8
 TOLERANCE = {"rel": 1e-5, "abs": 1e-6}
 VARIANTS = {
     "pp_gpipe": "parallel.strategy=pp,parallel.pp.schedule=gpipe",
@@ -60,7 +61,12 @@ def _config(corpus: Path) -> dict:
             "precision": "32",
             "device": "cpu",
         },
-        "checkpoint": {"every_steps": SAVED_AT, "every_epochs": 0, "save_best": False},
+        "checkpoint": {
+            "every_steps": SAVED_AT,
+            "every_epochs": 0,
+            "save_best": False,
+            "keep_last": 5,
+        },
         "log": {"every_steps": 1, "progress": False, "tensorboard": False, "report": False},
     }
 
@@ -125,8 +131,8 @@ def test_each_schedule_matches_one_process(runs, name):
     _assert_same_curve(out / name, out / "single")
     reference, candidate = load_weights(out / "single"), load_weights(out / name)
     assert reference.keys() == candidate.keys()
-    for key in reference:
-        torch.testing.assert_close(candidate[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    for key in reference:  # Adam divides by sqrt(v): tiny gradients' rounding shows more
+        torch.testing.assert_close(candidate[key], reference[key], rtol=1e-4, atol=5e-5, msg=key)
     summary = json.loads((out / name / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "finished"
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scaletrain.cli import main
 from scaletrain.config import load_config
 from scaletrain.errors import ConfigError
 
+DEFAULT = Path(__file__).parents[3] / "configs" / "default.yaml"
 GPT = ["model.name=gpt", "model.n_layer=4", "model.tie_weights=false", "train.batch_size=16"]
 PP = ["parallel.strategy=pp", *GPT]
 
@@ -78,7 +81,7 @@ def test_a_valid_pipeline_config_loads():
 def test_cli_refuses_with_exit_2_and_no_run_directory(name, tmp_path, capsys):
     overrides, message = REFUSALS[name]
     runs = tmp_path / "runs"
-    code = main(["train", f"run.out_dir={runs}", "train.device=cpu", *overrides])
+    code = main(["train", str(DEFAULT), f"run.out_dir={runs}", "train.device=cpu", *overrides])
     out, err = capsys.readouterr()
     assert code == 2
     lines = err.splitlines()
