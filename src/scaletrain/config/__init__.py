@@ -38,6 +38,9 @@ from scaletrain.config.models import (
     CNNConfig as CNNConfig,
 )
 from scaletrain.config.models import (
+    GPTConfig as GPTConfig,
+)
+from scaletrain.config.models import (
     InitConfig as InitConfig,
 )
 from scaletrain.config.models import (

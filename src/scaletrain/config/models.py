@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from scaletrain.config.base import Fraction, Int, NonNegInt, PositiveFloat, PositiveInt, Section
 
@@ -72,6 +72,56 @@ class TextCNNConfig(Section):
     init: InitConfig = InitConfig()
 
 
+class GPTConfig(Section):
+    name: Literal["gpt"] = "gpt"
+    n_layer: PositiveInt = Field(4, description="Transformer blocks.")
+    n_head: PositiveInt = Field(4, description="Attention heads; must divide model.d_model.")
+    d_model: PositiveInt = Field(128, description="Width of the residual stream.")
+    context: PositiveInt | None = Field(
+        None,
+        description="Longest sequence (positions, KV cache); null = data.context_length. A "
+        "data window longer than this is refused.",
+    )
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="Pre-norm layer type.")
+    positions: Literal["rope", "learned"] = Field(
+        "rope", description="Rotary embeddings on q/k, or a learned position table."
+    )
+    mlp: Literal["swiglu", "gelu"] = Field(
+        "swiglu",
+        description="`swiglu`: silu(w_gate x) * w_in x, hidden = 2/3 * mlp_ratio * d_model "
+        "rounded up to a multiple of 8; `gelu`: hidden = mlp_ratio * d_model.",
+    )
+    mlp_ratio: PositiveFloat = Field(4.0, description="MLP hidden width over d_model.")
+    tie_weights: bool = Field(
+        True, description="language_model: the output head shares the token embedding."
+    )
+    dropout: Fraction = Field(0.0, description="Dropout on embeddings, attention and residuals.")
+    bias: bool = Field(False, description="Biases in the linear layers and LayerNorm.")
+    vocab_size: PositiveInt | None = Field(None, description="Default: inferred from the data.")
+    padding_idx: Int | None = Field(
+        0,
+        description="classification: token id left out of the mean over positions (null: "
+        "every position counts).",
+    )
+    init: InitConfig = InitConfig()
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> GPTConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model: must be divisible by model.n_head ({self.n_head}), got "
+                f"{self.d_model}; choose a multiple of {self.n_head}"
+            )
+        head_dim = self.d_model // self.n_head
+        if self.positions == "rope" and head_dim % 2:
+            raise ValueError(
+                f"model.n_head: rope needs an even head size (model.d_model / model.n_head), "
+                f"got {self.d_model} / {self.n_head} = {head_dim}; change n_head or d_model, "
+                "or set model.positions=learned"
+            )
+        return self
+
+
 class UserModelConfig(Section):
     """Placeholder recorded when the Python API is given an ``nn.Module``."""
 
@@ -81,5 +131,5 @@ class UserModelConfig(Section):
 
 
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextCNNConfig | UserModelConfig, Field(discriminator="name")
+    MLPConfig | CNNConfig | TextCNNConfig | GPTConfig | UserModelConfig, Field(discriminator="name")
 ]

@@ -1,7 +1,8 @@
 """Language-model metrics: perplexity and next-token accuracy over every predicted token.
 
-States are float64 sums (cross-entropy in nats, correct tokens, tokens), so the synced
-result over ranks is one process's result over the union of the tokens.
+States are float64 sums (cross-entropy in nats, correct predictions, tokens), so the synced
+result is one process's result over the union of the tokens. Perplexity is exp of the mean
+token cross-entropy: the validation loss's own exponent when the loss is cross-entropy.
 """
 
 from __future__ import annotations
@@ -15,34 +16,33 @@ from torchmetrics.aggregation import SumMetric
 
 from scaletrain.metrics.metric_set import METRIC_OPTIONS, MetricSet
 
-LANGUAGE_METRICS = ("perplexity", "accuracy")
+LANGUAGE_METRICS = ("perplexity", "cross_entropy", "accuracy", "num_tokens")
 
 
 class LanguageModelMetrics(MetricSet):
-    """exp(mean cross-entropy per token) and the share of tokens predicted exactly."""
+    """Logits (B, T, V) against next-token ids (B, T)."""
 
     def __init__(self) -> None:
-        metrics = {
-            name: SumMetric(nan_strategy="disable", **METRIC_OPTIONS).set_dtype(torch.float64)
-            for name in ("nats", "correct", "tokens")
-        }
-        super().__init__(metrics)
+        sums = ("nats", "correct", "num_tokens")
+        # "disable": no NaN check, which would wait for the GPU on every batch.
+        metrics = {name: SumMetric(nan_strategy="disable", **METRIC_OPTIONS) for name in sums}
+        super().__init__({name: m.set_dtype(torch.float64) for name, m in metrics.items()})
 
     def update(self, output: Tensor, target: Tensor) -> None:
-        """Logits (B, T, V) against next-token ids (B, T)."""
-        logits = output.reshape(-1, output.shape[-1]).float()
-        target = target.reshape(-1)
-        nats = F.cross_entropy(logits, target, reduction="sum")
-        self._metrics["nats"].update(nats.double())
+        logits = output.detach().flatten(0, -2).float()  # (B*T, V)
+        target = target.detach().flatten()
+        self._move_to(target.device)
+        nats = F.cross_entropy(logits, target, reduction="sum").double()
+        self._metrics["nats"].update(nats)
         self._metrics["correct"].update((logits.argmax(dim=-1) == target).sum().double())
-        self._metrics["tokens"].update(torch.tensor(float(target.numel()), dtype=torch.float64))
+        self._metrics["num_tokens"].update(target.new_full((), target.numel()).double())
 
     def _summarize(self, values: dict[str, Tensor]) -> dict:
-        tokens = float(values["tokens"])
-        if not tokens:
-            return {"perplexity": math.nan, "accuracy": math.nan}
-        mean_nats = float(values["nats"]) / tokens
+        tokens = int(values["num_tokens"])
+        mean = float(values["nats"]) / max(tokens, 1)
         return {
-            "perplexity": math.exp(min(mean_nats, 700.0)),
-            "accuracy": float(values["correct"]) / tokens,
+            "perplexity": math.exp(min(mean, 700.0)),
+            "cross_entropy": mean,
+            "accuracy": float(values["correct"]) / max(tokens, 1),
+            "num_tokens": tokens,
         }

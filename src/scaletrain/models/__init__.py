@@ -1,12 +1,13 @@
 """Models: a plain-dict registry (``MODELS``) filled by the model modules, init, FLOPs, summary."""
 
-from scaletrain.models import cnn, mlp, textcnn  # noqa: F401  (registration side effects)
+from scaletrain.models import cnn, gpt, mlp, textcnn  # noqa: F401  (registration side effects)
 from scaletrain.models.cnn import CNN, ConvBlock
 from scaletrain.models.flops import (
     TRAIN_FLOPS_FACTOR,
     count_flops_per_sample,
     train_flops_per_sample,
 )
+from scaletrain.models.gpt import GPT, GPTBlock
 from scaletrain.models.init import INITS, apply_init
 from scaletrain.models.mlp import MLP, MLPBlock
 from scaletrain.models.registry import (
@@ -27,6 +28,8 @@ __all__ = [
     "MODELS",
     "TRAIN_FLOPS_FACTOR",
     "ConvBlock",
+    "GPT",
+    "GPTBlock",
     "LayerSummary",
     "MLPBlock",
     "ModelEntry",

@@ -56,7 +56,13 @@ def count_flops_per_sample(
 def train_flops_per_sample(
     model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
 ) -> int | None:
-    """Forward+backward FLOPs of one sample, or None where the model cannot be counted."""
+    """Forward+backward FLOPs of one sample, or None where the model cannot be counted.
+
+    A model with its own analytic count (``GPT.train_flops_per_sample``: 6N + 12·L·H·Q·T per
+    token) is asked instead of counted, so the summary and MFU use one formula."""
+    analytic = getattr(model, "train_flops_per_sample", None)
+    if callable(analytic):
+        return analytic(tuple(input_shape))
     try:
         forward = count_flops_per_sample(model, input_shape, input_dtype=input_dtype)
     except Exception:  # a user module the counter cannot trace: report no MFU, train anyway

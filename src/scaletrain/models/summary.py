@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from torch import nn
 
-from scaletrain.models.flops import count_flops_per_sample
+from scaletrain.models.flops import TRAIN_FLOPS_FACTOR, count_flops_per_sample
 
 BYTES_PER_MB = 2**20  # as the memory planner counts
 Shapes = tuple[tuple[int, ...], ...]
@@ -53,6 +53,7 @@ class ModelSummary:
     flops_per_sample: int | None  # forward, as count_flops_per_sample; None: not countable
     shapes_from: Literal["meta", "sample", "unknown"]
     note: str | None = None  # why the meta pass (or both passes) failed
+    flops_formula: str | None = None  # a model's analytic count (GPT: 6N + 12·L·H·Q·T), if any
 
     @property
     def num_frozen(self) -> int:
@@ -82,6 +83,10 @@ def summarize_model(
     """
     modules = [(name, module) for name, module in model.named_modules() if name]
     shapes, flops, shapes_from, note = _trace(model, modules, tuple(input_shape), input_dtype)
+    formula = None
+    if callable(getattr(model, "train_flops_per_sample", None)):  # the count MFU uses too
+        flops = model.train_flops_per_sample(tuple(input_shape)) // TRAIN_FLOPS_FACTOR
+        formula = model.flops_formula(tuple(input_shape))
     layers = tuple(
         LayerSummary(
             name=name,
@@ -105,6 +110,7 @@ def summarize_model(
         flops_per_sample=flops,
         shapes_from=shapes_from,
         note=note,
+        flops_formula=formula,
     )
 
 
@@ -171,6 +177,8 @@ def summary_facts(summary: ModelSummary) -> list[tuple[str, str]]:
         ("FLOPs per sample", f"{flops:,} (forward)" if flops is not None else "n/a"),
         ("output shapes", sources[summary.shapes_from]),
     ]
+    if summary.flops_formula:
+        facts.append(("FLOPs formula", f"{summary.flops_formula} (training = 3x forward)"))
     return facts + ([("note", summary.note)] if summary.note else [])
 
 

@@ -193,7 +193,8 @@ def build_loss(
 
     Args:
         cfg: the ``loss`` config section.
-        task: the data task, ``classification`` or ``regression``.
+        task: the data task: ``classification``, ``regression`` or ``language_model``
+            (cross-entropy over every next token).
         num_outputs: classes, or regression targets (the model's output width).
         class_counts: samples per class in the train split (classification), else None.
     """

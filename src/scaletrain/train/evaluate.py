@@ -73,7 +73,9 @@ def evaluate_split(
 
 
 def _keep(kept: dict, output, targets, inputs, spec) -> None:
-    pred = output.argmax(dim=1) if spec.task == "classification" else output
+    pred = output
+    if spec.task in ("classification", "language_model"):  # LM: token ids, never (B, T, V)
+        pred = output.argmax(dim=-1)
     kept["target"].append(targets.cpu())
     kept["pred"].append(pred.cpu())
     if spec.is_image:
