@@ -45,26 +45,27 @@ class PipelineStrategy(DistributedStrategy):
     def __init__(self, cfg, *, env, device):
         super().__init__(cfg, env=env, device=device)
         self.pp = cfg.pp
-        if env.world_size != self.pp.size:
+        self.size = cfg.pp.size  # the one reader of the pipeline's size (later: dims.pp)
+        if env.world_size != self.size:
             raise ConfigError(
-                f"parallel.pp.size: {self.pp.size} pipeline ranks, but {env.world_size} "
-                f"processes were launched; launch {self.pp.size} (--nproc) or set "
+                f"parallel.pp.size: {self.size} pipeline ranks, but {env.world_size} "
+                f"process(es) were launched; launch {self.size} (--nproc {self.size}) or set "
                 f"parallel.pp.size={env.world_size}"
             )
-        self.num_stages = self.pp.size * self.pp.stages_per_rank
+        self.num_stages = self.size * self.pp.stages_per_rank
         self.reduce_grad_norm = self._global_norm
         self.comm: PipelineComm | None = None
         self.stages: dict[int, StageModule] = {}  # this rank's stages by index
 
     def setup(self) -> None:
         super().setup()
-        mesh = pipeline_mesh(self.device, self.pp.size)
+        mesh = pipeline_mesh(self.device, self.size)
         self.comm = PipelineComm(mesh.get_group("pp"), device=self.device)
 
     @property
     def last_owner(self) -> int:
         """Pipeline rank of the last stage (it scores)."""
-        return (self.num_stages - 1) % self.pp.size
+        return (self.num_stages - 1) % self.size
 
     def data_shard(self) -> tuple[int, int]:
         return 0, 1  # every stage of the pipeline reads the same batch
@@ -90,7 +91,7 @@ class PipelineStrategy(DistributedStrategy):
             every=self.cfg.activation_checkpointing_every,
         )
         layers = layer_split(len(model.blocks), self.num_stages)
-        mine = stage_ids(self.comm.rank, self.pp.size, self.pp.stages_per_rank)
+        mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
         last = self.num_stages - 1
         for index in mine:
             self.stages[index] = StageModule(
@@ -134,7 +135,7 @@ class PipelineStrategy(DistributedStrategy):
 
     def _forward_only(self, inputs: torch.Tensor) -> torch.Tensor | None:
         activations = inputs
-        size = self.pp.size
+        size = self.size
         for index in sorted(self.stages):
             if index > 0:
                 activations = self.comm.recv((index - 1) % size)
@@ -172,7 +173,7 @@ class PipelineRunner:
         step_loss = torch.zeros((), device=self.strategy.device)
         for inputs, targets in batch.micro_batches:
             size = targets.shape[0]
-            pieces = _pieces(size, self.strategy.pp.microbatches)
+            pieces = micro_batch_pieces(size, self.strategy.pp.microbatches)
             self.scale = size / pieces / total
             schedule = self._schedule(pieces, size // pieces)
             losses: list[torch.Tensor] = []
@@ -210,9 +211,9 @@ class PipelineRunner:
         return self.schedules[key]
 
 
-def _pieces(size: int, wanted: int) -> int:
+def micro_batch_pieces(size: int, wanted: int) -> int:
     """The largest divisor of `size` not above `wanted`."""
     return next(count for count in range(min(wanted, size), 0, -1) if size % count == 0)
 
 
-__all__ = ["PipelineRunner", "PipelineStrategy", "pipeline_mesh"]
+__all__ = ["PipelineRunner", "PipelineStrategy", "micro_batch_pieces", "pipeline_mesh"]

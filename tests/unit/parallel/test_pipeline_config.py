@@ -88,3 +88,12 @@ def test_cli_refuses_with_exit_2_and_no_run_directory(name, tmp_path, capsys):
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in out + err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_pipeline_in_one_process_is_refused_before_the_run_directory(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code = main(["train", str(DEFAULT), f"run.out_dir={runs}", "train.device=cpu", *PP])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "parallel.pp.size: 2 pipeline ranks, but 1 process(es) were launched" in err
+    assert not runs.exists() or not any(runs.iterdir())

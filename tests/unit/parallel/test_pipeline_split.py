@@ -9,7 +9,7 @@ import torch
 from scaletrain.config import load_config
 from scaletrain.errors import UserError
 from scaletrain.models import build_model
-from scaletrain.parallel.pipeline import _pieces
+from scaletrain.parallel.pipeline import micro_batch_pieces
 from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
 
 VOCAB, CONTEXT = 50, 12
@@ -57,7 +57,7 @@ def test_stage_ids_loop_order():
     ("size", "wanted", "pieces"), [(16, 4, 4), (6, 4, 3), (7, 4, 1), (2, 4, 2)]
 )
 def test_pieces_is_the_largest_divisor(size, wanted, pieces):
-    assert _pieces(size, wanted) == pieces
+    assert micro_batch_pieces(size, wanted) == pieces
 
 
 @pytest.mark.parametrize("positions", ["rope", "learned"])
