@@ -35,6 +35,17 @@ def check_pipeline(cfg: Any) -> None:
             f"parallel.pp.microbatches: {pp.microbatches} does not divide the micro batch of "
             f"{micro} (train.micro_batch_size / train.batch_size); choose a divisor of {micro}"
         )
+    if pp.schedule == "1f1b" and pp.microbatches < pp.size:
+        raise ValueError(
+            f"parallel.pp.microbatches: `1f1b` needs at least one piece per stage "
+            f"(parallel.pp.size={pp.size}), got {pp.microbatches}; raise it or use `gpipe`"
+        )
+    if interleaved and pp.microbatches % max(1, pp.microbatches // pp.size):
+        raise ValueError(
+            f"parallel.pp.microbatches: `interleaved_1f1b` runs rounds of "
+            f"parallel.pp.size={pp.size} pieces, got {pp.microbatches}; use a multiple of "
+            f"{pp.size}"
+        )
     _check_model(cfg, num_stages=pp.size * pp.stages_per_rank)
     if cfg.data.task not in ("auto", "language_model"):
         raise ValueError(

@@ -173,7 +173,9 @@ class PipelineRunner:
         step_loss = torch.zeros((), device=self.strategy.device)
         for inputs, targets in batch.micro_batches:
             size = targets.shape[0]
-            pieces = micro_batch_pieces(size, self.strategy.pp.microbatches)
+            pieces = micro_batch_pieces(
+                size, self.strategy.pp.microbatches, ranks=self.strategy.size
+            )
             self.scale = size / pieces / total
             schedule = self._schedule(pieces, size // pieces)
             losses: list[torch.Tensor] = []
@@ -201,19 +203,24 @@ class PipelineRunner:
                 for index, module in sorted(strategy.stages.items())
             ]
             options = {"loss_fn": self._loss, "scale_grads": False}
-            if strategy.pp.schedule == "interleaved_1f1b":
+            name = strategy.pp.schedule
+            if name == "interleaved_1f1b":
                 schedule = ScheduleInterleaved1F1B(stages, pieces, **options)
-            else:
-                schedule = SINGLE_STAGE_SCHEDULES[strategy.pp.schedule](
-                    stages[0], pieces, **options
-                )
+            else:  # 1f1b needs a piece per stage: a short batch with fewer runs as gpipe
+                name = "gpipe" if pieces < strategy.num_stages else name
+                schedule = SINGLE_STAGE_SCHEDULES[name](stages[0], pieces, **options)
             self.schedules[key] = schedule
         return self.schedules[key]
 
 
-def micro_batch_pieces(size: int, wanted: int) -> int:
-    """The largest divisor of `size` not above `wanted`."""
-    return next(count for count in range(min(wanted, size), 0, -1) if size % count == 0)
+def micro_batch_pieces(size: int, wanted: int, *, ranks: int) -> int:
+    """The largest divisor of `size` not above `wanted` that interleaved 1F1B accepts (a
+    multiple of its rounds, `pieces // ranks`: any count below `ranks` is)."""
+    return next(
+        count
+        for count in range(min(wanted, size), 0, -1)
+        if size % count == 0 and count % max(1, count // ranks) == 0
+    )
 
 
 __all__ = ["PipelineRunner", "PipelineStrategy", "micro_batch_pieces", "pipeline_mesh"]

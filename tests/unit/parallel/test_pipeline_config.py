@@ -31,8 +31,22 @@ REFUSALS = {
         [*PP, "parallel.pp.stages_per_rank=2"],
         "parallel.pp.stages_per_rank: `1f1b` runs one stage per rank",
     ),
+    "1f1b-fewer-pieces-than-stages": (
+        [*PP, "parallel.pp.size=4", "parallel.pp.microbatches=2"],
+        "parallel.pp.microbatches: `1f1b` needs at least one piece per stage",
+    ),
+    "interleaved-pieces-not-in-rounds": (
+        [
+            *PP,
+            "train.batch_size=20",
+            "parallel.pp.microbatches=5",
+            "parallel.pp.schedule=interleaved_1f1b",
+            "parallel.pp.stages_per_rank=2",
+        ],
+        "parallel.pp.microbatches: `interleaved_1f1b` runs rounds of parallel.pp.size=2",
+    ),
     "fewer-layers-than-stages": (
-        [*PP, "model.n_layer=3", "parallel.pp.size=4"],
+        [*PP, "model.n_layer=3", "parallel.pp.size=4", "parallel.pp.schedule=gpipe"],
         "model.n_layer: 3 layers cannot fill 4 pipeline stages",
     ),
     "fewer-layers-than-interleaved-stages": (

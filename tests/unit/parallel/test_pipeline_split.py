@@ -54,10 +54,12 @@ def test_stage_ids_loop_order():
 
 
 @pytest.mark.parametrize(
-    ("size", "wanted", "pieces"), [(16, 4, 4), (6, 4, 3), (7, 4, 1), (2, 4, 2)]
+    ("size", "wanted", "pieces"),
+    [(16, 4, 4), (6, 4, 3), (7, 4, 1), (2, 4, 2), (10, 5, 2), (15, 5, 3)],
 )
-def test_pieces_is_the_largest_divisor(size, wanted, pieces):
-    assert micro_batch_pieces(size, wanted) == pieces
+def test_pieces_is_the_largest_divisor_interleaving_accepts(size, wanted, pieces):
+    # 5 pieces on 2 ranks: 2 rounds, 5 % 2 != 0 (torch refuses); 3 pieces: 1 round
+    assert micro_batch_pieces(size, wanted, ranks=2) == pieces
 
 
 @pytest.mark.parametrize("positions", ["rope", "learned"])
