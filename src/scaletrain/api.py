@@ -178,7 +178,7 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
         drop_last=cfg.data.drop_last,
     )
     check_batch_norm(plan, model)
-    strategy.check_model(model, model_name=cfg.model.name)  # e.g. one TP cannot split
+    strategy.check_model(model, model_name=cfg.model.name)  # TP needs a plan, pp the GPT
     if not strategy.is_server:  # the workers check it; a server may hold no values
         check_model_fits(model, bundle, loss_name=cfg.loss.name)
     check_implementation(
@@ -292,6 +292,7 @@ def _final_evaluation(
 ) -> FinalMetrics:
     """Evaluate the best weights (else the last) on val and test, keeping predictions for the
     report; where the best are older than the last, the last weights' metrics too."""
+    strategy.barrier()  # rank 0 may still be writing best.json: every rank reads the same
     best = CheckpointStore(run.checkpoints).best_step()
     last = result.state.step
     if best is None or best == last:

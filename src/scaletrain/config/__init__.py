@@ -59,6 +59,7 @@ from scaletrain.config.models import (
 from scaletrain.config.models import (
     UserModelConfig as UserModelConfig,
 )
+from scaletrain.config.pipeline import check_pipeline
 from scaletrain.errors import ConfigError
 from scaletrain.typed_yaml import field_at, load_value, takes_text
 
@@ -643,12 +644,33 @@ LOCAL_STRATEGIES = ("local_sgd", "diloco")
 _OUTER_KEYS = ("outer_lr", "outer_momentum", "outer_nesterov")
 
 
+class PipelineConfig(Section):
+    """Pipeline parallelism (`parallel.strategy: pp`); checks in `config/pipeline.py`."""
+
+    size: int = Field(2, ge=2, description="Pipeline ranks (processes); must equal the world size.")
+    schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
+        "1f1b",
+        description="`gpipe`: all forwards, then all backwards (activations of every "
+        "microbatch held); `1f1b`: one forward, one backward (at most `size` held); "
+        "`interleaved_1f1b`: `stages_per_rank` stages per rank, a smaller bubble.",
+    )
+    microbatches: PositiveInt = Field(
+        4, description="Pieces each micro batch is cut into; must divide the micro batch."
+    )
+    stages_per_rank: PositiveInt = Field(
+        1, description="Stages each rank holds: 1, or >= 2 for `interleaved_1f1b`."
+    )
+
+
 class ParallelConfig(Section):
-    strategy: Literal["single", "ddp", "fsdp", "auto", "local_sgd", "diloco", "async_ps"] = Field(
-        "auto",
-        description="`auto`: single for one process, else the cheapest that fits (`scaletrain "
-        "plan`); `local_sgd`/`diloco`: ranks train alone, synced every `parallel.local.steps`; "
-        "`async_ps`: asynchronous parameter server (docs/distributed.md).",
+    strategy: Literal["single", "ddp", "fsdp", "auto", "local_sgd", "diloco", "async_ps", "pp"] = (
+        Field(
+            "auto",
+            description="`auto`: single for one process, else the cheapest that fits (`scaletrain "
+            "plan`); `local_sgd`/`diloco`: ranks train alone, synced every `parallel.local.steps`; "
+            "`async_ps`: asynchronous parameter server; `pp`: pipeline stages of a `gpt` "
+            "(`parallel.pp`) (docs/distributed.md).",
+        )
     )
     timeout_s: PositiveInt = Field(
         600, description="Seconds a collective or the process-group start may wait for peers."
@@ -670,6 +692,7 @@ class ParallelConfig(Section):
     )
     ps: PSConfig = PSConfig()
     dims: DimsConfig = DimsConfig()
+    pp: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ParallelConfig:
@@ -773,6 +796,7 @@ class Config(Section):
             _check_async_ps(self)
         if self.parallel.dims.tp > 1:
             _check_tensor_parallel(self)
+        check_pipeline(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

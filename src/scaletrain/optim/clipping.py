@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-from torch.nn.utils import clip_grad_norm_, clip_grad_value_, get_total_norm
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 from scaletrain.config import ClipConfig
 
 
-def clip_gradients(cfg: ClipConfig, parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+def clip_gradients(
+    cfg: ClipConfig,
+    parameters: Iterable[torch.Tensor],
+    *,
+    reduce_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Clip gradients in place; return their total 2-norm before clipping (a 0-dim tensor).
 
     The norm stays on the device: reading it (``float(norm)``) is a host sync, which the
@@ -19,15 +24,21 @@ def clip_gradients(cfg: ClipConfig, parameters: Iterable[torch.Tensor]) -> torch
     Args:
         cfg: the ``optim.clip`` config section (``none``: only measure the norm).
         parameters: the parameters whose ``.grad`` is clipped (those without one are skipped).
+        reduce_norm: this process's norm -> the model's, where processes hold different
+            parameters (pipeline stages: a collective); None: the local norm is the total.
     """
     params = [param for param in parameters if param.grad is not None]
-    if cfg.mode == "norm":
+    if cfg.mode == "norm" and reduce_norm is None:
         return clip_grad_norm_(params, cfg.max, foreach=None)
     grads = [param.grad for param in params]
     norm = _plain_total_norm(grads)
     if norm is None:  # mixed devices or dtypes, or DTensors: torch's general version
         norm = get_total_norm(grads, foreach=None)
-    if cfg.mode == "value":
+    if reduce_norm is not None:
+        norm = reduce_norm(norm)
+    if cfg.mode == "norm":
+        clip_grads_with_norm_(params, cfg.max, norm, foreach=None)
+    elif cfg.mode == "value":
         clip_grad_value_(params, cfg.max, foreach=None)
     return norm
 

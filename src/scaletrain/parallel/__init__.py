@@ -13,6 +13,7 @@ from scaletrain.parallel.fsdp import FSDPStrategy
 from scaletrain.parallel.local_sgd import DiLoCoStrategy, LocalSGDStrategy
 from scaletrain.parallel.memory_plan import optimizer_states_per_param
 from scaletrain.parallel.mesh import MESH_DIMS, ParallelDims, build_device_mesh, resolve_dims
+from scaletrain.parallel.pipeline import PipelineStrategy
 from scaletrain.parallel.ps.worker import AsyncPSStrategy
 from scaletrain.parallel.strategy import (
     BaseStrategy,
@@ -30,6 +31,7 @@ STRATEGIES = {
     "async_ps": AsyncPSStrategy,
     "local_sgd": LocalSGDStrategy,
     "diloco": DiLoCoStrategy,
+    "pp": PipelineStrategy,
 }
 
 
@@ -66,6 +68,7 @@ __all__ = [
     "LaunchEnv",
     "LocalSGDStrategy",
     "ParallelDims",
+    "PipelineStrategy",
     "SingleStrategy",
     "Strategy",
     "WrapRequest",

@@ -183,7 +183,7 @@ def _resolve(cfg, env) -> ParallelDims:
     dims = resolve_dims(cfg.dims, world_size=env.world_size, rank=env.rank, nodes=nodes)
     if dims.pp_enabled:
         raise ConfigError(
-            f"parallel.dims.pp: {dims.pp} pipeline stages are not built by this version; "
-            "use parallel.dims.pp=1"
+            f"parallel.dims.pp: {dims.pp}: pipeline stages do not compose with FSDP/TP yet; "
+            "use parallel.strategy=pp (a pipeline over all processes) or parallel.dims.pp=1"
         )
     return dims

@@ -204,6 +204,19 @@ class BaseStrategy:
         stages read the same batch)."""
         return self.rank, self.world_size
 
+    def step_runner(self, model: nn.Module, *, loss_fn: nn.Module, precision):
+        """Who runs a step's forwards and backwards: None is `TrainStep`'s own loop over the
+        micro batches; a pipeline returns its schedule (`pipeline.py`)."""
+        return None
+
+    # this rank's gradient 2-norm -> the model's, where ranks hold different parameters
+    # (pipeline stages); None: this rank's norm is the model's (replicas, or DTensors)
+    reduce_grad_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def share_eval(self, result):
+        """An evaluation's result as every rank must see it (a pipeline's last stage scored)."""
+        return result
+
     def end_training(self, model: nn.Module) -> None:
         """After the last update of a run that was not interrupted: a strategy whose ranks
         drift apart between syncs syncs once more (see local_sgd.py)."""

@@ -55,6 +55,8 @@ def evaluate_split(
         for inputs, targets in batches:
             with precision.autocast():
                 output = eval_model(precision.cast_inputs(inputs))
+            if output is None:  # a pipeline stage before the last: the last one scores
+                continue
             output = output.float()
             loss_sum += loss_fn(output, targets).double() * len(targets)
             count += len(targets)
@@ -65,8 +67,9 @@ def evaluate_split(
                 _keep(kept, output, targets, inputs, spec)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, count]))
     computed = metrics.compute(all_gather=strategy.all_gather if world_size > 1 else None)
-    predictions = _gather_predictions(kept, strategy) if keep_predictions else None
-    return EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
+    predictions = _gather_predictions(kept, strategy, world_size) if keep_predictions else None
+    result = EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
+    return strategy.share_eval(result)
 
 
 def _keep(kept: dict, output, targets, inputs, spec) -> None:
@@ -79,15 +82,16 @@ def _keep(kept: dict, output, targets, inputs, spec) -> None:
         kept["input"].append(inputs.float().cpu())
 
 
-def _gather_predictions(kept: dict, strategy) -> dict[str, np.ndarray] | None:
+def _gather_predictions(kept: dict, strategy, world_size: int) -> dict[str, np.ndarray] | None:
+    """Rank 0's, or where each rank evaluated the whole split (`world_size` 1), this one's."""
     arrays = {}
     for key, parts in kept.items():
         if not parts:
             continue
         local = torch.cat(parts)
-        pieces = strategy.all_gather(local) if strategy.world_size > 1 else [local]
+        pieces = strategy.all_gather(local) if world_size > 1 else [local]
         arrays[key] = torch.cat(pieces).numpy()
-    return arrays if strategy.is_main else None
+    return arrays if strategy.is_main or world_size == 1 else None
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,12 @@ class TrainStep:
         self.measures_norm = clip.mode != "none"  # else only at log steps
         self.casts_inputs = precision.param_dtype != torch.float32
         self.update = functools.partial(precision.step, optimizer)
+        # the strategy's own forward/backward (a pipeline's schedule), else the loop below
+        runner = strategy.step_runner(model, loss_fn=loss_fn, precision=precision)
+        self.forward_backward = runner or self._forward_backward
+        self.clip_norm = functools.partial(
+            clip_gradients, clip, reduce_norm=strategy.reduce_grad_norm
+        )
         self.compute_seconds = 0.0  # forward, backward and update only: the rest is overhead
 
     def __call__(
@@ -83,7 +89,7 @@ class TrainStep:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # here, so a redone step starts clean
         try:
-            loss, predictions = self._forward_backward(batch)
+            loss, predictions = self.forward_backward(batch)
         except torch.OutOfMemoryError:
             if not self.backoff.recover(step, span):
                 raise
@@ -99,7 +105,7 @@ class TrainStep:
         # a sum of gradient elements (half the cost), if guarding
         grad_norm = grad_check = None
         if self.measures_norm or log_step:
-            grad_norm = grad_check = clip_gradients(self.clip, self.trainable)
+            grad_norm = grad_check = self.clip_norm(self.trainable)
         elif self.guarding:
             grad_check = gradient_sum(self.trainable)
         # one fused all-reduce: non-finite/spike on any rank, SIGTERM anywhere, time to save

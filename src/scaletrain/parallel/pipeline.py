@@ -1,0 +1,226 @@
+"""Pipeline parallelism (`parallel.strategy: pp`): a GPT's layers split into stages, one
+group of stages per rank, micro batches streamed through `torch.distributed.pipelining`.
+
+Every rank reads the whole batch (one data-parallel rank); the first stage embeds the tokens,
+the last one runs the head and the loss. A step's loss and its metrics exist only there, so
+the other ranks report a loss share of zero: the strategy's sums over ranks (the guard, the
+log, validation) then come out right without another collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+)
+
+from scaletrain.errors import ConfigError
+from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
+from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.pipeline_comm import PipelineComm
+from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
+from scaletrain.parallel.strategy import WrapRequest
+
+SINGLE_STAGE_SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+def pipeline_mesh(device: torch.device, size: int) -> DeviceMesh:
+    """The 1-D `pp` mesh (at merge: `build_device_mesh(dims)["pp"]`)."""
+    return init_device_mesh(device.type, (size,), mesh_dim_names=("pp",))
+
+
+class PipelineStrategy(DistributedStrategy):
+    """Stages of one model across ranks; the schedule runs each step's forwards/backwards."""
+
+    name = "pp"
+
+    def __init__(self, cfg, *, env, device):
+        super().__init__(cfg, env=env, device=device)
+        self.pp = cfg.pp
+        self.size = cfg.pp.size  # the one reader of the pipeline's size (later: dims.pp)
+        if env.world_size != self.size:
+            raise ConfigError(
+                f"parallel.pp.size: {self.size} pipeline ranks, but {env.world_size} "
+                f"process(es) were launched; launch {self.size} (--nproc {self.size}) or set "
+                f"parallel.pp.size={env.world_size}"
+            )
+        self.num_stages = self.size * self.pp.stages_per_rank
+        self.reduce_grad_norm = self._global_norm
+        self.comm: PipelineComm | None = None
+        self.stages: dict[int, StageModule] = {}  # this rank's stages by index
+
+    def setup(self) -> None:
+        super().setup()
+        mesh = pipeline_mesh(self.device, self.size)
+        self.comm = PipelineComm(mesh.get_group("pp"), device=self.device)
+
+    @property
+    def last_owner(self) -> int:
+        """Pipeline rank of the last stage (it scores)."""
+        return (self.num_stages - 1) % self.size
+
+    def data_shard(self) -> tuple[int, int]:
+        return 0, 1  # every stage of the pipeline reads the same batch
+
+    def eval_shard(self) -> tuple[int, int]:
+        return 0, 1
+
+    # --- model -------------------------------------------------------------------------
+    def check_model(self, model: nn.Module, *, model_name: str | None = None) -> None:
+        check_layout(model)
+
+    def wrap_model(self, model: nn.Module, request: WrapRequest | None = None) -> nn.Module:
+        """This rank's stages, under the full model's parameter names (checkpoints reshard
+        across layouts); the layers other ranks own go to the meta device (memory freed)."""
+        request = request or WrapRequest()
+        check_layout(model)
+        blocks = find_blocks(
+            model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
+        )
+        apply_activation_checkpointing(
+            blocks,
+            mode=self.cfg.activation_checkpointing,
+            every=self.cfg.activation_checkpointing_every,
+        )
+        layers = layer_split(len(model.blocks), self.num_stages)
+        mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
+        last = self.num_stages - 1
+        for index in mine:
+            self.stages[index] = StageModule(
+                model, layers[index], first=index == 0, last=index == last
+            )
+        owned = [layer for index in mine for layer in layers[index]]
+        local = StageModule(model, owned, first=0 in mine, last=last in mine)
+        kept = set(local.modules())
+        parts = [
+            model.tok_emb,
+            getattr(model, "pos_emb", None),
+            *model.blocks,
+            model.norm,
+            model.head,
+        ]
+        for module in parts:
+            if module is not None and module not in kept:
+                module.to("meta")  # another rank's: its memory is freed
+        return local.to(self.device)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Stages hold different buffers and no replicas: nothing to agree on."""
+
+    def step_runner(self, model: nn.Module, *, loss_fn: nn.Module, precision):
+        return PipelineRunner(self, loss_fn=loss_fn, precision=precision)
+
+    def _global_norm(self, norm: torch.Tensor) -> torch.Tensor:
+        """The model's gradient 2-norm from each stage's: sqrt of the summed squares."""
+        squared = norm.detach().float().square()
+        self.comm.all_reduce(squared)
+        return squared.sqrt()
+
+    # --- evaluation --------------------------------------------------------------------
+    @contextmanager
+    def evaluation(self, model: nn.Module) -> Iterator:
+        """Eval mode; yields a forward through every stage in turn (no schedule: a split's
+        last batch may be shorter, which a schedule's fixed shapes would refuse). It returns
+        the logits on the last stage's rank, None elsewhere."""
+        with super().evaluation(model):
+            yield self._forward_only
+
+    def _forward_only(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        activations = inputs
+        size = self.size
+        for index in sorted(self.stages):
+            if index > 0:
+                activations = self.comm.recv((index - 1) % size)
+            activations = self.stages[index](activations)
+            if index < self.num_stages - 1:
+                self.comm.send(activations, (index + 1) % size)
+        return activations if self.last_owner == self.comm.rank else None
+
+    def share_eval(self, result):
+        """The last stage's loss, metrics (and predictions, to rank 0) on every rank."""
+        return self.comm.share_result(result, src=self.last_owner)
+
+
+class PipelineRunner:
+    """A step's micro batches through the schedule: `TrainStep`'s forward/backward seam.
+
+    Each micro batch is cut into `parallel.pp.microbatches` pieces (fewer where a short last
+    batch is not divisible: the largest divisor of its size). Each piece's mean loss is
+    scaled to its share of the step's mean, so the summed gradients equal one process's.
+    """
+
+    def __init__(self, strategy: PipelineStrategy, *, loss_fn: nn.Module, precision):
+        self.strategy, self.loss_fn, self.precision = strategy, loss_fn, precision
+        self.schedules: dict[tuple[int, int], object] = {}  # (pieces, piece size) -> schedule
+        self.scale = 1.0
+        indices = strategy.stages
+        self.has_first = 0 in indices
+        self.has_last = strategy.num_stages - 1 in indices
+
+    def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output, target) * self.scale
+
+    def __call__(self, batch) -> tuple[torch.Tensor, None]:
+        total = batch.num_samples_global
+        step_loss = torch.zeros((), device=self.strategy.device)
+        for inputs, targets in batch.micro_batches:
+            size = targets.shape[0]
+            pieces = micro_batch_pieces(
+                size, self.strategy.pp.microbatches, ranks=self.strategy.size
+            )
+            self.scale = size / pieces / total
+            schedule = self._schedule(pieces, size // pieces)
+            losses: list[torch.Tensor] = []
+            args = (inputs,) if self.has_first else ()
+            kwargs = {"target": targets, "losses": losses} if self.has_last else {}
+            with self.precision.autocast():
+                schedule.step(*args, return_outputs=False, **kwargs)
+            if losses:
+                step_loss = step_loss + torch.stack(losses).detach().float().sum()
+        return step_loss, None
+
+    def _schedule(self, pieces: int, piece_size: int):
+        """One schedule per piece shape: a stage infers its shapes on its first step."""
+        key = (pieces, piece_size)
+        if key not in self.schedules:
+            strategy = self.strategy
+            stages = [
+                PipelineStage(
+                    module,
+                    index,
+                    strategy.num_stages,
+                    strategy.device,
+                    group=strategy.comm.group,
+                )
+                for index, module in sorted(strategy.stages.items())
+            ]
+            options = {"loss_fn": self._loss, "scale_grads": False}
+            name = strategy.pp.schedule
+            if name == "interleaved_1f1b":
+                schedule = ScheduleInterleaved1F1B(stages, pieces, **options)
+            else:  # 1f1b needs a piece per stage: a short batch with fewer runs as gpipe
+                name = "gpipe" if pieces < strategy.num_stages else name
+                schedule = SINGLE_STAGE_SCHEDULES[name](stages[0], pieces, **options)
+            self.schedules[key] = schedule
+        return self.schedules[key]
+
+
+def micro_batch_pieces(size: int, wanted: int, *, ranks: int) -> int:
+    """The largest divisor of `size` not above `wanted` that interleaved 1F1B accepts (a
+    multiple of its rounds, `pieces // ranks`: any count below `ranks` is)."""
+    return next(
+        count
+        for count in range(min(wanted, size), 0, -1)
+        if size % count == 0 and count % max(1, count // ranks) == 0
+    )
+
+
+__all__ = ["PipelineRunner", "PipelineStrategy", "micro_batch_pieces", "pipeline_mesh"]
