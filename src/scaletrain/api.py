@@ -48,7 +48,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
-from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, run_handle
 from scaletrain.trained.weights import build_run_model
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -368,6 +368,33 @@ def predict(
     Example: ``probabilities = scaletrain.predict("runs/bc", X_new)``
     """
     return predict_run(run, inputs, checkpoint=checkpoint, model=model)
+
+
+def generate(
+    run: str | Path | Run,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    checkpoint: str | None = None,
+    model: nn.Module | None = None,
+) -> str:
+    """A language-model run's continuation of ``prompt`` (the prompt included), as
+    ``Run.generate``; ``checkpoint`` and ``model`` as in ``evaluate``.
+
+    Example: ``print(scaletrain.generate("runs/gpt-stdlib", "def ", max_new_tokens=50, seed=0))``
+    """
+    return run_handle(run, checkpoint=checkpoint, model=model).generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
 
 
 def load_run(
