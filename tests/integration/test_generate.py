@@ -5,6 +5,7 @@ and a classification run or a damaged/missing tokenizer file is one line and exi
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -89,3 +90,16 @@ def test_damaged_tokenizer_file_is_one_line(lm_run, tmp_path, damage):
     assert finished.returncode == 2, finished.output[-2000:]
     (line,) = finished.output.strip().splitlines()
     assert line.startswith("error: ") and "preprocess.json" in line, line
+
+
+def test_bits_per_byte_in_metrics_summary_and_report(lm_run):
+    from scaletrain.report import write_report
+
+    run_dir = Path(lm_run.run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (val,) = [r for r in records if r.get("split") == "val"]
+    bpb = val["metrics"]["bits_per_byte"]
+    assert 0 < bpb < val["metrics"]["cross_entropy"] / math.log(2)  # BPE: > 1 byte per token
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["metrics"]["test"]["bits_per_byte"] > 0
+    assert "bits_per_byte" in write_report(run_dir).read_text()
