@@ -504,6 +504,9 @@ def _write_summary(
     if spec_file.is_file():
         spec = read_json(spec_file)
         summary["task"], summary["class_names"] = spec["task"], spec["class_names"]
+        if spec["task"] == "language_model" and summary["train_samples_per_s"]:
+            tokens = summary["train_samples_per_s"] * spec["input_shape"][0]
+            summary["train_tokens_per_s"] = tokens
     atomic_write_json(run.summary, summary)
 
 

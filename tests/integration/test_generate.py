@@ -103,3 +103,17 @@ def test_bits_per_byte_in_metrics_summary_and_report(lm_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["metrics"]["test"]["bits_per_byte"] > 0
     assert "bits_per_byte" in write_report(run_dir).read_text()
+
+
+def test_tokens_per_s_is_samples_per_s_times_context(lm_run):
+    records = [
+        json.loads(line)
+        for line in (Path(lm_run.run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    train = [r for r in records if r.get("split") == "train"]
+    assert train
+    for record in train:
+        assert record["tokens_per_s"] == pytest.approx(record["samples_per_s"] * 32, rel=1e-12)
+    summary = json.loads((Path(lm_run.run_dir) / "summary.json").read_text())
+    expected = summary["train_samples_per_s"] * 32
+    assert summary["train_tokens_per_s"] == pytest.approx(expected, rel=1e-12)
