@@ -157,3 +157,32 @@ def test_bad_values_are_one_line_naming_the_culprit(kwargs, culprit):
     with pytest.raises(UserError, match=rf"^{culprit}: ") as info:
         generate(_gpt(), PROMPT, **options)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_greedy_with_and_without_its_state_cache_identical(cell):
+    """The rnn's hidden-state cache (models/rnn.py, the same contract) changes no token."""
+    rnn = pytest.importorskip("scaletrain.models.rnn")
+    from scaletrain.config.models import RNNConfig
+
+    torch.manual_seed(0)
+    cfg = RNNConfig(cell=cell, embed_dim=16, hidden=32, layers=2)
+    model = build_model(
+        cfg, input_shape=(12,), num_outputs=VOCAB, vocab_size=VOCAB, task="language_model"
+    ).eval()
+    assert isinstance(model, rnn.RNN)
+
+    class Uncached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, token_ids):
+            return self.inner(token_ids)
+
+    greedy = Sampling(temperature=0)
+    cached = generate(model, PROMPT, max_new_tokens=25, sampling=greedy).token_ids
+    full = generate(Uncached(), PROMPT, max_new_tokens=25, sampling=greedy).token_ids
+    assert cached.shape == (2, 25) and torch.equal(cached, full)
+    sampled = generate(model, PROMPT, max_new_tokens=25, seed=4).token_ids
+    assert torch.equal(sampled, generate(Uncached(), PROMPT, max_new_tokens=25, seed=4).token_ids)
