@@ -3,7 +3,7 @@
 Both sides train the same model code (`models/gpt.py`, built from the same `GPTConfig`) on
 the same data (configs/gpt-stdlib.yaml's standard-library windows, in scaletrain's epoch
 order), with fused AdamW and bf16 autocast; each side runs in a fresh process, alternating
-A B A B, and reports its median step time after warm-up. The ratio is scaletrain's time per
+A B B A ..., and reports its median step time after warm-up. The ratio is scaletrain's time per
 token over the hand-written loop's (goal <= 1.02). Run:
 `python -m bench.lm_loop [--repeats 3 --steps 40 --threads 1]`.
 """
@@ -135,15 +135,16 @@ def _one(side: str, args) -> dict:
 
 
 def run_pairs(args) -> dict:
-    """A B A B over fresh processes; medians of the pooled post-warm-up step times."""
+    """A B B A over fresh processes; medians of the pooled post-warm-up step times."""
     warmup = max(3, args.steps // 4)
     times: dict[str, list[float]] = {"raw": [], "scaletrain": []}
     mfus: dict[str, list[float]] = {"raw": [], "scaletrain": []}
     per_repeat = []
     loads = [os.getloadavg()[0]]
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         medians = {}
-        for side in times:
+        # A B, then B A: a load that drifts during a repeat favours neither side
+        for side in ("raw", "scaletrain")[:: 1 if repeat % 2 == 0 else -1]:
             result = _one(side, args)
             times[side] += result["seconds"][warmup:]
             medians[side] = statistics.median(result["seconds"][warmup:])
