@@ -17,6 +17,7 @@ _LAZY = {
     "UserError": "scaletrain.errors",
     "Run": "scaletrain.api",
     "evaluate": "scaletrain.api",
+    "generate": "scaletrain.api",
     "load_run": "scaletrain.api",
     "predict": "scaletrain.api",
     "resume": "scaletrain.api",

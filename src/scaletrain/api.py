@@ -48,7 +48,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
-from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, run_handle
 from scaletrain.trained.weights import build_run_model
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -383,6 +383,33 @@ def predict(
     return predict_run(run, inputs, checkpoint=checkpoint, model=model)
 
 
+def generate(
+    run: str | Path | Run,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    checkpoint: str | None = None,
+    model: nn.Module | None = None,
+) -> str:
+    """A language-model run's continuation of ``prompt`` (the prompt included), as
+    ``Run.generate``; ``checkpoint`` and ``model`` as in ``evaluate``.
+
+    Example: ``print(scaletrain.generate("runs/gpt-stdlib", "def ", max_new_tokens=50, seed=0))``
+    """
+    return run_handle(run, checkpoint=checkpoint, model=model).generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+
+
 def load_run(
     run_dir: str | Path, *, model: nn.Module | None = None, checkpoint: str = "best"
 ) -> Run:
@@ -490,6 +517,9 @@ def _write_summary(
     if spec_file.is_file():
         spec = read_json(spec_file)
         summary["task"], summary["class_names"] = spec["task"], spec["class_names"]
+        if spec["task"] == "language_model" and summary["train_samples_per_s"]:
+            tokens = summary["train_samples_per_s"] * spec["input_shape"][0]
+            summary["train_tokens_per_s"] = tokens
     atomic_write_json(run.summary, summary)
 
 

@@ -180,6 +180,23 @@ def _predict(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from scaletrain import api
+
+    text = api.generate(
+        args.run_dir,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+    )
+    print(text)
+    return 0
+
+
 def _config_show(args) -> int:
     from scaletrain.config import load_config
 
@@ -281,7 +298,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     dropped) are one line for the user; rank 0 alone gives the notes of a torchrun job."""
     if category.__name__ == "CheckpointWarning":
         return f"warning: {message}\n"
-    if category.__name__ == "ConfigNote":
+    if category.__name__ in ("ConfigNote", "GenerationNote"):
         return "" if console.quiet else f"note: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 
@@ -359,6 +376,7 @@ HANDLERS = {
     "summary": _summary,
     "eval": _eval,
     "predict": _predict,
+    "generate": _generate,
     "config_show": _config_show,
     "config_check": _config_check,
     "list": _list,

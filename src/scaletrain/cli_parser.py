@@ -133,6 +133,24 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sub.add_argument("--out", help="Write predictions as CSV here instead of stdout.")
     _add_checkpoint_option(sub)
 
+    sub = command(
+        "generate",
+        handlers["generate"],
+        "Continue a prompt with a language-model run (KV cache; greedy or sampled).",
+    )
+    sub.add_argument("run_dir", help="Run directory of a data.task=language_model run.")
+    sub.add_argument("--prompt", required=True, help="Text to continue.")
+    sub.add_argument("--max-new-tokens", type=int, default=100, help="Tokens to add.")
+    sub.add_argument(
+        "--temperature", type=float, default=1.0, help="0 = greedy; higher = more random."
+    )
+    sub.add_argument("--top-k", type=int, help="Sample among the K most likely tokens only.")
+    sub.add_argument(
+        "--top-p", type=float, help="Sample among the likeliest tokens reaching this probability."
+    )
+    sub.add_argument("--seed", type=int, help="The same seed gives the same text.")
+    _add_checkpoint_option(sub)
+
     config = command("config", None, "Show or check a config.")
     config_commands = config.add_subparsers(title="config commands", metavar="ACTION")
     for name, handler, text in (

@@ -64,6 +64,9 @@ class Split:
     sample_weights: torch.Tensor | None = None
     # (inputs, targets) -> (inputs, targets) on each training micro batch: the train split only.
     augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None
+    # language_model: UTF-8 bytes of the split's (normalized) text per token of its stream,
+    # what turns nats per token into bits per byte (comparable across tokenizers)
+    bytes_per_token: float | None = None
 
     def __len__(self) -> int:
         return len(self.inputs) if self.inputs is not None else len(self.dataset)

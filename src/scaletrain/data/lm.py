@@ -40,6 +40,12 @@ def windows(stream: np.ndarray, context_length: int) -> tuple[torch.Tensor, torc
     return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(targets.copy())
 
 
+def text_bytes(encoder: TextEncoder, texts) -> int:
+    """UTF-8 bytes of the texts as the tokenizer sees them (normalized): bits per byte's
+    denominator."""
+    return sum(len(encoder.normalize(text).encode("utf-8")) for text in texts)
+
+
 def language_model_spec(context_length: int, vocab_size: int, *, raw_columns=None) -> DataSpec:
     """Windows of token ids in, the next token's id out (in memory and from token shards)."""
     return DataSpec(
@@ -99,7 +105,8 @@ def language_model_bundle(cfg: DataConfig, raw: RawData, *, seed: int) -> DataBu
     def make_split(name: str, rows: np.ndarray | None) -> Split | None:
         if rows is None:
             return None
-        parts = encoder.token_ids(raw.inputs.texts[rows])
+        texts = raw.inputs.texts[rows]
+        parts = encoder.token_ids(texts)
         stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if num_windows(len(stream), length) == 0:
             raise DataError(
@@ -107,7 +114,8 @@ def language_model_bundle(cfg: DataConfig, raw: RawData, *, seed: int) -> DataBu
                 f"data.context_length + 1 = {length + 1}; lower data.context_length"
             )
         inputs, targets = windows(stream, length)
-        return Split(inputs=inputs, targets=targets)
+        per_token = text_bytes(encoder, texts) / len(stream)
+        return Split(inputs=inputs, targets=targets, bytes_per_token=per_token)
 
     spec = language_model_spec(length, encoder.vocab_size, raw_columns=raw.raw_columns)
     splits = [make_split(name, getattr(cut, name)) for name in ("train", "val", "test")]

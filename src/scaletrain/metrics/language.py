@@ -16,7 +16,14 @@ from torchmetrics.aggregation import SumMetric
 
 from scaletrain.metrics.metric_set import METRIC_OPTIONS, MetricSet
 
+# What ``compute`` returns; evaluation adds ``bits_per_byte`` where the split knows its bytes
 LANGUAGE_METRICS = ("perplexity", "cross_entropy", "accuracy", "num_tokens")
+
+
+def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """Cross-entropy in bits per UTF-8 byte of the text: nats/token x tokens / (bytes x ln 2),
+    comparable across tokenizers (a larger vocabulary has more bytes per token)."""
+    return nats_per_token / (math.log(2) * bytes_per_token)
 
 
 class LanguageModelMetrics(MetricSet):

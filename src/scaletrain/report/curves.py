@@ -14,6 +14,7 @@ TRAIN_CURVES = (
     ("lr", "Learning rate", "learning rate", 1.0),
     ("grad_norm", "Gradient norm", "gradient L2 norm (before clipping)", 1.0),
     ("samples_per_s", "Throughput", "samples / s (all ranks)", 1.0),
+    ("tokens_per_s", "Token throughput", "tokens / s (all ranks; language models)", 1.0),
     ("mfu", "Model FLOPs utilization", "MFU (% of peak)", 100.0),  # logged as a fraction
     ("rss_mb", "Memory", "resident memory (MB, rank 0)", 1.0),
 )

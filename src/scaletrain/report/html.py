@@ -144,6 +144,7 @@ def _run_facts(run: RunData) -> list[tuple[str, Any]]:
         ("precision", summary.get("precision", run.plan.get("precision"))),
         ("best " + str(best.get("name", "")), _best(best, summary.get("best_step"))),
         ("train samples/s", summary.get("train_samples_per_s")),
+        ("train tokens/s", summary.get("train_tokens_per_s")),
         ("peak memory (MB)", summary.get("peak_rss_mb")),
         ("MFU", _percent(summary.get("mfu"))),
         ("overhead fraction", summary.get("overhead_fraction")),

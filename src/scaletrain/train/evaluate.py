@@ -11,6 +11,7 @@ from torch import nn
 
 from scaletrain.data import EvalLoader, Split
 from scaletrain.metrics import build_metrics
+from scaletrain.metrics.language import bits_per_byte
 
 
 @dataclass
@@ -67,6 +68,8 @@ def evaluate_split(
                 _keep(kept, output, targets, inputs, spec)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, count]))
     computed = metrics.compute(all_gather=strategy.all_gather if world_size > 1 else None)
+    if split.bytes_per_token and "cross_entropy" in computed:
+        computed["bits_per_byte"] = bits_per_byte(computed["cross_entropy"], split.bytes_per_token)
     predictions = _gather_predictions(kept, strategy, world_size) if keep_predictions else None
     result = EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
     return strategy.share_eval(result)

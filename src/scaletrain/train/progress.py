@@ -99,6 +99,8 @@ class Progress:
             f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
             f"{record['samples_per_s']:,.0f} samples/s"
         )
+        if record.get("tokens_per_s"):
+            info += f"  {record['tokens_per_s']:,.0f} tokens/s"
         if record.get("mfu"):
             info += f"  MFU {record['mfu']:.1%}"
         now, eta = time.perf_counter(), self.eta.remaining(step)

@@ -209,6 +209,7 @@ def build_trainer(
         callbacks=callbacks,
         flops_per_sample=flops_per_sample,
         peak_flops=peak,
+        tokens_per_sample=spec.input_shape[0] if spec.task == "language_model" else None,
     )
     logger.reset_window(loss=state.pending_loss, steps=state.pending_steps)
 

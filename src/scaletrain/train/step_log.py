@@ -30,11 +30,13 @@ class TrainLogger:
         callbacks,
         flops_per_sample: int | None,
         peak_flops: float | None,
+        tokens_per_sample: int | None = None,
     ):
         self.cfg, self.writer, self.strategy = cfg, writer, strategy
         self.total_steps, self.epoch_metrics = total_steps, epoch_metrics
         self.progress, self.callbacks = progress, callbacks
         self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
+        self.tokens_per_sample = tokens_per_sample  # language_model: the context length
         self.started = time.perf_counter()
         self.train_seconds, self.samples_seen = 0.0, 0
         self._last_step = 0  # the last update accounted (pauses are charged to it)
@@ -95,6 +97,7 @@ class TrainLogger:
             "lr": state.optimizer.param_groups[0]["lr"],
             "grad_norm": float(output.grad_norm),
             "samples_per_s": per_second,
+            **self._tokens_per_s(per_second),
             "mfu": self.mfu(per_second),
             "rss_mb": current_rss_mb(),
         }
@@ -128,6 +131,11 @@ class TrainLogger:
         seconds = time.perf_counter() - paused
         self._window_start += seconds
         self.progress.observe_pause(self._last_step, seconds)
+
+    def _tokens_per_s(self, samples_per_s: float) -> dict:
+        if self.tokens_per_sample is None:
+            return {}
+        return {"tokens_per_s": samples_per_s * self.tokens_per_sample}
 
     def mfu(self, samples_per_s: float) -> float | None:
         """Per device: samples/s over all ranks divided by the world size."""

@@ -13,9 +13,11 @@ from scaletrain.config import Config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import UserError
 from scaletrain.finish import wait_for_reports
+from scaletrain.models.generate import Sampling
 from scaletrain.rundir import RunDir
 from scaletrain.train.precision import Precision
 from scaletrain.trained.files import read_preprocessor, read_spec
+from scaletrain.trained.generation import generate_text, run_tokenizer
 from scaletrain.trained.history import history_frame, read_history
 from scaletrain.trained.inference import (
     BATCH_SIZE,
@@ -91,6 +93,40 @@ class Run:
             preprocessor=preprocessor,
             batch_size=batch_size,
         )
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """The prompt and a sampled continuation, for a language-model run (KV cache where
+        the model has one). A prompt longer than the context keeps its last tokens (a warning).
+
+        Args:
+            prompt: text, tokenized as the training text was.
+            max_new_tokens: tokens to add.
+            temperature: 0 = greedy; higher is more random.
+            top_k: sample among the k most likely tokens only.
+            top_p: sample among the most likely tokens whose probability reaches top_p.
+            seed: the same seed gives the same text.
+        """
+        spec, preprocessor = self.spec_and_preprocessor()
+        encoder = run_tokenizer(spec, preprocessor, where=str(self.run_dir))
+        model = self._model()
+        return generate_text(
+            model,
+            prompt,
+            encoder=encoder,
+            precision=Precision.from_config(self.config.train.precision, device_of(model)),
+            max_new_tokens=max_new_tokens,
+            sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p),
+            seed=seed,
+        ).text
 
     def preprocess(self, inputs: Any) -> torch.Tensor:
         """Raw inputs -> the tensor ``run.model`` takes (scaled, encoded), on the CPU."""

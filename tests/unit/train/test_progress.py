@@ -34,6 +34,14 @@ def test_plain_lines_carry_step_epoch_elapsed_and_eta_once_per_tenth():
     assert lines[-1].startswith("step 100/100  epoch 5/5") and lines[-1].endswith("eta 0:00")
 
 
+def test_language_model_lines_carry_tokens_per_second():
+    stream = io.StringIO()
+    progress = Progress(10, steps_per_epoch=10, enabled=True, stream=stream)
+    progress.observe_window(10, 0.5)
+    progress.update(10, {**RECORD, "tokens_per_s": 1234.0 * 256})
+    assert "1,234 samples/s  315,904 tokens/s  MFU 1.2%" in stream.getvalue()
+
+
 def test_the_epoch_of_a_step_counts_its_last_step_in():
     progress = Progress(90, steps_per_epoch=30, enabled=False)
     labels = [progress.epoch_label(step) for step in (0, 1, 30, 31, 90)]

@@ -72,7 +72,9 @@ def _token_bundle(cfg: DataConfig, root: Path, manifest: dict, spec: DataSpec, e
                 f"{root}: the {name} split has {entry['num_tokens']} tokens, fewer than "
                 f"data.context_length + 1 = {length + 1}"
             )
-        splits[name] = Split(None, None, dataset=windows)
+        num_text_bytes = entry.get("num_text_bytes")  # absent in shards from before it
+        per_token = num_text_bytes / entry["num_tokens"] if num_text_bytes else None
+        splits[name] = Split(None, None, dataset=windows, bytes_per_token=per_token)
     spec = dataclasses.replace(spec, input_shape=(length,))
     preprocessor = Preprocessor("none", encoder=encoder)
     return DataBundle(spec, *(splits.get(name) for name in SPLITS), preprocessor)

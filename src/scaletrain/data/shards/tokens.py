@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from scaletrain.config import DataConfig
-from scaletrain.data.lm import check_vectorizer, language_model_spec, split_files, token_dtype
+from scaletrain.data.lm import (
+    check_vectorizer,
+    language_model_spec,
+    split_files,
+    text_bytes,
+    token_dtype,
+)
 from scaletrain.data.raw import RawTexts
 from scaletrain.data.shards.format import SPLITS
 from scaletrain.data.shards.writer import TokenShardWriter
@@ -60,9 +66,13 @@ def token_shards(cfg: DataConfig, staging: Path, seed: int, shard_bytes: int) ->
         if rows is None:
             continue
         writer = TokenShardWriter(staging, name, dtype=dtype, shard_bytes=shard_bytes)
+        num_text_bytes = 0
         for row in rows:
-            writer.append(encoder.token_ids([texts[int(row)]])[0])
+            text = texts[int(row)]
+            writer.append(encoder.token_ids([text])[0])
+            num_text_bytes += text_bytes(encoder, [text])
         splits[name] = writer.close(context_length=cfg.context_length)
+        splits[name]["num_text_bytes"] = num_text_bytes  # bits per byte's denominator
         if splits[name]["num_samples"] == 0:
             raise DataError(
                 f"{origin}: the {name} split has {splits[name]['num_tokens']} tokens, fewer "

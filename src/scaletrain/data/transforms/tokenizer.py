@@ -130,4 +130,7 @@ def tokenizer_from_state(state: dict):
         return CharTokenizer(state["characters"])
     from tokenizers import Tokenizer
 
-    return BpeTokenizer(Tokenizer.from_str(state["json"]))
+    try:
+        return BpeTokenizer(Tokenizer.from_str(state["json"]))
+    except Exception as exc:  # tokenizers raises a bare Exception for a damaged JSON
+        raise ValueError(f"BPE tokenizer JSON unreadable ({exc})") from None
