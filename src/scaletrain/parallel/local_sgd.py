@@ -50,7 +50,11 @@ class LocalSGDStrategy(DistributedStrategy):
         """Every rank starts from rank 0's weights (as DDP does); keep the global copy."""
         model = model.to(self.device)
         self.params = [param for param in model.parameters() if param.requires_grad]
-        self.buffers = [buffer for buffer in model.buffers() if buffer.is_floating_point()]
+        # float buffers a checkpoint holds; non-persistent ones (RoPE tables) are constants
+        saved = {tensor.data_ptr() for tensor in model.state_dict().values()}
+        self.buffers = [
+            b for b in model.buffers() if b.is_floating_point() and b.data_ptr() in saved
+        ]
         with torch.no_grad():
             state = [*self.params, *model.buffers()]
             if state and self.world_size > 1:
