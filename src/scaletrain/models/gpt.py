@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from scaletrain.config.models import GPTConfig
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.models.kv_cache import KVCache, LayerKV
-from scaletrain.models.registry import register_model
+from scaletrain.models.registry import register_model, token_vocab_size
 
 INIT_STD = 0.02
 ROPE_BASE = 10_000.0
@@ -259,17 +259,7 @@ def build_gpt(
     task: str = "classification",
 ) -> GPT:
     """Decoder-only transformer (RoPE/learned positions, SwiGLU/GELU, RMSNorm/LayerNorm)."""
-    if len(input_shape) != 1:
-        raise ConfigError(
-            f"model.name: `gpt` needs token-id sequences shaped (T,), got samples shaped "
-            f"{tuple(input_shape)}; use a text dataset or another model"
-        )
-    vocab_size = cfg.vocab_size or vocab_size  # the config wins where set
-    if vocab_size is None:
-        raise ConfigError(
-            "model.vocab_size: `gpt` needs a vocabulary size and the data gave none; "
-            "set model.vocab_size=N (largest token id + 1)"
-        )
+    vocab_size = token_vocab_size("gpt", cfg, input_shape=input_shape, vocab_size=vocab_size)
     if task == "language_model" and vocab_size != num_outputs:
         raise ConfigError(
             f"model.vocab_size: a language model predicts the data's {num_outputs} tokens, got "

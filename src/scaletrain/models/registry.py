@@ -87,6 +87,29 @@ def build_model(
     return model
 
 
+def token_vocab_size(name: str, cfg: Any, *, input_shape: tuple[int, ...], vocab_size) -> int:
+    """The vocabulary of a model over token-id sequences (T,), the config's where set;
+    refuses other inputs, an unknown vocabulary and a padding id outside it, naming the key."""
+    if len(input_shape) != 1:
+        raise ConfigError(
+            f"model.name: `{name}` needs token-id sequences shaped (T,), got samples shaped "
+            f"{tuple(input_shape)}; use a text dataset or model.name: mlp / cnn"
+        )
+    vocab_size = cfg.vocab_size or vocab_size
+    if vocab_size is None:
+        raise ConfigError(
+            f"model.vocab_size: `{name}` needs a vocabulary size and the data gave none; "
+            "set model.vocab_size=N (largest token id + 1)"
+        )
+    padding_idx = getattr(cfg, "padding_idx", None)
+    if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
+        raise ConfigError(
+            f"model.padding_idx: must be a token id below model.vocab_size ({vocab_size}), "
+            f"got {padding_idx}; set it to an id in range or null"
+        )
+    return vocab_size
+
+
 def block_types_of(model_cfg, model: nn.Module) -> tuple[type[nn.Module], ...]:
     """The registry's block types for a built-in model, else the user module's children."""
     entry = MODELS.get(getattr(model_cfg, "name", ""))

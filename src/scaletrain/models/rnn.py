@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from scaletrain.config.models import RNNConfig
 from scaletrain.errors import ConfigError
-from scaletrain.models.registry import register_model
+from scaletrain.models.registry import register_model, token_vocab_size
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -162,8 +162,8 @@ def build_rnn(
     task: str = "classification",
 ) -> RNN:
     """LSTM / GRU / tanh RNN over token ids: a label per sequence, or every next token."""
-    vocab_size = cfg.vocab_size or vocab_size  # the config wins where set
-    _check(cfg, input_shape=input_shape, vocab_size=vocab_size, task=task)
+    vocab_size = token_vocab_size("rnn", cfg, input_shape=input_shape, vocab_size=vocab_size)
+    _check(cfg, task=task)
     return RNN(
         cfg,
         vocab_size=vocab_size,
@@ -172,24 +172,8 @@ def build_rnn(
     )
 
 
-def _check(cfg: RNNConfig, *, input_shape: tuple[int, ...], vocab_size, task: str) -> None:
+def _check(cfg: RNNConfig, *, task: str) -> None:
     """Refuse what cannot be built, naming the key."""
-    if len(input_shape) != 1:
-        raise ConfigError(
-            f"model.name: `rnn` needs token-id sequences shaped (T,), got samples shaped "
-            f"{tuple(input_shape)}; use a text dataset or model.name: mlp / cnn"
-        )
-    if vocab_size is None:
-        raise ConfigError(
-            "model.vocab_size: `rnn` needs a vocabulary size and the data gave none; "
-            "set model.vocab_size=N (largest token id + 1)"
-        )
-    padding_idx = cfg.padding_idx
-    if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
-        raise ConfigError(
-            f"model.padding_idx: must be a token id below model.vocab_size ({vocab_size}), "
-            f"got {padding_idx}; set it to an id in range or null"
-        )
     if cfg.bidirectional and task == "language_model":
         raise ConfigError(
             "model.bidirectional: a bidirectional language model reads the tokens it must "

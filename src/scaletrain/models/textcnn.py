@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scaletrain.config import TextCNNConfig
-from scaletrain.errors import ConfigError
-from scaletrain.models.registry import register_model
+from scaletrain.models.registry import register_model, token_vocab_size
 
 
 class TextConvBlock(nn.Module):
@@ -65,21 +64,5 @@ def build_textcnn(
     task: str = "classification",
 ) -> TextCNN:
     """Kim (2014) CNN for token-id sequences (B, T)."""
-    if len(input_shape) != 1:
-        raise ConfigError(
-            f"model.name: `textcnn` needs token-id sequences shaped (T,), got samples shaped "
-            f"{tuple(input_shape)}; use a text dataset or model.name: mlp / cnn"
-        )
-    vocab_size = cfg.vocab_size or vocab_size  # the config wins where set
-    if vocab_size is None:
-        raise ConfigError(
-            "model.vocab_size: `textcnn` needs a vocabulary size and the data gave none; "
-            "set model.vocab_size=N (largest token id + 1)"
-        )
-    padding_idx = cfg.padding_idx
-    if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
-        raise ConfigError(
-            f"model.padding_idx: must be a token id below model.vocab_size ({vocab_size}), "
-            f"got {padding_idx}; set it to an id in range or null"
-        )
+    vocab_size = token_vocab_size("textcnn", cfg, input_shape=input_shape, vocab_size=vocab_size)
     return TextCNN(cfg, vocab_size=vocab_size, num_outputs=num_outputs)
