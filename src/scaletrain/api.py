@@ -292,7 +292,7 @@ def _final_evaluation(
 ) -> FinalMetrics:
     """Evaluate the best weights (else the last) on val and test, keeping predictions for the
     report; where the best are older than the last, the last weights' metrics too."""
-    strategy.barrier()  # rank 0 may still be writing best.json: every rank reads the same
+    strategy.evaluation_barrier()  # rank 0 may still be writing best.json
     best = CheckpointStore(run.checkpoints).best_step()
     last = result.state.step
     if best is None or best == last:

@@ -62,6 +62,7 @@ class Strategy(Protocol):
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
     def any_flag(self, flag: bool) -> bool: ...
     def barrier(self) -> None: ...
+    def evaluation_barrier(self) -> None: ...
     def memory_report(self) -> dict | None: ...
     def teardown(self) -> None: ...
 
@@ -198,6 +199,11 @@ class BaseStrategy:
     def eval_shard(self) -> tuple[int, int]:
         """(rank, ranks) splitting an evaluated split: each rank reads its part."""
         return self.rank, self.world_size
+
+    def evaluation_barrier(self) -> None:
+        """Before the final evaluation: rank 0 may still be writing best.json, so every rank
+        reads the same weights."""
+        self.barrier()
 
     def data_shard(self) -> tuple[int, int]:
         """(rank, ranks) splitting each training batch: the data-parallel position (pipeline

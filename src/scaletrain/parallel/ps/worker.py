@@ -286,6 +286,10 @@ class AsyncPSStrategy(BaseStrategy):
         """Start-up and resume only (the run directory exists before anyone reads it)."""
         rpc.api._barrier(self.roles.everyone)
 
+    def evaluation_barrier(self) -> None:
+        """None: each worker evaluates alone while the servers serve (a barrier would wait
+        for them, and for a lost worker, forever)."""
+
     def worker_metrics(self) -> dict:
         return {**self.stats, "staleness": dict(sorted(self.staleness.items()))}
 
