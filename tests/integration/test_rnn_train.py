@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 from distributed_helpers import child_env, run
 
-from scaletrain import api
-from scaletrain.data import build_data
 from scaletrain.metrics import METRICS
 
 pytestmark = pytest.mark.slow
@@ -114,22 +111,3 @@ def test_bidirectional_language_model_is_one_line_and_exit_2(tmp_path):
     lines = finished.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.bidirectional:"), lines
     assert not (tmp_path / "rnn").exists(), "a refused config left a run directory behind"
-
-
-def test_shipped_config_beats_the_majority_baseline_widely(tmp_path):
-    run = api.train(
-        ROOT / "configs/rnn-stdlib.yaml",
-        overrides=[
-            f"run.out_dir={tmp_path}",
-            "train.device=cpu",
-            "train.precision=bf16-mixed",
-            "log.progress=false",
-            "log.tensorboard=false",
-            "log.report=false",
-        ],
-    )
-    test_targets = build_data(run.config.data, seed=run.config.run.seed).test.targets
-    majority = max(Counter(test_targets.tolist()).values()) / len(test_targets)
-    accuracy = run.metrics["test"]["accuracy"]
-    assert majority < 0.3
-    assert accuracy > majority + 0.2, (accuracy, majority)  # 0.53 vs ~0.23 at seed 0
