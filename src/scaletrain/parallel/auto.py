@@ -51,6 +51,7 @@ class AutoStrategy(DistributedStrategy):
         strategy_class = DDPStrategy if candidate.strategy == "ddp" else FSDPStrategy
         cfg = self.cfg.model_copy(update=settings)
         self.chosen = strategy_class(cfg, env=self.env, device=self.device)
+        self.chosen.on_group_ready()  # the group is auto's: the chosen one's setup never ran
         if self.is_main:
             available = _gb(self.plan.device_memory_bytes)
             print(

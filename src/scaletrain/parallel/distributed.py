@@ -31,6 +31,10 @@ class DistributedStrategy(BaseStrategy):
     def setup(self) -> None:
         init_process_group(self.env, device=self.device, timeout_s=self.cfg.timeout_s)
 
+    def on_group_ready(self) -> None:
+        """What a strategy builds on the process group once it exists; auto calls it on the
+        strategy it chose, whose own setup never runs."""
+
     def teardown(self) -> None:
         """Idempotent; runs from `finally`, so after errors and Ctrl-C too."""
         line = self.memory.line()

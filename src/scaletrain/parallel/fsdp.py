@@ -54,6 +54,10 @@ class FSDPStrategy(DistributedStrategy):
 
     def setup(self) -> None:
         super().setup()
+        self.on_group_ready()
+
+    def on_group_ready(self) -> None:
+        """The mesh over the process group (this strategy's setup, or auto's that chose it)."""
         self.mesh = build_device_mesh(self.dims, self.device.type)
         if self.dims.tp_enabled:
             self._dp_group = data_parallel_group(self.mesh)
