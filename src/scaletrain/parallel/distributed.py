@@ -72,10 +72,14 @@ class DistributedStrategy(BaseStrategy):
         """
         total = tensor.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        copies = self.world_size // self.data_shard()[1]
+        copies = self.copies_per_value()
         if copies > 1:
             total = total / copies if total.is_floating_point() else total // copies
         return total
+
+    def copies_per_value(self) -> int:
+        """Ranks that hold the same value of a summed metric: a tensor-parallel group."""
+        return self.world_size // self.data_shard()[1]
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every data-parallel rank's tensor in rank order; sizes may differ in any dimension."""

@@ -73,6 +73,10 @@ class PipelineStrategy(DistributedStrategy):
     def eval_shard(self) -> tuple[int, int]:
         return 0, 1
 
+    def copies_per_value(self) -> int:
+        """1: stages before the last add zeros, so a sum is the last stage's value."""
+        return 1
+
     # --- model -------------------------------------------------------------------------
     def check_model(self, model: nn.Module, *, model_name: str | None = None) -> None:
         check_layout(model)
