@@ -23,7 +23,6 @@ from torch.distributed.pipelining import (
 )
 
 from scaletrain.errors import ConfigError
-from scaletrain.parallel.blocks import apply_activation_checkpointing, find_blocks
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.pipeline_comm import PipelineComm
 from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
@@ -86,14 +85,7 @@ class PipelineStrategy(DistributedStrategy):
         across layouts); the layers other ranks own go to the meta device (memory freed)."""
         request = request or WrapRequest()
         check_layout(model)
-        blocks = find_blocks(
-            model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
-        )
-        apply_activation_checkpointing(
-            blocks,
-            mode=self.cfg.activation_checkpointing,
-            every=self.cfg.activation_checkpointing_every,
-        )
+        self._checkpointed_blocks(model, request)
         layers = layer_split(len(model.blocks), self.num_stages)
         mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
         last = self.num_stages - 1

@@ -129,6 +129,11 @@ class BaseStrategy:
         if line and self.is_main and self.world_size > 1:  # teardown prints it beside the peak
             print(line, file=sys.stderr)
         self._split_model(model, request)
+        return self._place(model, self._checkpointed_blocks(model, request), request)
+
+    def _checkpointed_blocks(self, model: nn.Module, request: WrapRequest) -> list[nn.Module]:
+        """The model's blocks, activation-checkpointed as `parallel.activation_checkpointing`
+        says."""
         blocks = find_blocks(
             model, block_types=request.block_types, class_names=self.cfg.fsdp.block_types
         )
@@ -137,7 +142,7 @@ class BaseStrategy:
             mode=self.cfg.activation_checkpointing,
             every=self.cfg.activation_checkpointing_every,
         )
-        return self._place(model, blocks, request)
+        return blocks
 
     def _shard_size(self) -> int | None:
         """Ranks one parameter is sharded over, where not the world (hybrid FSDP)."""
