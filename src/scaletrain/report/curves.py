@@ -20,7 +20,8 @@ TRAIN_CURVES = (
 )
 LEGEND = (
     "Ticks on the step axis mark checkpoints; vertical lines mark other events from "
-    "metrics.jsonl (early stop, skips, rollbacks, resumes). The top axis counts epochs."
+    "metrics.jsonl (early stop, skips, rollbacks, resumes, async_ps workers lost and taken "
+    "over). The top axis counts epochs."
 )
 
 

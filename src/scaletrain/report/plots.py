@@ -59,6 +59,8 @@ EVENT_STYLES = {
     "rollback": ("#9467bd", "--"),
     "resume": ("#2ca02c", "-."),
     "spike": ("#8c564b", ":"),
+    "worker_lost": ("#e377c2", ":"),  # async_ps: a worker's process died ...
+    "worker_rejoined": ("#17becf", "--"),  # ... and a spare worker took it over
 }
 CURVE_SIZE = (6.0, 3.2)  # inches; CSS scales the SVG to its grid cell
 MAX_SCATTER_POINTS = 1000  # more points only grow the file, not what one can see

@@ -17,6 +17,7 @@ from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json
 from scaletrain.optim.optimizers import OPTIMIZERS, choose_kernel
 from scaletrain.optim.params import bias_and_norm_ids
+from scaletrain.parallel.ps.account import read_history
 from scaletrain.parallel.ps.seed import from_worker
 from scaletrain.parallel.ps.service import ParameterServer, abandon
 from scaletrain.parallel.ps.store import ShardStore, StalenessGate, plan_shards
@@ -64,14 +65,17 @@ def serve_parameters(cfg: Config, model: nn.Module, *, run: RunDir, strategy, re
         raise
     folder = run.root / PS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)  # a server on another node: no run dir yet
+    server_log = folder / f"server_{index}.jsonl"
     server = ParameterServer(
         index,
         store=store,
         gate=StalenessGate(ps.staleness, ps.stale),
-        log_path=folder / f"server_{index}.jsonl",
+        log_path=server_log,
         num_workers=roles.num_workers,
         slots=strategy.worker_slots(),  # server 0 with spare workers: who hosts each worker
     )
+    if resume and index == 0:  # a stopped attempt's worker 0 never logged its losses
+        server.recall(read_history(server_log))
     try:
         strategy.serve(server)
     finally:

@@ -10,7 +10,8 @@ from torch import nn
 
 from scaletrain.config import OptimConfig
 from scaletrain.optim import build_optimizer
-from scaletrain.parallel.ps.service import ParameterServer, ps_record
+from scaletrain.parallel.ps.account import ps_record
+from scaletrain.parallel.ps.service import ParameterServer
 from scaletrain.parallel.ps.store import ShardStore, StalenessGate
 from scaletrain.train.ps_serve import ShardOptimizer, exempt_names
 

@@ -2,12 +2,15 @@
 worker handed to the first free spare from its last reported step, the dead process's pushes
 fenced, a second loss taking the next spare, and no spare left meaning lost for good."""
 
+import json
 import threading
+import time
 
 import pytest
 from test_ps_service import grads, make_server
 
-from scaletrain.parallel.ps.slots import WorkerSlots, membership_events
+from scaletrain.parallel.ps.account import membership_events, read_history
+from scaletrain.parallel.ps.slots import WorkerSlots
 
 
 def test_a_lost_worker_goes_to_the_first_free_spare_from_its_last_step():
@@ -67,28 +70,94 @@ def test_server_0_logs_the_takeover_and_keeps_waiting_for_the_worker(tmp_path):
     server.slots = WorkerSlots(2, ["spare0"])
     server.pull(-1, 1, 0)
     server.push(1, 1, 0, grads(1.0), 0.1)
+    server.push(0, 3, 1, grads(0.0), 0.1)  # worker 0 at its step 3 when worker 1 is lost
+    started = time.time()
     takeover = server.worker_lost(1)
-    assert takeover.step == 1 and takeover.spare == "spare0"
+    assert takeover.step == 1 and takeover.spare == "spare0" and takeover.spare_rank == 2
     assert 1 not in server.left and 1 not in server.done  # the spare trains it to the end
     with pytest.raises(RuntimeError, match="replaced"):  # a late push of the dead process
         server.push(1, 2, 1, grads(1.0), 0.1)
-    applied, *_ = server.push(1, 2, 1, grads(1.0), 0.1, 1)  # the spare's own
-    assert applied and server.store.version == 2
+    applied, *_ = server.push(1, 2, 2, grads(1.0), 0.1, 1)  # the spare's own
+    assert applied and server.store.version == 3
     server.worker_done(0)
     server.worker_done(1)
     assert server.trained.is_set()
     summary = server.summary()
     assert summary["lost_workers"] == [1]
-    assert summary["rejoined"] == [
-        {"worker": 1, "spare": "spare0", "step": 1, "incarnation": 1, "version": 1}
+    (rejoined,) = summary["rejoined"]
+    moment = rejoined.pop("time")
+    assert started <= moment <= time.time()
+    assert rejoined == {
+        "worker": 1,
+        "spare": "spare0",
+        "step": 1,
+        "incarnation": 1,
+        "spare_rank": 2,
+        "version": 2,
+        "run_step": 3,
+    }
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    logged = [line for line in lines if "event" in line]
+    assert logged == summary["membership"] + [
+        {"event": "push_of_replaced_process", "worker": 1, "step": 2}
     ]
-    text = log.read_text()
-    assert '"event": "worker_lost", "worker": 1' in text
-    assert '"event": "worker_rejoined", "worker": 1, "spare": "spare0", "step": 1' in text
-    assert '"event": "push_of_replaced_process", "worker": 1, "step": 2' in text
+    assert summary["membership"][0] == {
+        "event": "worker_lost",
+        "worker": 1,
+        "version": 2,
+        "process": "worker1",
+        "time": summary["membership"][0]["time"],
+        "run_step": 3,
+    }
     events = membership_events(summary)
     assert [e["event"] for e in events] == ["worker_lost", "worker_rejoined"]
     assert "a spare took its place" in events[0]["detail"] and events[1]["from_step"] == 2
+    assert [e["step"] for e in events] == [3, 3]  # on worker 0's step axis
+
+
+def test_a_resumed_server_0_recalls_the_earlier_attempts_losses_from_its_log(tmp_path):
+    first, log = make_server(tmp_path, workers=3)
+    first.slots = WorkerSlots(3, ["spare0"])
+    first.push(2, 4, 0, grads(1.0), 0.1)
+    first.worker_lost(2)  # taken over by spare0
+    first.worker_lost(1)  # no spare left
+    first.close()
+    with log.open("a") as file:  # a kill cut the last push line short
+        file.write('{"version": 9, "worker": 0, "step": 5, "event": "worker_lo')
+    history = read_history(log)
+    assert [(r["event"], r["worker"]) for r in history] == [
+        ("worker_lost", 2),
+        ("worker_rejoined", 2),
+        ("worker_lost", 1),
+    ]
+    assert history == first.summary()["membership"]
+    resumed, _ = make_server(tmp_path, workers=3)
+    resumed.slots = WorkerSlots(3, ["spare0"])
+    resumed.recall(history)
+    resumed.push(2, 5, 0, grads(1.0), 0.1)
+    resumed.worker_lost(2)  # this attempt's own takeover, after the recalled ones
+    summary = resumed.summary()
+    assert summary["lost_workers"] == [2, 1, 2]
+    assert [(t["worker"], t["incarnation"]) for t in summary["rejoined"]] == [(2, 1), (2, 1)]
+    details = [e["detail"] for e in membership_events(summary)]
+    assert details == [
+        "worker rank 2 died; a spare took its place",
+        "spare0 took over worker rank 2 from step 5 (server 0 version 1)",
+        "worker rank 1 died; the others trained on without it",
+        "worker rank 2 died; a spare took its place",
+        "spare0 took over worker rank 2 from step 6 (server 0 version 1)",
+    ]
+    assert read_history(tmp_path / "missing.jsonl") == []
+    resumed.close()  # its lines start after the cut one: only that one is unreadable
+    lines = log.read_text().splitlines()
+    unreadable = [line for line in lines if not line.endswith("}")]
+    assert unreadable == ['{"version": 9, "worker": 0, "step": 5, "event": "worker_lo']
+    after = [json.loads(line) for line in lines[lines.index(unreadable[0]) + 1 :]]
+    assert [(r.get("event"), r["worker"]) for r in after] == [
+        (None, 2),  # the push of step 5
+        ("worker_lost", 2),
+        ("worker_rejoined", 2),
+    ]
 
 
 def test_with_no_spare_left_after_its_last_step_or_as_worker_0_it_is_lost_for_good(tmp_path):

@@ -52,12 +52,14 @@ class ParameterServer:
         self.left: set[int] = set()
         self.lost: list[int] = []  # workers that died, in the order noticed
         self.rejoined: list[dict] = []  # takeovers by spare workers, in order
+        # worker_lost / worker_rejoined records, timed; a resumed server 0 recalls earlier ones
+        self.membership: list[dict] = []
         self.failure: Exception | None = None  # an update that failed halfway
         self.staleness = Counter()  # staleness of each push -> how many
         self.counts = Counter()  # applied, dropped, scaled, bytes_pushed, bytes_pulled
         self.workers: dict[int, dict] = {}  # worker -> pushes, dropped, first/last push time
         # line-buffered: a killed server's log still says what it had applied
-        self._log = log_path.open("a", encoding="utf-8", buffering=1) if log_path else None
+        self._log = _open_log(log_path) if log_path else None
         self._started = time.time()
 
     def push(
@@ -85,7 +87,7 @@ class ParameterServer:
                     self.finished.set()
                     raise
             self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
-            self._seen(worker, dropped=not applied)
+            self._seen(worker, step, dropped=not applied)
             self._write(
                 {
                     "version": self.store.version,
@@ -123,12 +125,12 @@ class ParameterServer:
             self.counts["applied"] += 1
             self.counts["scaled"] += scale != 1.0
 
-    def _seen(self, worker: int, *, dropped: bool) -> None:
+    def _seen(self, worker: int, step: int, *, dropped: bool) -> None:
         now = time.time()
         seen = self.workers.setdefault(worker, {"pushes": 0, "dropped": 0, "first": now})
         seen["pushes"] += 1
         seen["dropped"] += dropped
-        seen["last"] = now
+        seen["last"], seen["step"] = now, step
 
     def _write(self, record: dict) -> None:
         if self._log is not None:
@@ -158,18 +160,35 @@ class ParameterServer:
             if worker in self.left:
                 return None
             self.lost.append(worker)
-            self._write({"event": "worker_lost", "worker": worker, "version": self.store.version})
+            version = self.store.version
+            process = {"process": self.slots.hosts[worker]} if self.slots is not None else {}
+            self._event({"event": "worker_lost", "worker": worker, "version": version, **process})
             takeover = None
             # worker 0 writes the run directory: its loss stops the job, no spare becomes it
             if self.slots is not None and worker != 0 and worker not in self.done:
                 takeover = self.slots.take_over(worker)
             if takeover is not None:
                 self.incarnations[worker] = takeover.incarnation  # fence the dead process
-                self.rejoined.append({**takeover.as_dict(), "version": self.store.version})
-                self._write({"event": "worker_rejoined", **self.rejoined[-1]})
+                self._event({"event": "worker_rejoined", **takeover.as_dict(), "version": version})
+                self.rejoined.append(_takeover(self.membership[-1]))
                 return takeover
         self.worker_left(worker)
         return None
+
+    def _event(self, record: dict) -> None:
+        """A membership record: logged and kept, with when it happened."""
+        when = {"time": time.time(), "run_step": self.workers.get(0, {}).get("step")}
+        self.membership.append({**record, **when})
+        self._write(self.membership[-1])
+
+    def recall(self, history: list[dict]) -> None:
+        """A resumed server 0: the earlier attempts' losses and takeovers (`read_history` of
+        its log) stay in the run's account, before this attempt's own."""
+        with self.lock:
+            self.membership[:0] = history
+            self.lost[:0] = [r["worker"] for r in history if r["event"] == "worker_lost"]
+            earlier = [r for r in history if r["event"] == "worker_rejoined"]
+            self.rejoined[:0] = [_takeover(record) for record in earlier]
 
     def wait_trained(self, timeout_s: float) -> dict:
         """Block until every worker finished training; then this server's summary."""
@@ -199,6 +218,7 @@ class ParameterServer:
             "seconds": time.time() - self._started,
             "lost_workers": list(self.lost),
             "rejoined": list(self.rejoined),
+            "membership": list(self.membership),
         }
 
     def close(self) -> None:
@@ -207,34 +227,23 @@ class ParameterServer:
             self._log = None
 
 
-def ps_record(servers: list[dict], *, samples_per_step: int) -> dict:
-    """The job's counts from every server's summary: per worker samples/s, the staleness
-    histogram, dropped and scaled updates, bytes pushed and pulled."""
-    histogram: dict[str, int] = {}
-    for summary in servers:
-        for key, count in summary["staleness_histogram"].items():
-            histogram[key] = histogram.get(key, 0) + count
-    first = servers[0]["workers"]  # every worker pushes to every server: server 0 saw all
-    workers = {
-        name: {
-            "pushes": seen["pushes"],
-            # pushes after the first over the time between the first and the last push
-            "samples_per_s": (seen["pushes"] - 1) * samples_per_step / max(seen["seconds"], 1e-9),
-        }
-        for name, seen in first.items()
-    }
-    return {
-        "servers": len(servers),
-        "updates": sum(summary["applied"] for summary in servers),
-        "dropped": sum(summary["dropped"] for summary in servers),
-        "scaled": sum(summary["scaled"] for summary in servers),
-        "bytes_pushed": sum(summary["bytes_pushed"] for summary in servers),
-        "bytes_pulled": sum(summary["bytes_pulled"] for summary in servers),
-        "staleness_histogram": dict(sorted(histogram.items(), key=lambda item: int(item[0]))),
-        "workers": workers,
-        "lost_workers": sorted({w for summary in servers for w in summary["lost_workers"]}),
-        "rejoined": servers[0].get("rejoined", []),  # server 0 decides every takeover
-    }
+def _open_log(path: Path):
+    """Append, line-buffered; after a line a kill cut short, from a new line (so the cut
+    one stays the only unreadable record, and this attempt's first is whole)."""
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as file:
+            file.seek(-1, 2)
+            cut = file.read(1) != b"\n"
+    log = path.open("a", encoding="utf-8", buffering=1)
+    if cut:
+        log.write("\n")
+    return log
+
+
+def _takeover(record: dict) -> dict:
+    """A worker_rejoined record as the summary lists takeovers."""
+    return {key: value for key, value in record.items() if key != "event"}
 
 
 def install(server: ParameterServer) -> None:

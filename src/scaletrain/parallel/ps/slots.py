@@ -11,7 +11,6 @@ of the dead process.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from dataclasses import dataclass
 
 
@@ -23,6 +22,7 @@ class Takeover:
     spare: str
     step: int
     incarnation: int
+    spare_rank: int
 
     def as_dict(self) -> dict:
         return {
@@ -30,6 +30,7 @@ class Takeover:
             "spare": self.spare,
             "step": self.step,
             "incarnation": self.incarnation,
+            "spare_rank": self.spare_rank,
         }
 
 
@@ -39,6 +40,8 @@ class WorkerSlots:
     def __init__(self, num_workers: int, spares: list[str]):
         self.hosts = {worker: f"worker{worker}" for worker in range(num_workers)}
         self.free = list(spares)
+        # the spares' global ranks: right after the workers' (`Roles`)
+        self.ranks = {spare: num_workers + index for index, spare in enumerate(spares)}
         self.incarnations = dict.fromkeys(range(num_workers), 0)
         self.positions: dict[int, int] = {}  # worker -> the last loop step it reported done
         self.takeovers: list[Takeover] = []
@@ -66,7 +69,9 @@ class WorkerSlots:
             spare = self.free.pop(0)
             self.incarnations[worker] += 1
             self.hosts[worker] = spare
-            takeover = Takeover(worker, spare, self.start_step(worker), self.incarnations[worker])
+            takeover = Takeover(
+                worker, spare, self.start_step(worker), self.incarnations[worker], self.ranks[spare]
+            )
             self.positions[worker] = takeover.step
             self.takeovers.append(takeover)
             self._assigned[spare] = takeover
@@ -92,25 +97,3 @@ class WorkerSlots:
                 lambda: spare in self._assigned or self._released, timeout=timeout_s
             )
             return self._assigned.get(spare)
-
-
-def membership_events(first: dict) -> list[dict]:
-    """metrics.jsonl events from server 0's summary: each worker lost, each takeover."""
-    replaced = Counter(takeover["worker"] for takeover in first["rejoined"])
-    events = []
-    for worker in first["lost_workers"]:
-        then = "a spare took its place" if replaced[worker] else "the others trained on without it"
-        replaced[worker] -= 1
-        events.append({"event": "worker_lost", "detail": f"worker rank {worker} died; {then}"})
-    events += [
-        {
-            "event": "worker_rejoined",
-            "detail": f"{takeover['spare']} took over worker rank {takeover['worker']} "
-            f"from step {takeover['step'] + 1} (server 0 version {takeover['version']})",
-            "worker": takeover["worker"],
-            "spare": takeover["spare"],
-            "from_step": takeover["step"] + 1,
-        }
-        for takeover in first["rejoined"]
-    ]
-    return events

@@ -25,8 +25,9 @@ from scaletrain.config import ParallelConfig
 from scaletrain.errors import UserError
 from scaletrain.parallel.env import LaunchEnv
 from scaletrain.parallel.ps import seed, service, watch
+from scaletrain.parallel.ps.account import membership_events, ps_record
 from scaletrain.parallel.ps.roles import make_roles
-from scaletrain.parallel.ps.slots import WorkerSlots, membership_events
+from scaletrain.parallel.ps.slots import WorkerSlots
 from scaletrain.parallel.ps.store import plan_shards
 from scaletrain.parallel.strategy import BaseStrategy, WrapRequest
 
@@ -120,7 +121,7 @@ class AsyncPSStrategy(BaseStrategy):
         servers = [future.wait() for future in futures]
         return [
             *membership_events(servers[0]),
-            {"ps": service.ps_record(servers, samples_per_step=samples_per_step)},
+            {"ps": ps_record(servers, samples_per_step=samples_per_step)},
         ]
 
     def serve(self, server: service.ParameterServer) -> None:
