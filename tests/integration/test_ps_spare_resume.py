@@ -69,8 +69,9 @@ def report_page(path: Path):
     builders = Path(__file__).parents[1] / "unit" / "report" / "run_builders.py"
     spec = importlib.util.spec_from_file_location("report_run_builders", builders)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.read_page(path.read_text())
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name].read_page(path.read_text())
 
 
 def pushes(records: list[dict], worker: int) -> list[int]:
@@ -137,7 +138,7 @@ def test_a_spare_took_over_then_the_run_stopped_and_resumed_to_the_end(tmp_path)
     assert (rejoin["worker"], rejoin["spare"], rejoin["from_step"]) == (1, "spare0", taken + 1)
     # placed at worker 0's step when it happened: the step axis of the report's curves
     assert lost["step"] == rejoin["step"] == rejoined["run_step"]
-    assert rejoined["run_step"] in steps_0 and rejoined["run_step"] < c
+    assert rejoined["run_step"] in steps_0  # (worker 1 may lag worker 0 by many steps)
     (ps,) = [r["ps"] for r in events if "ps" in r]
     assert [t["worker"] for t in ps["rejoined"]] == [1]
     # and in report.html's parameter-server section, read back as a table
