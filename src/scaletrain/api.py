@@ -22,7 +22,7 @@ from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
-from scaletrain.fileio import atomic_write_json, atomic_write_text
+from scaletrain.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from scaletrain.finish import finish_run, wait_for_reports
 from scaletrain.metrics import peak_rss_mb
 from scaletrain.models import ModelSummary, summarize_model, summary_table
@@ -276,8 +276,15 @@ def _spare_took_over(strategy, *, resume: bool) -> bool:
 def _strategy_record(run: RunDir, strategy, result: LoopResult, plan) -> None:
     """The strategy's account of the run (a parameter server's counts) in metrics.jsonl."""
     records = strategy.finish_training(samples_per_step=plan.global_batch_size // plan.world_size)
-    for record in records if strategy.is_main else ():
-        append_record(run.metrics, {"step": result.state.step, **record})
+    if not strategy.is_main:
+        return
+    # a resumed server 0 recalls earlier attempts' worker_lost/worker_rejoined; one that an
+    # extended run (resumed after its end) had logged already is kept once
+    logged = [record for record in read_jsonl(run.metrics) if "event" in record]
+    for record in records:
+        line = {"step": result.state.step, **record}
+        if line not in logged:
+            append_record(run.metrics, line)
 
 
 @dataclass(frozen=True)

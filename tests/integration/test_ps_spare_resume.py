@@ -44,6 +44,8 @@ def write_config(tmp_path):
             "num_threads": 1,
         },
         model={"name": "mlp", "hidden": [256, 256]},
+        # a constant lr: a resume may extend the run (cosine would decay over its length)
+        optim={"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "constant"}},
         checkpoint={"every_steps": EVERY, "every_epochs": 0, "save_best": False},
         parallel={"ps": {"shards_dir": str(shards), "flush_every": 5, "spare_workers": 1}},
         log={"progress": False, "tensorboard": False, "report": True, "every_steps": 10},
@@ -161,3 +163,17 @@ def test_a_spare_took_over_then_the_run_stopped_and_resumed_to_the_end(tmp_path)
     losses = [r["loss"] for r in events if "loss" in r and "event" not in r]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.5 * losses[0], losses
+
+    # extended past its end (resumed with more steps): the recalled takeover is logged once
+    before = len(applied_log(run_dir))
+    extend = [*command, f"train.max_steps={STEPS + EVERY}"]
+    finished = run(extend, timeout=2 * PATIENCE, env=child_env())
+    assert finished.returncode == 0, finished.output
+    third = applied_log(run_dir)[before:]
+    for worker in (0, 1):
+        assert pushes(third, worker) == list(range(STEPS + 1, STEPS + EVERY + 1)), worker
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    membership = [r for r in events if r.get("event") in ("worker_lost", "worker_rejoined")]
+    assert membership == [lost, rejoin]
+    *_, ps = [r["ps"] for r in events if "ps" in r]  # the extension's (the report reads it)
+    assert [r["event"] for r in ps["membership"]] == ["worker_lost", "worker_rejoined"]

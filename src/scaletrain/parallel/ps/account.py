@@ -39,6 +39,7 @@ def membership_events(first: dict) -> list[dict]:
     for index, record in enumerate(records):
         worker = record["worker"]
         at = {"step": record["run_step"]} if record.get("run_step") is not None else {}
+        at["time"] = record.get("time")  # when, and which: the same one recalled is equal
         if record["event"] == "worker_lost":
             following = records[index + 1] if index + 1 < len(records) else {}
             taken = following.get("event") == "worker_rejoined" and following["worker"] == worker
