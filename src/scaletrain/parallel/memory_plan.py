@@ -211,7 +211,9 @@ def _ddp_buffers(params: int, candidate: Candidate, cfg: ParallelConfig) -> int:
 
 def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
     """Saved activations, less what checkpointed blocks drop (they keep only their input)."""
-    backward_transient = facts.largest_saved_bytes  # a gradient as large as the largest saved
+    # backward briefly holds a gradient as large as the largest saved tensor, or a recurrent
+    # layer's gradients of all its steps
+    backward_transient = max(facts.largest_saved_bytes, facts.recurrent_backward_bytes)
     if checkpointing == "none" or not facts.block_saved_bytes:
         return facts.saved_bytes + backward_transient
     indexes = range(len(facts.block_saved_bytes))
