@@ -211,18 +211,33 @@ def _ddp_buffers(params: int, candidate: Candidate, cfg: ParallelConfig) -> int:
 
 def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
     """Saved activations, less what checkpointed blocks drop (they keep only their input)."""
-    # backward briefly holds a gradient as large as the largest saved tensor, or a recurrent
-    # layer's gradients of all its steps
-    backward_transient = max(facts.largest_saved_bytes, facts.recurrent_backward_bytes)
+    kept = kept_activation_bytes(facts, checkpointing, every)
+    return kept + backward_bytes(facts, checkpointing, every)
+
+
+def _checkpointed(facts: ModelFacts, checkpointing: str, every: int) -> list[int]:
     if checkpointing == "none" or not facts.block_saved_bytes:
-        return facts.saved_bytes + backward_transient
-    indexes = range(len(facts.block_saved_bytes))
-    chosen = list(indexes) if checkpointing == "full" else list(indexes)[::every]
+        return []
+    indexes = list(range(len(facts.block_saved_bytes)))
+    return indexes if checkpointing == "full" else indexes[::every]
+
+
+def kept_activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
+    """What one micro batch keeps from its forward until its backward."""
+    chosen = _checkpointed(facts, checkpointing, every)
     dropped = sum(facts.block_saved_bytes[i] for i in chosen)
     kept_inputs = sum(facts.block_input_bytes[i] for i in chosen)
+    return facts.saved_bytes - dropped + kept_inputs
+
+
+def backward_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
+    """What backward adds for a moment: one recomputed block, and a gradient as large as the
+    largest saved tensor (or a recurrent layer's gradients of all its steps)."""
+    transient = max(facts.largest_saved_bytes, facts.recurrent_backward_bytes)
+    chosen = _checkpointed(facts, checkpointing, every)
     # backward recomputes one block at a time; its input is already among the kept ones
-    recomputed = max(facts.block_recompute_bytes[i] for i in chosen)
-    return facts.saved_bytes - dropped + kept_inputs + recomputed + backward_transient
+    recomputed = max((facts.block_recompute_bytes[i] for i in chosen), default=0)
+    return transient + recomputed
 
 
 def plan_memory(

@@ -15,10 +15,12 @@ from itertools import chain
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
+from torch.overrides import TorchFunctionMode
 
 _MB = 2**20
 
@@ -71,7 +73,7 @@ def measure_model(
         inputs = torch.empty_like(example_input, device="meta")
         if compute_dtype is not None and inputs.is_floating_point():
             inputs = inputs.to(compute_dtype)
-        with saved.hooks(), saved_tensors_hooks(saved.pack, saved.unpack):
+        with saved.hooks(), _FusedAttention(), saved_tensors_hooks(saved.pack, saved.unpack):
             functional_call(model, meta_state, (inputs,))  # forward only decides what is saved
     return ModelFacts(
         param_bytes=sum(_nbytes(param) for param in params.values()),
@@ -154,6 +156,35 @@ class _SavedTensorCounter:
 
     def _leave(self, module: nn.Module, args: tuple, output) -> None:
         self._running.pop()
+
+
+class _FusedAttention(TorchFunctionMode):
+    """On meta, `scaled_dot_product_attention` takes the math path, which saves the (B, h, T,
+    T) probabilities; on CPU and GPU a fused kernel runs, which saves only its output and
+    log-sum-exp. The meta pass runs the fused op's meta kernel instead, so counts those."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and _fusable(args, kwargs):
+            query, key, value = args
+            fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query,
+                key,
+                value,
+                kwargs.get("dropout_p", 0.0),
+                kwargs.get("is_causal", False),
+                scale=kwargs.get("scale"),
+            )
+            return fused[0]
+        return func(*args, **kwargs)
+
+
+def _fusable(args: tuple, kwargs: dict) -> bool:
+    """Meta q, k, v with as many heads each and no explicit mask (what the fused kernels run)."""
+    if len(args) != 3 or set(kwargs) - {"dropout_p", "is_causal", "scale"}:
+        return False
+    query, key, value = args
+    return all(t.is_meta for t in args) and query.shape[1] == key.shape[1] == value.shape[1]
 
 
 # gate blocks per step: LSTM i, f, g, o; GRU r, z, n; a plain RNN one

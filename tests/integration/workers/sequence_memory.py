@@ -15,11 +15,14 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from scaletrain.config import GPTConfig, LossConfig, OptimConfig, ParallelConfig
+from scaletrain.config import GPTConfig, LossConfig, OptimConfig, ParallelConfig, PipelineConfig
 from scaletrain.config.models import RNNConfig
 from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_loss, build_optimizer
 from scaletrain.parallel import SingleStrategy, WrapRequest, build_strategy
+from scaletrain.parallel.memory_pipeline import estimate_rank, measure_stages, pipeline_layout
+from scaletrain.parallel.memory_probe import PeakTracker
+from scaletrain.train.precision import Precision
 
 RNN_VOCAB, RNN_LENGTH = 2000, 64
 RNN = {"embed_dim": 64, "hidden": 256, "layers": 2}
@@ -61,6 +64,54 @@ def measure_rnn(cell: str, strategy_name: str, batch: int) -> dict:
         gc.collect()
 
 
+def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
+    """One rank of a 2-stage GPT: the planner's row for this rank vs its measured peak."""
+    cfg = ParallelConfig(
+        strategy="pp", pp=PipelineConfig(size=2, schedule=schedule, microbatches=microbatches)
+    )
+    strategy = build_strategy(cfg, device_name="cpu")
+    strategy.setup()
+    try:
+        torch.manual_seed(0)
+        model = build_model(
+            GPT,
+            input_shape=(GPT_CONTEXT,),
+            num_outputs=GPT_VOCAB,
+            vocab_size=GPT_VOCAB,
+            task="language_model",
+        )
+        inputs = torch.randint(0, GPT_VOCAB, (batch, GPT_CONTEXT))
+        targets = torch.randint(0, GPT_VOCAB, (batch, GPT_CONTEXT))
+        layout = pipeline_layout(cfg)
+        stages = measure_stages(model, layout, example_input=inputs, compute_dtype=None)
+        planned = estimate_rank(stages, layout, cfg, rank=strategy.rank, optimizer_states=2)
+        local = strategy.wrap_model(model, WrapRequest(block_types=MODELS["gpt"].block_types))
+        tracker = PeakTracker(strategy.device)
+        tracker.start(already_counted_bytes=sum(p.numel() * 4 for p in local.parameters()))
+        loss_fn = build_loss(
+            LossConfig(), task="language_model", num_outputs=GPT_VOCAB, class_counts=None
+        )
+        runner = strategy.step_runner(
+            local, loss_fn=loss_fn, precision=Precision.from_config("32", strategy.device)
+        )
+        step = SimpleNamespace(num_samples_global=batch, micro_batches=[(inputs, targets)])
+        optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), local)
+        for _ in range(2):
+            runner(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {
+            "rank": strategy.rank,
+            "strategy": planned.strategy,
+            "estimate_mb": round(planned.total_bytes / 2**20, 2),
+            "estimate": planned.breakdown_mb(),
+            "measured_peak_mb": round(tracker.peak_mb(), 2),
+        }
+    finally:
+        strategy.teardown()
+        gc.collect()
+
+
 def main() -> None:
     out, grid = sys.argv[1], sys.argv[2].split(";")
     results = []
@@ -70,6 +121,10 @@ def main() -> None:
             cell, strategy_name, batch = rest
             found = measure_rnn(cell, strategy_name, int(batch))
             found |= {"model": f"rnn-{cell}", "batch": int(batch)}
+        else:
+            schedule, microbatches, batch = rest
+            found = measure_pipeline(schedule, int(microbatches), int(batch))
+            found |= {"model": "gpt", "batch": int(batch)}
         results.append({"point": point, **found})
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
     rank = results[-1]["rank"] if rank is None else rank
