@@ -135,8 +135,9 @@ def estimate_rank(
         + stages[index].loss_bytes
         for index in pieces_in_flight(layout, rank)
     )
-    # the loss's backward on the last stage holds a gradient as large as its log-probabilities
-    transient = max(max(backward_bytes(s.facts, mode, every), s.loss_bytes) for s in mine)
+    transient = max(
+        backward_bytes(stage.facts, mode, every, loss_gradient=stage.loss_bytes) for stage in mine
+    )
     # a receive buffer per piece: activations forward, their gradients backward
     last = layout.num_stages - 1
     received = layout.microbatches * sum(

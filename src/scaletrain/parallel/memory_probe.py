@@ -41,6 +41,9 @@ class ModelFacts:
     # gradient buffers a recurrent layer's backward allocates beyond its saved tensors
     # (`recurrent_backward_bytes`); the planner takes the larger of this and the above
     recurrent_backward_bytes: int = 0
+    # the model's output in fp32: what the loss keeps (log-probabilities) until backward,
+    # and the size of their gradient; a language model's logits make this large
+    output_fp32_bytes: int = 0
 
     @property
     def root_param_bytes(self) -> int:
@@ -74,7 +77,11 @@ def measure_model(
         if compute_dtype is not None and inputs.is_floating_point():
             inputs = inputs.to(compute_dtype)
         with saved.hooks(), _FusedAttention(), saved_tensors_hooks(saved.pack, saved.unpack):
-            functional_call(model, meta_state, (inputs,))  # forward only decides what is saved
+            # forward only decides what is saved
+            output = functional_call(model, meta_state, (inputs,))
+        output = output[0] if isinstance(output, tuple | list) else output
+        if torch.is_tensor(output):
+            saved.output_fp32 = output.numel() * 4
     return ModelFacts(
         param_bytes=sum(_nbytes(param) for param in params.values()),
         buffer_bytes=sum(_nbytes(buffer) for buffer in model.buffers()),
@@ -87,6 +94,7 @@ def measure_model(
         ),
         largest_saved_bytes=saved.largest,
         recurrent_backward_bytes=saved.recurrent_backward,
+        output_fp32_bytes=saved.output_fp32,
         micro_batch_size=int(example_input.shape[0]) if example_input is not None else 0,
     )
 
@@ -96,7 +104,7 @@ class _SavedTensorCounter:
 
     def __init__(self, model: nn.Module, blocks: list[nn.Module], param_ids: set[int]):
         self.model, self.blocks, self.param_ids = model, blocks, param_ids
-        self.total = self.largest = self.recurrent_backward = 0
+        self.total = self.largest = self.recurrent_backward = self.output_fp32 = 0
         self.per_block = [0] * len(blocks)
         self.block_inputs = [0] * len(blocks)
         self.inputs_saved = [0] * len(blocks)  # a block's input, first saved inside it
