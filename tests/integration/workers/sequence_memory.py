@@ -2,7 +2,7 @@
 under single/fsdp, a GPT's pipeline stages under gpipe/1f1b.
 
 Usage: sequence_memory.py OUT_JSON POINT[;POINT...], where POINT is `rnn,CELL,STRATEGY,BATCH`
-or `pp,SCHEDULE,MICROBATCHES,BATCH`. Rank r writes OUT_JSON.rank<r>. Run with
+or `pp,SCHEDULE,MICROBATCHES,BATCH` (2 ranks; 2 stages each for interleaved_1f1b). Rank r writes OUT_JSON.rank<r>. Run with
 MALLOC_MMAP_THRESHOLD_=65536 (see test_memory_planner.py: freed tensors return to the OS,
 so RSS follows live tensors).
 """
@@ -67,7 +67,13 @@ def measure_rnn(cell: str, strategy_name: str, batch: int) -> dict:
 def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
     """One rank of a 2-stage GPT: the planner's row for this rank vs its measured peak."""
     cfg = ParallelConfig(
-        strategy="pp", pp=PipelineConfig(size=2, schedule=schedule, microbatches=microbatches)
+        strategy="pp",
+        pp=PipelineConfig(
+            size=2,
+            schedule=schedule,
+            microbatches=microbatches,
+            stages_per_rank=2 if schedule == "interleaved_1f1b" else 1,
+        ),
     )
     strategy = build_strategy(cfg, device_name="cpu")
     strategy.setup()
