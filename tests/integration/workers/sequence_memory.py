@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from scaletrain.config import GPTConfig, LossConfig, OptimConfig, ParallelConfig, PipelineConfig
-from scaletrain.config.models import RNNConfig
+from scaletrain.config.models import ResNetConfig, RNNConfig, TextCNNConfig
 from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_loss, build_optimizer
 from scaletrain.parallel import SingleStrategy, WrapRequest, build_strategy
@@ -57,6 +57,36 @@ def measure_rnn(cell: str, strategy_name: str, batch: int) -> dict:
             optimizer_states_per_param=2,
         )
         model = strategy.wrap_model(model, request)
+        _train(model, strategy, inputs, targets, nn.functional.cross_entropy)
+        return {"rank": strategy.rank, **(strategy.memory_report() or {})}
+    finally:
+        strategy.teardown()
+        gc.collect()
+
+
+# more models for `model,NAME,STRATEGY,BATCH` points: config, input shape, token vocabulary
+OTHER_MODELS = {
+    "textcnn": (TextCNNConfig(), (RNN_LENGTH,), RNN_VOCAB),
+    "resnet": (ResNetConfig(depth=18, width=16), (3, 32, 32), None),
+}
+
+
+def measure_other(name: str, strategy_name: str, batch: int) -> dict:
+    if strategy_name == "single":
+        strategy = SingleStrategy(torch.device("cpu"))
+    else:
+        strategy = build_strategy(ParallelConfig(strategy=strategy_name), device_name="cpu")
+    strategy.setup()
+    try:
+        torch.manual_seed(0)
+        config, shape, vocab = OTHER_MODELS[name]
+        model = build_model(config, input_shape=shape, num_outputs=10, vocab_size=vocab)
+        inputs = torch.randint(1, vocab, (batch, *shape)) if vocab else torch.randn(batch, *shape)
+        request = WrapRequest(
+            block_types=MODELS[name].block_types, example_input=inputs, optimizer_states_per_param=2
+        )
+        model = strategy.wrap_model(model, request)
+        targets = torch.randint(0, 10, (batch,))
         _train(model, strategy, inputs, targets, nn.functional.cross_entropy)
         return {"rank": strategy.rank, **(strategy.memory_report() or {})}
     finally:
@@ -127,6 +157,10 @@ def main() -> None:
             cell, strategy_name, batch = rest
             found = measure_rnn(cell, strategy_name, int(batch))
             found |= {"model": f"rnn-{cell}", "batch": int(batch)}
+        elif kind == "model":
+            name, strategy_name, batch = rest
+            found = measure_other(name, strategy_name, int(batch))
+            found |= {"model": name, "batch": int(batch)}
         else:
             schedule, microbatches, batch = rest
             found = measure_pipeline(schedule, int(microbatches), int(batch))
