@@ -148,6 +148,14 @@ def plan_table(plan: MemoryPlan, batch_plan: Plan) -> Table:
 
 def recommendation_line(plan: MemoryPlan) -> str:
     if plan.recommended is None:
+        pipeline = [each for each in plan.estimates if each.candidate.strategy == "pp"]
+        if pipeline:  # the layout is the config's: say which rank is over and what helps
+            peak = max(pipeline, key=lambda each: each.total_bytes)
+            return (
+                f"nothing fits: {peak.strategy} needs {_mb(peak.total_bytes)} MB; raise "
+                "parallel.pp.microbatches or use parallel.pp.schedule=1f1b (fewer pieces in "
+                "flight), lower train.micro_batch_size, or add pipeline ranks"
+            )
         return "nothing fits: lower train.micro_batch_size, add processes, or add memory"
     candidate = plan.recommended.candidate
     overrides = [f"parallel.strategy={candidate.strategy}"]

@@ -155,3 +155,7 @@ def test_plan_command_prints_a_row_per_pipeline_rank(tmp_path, capsys):
     ]
     assert sum(name.endswith("*") for name in names) == 1  # the peak rank
     assert "parallel.strategy=pp" in text
+    # too little memory for the peak rank: the line names it and what lowers it
+    assert scaletrain_main(["plan", str(path), "--nproc", "2", "--device-memory", "0.001"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nothing fits: pp-gpipe rank " in text and "parallel.pp.microbatches" in text
