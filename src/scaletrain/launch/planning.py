@@ -9,13 +9,19 @@ from scaletrain.config import Config
 from scaletrain.data import build_data
 from scaletrain.models import MODELS, build_model, default_block_types
 from scaletrain.parallel.blocks import find_blocks
+from scaletrain.parallel.memory_pipeline import (
+    measure_stages,
+    pipeline_layout,
+    plan_pipeline_memory,
+)
 from scaletrain.parallel.memory_plan import (
     MemoryPlan,
     device_memory_bytes,
     optimizer_states_per_param,
     plan_memory,
 )
-from scaletrain.parallel.memory_probe import ModelFacts, measure_model
+from scaletrain.parallel.memory_probe import measure_model
+from scaletrain.parallel.pipeline_split import check_layout
 from scaletrain.train.plan import Plan, make_plan
 from scaletrain.train.precision import Precision
 
@@ -33,7 +39,8 @@ def plan_for_config(
     ps = cfg.parallel.ps
     servers = ps.servers + ps.spare_workers if cfg.parallel.strategy == "async_ps" else 0
     # tensor-parallel peers and pipeline stages read the same samples: data-parallel ranks
-    model_split = cfg.parallel.dims.tp * cfg.parallel.dims.pp
+    layout = pipeline_layout(cfg.parallel)
+    model_split = cfg.parallel.dims.tp * (layout.size if layout else 1)
     batch_plan = make_plan(
         cfg.train,
         world_size=max(1, (world_size - servers) // model_split),
@@ -41,9 +48,6 @@ def plan_for_config(
         drop_last=cfg.data.drop_last,
     )
     device_type = _target_device_type(cfg.train.device)
-    facts = _measure(
-        cfg, bundle.spec, micro_batch_size=batch_plan.micro_batch_size, device_type=device_type
-    )
     if device_memory_gb is None:
         device_memory_gb = cfg.parallel.device_memory_gb
     memory = (
@@ -51,20 +55,38 @@ def plan_for_config(
         if device_memory_gb is not None
         else device_memory_bytes(device_type, local_world_size=nproc)
     )
+    optimizer_states = optimizer_states_per_param(cfg.optim.name, momentum=cfg.optim.momentum)
+    measured = _measure(
+        cfg,
+        bundle.spec,
+        micro_batch_size=batch_plan.micro_batch_size,
+        device_type=device_type,
+        layout=layout,
+    )
+    if layout is not None:
+        plan = plan_pipeline_memory(
+            measured,
+            layout,
+            cfg.parallel,
+            optimizer_states=optimizer_states,
+            device_memory_bytes=memory,
+        )
+        return plan, batch_plan
     plan = plan_memory(
-        facts,
+        measured,
         cfg.parallel,
         world_size=world_size,
         local_world_size=nproc,
         device_type=device_type,
-        optimizer_states=optimizer_states_per_param(cfg.optim.name, momentum=cfg.optim.momentum),
+        optimizer_states=optimizer_states,
         device_memory_bytes=memory,
     )
     return plan, batch_plan
 
 
-def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str) -> ModelFacts:
-    """Build the model on the meta device (shapes only: plans models larger than RAM)."""
+def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str, layout=None):
+    """Build the model on the meta device (shapes only: plans models larger than RAM); the
+    whole model's facts, or each pipeline stage's under a `layout`."""
     with torch.device("meta"):
         model = build_model(
             cfg.model,
@@ -80,8 +102,14 @@ def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str) -> M
     example = torch.empty(
         (micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"
     )
+    model = model.to(dtype=precision.param_dtype)
+    if layout is not None:
+        check_layout(model)  # a model the pipeline cannot cut: one line, as training says
+        return measure_stages(
+            model, layout, example_input=example, compute_dtype=precision.autocast_dtype
+        )
     return measure_model(
-        model.to(dtype=precision.param_dtype),
+        model,
         blocks=blocks,
         example_input=example,
         compute_dtype=precision.autocast_dtype,
@@ -120,6 +148,14 @@ def plan_table(plan: MemoryPlan, batch_plan: Plan) -> Table:
 
 def recommendation_line(plan: MemoryPlan) -> str:
     if plan.recommended is None:
+        pipeline = [each for each in plan.estimates if each.candidate.strategy == "pp"]
+        if pipeline:  # the layout is the config's: say which rank is over and what helps
+            peak = max(pipeline, key=lambda each: each.total_bytes)
+            return (
+                f"nothing fits: {peak.strategy} needs {_mb(peak.total_bytes)} MB; raise "
+                "parallel.pp.microbatches or use parallel.pp.schedule=1f1b (fewer pieces in "
+                "flight), lower train.micro_batch_size, or add pipeline ranks"
+            )
         return "nothing fits: lower train.micro_batch_size, add processes, or add memory"
     candidate = plan.recommended.candidate
     overrides = [f"parallel.strategy={candidate.strategy}"]

@@ -186,6 +186,7 @@ def split_by_tensor_parallel(facts: ModelFacts, tp: int) -> ModelFacts:
             for size, extra in zip(facts.block_recompute_bytes, gathered, strict=True)
         ),
         largest_saved_bytes=split(facts.largest_saved_bytes),
+        output_fp32_bytes=split(facts.output_fp32_bytes),  # loss parallel: vocabulary split
     )
 
 
@@ -211,16 +212,37 @@ def _ddp_buffers(params: int, candidate: Candidate, cfg: ParallelConfig) -> int:
 
 def activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
     """Saved activations, less what checkpointed blocks drop (they keep only their input)."""
-    backward_transient = facts.largest_saved_bytes  # a gradient as large as the largest saved
+    # the loss keeps the log-probabilities (the output in fp32), and its backward their gradient
+    loss = facts.output_fp32_bytes
+    kept = kept_activation_bytes(facts, checkpointing, every) + loss
+    return kept + backward_bytes(facts, checkpointing, every, loss_gradient=loss)
+
+
+def _checkpointed(facts: ModelFacts, checkpointing: str, every: int) -> list[int]:
     if checkpointing == "none" or not facts.block_saved_bytes:
-        return facts.saved_bytes + backward_transient
-    indexes = range(len(facts.block_saved_bytes))
-    chosen = list(indexes) if checkpointing == "full" else list(indexes)[::every]
+        return []
+    indexes = list(range(len(facts.block_saved_bytes)))
+    return indexes if checkpointing == "full" else indexes[::every]
+
+
+def kept_activation_bytes(facts: ModelFacts, checkpointing: str, every: int) -> int:
+    """What one micro batch keeps from its forward until its backward."""
+    chosen = _checkpointed(facts, checkpointing, every)
     dropped = sum(facts.block_saved_bytes[i] for i in chosen)
     kept_inputs = sum(facts.block_input_bytes[i] for i in chosen)
+    return facts.saved_bytes - dropped + kept_inputs
+
+
+def backward_bytes(
+    facts: ModelFacts, checkpointing: str, every: int, *, loss_gradient: int = 0
+) -> int:
+    """What backward adds for a moment: one recomputed block, and a gradient as large as the
+    largest saved tensor (or a recurrent layer's gradients of all its steps, or the loss's)."""
+    transient = max(facts.largest_saved_bytes, facts.recurrent_backward_bytes, loss_gradient)
+    chosen = _checkpointed(facts, checkpointing, every)
     # backward recomputes one block at a time; its input is already among the kept ones
-    recomputed = max(facts.block_recompute_bytes[i] for i in chosen)
-    return facts.saved_bytes - dropped + kept_inputs + recomputed + backward_transient
+    recomputed = max((facts.block_recompute_bytes[i] for i in chosen), default=0)
+    return transient + recomputed
 
 
 def plan_memory(

@@ -15,9 +15,12 @@ from itertools import chain
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence
+from torch.overrides import TorchFunctionMode
 
 _MB = 2**20
 
@@ -35,6 +38,12 @@ class ModelFacts:
     block_recompute_bytes: tuple[int, ...]  # saved in the block, less its (kept) input
     largest_saved_bytes: int  # one tensor: backward briefly holds its gradient too
     micro_batch_size: int
+    # gradient buffers a recurrent layer's backward allocates beyond its saved tensors
+    # (`recurrent_backward_bytes`); the planner takes the larger of this and the above
+    recurrent_backward_bytes: int = 0
+    # the model's output in fp32: what the loss keeps (log-probabilities) until backward,
+    # and the size of their gradient; a language model's logits make this large
+    output_fp32_bytes: int = 0
 
     @property
     def root_param_bytes(self) -> int:
@@ -67,8 +76,12 @@ def measure_model(
         inputs = torch.empty_like(example_input, device="meta")
         if compute_dtype is not None and inputs.is_floating_point():
             inputs = inputs.to(compute_dtype)
-        with saved.hooks(), saved_tensors_hooks(saved.pack, saved.unpack):
-            functional_call(model, meta_state, (inputs,))  # forward only decides what is saved
+        with saved.hooks(), _FusedAttention(), saved_tensors_hooks(saved.pack, saved.unpack):
+            # forward only decides what is saved
+            output = functional_call(model, meta_state, (inputs,))
+        output = output[0] if isinstance(output, tuple | list) else output
+        if torch.is_tensor(output):
+            saved.output_fp32 = output.numel() * 4
     return ModelFacts(
         param_bytes=sum(_nbytes(param) for param in params.values()),
         buffer_bytes=sum(_nbytes(buffer) for buffer in model.buffers()),
@@ -80,6 +93,8 @@ def measure_model(
             total - own for total, own in zip(saved.per_block, saved.inputs_saved, strict=True)
         ),
         largest_saved_bytes=saved.largest,
+        recurrent_backward_bytes=saved.recurrent_backward,
+        output_fp32_bytes=saved.output_fp32,
         micro_batch_size=int(example_input.shape[0]) if example_input is not None else 0,
     )
 
@@ -89,7 +104,7 @@ class _SavedTensorCounter:
 
     def __init__(self, model: nn.Module, blocks: list[nn.Module], param_ids: set[int]):
         self.model, self.blocks, self.param_ids = model, blocks, param_ids
-        self.total = self.largest = 0
+        self.total = self.largest = self.recurrent_backward = self.output_fp32 = 0
         self.per_block = [0] * len(blocks)
         self.block_inputs = [0] * len(blocks)
         self.inputs_saved = [0] * len(blocks)  # a block's input, first saved inside it
@@ -122,7 +137,18 @@ class _SavedTensorCounter:
         for index, block in enumerate(self.blocks):
             stack.callback(block.register_forward_pre_hook(self._enter(index)).remove)
             stack.callback(block.register_forward_hook(self._leave).remove)
+        for module in self.model.modules():
+            if isinstance(module, nn.RNNBase):
+                stack.callback(module.register_forward_pre_hook(self._recurrent).remove)
         return stack
+
+    def _recurrent(self, module: nn.RNNBase, args: tuple) -> None:
+        inputs = args[0]
+        if isinstance(inputs, PackedSequence):  # (steps of all sequences, features)
+            inputs = inputs.data
+        num_tokens = inputs.numel() // inputs.shape[-1]  # time steps x sequences
+        found = recurrent_backward_bytes(module, num_tokens, inputs.element_size())
+        self.recurrent_backward = max(self.recurrent_backward, found)
 
     def _enter(self, index: int):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -138,6 +164,58 @@ class _SavedTensorCounter:
 
     def _leave(self, module: nn.Module, args: tuple, output) -> None:
         self._running.pop()
+
+
+class _FusedAttention(TorchFunctionMode):
+    """On meta, `scaled_dot_product_attention` takes the math path, which saves the (B, h, T,
+    T) probabilities; on CPU and GPU a fused kernel runs, which saves only its output and
+    log-sum-exp. The meta pass runs the fused op's meta kernel instead, so counts those."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and _fusable(args, kwargs):
+            query, key, value = args
+            fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query,
+                key,
+                value,
+                kwargs.get("dropout_p", 0.0),
+                kwargs.get("is_causal", False),
+                scale=kwargs.get("scale"),
+            )
+            return fused[0]
+        return func(*args, **kwargs)
+
+
+def _fusable(args: tuple, kwargs: dict) -> bool:
+    """Meta q, k, v with as many heads each and no explicit mask (what the fused kernels run)."""
+    if len(args) != 3 or set(kwargs) - {"dropout_p", "is_causal", "scale"}:
+        return False
+    query, key, value = args
+    return all(t.is_meta for t in args) and query.shape[1] == key.shape[1] == value.shape[1]
+
+
+# gate blocks per step: LSTM i, f, g, o; GRU r, z, n; a plain RNN one
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def recurrent_backward_bytes(module: nn.RNNBase, num_tokens: int, element_size: int) -> int:
+    """The gradient buffers one layer's backward holds at once, for the largest layer.
+
+    Per direction (run one after the other) the gradient of all steps' gates, about 1.5x
+    the gates (the stacked gradient and the buffer it accumulates into overlap), plus the
+    gradients of the layer's output and input. Calibrated on CPU (torch 2.13, LSTM through
+    oneDNN, GRU/RNN decomposed): the profiler's peak is 0.7-1.0x this for 1-2 layers,
+    uni- and bidirectional (docs/distributed.md, the memory planner).
+    """
+    directions = 2 if module.bidirectional else 1
+    hidden = module.hidden_size
+    gates = _GATES.get(module.mode, 4) * hidden
+    widest = 0
+    for layer in range(module.num_layers):
+        layer_input = module.input_size if layer == 0 else directions * hidden
+        widest = max(widest, 1.5 * gates + directions * hidden + layer_input)
+    return int(num_tokens * widest * element_size)
 
 
 def _meta_state(model: nn.Module, compute_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,176 @@
+"""The memory planner for pipeline parallelism: one estimate per pipeline rank.
+
+Each stage is cut as `pipeline_split.py` cuts it and measured alone on the meta device
+(one piece: the micro batch / `parallel.pp.microbatches`). A rank holds its stages'
+parameters, gradients and optimizer state, and the activations of the pieces its schedule
+has run forward but not yet backward (`pieces_in_flight`); the peak rank decides the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from scaletrain.config import ParallelConfig
+from scaletrain.parallel.memory_plan import (
+    Candidate,
+    MemoryEstimate,
+    MemoryPlan,
+    backward_bytes,
+    kept_activation_bytes,
+)
+from scaletrain.parallel.memory_probe import ModelFacts, measure_model
+from scaletrain.parallel.pipeline_split import StageModule, layer_split, stage_ids
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """How many pipeline ranks, and how their schedule runs the pieces of a micro batch."""
+
+    size: int
+    schedule: str  # gpipe | 1f1b | interleaved_1f1b
+    microbatches: int  # pieces per micro batch
+    stages_per_rank: int = 1
+
+    @property
+    def num_stages(self) -> int:
+        return self.size * self.stages_per_rank
+
+
+def pipeline_layout(cfg: ParallelConfig) -> PipelineLayout | None:
+    """The pipeline the config asks for: `parallel.strategy: pp` (its size in
+    `parallel.pp.size`) or a mesh with `parallel.dims.pp > 1`; None without one."""
+    if cfg.strategy == "pp":
+        size = cfg.pp.size
+    elif cfg.dims.pp > 1:
+        size = cfg.dims.pp
+    else:
+        return None
+    pp = cfg.pp
+    return PipelineLayout(size, pp.schedule, pp.microbatches, pp.stages_per_rank)
+
+
+def pieces_in_flight(layout: PipelineLayout, rank: int) -> list[int]:
+    """Stage index of every piece `rank` holds activations for at its peak (torch's order).
+
+    gpipe: every piece of every stage (all forwards run before any backward). 1f1b: stage s
+    runs min(pieces, stages - s) forwards before its first backward, then one forward per
+    backward. interleaved: its warm-up forwards (`_get_warmup_ops` in torch's schedules)
+    plus the first steady forward, each on the local stage the round-robin gives it.
+    """
+    stages = stage_ids(rank, layout.size, layout.stages_per_rank)
+    pieces = layout.microbatches
+    if layout.schedule == "gpipe":
+        return [stage for stage in stages for _ in range(pieces)]
+    if layout.schedule == "1f1b":
+        return [stages[0]] * min(pieces, layout.num_stages - stages[0])
+    local = layout.stages_per_rank
+    per_round = pieces // max(1, pieces // layout.size)
+    warmup = (local - 1) * per_round + 2 * (layout.size - 1 - rank)
+    held = min(warmup + 1, pieces * local)
+    return [stages[(op // per_round) % local] for op in range(held)]
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    """One stage measured on one piece, and the activations it exchanges."""
+
+    index: int
+    facts: ModelFacts
+    input_bytes: int  # received from the previous stage (0 for the first: token ids)
+    output_bytes: int  # sent on, kept until its backward; the last stage's logits
+    loss_bytes: int  # the last stage: the loss's fp32 log-probabilities, kept until backward
+
+
+def measure_stages(
+    model: nn.Module,
+    layout: PipelineLayout,
+    *,
+    example_input: torch.Tensor,
+    compute_dtype: torch.dtype | None,
+) -> list[StageFacts]:
+    """Every stage of `model` (a GPT, as `pipeline_split.check_layout` accepts) on one piece
+    of the micro batch shaped like `example_input` (B, T)."""
+    layers = layer_split(len(model.blocks), layout.num_stages)
+    batch, steps = example_input.shape[0] // layout.microbatches, example_input.shape[1]
+    width, vocab = model.tok_emb.embedding_dim, model.head.out_features
+    activation_size = torch.empty((), dtype=compute_dtype or torch.float32).element_size()
+    hidden_bytes = batch * steps * width * activation_size
+    tokens = torch.empty((batch, steps), dtype=example_input.dtype, device="meta")
+    hidden = torch.empty((batch, steps, width), device="meta")
+    found = []
+    for index, owned in enumerate(layers):
+        first, last = index == 0, index == len(layers) - 1
+        stage = StageModule(model, owned, first=first, last=last)
+        facts = measure_model(
+            stage,
+            blocks=[stage.blocks[str(layer)] for layer in owned],
+            example_input=tokens if first else hidden,
+            compute_dtype=compute_dtype,
+        )
+        output = batch * steps * vocab * activation_size if last else hidden_bytes
+        loss = batch * steps * vocab * 4 if last else 0  # cross-entropy saves fp32 log-softmax
+        found.append(StageFacts(index, facts, 0 if first else hidden_bytes, output, loss))
+    return found
+
+
+def estimate_rank(
+    stages: list[StageFacts],
+    layout: PipelineLayout,
+    cfg: ParallelConfig,
+    *,
+    rank: int,
+    optimizer_states: int,
+) -> MemoryEstimate:
+    """Bytes on pipeline rank `rank`: its stages' state, the pieces in flight, the buffers."""
+    mine = [stages[index] for index in stage_ids(rank, layout.size, layout.stages_per_rank)]
+    params = sum(stage.facts.param_bytes for stage in mine)
+    buffers = sum(stage.facts.buffer_bytes for stage in mine)
+    mode, every = cfg.activation_checkpointing, cfg.activation_checkpointing_every
+    held = sum(
+        kept_activation_bytes(stages[index].facts, mode, every)
+        + stages[index].output_bytes
+        + stages[index].loss_bytes
+        for index in pieces_in_flight(layout, rank)
+    )
+    transient = max(
+        backward_bytes(stage.facts, mode, every, loss_gradient=stage.loss_bytes) for stage in mine
+    )
+    # a receive buffer per piece: activations forward, their gradients backward
+    last = layout.num_stages - 1
+    received = layout.microbatches * sum(
+        stage.input_bytes + (stage.output_bytes if stage.index < last else 0) for stage in mine
+    )
+    candidate = Candidate("pp", activation_checkpointing=mode)
+    label = f"pp-{layout.schedule} rank {rank}"  # stages rank, rank + size, ... (pipeline_split)
+    return MemoryEstimate(
+        label,
+        candidate,
+        params + buffers,
+        params,
+        optimizer_states * params,
+        held + transient,
+        received,
+    )
+
+
+def plan_pipeline_memory(
+    stages: list[StageFacts],
+    layout: PipelineLayout,
+    cfg: ParallelConfig,
+    *,
+    optimizer_states: int,
+    device_memory_bytes: int | None,
+) -> MemoryPlan:
+    """One row per pipeline rank; the rank with the largest total decides whether it fits
+    (it is the recommendation, marked, when every rank fits)."""
+    estimates = []
+    for rank in range(layout.size):
+        found = estimate_rank(stages, layout, cfg, rank=rank, optimizer_states=optimizer_states)
+        fits = None if device_memory_bytes is None else found.total_bytes <= device_memory_bytes
+        estimates.append(MemoryEstimate(**{**found.__dict__, "fits": fits}))
+    peak = max(estimates, key=lambda each: each.total_bytes)
+    recommended = peak if peak.fits else None
+    return MemoryPlan(estimates, recommended, device_memory_bytes, layout.size)
