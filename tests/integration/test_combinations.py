@@ -4,11 +4,12 @@ time in one line.
 
 The cases are the checked-in pairwise covering array `combinations.json` (made by
 `covering_array.py`; `test_covering_array.py` checks it). Each case trains a few optimizer
-steps; its loss must be finite and fall by 5 %. Every ddp/fsdp case also trains in one process
+steps; its loss must be finite and fall by 5 %. Every multi-process case also trains in one process
 with the same micro batches (its twin), whose loss must fall too: a few seconds that cover
 one-process combinations the array has only under FSDP (bf16-true x sgd found the fused-SGD
 defect so); in fp32 the twin's final weights and the case's must match.
-All ddp and fsdp cases run in one torchrun job, the one-process runs in this process.
+All multi-process cases (ddp, fsdp, local_sgd, diloco, tp = fsdp with a 2-rank tensor-
+parallel group, pp = 2 pipeline stages) run in one torchrun job, the one-process runs here.
 The table's `refused` entries must fail in one line before any run directory exists.
 """
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from covering_array import (
     FACTORS,
+    SPLIT_MODELS,
     TABLE,
     all_pairs,
+    allowed,
     case_name,
     covering_array,
     load_refused,
@@ -44,3 +46,14 @@ def test_the_generator_covers_small_factor_sets_exactly():
     rows = covering_array(factors)
     assert set().union(*(pairs_of(row, factors) for row in rows)) == all_pairs(factors)
     assert len(rows) == 4  # the optimum for three binary factors
+
+
+def test_tp_and_pp_only_split_language_models_they_have_a_plan_for():
+    assert not allowed({"strategy": "tp", "model": "rnn"})  # no tensor-parallel plan
+    assert not allowed({"strategy": "pp", "task": "classification"})  # a pooled head
+    assert allowed({"strategy": "tp", "precision": "bf16-true"})
+    split = [case for case in load_table() if case["strategy"] in SPLIT_MODELS]
+    assert {case["strategy"] for case in split} == {"tp", "pp"}
+    for case in split:
+        assert case["model"] in SPLIT_MODELS[case["strategy"]]
+        assert case["task"] == "language_model"
