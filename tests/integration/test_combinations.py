@@ -4,11 +4,12 @@ time in one line.
 
 The cases are the checked-in pairwise covering array `combinations.json` (made by
 `covering_array.py`; `test_covering_array.py` checks it). Each case trains a few optimizer
-steps; its loss must be finite and fall by 5 %. Every ddp/fsdp case also trains in one process
+steps; its loss must be finite and fall by 5 %. Every multi-process case also trains in one process
 with the same micro batches (its twin), whose loss must fall too: a few seconds that cover
 one-process combinations the array has only under FSDP (bf16-true x sgd found the fused-SGD
 defect so); in fp32 the twin's final weights and the case's must match.
-All ddp and fsdp cases run in one torchrun job, the one-process runs in this process.
+All multi-process cases (ddp, fsdp, local_sgd, diloco, tp = fsdp with a 2-rank tensor-
+parallel group, pp = 2 pipeline stages) run in one torchrun job, the one-process runs here.
 The table's `refused` entries must fail in one line before any run directory exists.
 """
 
@@ -50,6 +51,29 @@ LR = {"sgd": 0.3, "nesterov": 0.1, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 3e-3,
 # the GPT's small init (std 0.02, tied head) starts from near-uniform logits, and a tiny
 # LSTM learns slowly at the others' rates: larger steps, so 8 steps lower the loss by 5 %
 LR_SCALE = {"gpt": 3.0, "rnn": 4.0}
+# Rates where the twin comparison means something. Some models at the others' rates are
+# chaotic: in ONE process fp32 ends far from float64 after 8 steps, so a 2-rank run (whose
+# sums only change order) cannot match its twin at 1e-5. The tiny resnet: 0.11 (sgd 0.3),
+# 0.02 (sgd 0.1), 6e-5 (rmsprop 3e-3), 8e-5 (adagrad 0.05) from float64; that was the
+# 0.08-0.12 ddp gap at stem.0.weight (plain torch DDP's first-step gradients equal one
+# process's exactly). Its sgd sits at the edge of stability: without clipping 0.06 and
+# 0.09 stay within 2e-6 of float64 but 0.08 and 0.1 do not; with norm clipping (the
+# table's resnet+sgd case) 0.1 stays within 3e-7 and 0.15 does not. The GPT at 3x:
+# rmsprop 8e-5 and adagrad 1e-3 between the whole batch and the pipeline's 4 pieces of
+# it; adagrad with the elastic penalty still 2.6e-3 at 0.05 (its first steps of +-lr carry
+# weights across zero, where l1's sign flips), 4.5e-6 at 0.01. textcnn regression under
+# nesterov diverges to inf at 0.1 in one process. At these rates each falls by 6 % or more.
+STABLE_LR = {
+    ("resnet", "sgd"): 0.1,
+    ("resnet", "nesterov"): 0.03,
+    ("resnet", "adam"): 3e-3,
+    ("resnet", "adamw"): 3e-3,
+    ("resnet", "rmsprop"): 3e-4,
+    ("resnet", "adagrad"): 0.015,
+    ("gpt", "rmsprop"): 3e-3,
+    ("gpt", "adagrad"): 0.01,
+    ("textcnn", "nesterov"): 0.01,
+}
 PENALTY = {"none": {}, "l1": {"l1": 1e-4}, "elastic": {"l1": 1e-4, "l2": 1e-3}}
 # dropout off everywhere (the default but for textcnn): 1 and 2 processes draw differently
 MODELS = {
@@ -112,19 +136,21 @@ def data_section(model: str, text_csv: Path, task: str) -> dict:
 
 
 def micro_batch_size(case: Case) -> int:
-    """Per rank: the rank's share of the batch, halved for accumulation 2."""
-    world_size = 1 if case["strategy"] == "single" else WORLD_SIZE
-    return BATCH_SIZE // world_size // int(case["accumulation"])
+    """Per rank: the rank's share of the batch, halved for accumulation 2. tp and pp ranks
+    all read the whole batch (one data-parallel rank)."""
+    data_parallel = 1 if case["strategy"] in ("single", "tp", "pp") else WORLD_SIZE
+    return BATCH_SIZE // data_parallel // int(case["accumulation"])
 
 
 def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool = False) -> dict:
     """The case as a config; `twin`: the same run in one process, in the case's micro batches
     (batch norm sees the same samples together as on each rank)."""
-    optimizer = case["optimizer"]
+    optimizer, model = case["optimizer"], str(case["model"])
     task = str(case.get("task", "auto"))
+    lr = STABLE_LR.get((model, optimizer), LR[optimizer] * LR_SCALE.get(model, 1.0))
     optim = {
         "name": "sgd" if optimizer == "nesterov" else optimizer,
-        "lr": LR[optimizer] * LR_SCALE.get(str(case["model"]), 1.0),
+        "lr": lr,
         "penalty": PENALTY[case["penalty"]],
         "clip": {"mode": case["clip"], "max": 1.0},
     }
@@ -134,7 +160,8 @@ def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool =
         "run": {"name": name, "seed": 0, "out_dir": str(out)},
         # regression: the digit (or the text's class) as a number to predict
         "data": data_section(case["model"], text_csv, task) | {"task": task},
-        "model": MODELS[case["model"]],
+        # the pipeline's stages cannot share the embedding with the head (first and last)
+        "model": MODELS[model] | ({"tie_weights": False} if case["strategy"] == "pp" else {}),
         "optim": optim,
         "train": {
             "max_steps": NUM_STEPS,
@@ -151,10 +178,16 @@ def config_for(case: Case, *, name: str, out: Path, text_csv: Path, twin: bool =
 
 
 def parallel_section(case: Case, *, twin: bool) -> dict:
-    """local_sgd/diloco sync every 4 of the 8 steps: a sync mid-run and one at the end."""
-    section = {"strategy": "single" if twin else case["strategy"], "timeout_s": 60}
-    if not twin and case["strategy"] in LOCAL:
+    """local_sgd/diloco sync every 4 of the 8 steps: a sync mid-run and one at the end.
+    tp: FSDP over a mesh whose 2 ranks form one tensor-parallel group; pp: 2 stages."""
+    strategy = "single" if twin else str(case["strategy"])
+    section: dict = {"strategy": strategy, "timeout_s": 60}
+    if strategy in LOCAL:
         section["local"] = {"steps": 4}
+    elif strategy == "tp":
+        section.update(strategy="fsdp", dims={"tp": WORLD_SIZE})
+    elif strategy == "pp":
+        section["pp"] = {"size": WORLD_SIZE}
     return section
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from covering_array import (
     FACTORS,
+    SPLIT_MODELS,
     TABLE,
     all_pairs,
+    allowed,
     case_name,
     covering_array,
     load_refused,
@@ -33,8 +35,10 @@ def test_cases_hold_one_known_value_per_factor_and_have_unique_names():
     for case in table:
         assert case.keys() == FACTORS.keys() and all(case[f] in FACTORS[f] for f in FACTORS)
     assert len({case_name(case) for case in table}) == len(table)
-    # each case is a few seconds of the slow suite; 6 models x 6 optimizers need 36
-    assert len(table) <= 42
+    # each case is a few seconds of the slow suite; 47 is the least any table can have:
+    # tp and pp each need 6 rows (one per optimizer) that must all be gpt, gpt needs 5 more
+    # (one per other strategy), and the 5 other models 6 rows each (one per optimizer)
+    assert len(table) <= 47
 
 
 def test_the_generator_covers_small_factor_sets_exactly():
@@ -42,3 +46,14 @@ def test_the_generator_covers_small_factor_sets_exactly():
     rows = covering_array(factors)
     assert set().union(*(pairs_of(row, factors) for row in rows)) == all_pairs(factors)
     assert len(rows) == 4  # the optimum for three binary factors
+
+
+def test_tp_and_pp_only_split_language_models_they_have_a_plan_for():
+    assert not allowed({"strategy": "tp", "model": "rnn"})  # no tensor-parallel plan
+    assert not allowed({"strategy": "pp", "task": "classification"})  # a pooled head
+    assert allowed({"strategy": "tp", "precision": "bf16-true"})
+    split = [case for case in load_table() if case["strategy"] in SPLIT_MODELS]
+    assert {case["strategy"] for case in split} == {"tp", "pp"}
+    for case in split:
+        assert case["model"] in SPLIT_MODELS[case["strategy"]]
+        assert case["task"] == "language_model"

@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.distributed import DistributedStrategy, constant_buffer_names
 from scaletrain.parallel.strategy import WrapRequest
 
 
@@ -28,8 +28,14 @@ class DDPStrategy(DistributedStrategy):
         self.comm_bytes_per_step = float(
             sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         )
+        model = model.to(self.device)
+        constants = constant_buffer_names(model)
+        if constants:  # DDP's forward broadcasts every other buffer (BatchNorm's statistics)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, sorted(constants)
+            )
         return DistributedDataParallel(
-            model.to(self.device),
+            model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             bucket_cap_mb=settings.bucket_cap_mb,
             static_graph=settings.static_graph,
