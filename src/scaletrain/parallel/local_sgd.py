@@ -26,7 +26,11 @@ import torch.distributed as dist
 from torch import nn
 
 from scaletrain.errors import CheckpointError
-from scaletrain.parallel.distributed import DistributedStrategy, broadcast_in_place
+from scaletrain.parallel.distributed import (
+    DistributedStrategy,
+    broadcast_in_place,
+    constant_buffer_names,
+)
 from scaletrain.parallel.strategy import WrapRequest
 
 
@@ -50,10 +54,11 @@ class LocalSGDStrategy(DistributedStrategy):
         """Every rank starts from rank 0's weights (as DDP does); keep the global copy."""
         model = model.to(self.device)
         self.params = [param for param in model.parameters() if param.requires_grad]
-        # float buffers a checkpoint holds; non-persistent ones (RoPE tables) are constants
-        saved = {tensor.data_ptr() for tensor in model.state_dict().values()}
+        constants = constant_buffer_names(model)  # RoPE tables: the same on every rank
         self.buffers = [
-            b for b in model.buffers() if b.is_floating_point() and b.data_ptr() in saved
+            b
+            for name, b in model.named_buffers()
+            if b.is_floating_point() and name not in constants
         ]
         with torch.no_grad():
             state = [*self.params, *model.buffers()]
