@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,12 @@ from scaletrain.config.base import (
     Seed,
 )
 from scaletrain.config.dims import DimsConfig
+from scaletrain.config.ensemble import (
+    EnsembleConfig,
+    SubsampleConfig,
+    member_overrides,
+    member_raw,
+)
 from scaletrain.config.models import (
     CNNConfig as CNNConfig,
 )
@@ -238,6 +245,16 @@ class DataConfig(Section):
         "anyway), up to 4 processes for user Datasets on CUDA; in-memory tensors need none.",
     )
     drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
+    split_seed: Seed | None = Field(
+        None,
+        description="Seed of the train/val/test split; default `run.seed` (ensemble members "
+        "share the ensemble's split while their own seeds differ).",
+    )
+    subsample: SubsampleConfig | None = Field(
+        None,
+        description="Train on a random sample of the train split (a bagging member's "
+        "bootstrap); val/test untouched; absent: the whole split.",
+    )
     table: TableConfig = TableConfig()
     text: TextConfig = TextConfig()
     image: ImageConfig = ImageConfig()
@@ -768,6 +785,9 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
     parallel: ParallelConfig = ParallelConfig()
+    ensemble: EnsembleConfig | None = Field(
+        None, description="Train several members and combine them (docs/ensembles.md)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -893,10 +913,31 @@ def validate_config(raw: dict) -> Config:
     if isinstance(model, dict) and "name" not in model:
         raw = {**raw, "model": {"name": "cnn", **model}}
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         problems = [_describe(group, raw) for group in _by_key(exc.errors())]
         raise ConfigError(problems[0], problems=problems) from None
+    if cfg.ensemble is not None:
+        member_configs(cfg)  # a member override that does not load is named by its member
+    return cfg
+
+
+def member_configs(cfg: Config) -> list[Config]:
+    """Each ensemble member's config: a normal run in the ensemble's `members/` folder."""
+    raw = cfg.to_dict()
+    members = []
+    for index in range(cfg.ensemble.members):
+        overrides = member_overrides(cfg.ensemble, index)
+        try:
+            with warnings.catch_warnings():  # a member's model switch is what it asked for
+                warnings.simplefilter("ignore", choices.ConfigNote)
+                members.append(load_config(member_raw(raw, index), overrides))
+        except ConfigError as exc:
+            where = (
+                f"ensemble.member_overrides.{index}" if overrides else f"ensemble member {index}"
+            )
+            raise ConfigError(f"{where}: {exc}") from None
+    return members
 
 
 def _read_yaml(path: Path) -> dict:
