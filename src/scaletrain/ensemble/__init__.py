@@ -1,6 +1,6 @@
-"""Ensembles of independently trained members (bagging, voting), trained in parallel."""
+"""Ensembles of independently trained members (bagging, voting), trained in parallel.
 
-from scaletrain.ensemble.dispatch import resume, train
-from scaletrain.ensemble.runner import resume_ensemble, train_ensemble
-
-__all__ = ["resume", "resume_ensemble", "train", "train_ensemble"]
+Nothing is imported here: the CLI asks `ensemble.commands` whether a command trains an
+ensemble before anything heavy (torch, the trainer) is imported. `runner.train_ensemble` and
+`runner.resume_ensemble` are the entry points; `scaletrain.train`/`resume` dispatch to them.
+"""

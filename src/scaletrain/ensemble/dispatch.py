@@ -11,8 +11,8 @@ from scaletrain import api
 from scaletrain.config import Config, load_config
 from scaletrain.ensemble.runner import resume_ensemble, train_ensemble
 from scaletrain.errors import UserError
+from scaletrain.rundir import is_ensemble_dir
 from scaletrain.trained import Run
-from scaletrain.trained.ensemble import is_ensemble_dir
 
 
 def train(

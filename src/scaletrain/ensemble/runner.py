@@ -20,6 +20,7 @@ from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.rundir import (
     API_REUSE_HINT,
+    ENSEMBLE_FILE,
     RunDir,
     RunLock,
     open_run_dir,
@@ -27,7 +28,7 @@ from scaletrain.rundir import (
     read_json,
 )
 from scaletrain.trained import Run
-from scaletrain.trained.ensemble import ENSEMBLE_FILE, load_ensemble_run
+from scaletrain.trained.ensemble import load_ensemble_run
 
 
 def train_ensemble(

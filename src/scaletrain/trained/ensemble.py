@@ -15,12 +15,11 @@ from torch import nn
 
 from scaletrain.config import Config, load_config
 from scaletrain.errors import UserError
-from scaletrain.rundir import RunDir, read_json
+from scaletrain.rundir import ENSEMBLE_FILE, RunDir, read_json
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
 from scaletrain.trained.weights import load_trained_model
 
-ENSEMBLE_FILE = "ensemble.json"  # members, their weights in the combination, bootstrap seeds
 _FLOOR = 1e-12  # a class no member predicts: log(0) would make the loss infinite
 
 
@@ -47,10 +46,6 @@ class EnsembleModule(nn.Module):
         else:
             probabilities = torch.einsum("k,kbc->bc", self.weights, outputs.softmax(dim=2))
         return probabilities.clamp_min(_FLOOR).log()
-
-
-def is_ensemble_dir(root: Path) -> bool:
-    return (Path(root) / ENSEMBLE_FILE).is_file()
 
 
 def member_dirs(root: Path, count: int) -> list[RunDir]:
