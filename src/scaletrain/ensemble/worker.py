@@ -1,12 +1,12 @@
 """A worker process of a parallel ensemble: trains its round-robin share of the members.
 
-Started by `ensemble/parallel.py` as `python -m scaletrain.ensemble.worker ROOT RANK NPROC`.
-Members never communicate: no process group is created; each member is a one-process run.
+Started by `ensemble/parallel.py` through multiprocessing's `spawn` (a fresh interpreter that
+gets the parent's `sys.path`). Members never communicate: no process group is created; each
+member is a one-process run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,8 +14,8 @@ from pathlib import Path
 EXIT_USER_ERROR = 2
 
 
-def run_worker(root: Path, *, rank: int, nproc: int) -> int:
-    """Train members rank, rank + nproc, ...; print one JSON line per member on stdout."""
+def run_worker(root: Path, *, rank: int, nproc: int, report) -> int:
+    """Train members rank, rank + nproc, ...; `report(outcome_dict)` after each."""
     import torch
 
     from scaletrain.config import load_config, member_configs
@@ -28,22 +28,21 @@ def run_worker(root: Path, *, rank: int, nproc: int) -> int:
         if not assigned(index, rank=rank, nproc=nproc):
             continue
         outcome = train_member(member_cfg, index)
-        print(json.dumps(outcome.__dict__), flush=True)
+        report(outcome.__dict__)
         if outcome.exit_code:
             return outcome.exit_code  # stopped by a signal: the ensemble resumes later
     return 0
 
 
-def main(argv: list[str]) -> int:
+def worker_main(root: str, rank: int, nproc: int, queue) -> None:
+    """The spawned process's target: its exit code says how it ended."""
     from scaletrain.errors import UserError
 
-    root, rank, nproc = Path(argv[0]), int(argv[1]), int(argv[2])
     try:
-        return run_worker(root, rank=rank, nproc=nproc)
+        code = run_worker(Path(root), rank=rank, nproc=nproc, report=queue.put)
     except UserError as exc:
-        print(f"error: member worker {rank}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        print(f"error: ensemble worker {rank}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        code = EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
