@@ -18,6 +18,7 @@ from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
+from scaletrain.report import write_report
 from scaletrain.rundir import (
     API_REUSE_HINT,
     ENSEMBLE_FILE,
@@ -85,6 +86,8 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     _write_summary(
         run, cfg, outcomes, status="finished", train_s=train_s, nproc=nproc, metrics=metrics
     )
+    if cfg.log.report:
+        write_report(run.root)  # the ensemble page (members' pages are their own)
     combined.metrics, combined.status = metrics.ensemble, "finished"
     return combined
 
