@@ -53,14 +53,16 @@ def resume_command(args) -> int:
 
 
 def _nproc(args) -> int:
-    from scaletrain.launch import parse_nproc
-
+    """`--nproc K`: worker processes for the members (torchrun's flags do not apply)."""
     if str(args.nnodes) != "1":
         raise UserError(
             f"--nnodes {args.nnodes}: an ensemble's members run on this machine's processes "
             "(--nproc K); several nodes are not supported for ensembles yet"
         )
-    nproc = parse_nproc(args.nproc)
+    try:
+        nproc = int(args.nproc)
+    except ValueError:
+        raise UserError(f"--nproc: expected a whole number, got {args.nproc!r}") from None
     if nproc < 1:
         raise UserError(f"--nproc: expected at least 1, got {nproc}")
     return nproc
