@@ -259,8 +259,11 @@ def _compare(args) -> int:
 
 def _export(args) -> int:
     from scaletrain import api
+    from scaletrain.ensemble.export import export_ensemble
+    from scaletrain.rundir import is_ensemble_dir
 
-    path = api.export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
+    export = export_ensemble if is_ensemble_dir(args.run_dir) else api.export
+    path = export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
     console.print(f"exported {path}")
     return 0
 

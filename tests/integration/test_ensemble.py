@@ -72,7 +72,12 @@ def test_ensemble_run_predicts_and_evaluates_like_a_single_run(tmp_path):
     votes = np.stack([member.predict(inputs).argmax(1) for member in members])
     expected = np.stack([(votes == label).mean(0) for label in range(10)], axis=1)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
-    for command in (["eval", str(run.run_dir)], ["predict", str(run.run_dir), _npy(tmp_path)]):
+    commands = (
+        ["eval", str(run.run_dir)],
+        ["predict", str(run.run_dir), _npy(tmp_path)],
+        ["export", str(run.run_dir)],
+    )
+    for command in commands:
         done = subprocess.run(
             [sys.executable, "-m", "scaletrain", *command],
             capture_output=True,
@@ -82,6 +87,12 @@ def test_ensemble_run_predicts_and_evaluates_like_a_single_run(tmp_path):
         )
         assert done.returncode == 0, done.stderr
     assert labels is not None
+    from safetensors.torch import load_file
+
+    exported = load_file(run.run_dir / "model.safetensors")  # members' best weights, no pickle
+    loaded = scaletrain.load_run(run.run_dir).model.state_dict()
+    assert exported.keys() == loaded.keys()
+    assert all(torch.equal(exported[key], loaded[key]) for key in loaded)
 
 
 def _npy(tmp_path: Path) -> str:
