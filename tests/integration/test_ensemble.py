@@ -156,3 +156,30 @@ def test_sigterm_mid_ensemble_then_resume_retrains_only_unfinished_members(tmp_p
     assert all(actions[i] in ("resumed", "trained") for i in set(range(3)) - set(kept))
     for index, stamp in stamps.items():  # a finished member's files are left as they were
         assert (root / "members" / f"m{index}" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_snapshot_members_are_the_checkpoints_at_each_cycle_end(tmp_path):
+    config = _config(tmp_path, "snap", method="snapshot", members=3)
+    config["train"]["max_epochs"] = 6
+    run = scaletrain.train(config)
+    record = json.loads((run.run_dir / "ensemble.json").read_text())
+    plan = json.loads((run.run_dir / "members" / "m0" / "plan.json").read_text())
+    cycle = 2 * plan["steps_per_epoch"]
+    assert [m["checkpoint"] for m in record["members"]] == [
+        f"step_{cycle * c:08d}" for c in (1, 2, 3)
+    ]
+    lrs = {
+        r["step"]: r["lr"]
+        for r in map(json.loads, (run.run_dir / "members" / "m0" / "metrics.jsonl").open())
+        if r.get("split") == "train"
+    }
+    # the lr logged at step s is the next update's: it is back at the top from step `cycle`
+    restarted = min(step for step in lrs if step >= cycle)
+    before = max(step for step in lrs if step < cycle)
+    assert lrs[restarted] > 2 * lrs[before], (lrs, cycle)
+    states = [model_state(member) for member in run.model.members]
+    assert len(states) == 3 and not torch.equal(
+        states[0]["output.weight"], states[2]["output.weight"]
+    )
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and len(summary["members"]) == 3

@@ -39,8 +39,10 @@ from scaletrain.config.dims import DimsConfig
 from scaletrain.config.ensemble import (
     EnsembleConfig,
     SubsampleConfig,
+    check_snapshot,
     member_overrides,
     member_raw,
+    num_runs,
 )
 from scaletrain.config.models import (
     CNNConfig as CNNConfig,
@@ -332,7 +334,14 @@ def _echo(value: Any, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- optim
 class ScheduleConfig(Section):
     name: Literal[
-        "constant", "step", "multistep", "exponential", "cosine", "linear", "onecycle"
+        "constant",
+        "step",
+        "multistep",
+        "exponential",
+        "cosine",
+        "cosine_restarts",
+        "linear",
+        "onecycle",
     ] = Field("constant", description="LR multiplier shape over training steps.")
     warmup_steps: NonNegInt = Field(
         0, description="Linear warmup steps: multiplier (s+1)/(W+1), then the shape."
@@ -347,6 +356,9 @@ class ScheduleConfig(Section):
     pct_start: Annotated[Float, Field(gt=0, lt=1)] = Field(0.3, description="`onecycle` rise.")
     div_factor: PositiveFloat = Field(25.0, description="`onecycle`: start = 1/div_factor.")
     final_div_factor: PositiveFloat = Field(1e4, description="`onecycle`: end divisor.")
+    cycles: PositiveInt = Field(
+        1, description="`cosine_restarts`: equal cosine cycles, each back to the full lr."
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> ScheduleConfig:
@@ -817,6 +829,8 @@ class Config(Section):
         if self.parallel.dims.tp > 1:
             _check_tensor_parallel(self)
         check_pipeline(self)
+        if self.ensemble is not None and self.ensemble.method == "snapshot":
+            check_snapshot(self.train.model_dump(), self.ensemble)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -923,10 +937,11 @@ def validate_config(raw: dict) -> Config:
 
 
 def member_configs(cfg: Config) -> list[Config]:
-    """Each ensemble member's config: a normal run in the ensemble's `members/` folder."""
+    """Each ensemble member's config: a normal run in the ensemble's `members/` folder (a
+    snapshot ensemble: its one run, whose cycle ends are the members)."""
     raw = cfg.to_dict()
     members = []
-    for index in range(cfg.ensemble.members):
+    for index in range(num_runs(cfg.ensemble)):
         overrides = member_overrides(cfg.ensemble, index)
         try:
             with warnings.catch_warnings():  # a member's model switch is what it asked for

@@ -14,7 +14,7 @@ MAX_MEMBERS = 256  # each member is a run directory; more is a mistake, not an e
 
 # Methods the trainer runs today; the others are named so a config can say what it wants and
 # be told, in one line, that it is not there yet (docs/ensembles.md).
-IMPLEMENTED_METHODS = ("bagging", "voting")
+IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot")
 # Keys a member may not change: members share the data split and its preprocessing (one
 # `preprocess.json` serves the ensemble), and their place in the ensemble's directory.
 FIXED_FOR_MEMBERS = ("data", "run", "ensemble")
@@ -34,7 +34,8 @@ class EnsembleConfig(Section):
     method: Literal["bagging", "voting", "snapshot", "stacking", "boosting"] = Field(
         "voting",
         description="`bagging`: each member on its own bootstrap sample of the train split; "
-        "`voting`: same data, different seeds (`snapshot`, `stacking`, `boosting`: not yet).",
+        "`voting`: same data, different seeds; `snapshot`: one run, `members` cosine cycles, a "
+        "member at each cycle's end (`stacking`, `boosting`: not yet).",
     )
     members: PositiveInt = Field(5, description="Number of members K (each a run directory).")
     combine: Literal["mean", "vote", "weighted", "learned"] = Field(
@@ -72,6 +73,11 @@ class EnsembleConfig(Section):
                 "ensemble.combine: `learned` needs a stacking combiner (ensemble.method: "
                 "stacking), not implemented yet; use mean, vote or weighted"
             )
+        if self.method == "snapshot" and self.combine == "weighted":
+            raise ValueError(
+                "ensemble.combine: `weighted` weighs members by their own validation loss; a "
+                "snapshot ensemble's members share one run: use mean or vote"
+            )
         if self.member_nproc > 1:
             raise ValueError(
                 f"ensemble.member_nproc: {self.member_nproc} processes per member is not "
@@ -101,6 +107,26 @@ class EnsembleConfig(Section):
                     )
 
 
+def num_runs(ensemble: EnsembleConfig) -> int:
+    """Runs to train: one per member, or one run whose cycle ends are the members (snapshot)."""
+    return 1 if ensemble.method == "snapshot" else ensemble.members
+
+
+def check_snapshot(raw_train: dict, ensemble: EnsembleConfig) -> None:
+    """A snapshot ensemble's cycles end on epoch ends, where a checkpoint is saved."""
+    epochs, members = raw_train.get("max_epochs"), ensemble.members
+    if raw_train.get("max_steps") is not None or not epochs or epochs % members:
+        raise ValueError(
+            f"ensemble.method: `snapshot` cuts train.max_epochs into {members} equal cycles "
+            f"(ensemble.members); set train.max_epochs to a multiple of {members} (got "
+            f"{epochs}) and leave train.max_steps unset"
+        )
+    if ensemble.member_overrides:
+        raise ValueError(
+            "ensemble.member_overrides: a snapshot ensemble is one run; set its keys directly"
+        )
+
+
 def member_seed(seed: int, index: int) -> int:
     """Member `index`'s run seed: member 0 is the ensemble's own seed."""
     return (seed + index) % 2**32
@@ -116,6 +142,8 @@ def member_raw(raw: dict, index: int) -> dict:
         **data,
         "split_seed": run["seed"] if data.get("split_seed") is None else data["split_seed"],
     }
+    if ensemble["method"] == "snapshot":
+        return _snapshot_raw(raw, ensemble, member_data, run)
     if ensemble["method"] == "bagging":
         member_data["subsample"] = {
             "fraction": ensemble["sample_fraction"],
@@ -135,3 +163,27 @@ def member_overrides(ensemble: EnsembleConfig, index: int) -> list[str]:
     """The dotted overrides member `index` gets (none past the list)."""
     items = ensemble.member_overrides
     return list(items[index]) if index < len(items) else []
+
+
+def _snapshot_raw(raw: dict, ensemble: dict, data: dict, run: dict) -> dict:
+    """The one run of a snapshot ensemble: a cosine restart per member, a checkpoint at each
+    cycle's end and no other (those checkpoints are the members)."""
+    members = ensemble["members"]
+    cycle_epochs = raw["train"]["max_epochs"] // members
+    schedule = {**raw["optim"]["schedule"], "name": "cosine_restarts", "cycles": members}
+    checkpoint = {
+        **raw["checkpoint"],
+        "every_steps": None,
+        "every_epochs": cycle_epochs,
+        "every_minutes": None,
+        "keep_last": members,
+        "save_best": False,
+    }
+    return {
+        **raw,
+        "ensemble": None,
+        "run": {**run, "name": "m0", "out_dir": f"{run['out_dir']}/{run['name']}/members"},
+        "data": data,
+        "optim": {**raw["optim"], "schedule": schedule},
+        "checkpoint": checkpoint,
+    }

@@ -14,7 +14,7 @@ from scaletrain.checkpoint.export import read_full_tensors
 from scaletrain.config import load_config
 from scaletrain.fileio import atomic_path
 from scaletrain.rundir import open_run_dir
-from scaletrain.trained.ensemble import combination_weights, member_dirs
+from scaletrain.trained.ensemble import combination_weights, member_checkpoints
 
 FORMAT = "scaletrain-ensemble-weights"
 
@@ -26,12 +26,13 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
     tensors, steps = {}, []
-    for index, member in enumerate(member_dirs(run.root, cfg.ensemble.members)):
-        path = CheckpointStore(member.checkpoints).find(checkpoint)  # verified by its manifest
+    members = member_checkpoints(run.root, checkpoint)
+    for index, (member, member_checkpoint) in enumerate(members):
+        path = CheckpointStore(member.checkpoints).find(member_checkpoint)  # manifest-checked
         steps.append(int(path.name.removeprefix("step_")))
         for name, value in read_full_tensors(path).items():
             tensors[f"members.{index}.{name}"] = value.contiguous()
-    count = cfg.ensemble.members
+    count = len(members)
     weights = combination_weights(run.root) if cfg.ensemble.combine == "weighted" else None
     weights = torch.tensor(weights if weights is not None else [1.0] * count)
     tensors["weights"] = (weights / weights.sum()).float()

@@ -79,10 +79,12 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     for name in ("data_spec.json", "preprocess.json"):  # shared by all members (one split)
         shutil.copyfile(first.root / name, run.root / name)
     weights = _member_weights(members) if cfg.ensemble.combine == "weighted" else None
-    _write_record(run, cfg, members, weights=weights)
+    snapshots = _snapshot_steps(first, cfg) if cfg.ensemble.method == "snapshot" else None
+    _write_record(run, cfg, members, weights=weights, snapshots=snapshots)
     combined = load_ensemble_run(run.root, cfg)
     bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
-    metrics = evaluate_ensemble(combined.model, members, cfg, bundle)
+    member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
+    metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
     _write_summary(
         run, cfg, outcomes, status="finished", train_s=train_s, nproc=nproc, metrics=metrics
     )
@@ -135,12 +137,30 @@ def _member_weights(members: list[Config]) -> list[float]:
     return weights
 
 
-def _write_record(run: RunDir, cfg: Config, members: list[Config], *, weights) -> None:
+def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
+    """The steps of a snapshot run's checkpoints: one at each cycle's end."""
+    steps = sorted(
+        int(path.parent.name.removeprefix("step_"))
+        for path in run.checkpoints.glob("step_*/manifest.json")
+    )
+    if len(steps) != cfg.ensemble.members:
+        raise UserError(
+            f"{run.checkpoints}: {len(steps)} checkpoints for {cfg.ensemble.members} snapshot "
+            "members (one per cycle end); was the run stopped early or its checkpoints removed?"
+        )
+    return steps
+
+
+def _write_record(
+    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None
+) -> None:
     """ensemble.json: what the ensemble is made of, for loading and for the report."""
     record = {
         "method": cfg.ensemble.method,
         "combine": cfg.ensemble.combine,
-        "members": [
+        "members": _snapshot_entries(members[0], snapshots)
+        if snapshots
+        else [
             {
                 "name": member.run.name,
                 "dir": f"members/{member.run.name}",
@@ -174,3 +194,16 @@ def _write_summary(
     }
     summary["metrics"] = summary["ensemble"]  # where a single run keeps them
     atomic_write_json(run.summary, summary)
+
+
+def _snapshot_entries(member: Config, steps: list[int]) -> list[dict]:
+    """A snapshot ensemble's members: its one run's checkpoints at the cycle ends."""
+    return [
+        {
+            "name": f"{member.run.name}@{step}",
+            "dir": f"members/{member.run.name}",
+            "seed": member.run.seed,
+            "checkpoint": f"step_{step:08d}",
+        }
+        for step in steps
+    ]

@@ -23,10 +23,11 @@ def write_ensemble_report(root: Path, *, out: Path | None = None) -> Path:
     summary = read_json(root / "summary.json")
     record = read_json(root / ENSEMBLE_FILE)
     names = [member["name"] for member in record["members"]]
+    runs = list(dict.fromkeys(member["dir"] for member in record["members"]))  # snapshot: one
     sections = [
         _header(root, summary),
         _members_section(summary, names),
-        _curves_section(root, summary, names),
+        _curves_section(root, summary, runs),
         _agreement_section(summary, names),
     ]
     target = Path(out) if out is not None else RunDir(root).report
@@ -63,13 +64,16 @@ def _members_section(summary: dict, names: list[str]) -> Markup:
     return section("members", "Members vs ensemble", body)
 
 
-def _curves_section(root: Path, summary: dict, names: list[str]) -> Markup:
-    """Each member's validation metric per epoch; the ensemble's final value as a line."""
+def _curves_section(root: Path, summary: dict, runs: list[str]) -> Markup:
+    """Each member run's validation metric per epoch; the ensemble's final value as a line."""
     if not summary["members"] or "val" not in summary["ensemble"]:
         return Markup("")
     metric = "accuracy" if "accuracy" in summary["ensemble"]["val"] else "loss"
     series, last_epoch = [], 1
-    for name in names:
+    for where in runs:
+        name = where.removeprefix("members/")
+        if "/" in name or name.startswith("."):  # ensemble.json names folders under members/
+            continue
         records = read_jsonl(root / "members" / name / "metrics.jsonl")
         points = [
             (r["epoch"], r["loss"] if metric == "loss" else r["metrics"][metric])

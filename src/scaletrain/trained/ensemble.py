@@ -8,6 +8,7 @@ regression the combined values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -48,8 +49,29 @@ class EnsembleModule(nn.Module):
         return probabilities.clamp_min(_FLOOR).log()
 
 
-def member_dirs(root: Path, count: int) -> list[RunDir]:
-    return [RunDir(Path(root) / "members" / f"m{index}") for index in range(count)]
+_MEMBER_DIR = re.compile(r"^members/m[0-9]{1,3}$")
+_CHECKPOINT = re.compile(r"^step_[0-9]{1,12}$")
+
+
+def member_checkpoints(root: Path, checkpoint: str) -> list[tuple[RunDir, str]]:
+    """Each member's run directory and checkpoint, from ensemble.json: `checkpoint` of its own
+    run, or (snapshot) the checkpoint at its cycle's end. Entries are checked: a file edited to
+    point outside the ensemble is one line."""
+    path = Path(root) / ENSEMBLE_FILE
+    record = read_json(path)
+    members = record.get("members") if isinstance(record, dict) else None
+    if not isinstance(members, list) or not members:
+        raise UserError(f"{path}: expected a non-empty `members` list")
+    found = []
+    for entry in members:
+        where = entry.get("dir") if isinstance(entry, dict) else None
+        step = entry.get("checkpoint") if isinstance(entry, dict) else None
+        if not isinstance(where, str) or not _MEMBER_DIR.match(where):
+            raise UserError(f"{path}: member dir {str(where)[:40]!r} is not members/m<N>")
+        if step is not None and not (isinstance(step, str) and _CHECKPOINT.match(step)):
+            raise UserError(f"{path}: member checkpoint {str(step)[:40]!r} is not step_<N>")
+        found.append((RunDir(Path(root) / where), step or checkpoint))
+    return found
 
 
 def combination_weights(root: Path) -> list[float] | None:
@@ -67,12 +89,12 @@ def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> R
     """A Run of the ensemble directory: every member's `checkpoint` weights combined."""
     run = RunDir(Path(root))
     members = []
-    for member in member_dirs(run.root, cfg.ensemble.members):
+    for member, member_checkpoint in member_checkpoints(run.root, checkpoint):
         if not member.config.is_file():
             raise UserError(f"{member.root}: member missing; resume the ensemble to train it")
         member_cfg = load_config(member.config)
         model, _ = load_trained_model(
-            member, member_cfg, read_spec(member), checkpoint=checkpoint, model=None
+            member, member_cfg, read_spec(member), checkpoint=member_checkpoint, model=None
         )
         members.append(model)
     spec = read_spec(run)

@@ -69,3 +69,27 @@ def test_bad_ensemble_keys_are_one_line_naming_the_key(section, culprit):
 def test_subsample_fraction_bounds():
     with pytest.raises(ConfigError, match="data.subsample.fraction"):
         load_config({"data": {"subsample": {"fraction": 0, "seed": 1}}})
+
+
+def test_snapshot_is_one_run_with_a_cycle_and_a_checkpoint_per_member():
+    cfg = load_config({**_ensemble(method="snapshot", members=3), "train": {"max_epochs": 6}})
+    (run,) = member_configs(cfg)
+    assert run.run.name == "m0" and run.run.seed == 7
+    assert run.optim.schedule.name == "cosine_restarts" and run.optim.schedule.cycles == 3
+    assert run.checkpoint.every_epochs == 2 and run.checkpoint.keep_last == 3
+    assert run.checkpoint.every_minutes is None and not run.checkpoint.save_best
+
+
+@pytest.mark.parametrize(
+    ("train", "section", "culprit"),
+    [
+        ({"max_epochs": 5}, {}, "set train.max_epochs to a multiple of 3"),
+        ({"max_epochs": 6, "max_steps": 10}, {}, "leave train.max_steps unset"),
+        ({"max_epochs": 6}, {"combine": "weighted"}, "ensemble.combine: `weighted`"),
+        ({"max_epochs": 6}, {"member_overrides": [["optim.lr=1"]]}, "one run"),
+    ],
+)
+def test_snapshot_refusals(train, section, culprit):
+    raw = {**_ensemble(method="snapshot", members=3, **section), "train": train}
+    with pytest.raises(ConfigError, match=culprit.replace("`", ".").replace(".", ".")):
+        load_config(raw)
