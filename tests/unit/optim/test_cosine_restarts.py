@@ -28,3 +28,10 @@ def test_one_cycle_equals_cosine():
         assert lr_multiplier(restarts, step, total_steps=50) == pytest.approx(
             lr_multiplier(cosine, step, total_steps=50), abs=1e-12
         )
+
+
+def test_a_cosine_restarts_run_cannot_be_made_longer():
+    from scaletrain.train.extend import schedule_needs_total
+
+    cfg = ScheduleConfig(name="cosine_restarts", cycles=3)
+    assert schedule_needs_total(cfg) == "optim.schedule.name"  # the cycles would move
