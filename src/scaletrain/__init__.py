@@ -20,8 +20,8 @@ _LAZY = {
     "generate": "scaletrain.api",
     "load_run": "scaletrain.api",
     "predict": "scaletrain.api",
-    "resume": "scaletrain.api",
-    "train": "scaletrain.api",
+    "resume": "scaletrain.ensemble.dispatch",  # one run, or an ensemble (above api)
+    "train": "scaletrain.ensemble.dispatch",
 }
 __all__ = sorted(_LAZY)
 

@@ -77,6 +77,7 @@ def train(
     tune_malloc()  # before the first training allocations; a no-op where MALLOC_* is set
     wait_for_reports(raise_errors=False)  # the last run's report: one drawing at a time
     cfg = load_config(config, list(overrides))
+    _refuse_ensemble(cfg)
     if model is not None:
         cfg = _replace(cfg, model=UserModelConfig(class_name=type(model).__qualname__))
     if data is not None:
@@ -137,6 +138,7 @@ def resume(
     run = open_run_dir(run_dir)
     saved_text = run.config.read_text()
     cfg = load_config(run.config)
+    _refuse_ensemble(cfg)
     if overrides:
         cfg = apply_resume_overrides(cfg, list(overrides))
     if isinstance(cfg.model, UserModelConfig) and model is None:
@@ -445,6 +447,16 @@ def export(run_dir: str | Path, *, out: str | Path | None = None, checkpoint: st
 
 
 # --- helpers ------------------------------------------------------------------------------
+def _refuse_ensemble(cfg: Config) -> None:
+    """This module trains one run; `scaletrain.train`/`resume` (ensemble/dispatch.py) also
+    train ensembles, which sit above it."""
+    if cfg.ensemble is not None:
+        raise ConfigError(
+            "ensemble: scaletrain.api trains one model; train or resume an ensemble with "
+            "scaletrain.train / scaletrain.resume (or `scaletrain train CONFIG`)"
+        )
+
+
 def _remove_if_untrained(run: RunDir) -> None:
     """A run refused before its first update (a config mismatch only the built model or
     loss could see) leaves nothing behind, so the corrected rerun is not refused."""

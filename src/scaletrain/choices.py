@@ -34,6 +34,7 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "multistep": (*_WARMUP, "milestones", "gamma"),
     "exponential": (*_WARMUP, "gamma"),
     "cosine": (*_WARMUP, "min_lr_ratio"),
+    "cosine_restarts": (*_WARMUP, "min_lr_ratio", "cycles"),
     "linear": (*_WARMUP, "min_lr_ratio"),
     "onecycle": ("pct_start", "div_factor", "final_div_factor"),
 }

@@ -93,6 +93,10 @@ def _async_ps_section(args):
 
 
 def _train(args) -> int:
+    from scaletrain.ensemble.commands import train_command, wants_ensemble
+
+    if wants_ensemble(args):  # members on --nproc processes of their own, no torchrun
+        return train_command(args)
     if _launched(args):  # before importing the trainer: the launcher only waits on workers
         return 0
     from scaletrain.rundir import CLI_REUSE_HINT, RunDirExistsError
@@ -123,6 +127,10 @@ def _train_run(args):
 
 
 def _resume(args) -> int:
+    from scaletrain.ensemble.commands import resume_command, wants_ensemble
+
+    if wants_ensemble(args):
+        return resume_command(args)
     if _launched(args):
         return 0
     from scaletrain import api
@@ -251,8 +259,11 @@ def _compare(args) -> int:
 
 def _export(args) -> int:
     from scaletrain import api
+    from scaletrain.ensemble.export import export_ensemble
+    from scaletrain.rundir import is_ensemble_dir
 
-    path = api.export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
+    export = export_ensemble if is_ensemble_dir(args.run_dir) else api.export
+    path = export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
     console.print(f"exported {path}")
     return 0
 

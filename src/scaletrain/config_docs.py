@@ -44,7 +44,7 @@ def render_config_reference() -> str:
                 name = cls.model_fields["name"].default
                 lines += _section(f"model (name: {name})", "model", cls)
             continue
-        lines += _section(section, section, field.annotation)
+        lines += _section(section, section, _section_class(field.annotation))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -53,8 +53,8 @@ def _section(title: str, prefix: str, cls: type[BaseModel]) -> list[str]:
     nested = []
     for key, field in cls.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            nested.append((f"{prefix}.{key}", annotation))
+        if _section_class(annotation) is not None:
+            nested.append((f"{prefix}.{key}", _section_class(annotation)))
             continue
         kind = _type_name(annotation).replace("|", "\\|")
         default = repr(field.default).replace("|", "\\|")
@@ -65,6 +65,14 @@ def _section(title: str, prefix: str, cls: type[BaseModel]) -> list[str]:
             continue  # one init table is enough: it is the same for every model
         lines += _section(sub_prefix, sub_prefix, sub_cls)
     return lines
+
+
+def _section_class(annotation) -> type[BaseModel] | None:
+    """The section a field holds: `X` or an optional `X | None` (absent by default)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _type_name(annotation) -> str:

@@ -33,6 +33,14 @@ class RunDir:
     report = property(lambda self: self.root / "report.html")
 
 
+ENSEMBLE_FILE = "ensemble.json"  # in an ensemble's directory: its members and combination
+
+
+def is_ensemble_dir(root: str | Path) -> bool:
+    """An ensemble's directory (members under `members/`), not a single run's."""
+    return (Path(root) / ENSEMBLE_FILE).is_file()
+
+
 def validate_name(name: str, *, what: str = "run.name") -> str:
     """Reject names that could escape their parent folder (`..`, separators, absolute)."""
     if not _SAFE_NAME.match(name) or name in {".", ".."}:

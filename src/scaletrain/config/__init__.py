@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,14 @@ from scaletrain.config.base import (
     Seed,
 )
 from scaletrain.config.dims import DimsConfig
+from scaletrain.config.ensemble import (
+    EnsembleConfig,
+    SubsampleConfig,
+    check_snapshot,
+    member_overrides,
+    member_raw,
+    num_runs,
+)
 from scaletrain.config.models import (
     CNNConfig as CNNConfig,
 )
@@ -238,6 +247,16 @@ class DataConfig(Section):
         "anyway), up to 4 processes for user Datasets on CUDA; in-memory tensors need none.",
     )
     drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
+    split_seed: Seed | None = Field(
+        None,
+        description="Seed of the train/val/test split; default `run.seed` (ensemble members "
+        "share the ensemble's split while their own seeds differ).",
+    )
+    subsample: SubsampleConfig | None = Field(
+        None,
+        description="Train on a random sample of the train split (a bagging member's "
+        "bootstrap); val/test untouched; absent: the whole split.",
+    )
     table: TableConfig = TableConfig()
     text: TextConfig = TextConfig()
     image: ImageConfig = ImageConfig()
@@ -315,7 +334,14 @@ def _echo(value: Any, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- optim
 class ScheduleConfig(Section):
     name: Literal[
-        "constant", "step", "multistep", "exponential", "cosine", "linear", "onecycle"
+        "constant",
+        "step",
+        "multistep",
+        "exponential",
+        "cosine",
+        "cosine_restarts",
+        "linear",
+        "onecycle",
     ] = Field("constant", description="LR multiplier shape over training steps.")
     warmup_steps: NonNegInt = Field(
         0, description="Linear warmup steps: multiplier (s+1)/(W+1), then the shape."
@@ -330,6 +356,9 @@ class ScheduleConfig(Section):
     pct_start: Annotated[Float, Field(gt=0, lt=1)] = Field(0.3, description="`onecycle` rise.")
     div_factor: PositiveFloat = Field(25.0, description="`onecycle`: start = 1/div_factor.")
     final_div_factor: PositiveFloat = Field(1e4, description="`onecycle`: end divisor.")
+    cycles: PositiveInt = Field(
+        1, description="`cosine_restarts`: equal cosine cycles, each back to the full lr."
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> ScheduleConfig:
@@ -768,6 +797,9 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
     parallel: ParallelConfig = ParallelConfig()
+    ensemble: EnsembleConfig | None = Field(
+        None, description="Train several members and combine them (docs/ensembles.md)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -797,6 +829,8 @@ class Config(Section):
         if self.parallel.dims.tp > 1:
             _check_tensor_parallel(self)
         check_pipeline(self)
+        if self.ensemble is not None and self.ensemble.method == "snapshot":
+            check_snapshot(self.train.model_dump(), self.ensemble)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -893,10 +927,32 @@ def validate_config(raw: dict) -> Config:
     if isinstance(model, dict) and "name" not in model:
         raw = {**raw, "model": {"name": "cnn", **model}}
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         problems = [_describe(group, raw) for group in _by_key(exc.errors())]
         raise ConfigError(problems[0], problems=problems) from None
+    if cfg.ensemble is not None:
+        member_configs(cfg)  # a member override that does not load is named by its member
+    return cfg
+
+
+def member_configs(cfg: Config) -> list[Config]:
+    """Each ensemble member's config: a normal run in the ensemble's `members/` folder (a
+    snapshot ensemble: its one run, whose cycle ends are the members)."""
+    raw = cfg.to_dict()
+    members = []
+    for index in range(num_runs(cfg.ensemble)):
+        overrides = member_overrides(cfg.ensemble, index)
+        try:
+            with warnings.catch_warnings():  # a member's model switch is what it asked for
+                warnings.simplefilter("ignore", choices.ConfigNote)
+                members.append(load_config(member_raw(raw, index), overrides))
+        except ConfigError as exc:
+            where = (
+                f"ensemble.member_overrides.{index}" if overrides else f"ensemble member {index}"
+            )
+            raise ConfigError(f"{where}: {exc}") from None
+    return members
 
 
 def _read_yaml(path: Path) -> dict:

@@ -9,6 +9,7 @@ from scaletrain.data.bundle import DataBundle
 from scaletrain.data.pipeline import bundle_from_raw
 from scaletrain.data.sources.registry import SOURCES
 from scaletrain.data.transforms.augment import build_augmentation
+from scaletrain.data.transforms.subsample import subsample_split
 from scaletrain.data.user import build_user_data
 from scaletrain.errors import UserError
 
@@ -22,7 +23,11 @@ def build_data(cfg: DataConfig, *, seed: int, user_data: Any = None) -> DataBund
         user_data: ``{"train": Dataset | (inputs, targets), "val": ..., "test": ...}`` from
             the Python API; it replaces ``cfg.source``. Missing val/test are split off train.
     """
+    if cfg.split_seed is not None:  # an ensemble's members share its split
+        seed = cfg.split_seed
     bundle = _build_bundle(cfg, seed=seed, user_data=user_data)
+    if cfg.subsample is not None:  # after the preprocessing was fit on the whole train split
+        bundle.train = subsample_split(bundle.train, cfg.subsample)
     if any(cfg.augment.model_dump().values()):
         bundle.train.augment = build_augmentation(
             cfg.augment, spec=bundle.spec, preprocessor=bundle.preprocessor

@@ -81,6 +81,15 @@ def _cosine(cfg: ScheduleConfig, step: int, num_steps: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@register_schedule("cosine_restarts")
+def _cosine_restarts(cfg: ScheduleConfig, step: int, num_steps: int) -> float:
+    """`cycles` equal half cosines from 1 down to min_lr_ratio, each restarting at 1
+    (SGDR; a snapshot ensemble keeps the weights at each cycle's end)."""
+    length = num_steps / cfg.cycles
+    progress = min((step % length) / length, 1.0) if step < num_steps else 1.0
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @register_schedule("linear")
 def _linear(cfg: ScheduleConfig, step: int, num_steps: int) -> float:
     """Straight line from 1 down to min_lr_ratio."""

@@ -9,6 +9,7 @@ from typing import Any
 from scaletrain.fileio import atomic_write_text
 from scaletrain.report.curves import curves_section
 from scaletrain.report.distribution import class_distribution_section
+from scaletrain.report.ensemble import write_ensemble_report
 from scaletrain.report.model import model_section
 from scaletrain.report.page import (
     Markup,
@@ -24,7 +25,7 @@ from scaletrain.report.page import (
 from scaletrain.report.parameter_server import parameter_server_section
 from scaletrain.report.rundata import RunData, read_run, scalar_names
 from scaletrain.report.sections import classification_section, regression_section
-from scaletrain.rundir import RunDir
+from scaletrain.rundir import RunDir, is_ensemble_dir
 
 # Config values worth seeing without opening the full config (dotted paths).
 KEY_SETTINGS = (
@@ -62,6 +63,8 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
         run_dir: a run directory (holds ``config.yaml``); finished, unfinished or copied.
         out: where to write the page instead of ``<run_dir>/report.html``.
     """
+    if is_ensemble_dir(run_dir):  # members vs ensemble, not one run's curves
+        return write_ensemble_report(Path(run_dir), out=out)
     run = read_run(run_dir)
     target = Path(out) if out is not None else RunDir(run.root).report
     sections = [

@@ -34,8 +34,9 @@ def is_resumable_key(key: str) -> bool:
 
 def schedule_needs_total(cfg: ScheduleConfig) -> str | None:
     """The schedule key whose learning rates depend on the run's total steps, or None:
-    cosine/linear/onecycle decay over them, and warmup_ratio is a share of them."""
-    if cfg.name in ("cosine", "linear", "onecycle"):
+    cosine/linear/onecycle decay over them (cosine_restarts cuts them into cycles), and
+    warmup_ratio is a share of them."""
+    if cfg.name in ("cosine", "cosine_restarts", "linear", "onecycle"):
         return "optim.schedule.name"
     if cfg.warmup_ratio and not cfg.warmup_steps:
         return "optim.schedule.warmup_ratio"

@@ -12,6 +12,7 @@ from scaletrain.data import DataSpec, build_data, read_inputs_file
 from scaletrain.errors import UserError
 from scaletrain.rundir import open_run_dir, read_json
 from scaletrain.train.precision import Precision
+from scaletrain.trained.ensemble import load_ensemble_run
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
 from scaletrain.trained.inference import (
@@ -105,6 +106,8 @@ def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: st
     """A Run from a directory: summary metrics, spec, preprocessing and loaded weights."""
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
+    if cfg.ensemble is not None:  # the members' networks combined in one module
+        return load_ensemble_run(run.root, cfg, checkpoint=checkpoint)
     spec = read_spec(run)
     trained, path = load_trained_model(run, cfg, spec, checkpoint=checkpoint, model=model)
     summary = read_json(run.summary) if run.summary.is_file() else {}

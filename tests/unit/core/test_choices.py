@@ -36,6 +36,7 @@ SCHEDULE_CHANGES = {
     "pct_start": 0.5,
     "div_factor": 10.0,
     "final_div_factor": 100.0,
+    "cycles": 3,
 }
 
 

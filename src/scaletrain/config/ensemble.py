@@ -1,0 +1,189 @@
+"""The `ensemble` section (absent: one model) and `data.subsample`, the train-split sample a
+bagging member trains on."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from scaletrain.config.base import Float, PositiveInt, Section, Seed
+
+ShareOfSamples = Annotated[Float, Field(gt=0, le=1)]
+MAX_MEMBERS = 256  # each member is a run directory; more is a mistake, not an ensemble
+
+# Methods the trainer runs today; the others are named so a config can say what it wants and
+# be told, in one line, that it is not there yet (docs/ensembles.md).
+IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot")
+# Keys a member may not change: members share the data split and its preprocessing (one
+# `preprocess.json` serves the ensemble), and their place in the ensemble's directory.
+FIXED_FOR_MEMBERS = ("data", "run", "ensemble")
+
+
+class SubsampleConfig(Section):
+    fraction: ShareOfSamples = Field(
+        1.0, description="Share of the train split drawn (val/test are never touched)."
+    )
+    replacement: bool = Field(
+        True, description="Draw with replacement (a bootstrap sample) or without."
+    )
+    seed: Seed = Field(0, description="Seed of the draw: the same seed gives the same indices.")
+
+
+class EnsembleConfig(Section):
+    method: Literal["bagging", "voting", "snapshot", "stacking", "boosting"] = Field(
+        "voting",
+        description="`bagging`: each member on its own bootstrap sample of the train split; "
+        "`voting`: same data, different seeds; `snapshot`: one run, `members` cosine cycles, a "
+        "member at each cycle's end (`stacking`, `boosting`: not yet).",
+    )
+    members: PositiveInt = Field(5, description="Number of members K (each a run directory).")
+    combine: Literal["mean", "vote", "weighted", "learned"] = Field(
+        "mean",
+        description="`mean` of probabilities (classification) or values (regression); `vote`: "
+        "majority of predicted classes; `weighted`: mean weighted by 1 / member val loss; "
+        "`learned`: a stacking combiner (not yet).",
+    )
+    sample_fraction: ShareOfSamples = Field(
+        1.0, description="bagging: share of the train split each member draws."
+    )
+    replacement: bool = Field(
+        True, description="bagging: draw with replacement (bootstrap) or without (subsampling)."
+    )
+    member_overrides: list[list[str]] = Field(
+        [],
+        description="Per member, dotted `KEY=VALUE` overrides (`[[model.hidden=[64]], "
+        "[train.max_epochs=5]]`); members past the list get none; `data.*` and `run.*` are fixed.",
+    )
+    member_nproc: PositiveInt = Field(
+        1, description="Processes per member (each member a DDP job of that size; not yet > 1)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EnsembleConfig:
+        if self.members > MAX_MEMBERS:
+            raise ValueError(f"ensemble.members: at most {MAX_MEMBERS}, got {self.members}")
+        if self.method not in IMPLEMENTED_METHODS:
+            raise ValueError(
+                f"ensemble.method: `{self.method}` is not implemented yet; use one of "
+                f"{', '.join(IMPLEMENTED_METHODS)}"
+            )
+        if self.combine == "learned":
+            raise ValueError(
+                "ensemble.combine: `learned` needs a stacking combiner (ensemble.method: "
+                "stacking), not implemented yet; use mean, vote or weighted"
+            )
+        if self.method == "snapshot" and self.combine == "weighted":
+            raise ValueError(
+                "ensemble.combine: `weighted` weighs members by their own validation loss; a "
+                "snapshot ensemble's members share one run: use mean or vote"
+            )
+        if self.member_nproc > 1:
+            raise ValueError(
+                f"ensemble.member_nproc: {self.member_nproc} processes per member is not "
+                "implemented yet; use 1 (members in parallel: --nproc K)"
+            )
+        if len(self.member_overrides) > self.members:
+            raise ValueError(
+                f"ensemble.member_overrides: {len(self.member_overrides)} lists for "
+                f"ensemble.members={self.members}; give at most one list per member"
+            )
+        self._check_override_keys()
+        return self
+
+    def _check_override_keys(self) -> None:
+        for index, items in enumerate(self.member_overrides):
+            for item in items:
+                key, equals, _ = item.partition("=")
+                if not equals or not key:
+                    raise ValueError(
+                        f"ensemble.member_overrides.{index}: expected KEY=VALUE, got {item!r}"
+                    )
+                if key.split(".")[0] in FIXED_FOR_MEMBERS:
+                    raise ValueError(
+                        f"ensemble.member_overrides.{index}: {key} is shared by all members "
+                        f"({', '.join(k + '.*' for k in FIXED_FOR_MEMBERS)} are fixed); set it "
+                        "for the whole ensemble instead"
+                    )
+
+
+def num_runs(ensemble: EnsembleConfig) -> int:
+    """Runs to train: one per member, or one run whose cycle ends are the members (snapshot)."""
+    return 1 if ensemble.method == "snapshot" else ensemble.members
+
+
+def check_snapshot(raw_train: dict, ensemble: EnsembleConfig) -> None:
+    """A snapshot ensemble's cycles end on epoch ends, where a checkpoint is saved."""
+    epochs, members = raw_train.get("max_epochs"), ensemble.members
+    if raw_train.get("max_steps") is not None or not epochs or epochs % members:
+        raise ValueError(
+            f"ensemble.method: `snapshot` cuts train.max_epochs into {members} equal cycles "
+            f"(ensemble.members); set train.max_epochs to a multiple of {members} (got "
+            f"{epochs}) and leave train.max_steps unset"
+        )
+    if ensemble.member_overrides:
+        raise ValueError(
+            "ensemble.member_overrides: a snapshot ensemble is one run; set its keys directly"
+        )
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Member `index`'s run seed: member 0 is the ensemble's own seed."""
+    return (seed + index) % 2**32
+
+
+def member_raw(raw: dict, index: int) -> dict:
+    """Member `index`'s config as a dict (before its overrides): a normal run inside the
+    ensemble's directory, its own seed, the ensemble's data split, and for bagging its own
+    sample of the train split."""
+    ensemble, run, data = raw["ensemble"], raw["run"], raw["data"]
+    seed = member_seed(run["seed"], index)
+    member_data = {
+        **data,
+        "split_seed": run["seed"] if data.get("split_seed") is None else data["split_seed"],
+    }
+    if ensemble["method"] == "snapshot":
+        return _snapshot_raw(raw, ensemble, member_data, run)
+    if ensemble["method"] == "bagging":
+        member_data["subsample"] = {
+            "fraction": ensemble["sample_fraction"],
+            "replacement": ensemble["replacement"],
+            "seed": seed,
+        }
+    member_run = {
+        **run,
+        "name": f"m{index}",
+        "seed": seed,
+        "out_dir": f"{run['out_dir']}/{run['name']}/members",
+    }
+    return {**raw, "ensemble": None, "run": member_run, "data": member_data}
+
+
+def member_overrides(ensemble: EnsembleConfig, index: int) -> list[str]:
+    """The dotted overrides member `index` gets (none past the list)."""
+    items = ensemble.member_overrides
+    return list(items[index]) if index < len(items) else []
+
+
+def _snapshot_raw(raw: dict, ensemble: dict, data: dict, run: dict) -> dict:
+    """The one run of a snapshot ensemble: a cosine restart per member, a checkpoint at each
+    cycle's end and no other (those checkpoints are the members)."""
+    members = ensemble["members"]
+    cycle_epochs = raw["train"]["max_epochs"] // members
+    schedule = {**raw["optim"]["schedule"], "name": "cosine_restarts", "cycles": members}
+    checkpoint = {
+        **raw["checkpoint"],
+        "every_steps": None,
+        "every_epochs": cycle_epochs,
+        "every_minutes": None,
+        "keep_last": members,
+        "save_best": False,
+    }
+    return {
+        **raw,
+        "ensemble": None,
+        "run": {**run, "name": "m0", "out_dir": f"{run['out_dir']}/{run['name']}/members"},
+        "data": data,
+        "optim": {**raw["optim"], "schedule": schedule},
+        "checkpoint": checkpoint,
+    }

@@ -1,0 +1,49 @@
+"""`scaletrain export` of an ensemble: every member's weights in one safetensors file, under
+the names of `EnsembleModule`'s state dict (`members.{i}.…`, plus the combination `weights`),
+so `load_run(RUN).model.load_state_dict(load_file(path))` takes it as it is. No pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scaletrain.checkpoint import CheckpointStore
+from scaletrain.checkpoint.export import read_full_tensors
+from scaletrain.config import load_config
+from scaletrain.fileio import atomic_path
+from scaletrain.rundir import open_run_dir
+from scaletrain.trained.ensemble import combination_weights, member_checkpoints
+
+FORMAT = "scaletrain-ensemble-weights"
+
+
+def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, checkpoint="best"):
+    """Write the members' `checkpoint` weights to `out` (default `RUN/model.safetensors`)."""
+    from safetensors.torch import save_file
+
+    run = open_run_dir(run_dir)
+    cfg = load_config(run.config)
+    tensors, steps = {}, []
+    members = member_checkpoints(run.root, checkpoint)
+    for index, (member, member_checkpoint) in enumerate(members):
+        path = CheckpointStore(member.checkpoints).find(member_checkpoint)  # manifest-checked
+        steps.append(int(path.name.removeprefix("step_")))
+        for name, value in read_full_tensors(path).items():
+            tensors[f"members.{index}.{name}"] = value.contiguous()
+    count = len(members)
+    weights = combination_weights(run.root) if cfg.ensemble.combine == "weighted" else None
+    weights = torch.tensor(weights if weights is not None else [1.0] * count)
+    tensors["weights"] = (weights / weights.sum()).float()
+    metadata = {
+        "format": FORMAT,
+        "config": run.config.read_text(),
+        "combine": cfg.ensemble.combine,
+        "checkpoint": checkpoint,
+        "member_steps": json.dumps(steps),
+    }
+    target = Path(out) if out else run.root / "model.safetensors"
+    with atomic_path(target) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return target

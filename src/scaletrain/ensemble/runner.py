@@ -1,0 +1,209 @@
+"""Train an ensemble: K members, each a normal run directory under `RUN/members/m{i}`, one
+after another in this process or on `nproc` worker processes; then evaluate them together.
+
+Members never exchange gradients, so running them in parallel needs no process group. A
+resumed ensemble keeps its finished members and continues or restarts the others.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from scaletrain.config import Config, load_config, member_configs
+from scaletrain.data import build_data
+from scaletrain.ensemble.evaluate import evaluate_ensemble
+from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
+from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.errors import ConfigError, UserError
+from scaletrain.fileio import atomic_write_json, atomic_write_text
+from scaletrain.report import write_report
+from scaletrain.rundir import (
+    API_REUSE_HINT,
+    ENSEMBLE_FILE,
+    RunDir,
+    RunLock,
+    open_run_dir,
+    prepare_run_dir,
+    read_json,
+)
+from scaletrain.trained import Run
+from scaletrain.trained.ensemble import load_ensemble_run
+
+
+def train_ensemble(
+    cfg: Config, *, overwrite: bool = False, nproc: int = 1, reuse_hint: str = API_REUSE_HINT
+) -> Run:
+    """Train every member of `cfg.ensemble` and combine them; the Run's model averages them."""
+    members = member_configs(cfg)  # a member that does not load fails before any file
+    task = _check_data(cfg)
+    lock = RunLock(Path(cfg.run.out_dir) / cfg.run.name)
+    try:
+        run = prepare_run_dir(
+            cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock, reuse_hint=reuse_hint
+        )
+        cfg = load_config({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "task": task}})
+        atomic_write_text(run.config, cfg.to_yaml())
+        _write_record(run, cfg, members, weights=None)
+        return _train_and_combine(run, cfg, members, nproc=nproc)
+    finally:
+        lock.release()
+
+
+def resume_ensemble(run_dir: str | Path, *, nproc: int = 1) -> Run:
+    """Continue an interrupted ensemble: finished members are kept, the others resumed from
+    their checkpoints (or started over where they have none)."""
+    run = open_run_dir(run_dir)
+    cfg = load_config(run.config)
+    if cfg.ensemble is None:
+        raise UserError(f"{run.root} is a single run, not an ensemble")
+    lock = RunLock(run.root).acquire()
+    try:
+        return _train_and_combine(run, cfg, member_configs(cfg), nproc=nproc)
+    finally:
+        lock.release()
+
+
+def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc: int) -> Run:
+    start = time.perf_counter()
+    nproc = min(max(1, nproc), len(members))
+    outcomes = _train_members(run, members, nproc=nproc)
+    train_s = time.perf_counter() - start
+    stopped = [outcome for outcome in outcomes if outcome.exit_code]
+    if stopped or len(outcomes) < len(members):
+        _write_summary(run, cfg, outcomes, status="interrupted", train_s=train_s, nproc=nproc)
+        exit_code = stopped[0].exit_code if stopped else 1
+        return Run(run.root, {}, None, cfg, "interrupted", exit_code)
+    first = member_dir(members[0])
+    for name in ("data_spec.json", "preprocess.json"):  # shared by all members (one split)
+        shutil.copyfile(first.root / name, run.root / name)
+    weights = _member_weights(members) if cfg.ensemble.combine == "weighted" else None
+    snapshots = _snapshot_steps(first, cfg) if cfg.ensemble.method == "snapshot" else None
+    _write_record(run, cfg, members, weights=weights, snapshots=snapshots)
+    combined = load_ensemble_run(run.root, cfg)
+    bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
+    member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
+    metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
+    _write_summary(
+        run, cfg, outcomes, status="finished", train_s=train_s, nproc=nproc, metrics=metrics
+    )
+    if cfg.log.report:
+        write_report(run.root)  # the ensemble page (members' pages are their own)
+    combined.metrics, combined.status = metrics.ensemble, "finished"
+    return combined
+
+
+def _train_members(run: RunDir, members: list[Config], *, nproc: int) -> list[MemberOutcome]:
+    if nproc > 1:
+        return train_in_parallel(run.root, nproc=nproc)
+    outcomes = []
+    for index, member_cfg in enumerate(members):
+        outcome = train_member(member_cfg, index)
+        outcomes.append(outcome)
+        if outcome.exit_code:  # stopped by a signal: the next resume goes on from here
+            break
+    return outcomes
+
+
+def _check_data(cfg: Config) -> str:
+    """The task the data resolves to, and what the combination cannot do with it (before
+    the run directory exists)."""
+    spec = build_data(cfg.data, seed=cfg.run.seed).spec
+    if cfg.ensemble.combine == "vote" and spec.task != "classification":
+        raise ConfigError(
+            f"ensemble.combine: `vote` needs classes, but the data is a {spec.task} task; "
+            "use mean or weighted"
+        )
+    if spec.task not in ("classification", "regression"):
+        raise ConfigError(f"ensemble: members of a {spec.task} task cannot be combined yet")
+    if cfg.ensemble.combine == "weighted" and cfg.data.val_fraction == 0:
+        raise ConfigError(
+            "ensemble.combine: `weighted` weighs members by their validation loss, but "
+            "data.val_fraction is 0; give a validation split or use mean"
+        )
+    return spec.task
+
+
+def _member_weights(members: list[Config]) -> list[float]:
+    """`weighted`: each member's weight is 1 / its validation loss (normalized when used)."""
+    weights = []
+    for member_cfg in members:
+        summary = read_json(member_dir(member_cfg).summary)
+        loss = (summary.get("metrics") or {}).get("val", {}).get("loss")
+        if not isinstance(loss, int | float) or loss <= 0:
+            raise UserError(f"{member_dir(member_cfg).summary}: no validation loss to weigh by")
+        weights.append(1.0 / loss)
+    return weights
+
+
+def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
+    """The steps of a snapshot run's checkpoints: one at each cycle's end."""
+    steps = sorted(
+        int(path.parent.name.removeprefix("step_"))
+        for path in run.checkpoints.glob("step_*/manifest.json")
+    )
+    if len(steps) != cfg.ensemble.members:
+        raise UserError(
+            f"{run.checkpoints}: {len(steps)} checkpoints for {cfg.ensemble.members} snapshot "
+            "members (one per cycle end); was the run stopped early or its checkpoints removed?"
+        )
+    return steps
+
+
+def _write_record(
+    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None
+) -> None:
+    """ensemble.json: what the ensemble is made of, for loading and for the report."""
+    record = {
+        "method": cfg.ensemble.method,
+        "combine": cfg.ensemble.combine,
+        "members": _snapshot_entries(members[0], snapshots)
+        if snapshots
+        else [
+            {
+                "name": member.run.name,
+                "dir": f"members/{member.run.name}",
+                "seed": member.run.seed,
+                "subsample": member.data.subsample.model_dump() if member.data.subsample else None,
+            }
+            for member in members
+        ],
+        "weights": weights,
+    }
+    atomic_write_json(run.root / ENSEMBLE_FILE, record)
+
+
+def _write_summary(
+    run: RunDir, cfg: Config, outcomes, *, status: str, train_s: float, nproc: int, metrics=None
+) -> None:
+    summary = {
+        "status": status,
+        "name": cfg.run.name,
+        "task": cfg.data.task,
+        "ensemble": metrics.ensemble if metrics else {},
+        "method": cfg.ensemble.method,
+        "combine": cfg.ensemble.combine,
+        "num_members": cfg.ensemble.members,
+        "nproc": nproc,
+        "train_wall_s": round(train_s, 3),
+        "member_runs": [outcome.__dict__ for outcome in outcomes],
+        "members": metrics.members if metrics else [],
+        "mean_member": metrics.mean_member if metrics else {},
+        "diversity": metrics.diversity if metrics else {},
+    }
+    summary["metrics"] = summary["ensemble"]  # where a single run keeps them
+    atomic_write_json(run.summary, summary)
+
+
+def _snapshot_entries(member: Config, steps: list[int]) -> list[dict]:
+    """A snapshot ensemble's members: its one run's checkpoints at the cycle ends."""
+    return [
+        {
+            "name": f"{member.run.name}@{step}",
+            "dir": f"members/{member.run.name}",
+            "seed": member.run.seed,
+            "checkpoint": f"step_{step:08d}",
+        }
+        for step in steps
+    ]

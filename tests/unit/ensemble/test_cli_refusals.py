@@ -1,0 +1,59 @@
+"""Bad ensemble input from the command line: one line naming the culprit, exit 2, and no
+run directory left behind (nothing trains in these tests)."""
+
+import yaml
+
+from scaletrain.cli import main
+
+
+def _config(tmp_path, **ensemble) -> str:
+    config = {
+        "run": {"name": "ens", "out_dir": str(tmp_path / "runs")},
+        "model": {"name": "mlp", "hidden": [8]},
+        "log": {"progress": False},
+        "ensemble": {"members": 2, **ensemble},
+    }
+    path = tmp_path / "ens.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_bad_member_override_names_the_member(tmp_path, capsys):
+    config = _config(tmp_path, member_overrides=[[], ["optim.lr=-1"]])
+    code, err = _run(capsys, "train", config)
+    assert code == 2
+    assert err.startswith("error: ensemble.member_overrides.1: optim.lr") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_vote_on_a_regression_task_is_refused_before_any_file(tmp_path, capsys):
+    config = _config(tmp_path, combine="vote")
+    code, err = _run(capsys, "train", config, "data.name=diabetes")
+    assert code == 2 and "ensemble.combine: `vote` needs classes" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nodes_are_refused_for_ensembles(tmp_path, capsys):
+    code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "2")
+    assert code == 2 and "--nnodes 2" in err, err
+
+
+def test_config_check_lists_ensemble_problems(tmp_path, capsys):
+    code, err = _run(capsys, "config", "check", _config(tmp_path, members=0))
+    assert code == 2 and "ensemble.members" in err, err
+
+
+def test_single_run_api_refuses_an_ensemble_config(tmp_path):
+    import pytest
+
+    from scaletrain import api
+    from scaletrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scaletrain.train"):
+        api.train(_config(tmp_path))
