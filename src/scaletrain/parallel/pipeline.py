@@ -248,14 +248,20 @@ def _free_others(model: nn.Module, *, kept: set[nn.Module]) -> None:
 
 
 def _even_micro_batches(batch, *, replicas: int, wanted: int) -> tuple[list, int]:
-    """The micro batches and the pieces wanted of each, alike in count and sizes on every
-    data-parallel rank (FSDP's collectives run once per piece on each). A step whose samples
-    do not divide evenly (a short last step: shares differ by one sample) runs as one micro
-    batch of this rank's share, in one piece."""
-    if batch.num_samples_global % replicas == 0:
+    """The micro batches and the pieces wanted of each: one piece shape per step, alike on
+    every data-parallel rank (FSDP's collectives run once per piece on each).
+
+    A step whose micro batches differ in size (a short last step) runs as one micro batch:
+    a new piece shape means a new schedule, whose first step infers shapes with a real
+    forward/backward and then drops the FSDP gradients, those of the step's earlier micro
+    batches too. Where the step's samples do not divide evenly over the data-parallel ranks
+    (shares differ by one), that micro batch is one piece on each rank.
+    """
+    even = batch.num_samples_global % replicas == 0
+    if even and len({targets.shape[0] for _, targets in batch.micro_batches}) == 1:
         return batch.micro_batches, wanted
     inputs, targets = zip(*batch.micro_batches, strict=True)
-    return [(torch.cat(inputs), torch.cat(targets))], 1
+    return [(torch.cat(inputs), torch.cat(targets))], wanted if even else 1
 
 
 def micro_batch_pieces(size: int, wanted: int, *, ranks: int) -> int:
