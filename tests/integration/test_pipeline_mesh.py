@@ -24,6 +24,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -128,6 +129,22 @@ def test_each_layout_matches_one_process(runs, name):
         torch.testing.assert_close(candidate[key], reference[key], rtol=1e-4, atol=1e-4, msg=key)
     summary = json.loads((out / name / "summary.json").read_text())
     assert summary["world_size"] == 4 and summary["status"] == "finished"
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_rank_0_writes_the_last_stages_predictions_of_every_data_parallel_rank(runs, name):
+    expected_dir, got_dir = (
+        runs["out"] / "single" / "predictions",
+        runs["out"] / name / "predictions",
+    )
+    assert sorted(p.name for p in got_dir.iterdir()) == ["test.npz", "val.npz"]
+    for split in ("val", "test"):
+        with (
+            np.load(expected_dir / f"{split}.npz") as expected,
+            np.load(got_dir / f"{split}.npz") as got,
+        ):
+            np.testing.assert_array_equal(got["target"], expected["target"])
+            assert (got["pred"] == expected["pred"]).mean() > 0.99  # near-ties may flip
 
 
 def _cut_back(run_dir: Path, to: Path, *, parallel: dict) -> Path:
