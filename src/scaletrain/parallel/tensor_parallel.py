@@ -92,8 +92,9 @@ def full_value(tensor):
 def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract); a
     pipeline stage (`pipeline_split.StageModule`) gets the plan of the parts it holds."""
+    tied = _is_tied(model)  # before: the split gives the head a weight of its own
     parallelize_module(model, tp_mesh, _top_plan(model))
-    if _is_tied(model):
+    if tied:
         # the embedding's row-wise and the head's column-wise split both cut the (vocab,
         # d_model) weight along dim 0 on one mesh: one DTensor serves both, tied again
         model.head.weight = model.tok_emb.weight
