@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
+    get_optimizer_state_dict,
     get_state_dict,
     set_model_state_dict,
     set_state_dict,
@@ -25,9 +26,24 @@ def model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
 def load_model_and_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
-    set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-    )
+    optim_state = _with_own_group_params(model, optimizer, state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=optim_state)
+
+
+def _with_own_group_params(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict):
+    """The saved param groups' settings, with this rank's parameter names in them.
+
+    A group's `params` list is one value per rank; where ranks hold different parameters
+    (pipeline stages) DCP keeps one rank's list, and torch then matches a loaded group to
+    this rank's group by those names: a stage whose names are not in it would lose its
+    learning rate. The groups' settings agree on every rank, so only the names are ours.
+    """
+    groups = saved.get("param_groups")
+    own = get_optimizer_state_dict(model, optimizer)["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(own):
+        return saved  # torch's own matching reports what does not fit
+    merged = [{**group, "params": mine["params"]} for group, mine in zip(groups, own, strict=True)]
+    return {**saved, "param_groups": merged}
 
 
 def model_state(model: nn.Module) -> dict:

@@ -674,9 +674,12 @@ _OUTER_KEYS = ("outer_lr", "outer_momentum", "outer_nesterov")
 
 
 class PipelineConfig(Section):
-    """Pipeline parallelism (`parallel.strategy: pp`); checks in `config/pipeline.py`."""
+    """Pipeline parallelism (`parallel.strategy: pp`, or `fsdp` with `parallel.dims.pp > 1`);
+    checks in `config/pipeline.py`."""
 
-    size: int = Field(2, ge=2, description="Pipeline ranks (processes); must equal the world size.")
+    size: int = Field(
+        2, ge=2, description="`strategy: pp`: pipeline ranks, the world size (fsdp: dims.pp)."
+    )
     schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
         "1f1b",
         description="`gpipe`: all forwards, then all backwards (activations of every "

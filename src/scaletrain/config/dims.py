@@ -20,7 +20,11 @@ class DimsConfig(Section):
     tp: PositiveInt = Field(
         1, description="Tensor parallel ranks (innermost dim): each holds 1/tp of every block."
     )
-    pp: PositiveInt = Field(1, description="Pipeline stages (outermost dim).")
+    pp: PositiveInt = Field(
+        1,
+        description="Pipeline ranks (outermost dim); > 1 runs `parallel.pp` stages, each "
+        "split by the other dims.",
+    )
 
     def is_default(self) -> bool:
         """Today's meshes: every rank a data-parallel rank, nothing split inside the model."""

@@ -39,10 +39,14 @@ def build_strategy(cfg: ParallelConfig, *, device_name: str) -> Strategy:
     """The Strategy named by `parallel.strategy`, on the device named by `train.device`.
 
     `auto` in a single process is `single`; under torchrun it joins the group and lets
-    the memory planner choose when the model is wrapped. Call `setup()` before use.
+    the memory planner choose when the model is wrapped. `fsdp` with
+    `parallel.dims.pp > 1` is the pipeline composed on the mesh (`pipeline_mesh.py`).
+    Call `setup()` before use.
     """
     env = read_launch_env()
     device = resolve_device(device_name, local_rank=env.local_rank)
+    if cfg.strategy == "fsdp" and cfg.dims.pp > 1:
+        return PipelineStrategy(cfg, env=env, device=device)
     if cfg.strategy == "single" or (cfg.strategy == "auto" and env.world_size == 1):
         if env.world_size > 1:
             raise ConfigError(

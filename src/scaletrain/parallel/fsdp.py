@@ -184,10 +184,4 @@ def _resolve(cfg, env) -> ParallelDims:
                 f"{env.local_world_size} processes per node; start the same --nproc on every node"
             )
         nodes = env.world_size // env.local_world_size
-    dims = resolve_dims(cfg.dims, world_size=env.world_size, rank=env.rank, nodes=nodes)
-    if dims.pp_enabled:
-        raise ConfigError(
-            f"parallel.dims.pp: {dims.pp}: pipeline stages do not compose with FSDP/TP yet; "
-            "use parallel.strategy=pp (a pipeline over all processes) or parallel.dims.pp=1"
-        )
-    return dims
+    return resolve_dims(cfg.dims, world_size=env.world_size, rank=env.rank, nodes=nodes)

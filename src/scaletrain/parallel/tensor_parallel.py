@@ -90,28 +90,41 @@ def full_value(tensor):
 
 
 def parallelize_gpt(model: nn.Module, tp_mesh: DeviceMesh) -> None:
-    """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract)."""
-    tied = model.head.weight is model.tok_emb.weight
-    top = {
-        # each rank looks up the rows of its vocabulary shard; the sum over ranks is
-        # reduce-scattered along the sequence: blocks start sequence-parallel
-        "tok_emb": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        # logits stay split along the vocabulary: the loss runs under loss_parallel
-        "head": ColwiseParallel(
-            input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
-        ),
-    }
-    if model.pos_emb is not None:
-        # positions (T,) -> (T, C): each rank keeps the rows of its sequence shard
-        top["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0))
-    parallelize_module(model, tp_mesh, top)
+    """torchtitan's Llama plan, for `models/gpt.py` (its module names are the contract); a
+    pipeline stage (`pipeline_split.StageModule`) gets the plan of the parts it holds."""
+    tied = _is_tied(model)  # before: the split gives the head a weight of its own
+    parallelize_module(model, tp_mesh, _top_plan(model))
     if tied:
         # the embedding's row-wise and the head's column-wise split both cut the (vocab,
         # d_model) weight along dim 0 on one mesh: one DTensor serves both, tied again
         model.head.weight = model.tok_emb.weight
-    for block in model.blocks:
+    blocks = model.blocks.values() if isinstance(model.blocks, nn.ModuleDict) else model.blocks
+    for block in blocks:
         parallelize_module(block, tp_mesh, _block_plan(block))
+
+
+def _is_tied(model: nn.Module) -> bool:
+    head, embedding = model.head, model.tok_emb
+    return head is not None and embedding is not None and head.weight is embedding.weight
+
+
+def _top_plan(model: nn.Module) -> dict:
+    """The embeddings (first stage) and the final norm and head (last stage)."""
+    top = {}
+    if model.tok_emb is not None:
+        # each rank looks up the rows of its vocabulary shard; the sum over ranks is
+        # reduce-scattered along the sequence: blocks start sequence-parallel
+        top["tok_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if getattr(model, "pos_emb", None) is not None:
+        # positions (T,) -> (T, C): each rank keeps the rows of its sequence shard
+        top["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0))
+    if model.head is not None:
+        top["norm"] = SequenceParallel()
+        # logits stay split along the vocabulary: the loss runs under loss_parallel
+        top["head"] = ColwiseParallel(
+            input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
+        )
+    return top
 
 
 def _block_plan(block: nn.Module) -> dict:

@@ -70,7 +70,9 @@ def evaluate_split(
     computed = metrics.compute(all_gather=strategy.all_gather if world_size > 1 else None)
     if split.bytes_per_token and "cross_entropy" in computed:
         computed["bits_per_byte"] = bits_per_byte(computed["cross_entropy"], split.bytes_per_token)
-    predictions = _gather_predictions(kept, strategy, world_size) if keep_predictions else None
+    predictions = (
+        _gather_predictions(kept, strategy, rank, world_size) if keep_predictions else None
+    )
     result = EvalResult(float(totals[0] / totals[1].clamp(min=1)), computed, predictions)
     return strategy.share_eval(result)
 
@@ -85,8 +87,11 @@ def _keep(kept: dict, output, targets, inputs, spec) -> None:
         kept["input"].append(inputs.float().cpu())
 
 
-def _gather_predictions(kept: dict, strategy, world_size: int) -> dict[str, np.ndarray] | None:
-    """Rank 0's, or where each rank evaluated the whole split (`world_size` 1), this one's."""
+def _gather_predictions(
+    kept: dict, strategy, rank: int, world_size: int
+) -> dict[str, np.ndarray] | None:
+    """On the first evaluating rank (a pipeline's last stage hands them on to rank 0), or
+    where each rank evaluated the whole split (`world_size` 1): the split's predictions."""
     arrays = {}
     for key, parts in kept.items():
         if not parts:
@@ -94,7 +99,7 @@ def _gather_predictions(kept: dict, strategy, world_size: int) -> dict[str, np.n
         local = torch.cat(parts)
         pieces = strategy.all_gather(local) if world_size > 1 else [local]
         arrays[key] = torch.cat(pieces).numpy()
-    return arrays if strategy.is_main or world_size == 1 else None
+    return arrays if strategy.is_main or rank == 0 or world_size == 1 else None
 
 
 @dataclass(frozen=True)
