@@ -39,6 +39,17 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_cli(*args: str) -> subprocess.Popen:
+    """`python -m scaletrain ARGS` as a child (stdout and stderr merged, text) to signal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scaletrain", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+    )
+
+
 def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 120, **env: str) -> Finished:
     """`python -m torch.distributed.run` on a free local port; kills the job on timeout."""
     command = [

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from distributed_helpers import child_env, kill_tree
+from distributed_helpers import child_env, kill_tree, start_cli
 
 import scaletrain
 from scaletrain.checkpoint.state_dict import model_state
@@ -103,16 +103,6 @@ def _npy(tmp_path: Path) -> str:
     return str(path)
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scaletrain", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env(),
-    )
-
-
 def _finished(root: Path) -> list[int]:
     done = []
     for index in range(3):
@@ -128,7 +118,7 @@ def test_sigterm_mid_ensemble_then_resume_retrains_only_unfinished_members(tmp_p
     path = tmp_path / "ens.yaml"
     path.write_text(yaml.safe_dump(config))
     root = tmp_path / "ens"
-    first = _cli("train", str(path))
+    first = start_cli("train", str(path))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (
@@ -146,7 +136,7 @@ def test_sigterm_mid_ensemble_then_resume_retrains_only_unfinished_members(tmp_p
     stamps = {i: (root / "members" / f"m{i}" / "summary.json").stat().st_mtime_ns for i in kept}
     assert json.loads((root / "summary.json").read_text())["status"] == "interrupted"
 
-    second = _cli("resume", str(root))
+    second = start_cli("resume", str(root))
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output
     summary = json.loads((root / "summary.json").read_text())

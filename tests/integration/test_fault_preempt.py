@@ -8,26 +8,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
-from distributed_helpers import child_env, kill_tree
+from distributed_helpers import kill_tree, start_cli
 
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 2000  # far more than the run reaches before the signal
-
-
-def _scaletrain(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scaletrain", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env(),
-    )
 
 
 def _finish(process: subprocess.Popen, timeout: float) -> str:
@@ -51,7 +40,7 @@ def test_sigterm_to_the_launcher_checkpoints_once_and_resume_finishes(tmp_path):
     }
     config_file = tmp_path / "pre.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    launcher = _scaletrain("train", str(config_file), "--nproc", "2")
+    launcher = start_cli("train", str(config_file), "--nproc", "2")
     metrics = tmp_path / "pre" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not metrics.exists() or metrics.stat().st_size < 3000):
@@ -78,7 +67,7 @@ def test_sigterm_to_the_launcher_checkpoints_once_and_resume_finishes(tmp_path):
     # the rest of the run, from that checkpoint (a short tail: fewer steps to go)
     config["train"]["max_steps"] = stopped_at + 5
     (tmp_path / "pre" / "config.yaml").write_text(yaml.safe_dump(config))
-    resumed = _scaletrain("resume", str(tmp_path / "pre"), "--nproc", "2")
+    resumed = start_cli("resume", str(tmp_path / "pre"), "--nproc", "2")
     output = _finish(resumed, 120)
     assert resumed.returncode == 0, output
     summary = json.loads((tmp_path / "pre" / "summary.json").read_text())

@@ -21,22 +21,25 @@ uninterrupted run does. Under bf16-mixed, pp 2 x dp_shard 2 follows the fp32 cur
 from __future__ import annotations
 
 import json
-import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from distributed_helpers import WORKERS, load_weights, torchrun
+from pipeline_curves import (
+    assert_resumed_as,
+    assert_same_curve,
+    cut_back,
+    records,
+    write_word_corpus,
+)
 
 from scaletrain import api
 
 pytestmark = pytest.mark.slow
 
 MAX_STEPS, SAVED_AT, BATCH = 10, 5, 8
-TOLERANCE = {"rel": 1e-5, "abs": 1e-6}
 MESH = "parallel.strategy=fsdp,parallel.dims.pp=2"
 LAYOUTS = {
     "pp2_dp2_1f1b": f"{MESH},parallel.dims.dp_shard=2,train.micro_batch_size=2,"
@@ -72,20 +75,13 @@ def _config(corpus: Path) -> dict:
     }
 
 
-def _write_corpus(folder: Path) -> None:
-    """Small files of Python-like words: an epoch of a few steps, the last one short."""
-    folder.mkdir()
-    rng = random.Random(1)
-    words = ["for", "in", "range", "(", ")", ":", "print", "x", "y", "+", "2"]
-    for index in range(9):
-        lines = [" ".join(rng.choice(words) for _ in range(9)) for _ in range(7)]
-        (folder / f"part{index}.txt").write_text("\n".join(lines) + "\n")
+WORDS = ["for", "in", "range", "(", ")", ":", "print", "x", "y", "+", "2"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ppmesh")
-    _write_corpus(out / "corpus")
+    write_word_corpus(out / "corpus", WORDS, seed=1, files=9, width=9)
     config = _config(out / "corpus")
     specs = [f"{name}={overrides}" for name, overrides in LAYOUTS.items()]
     specs.append(f"pp2_dp2_bf16={BF16}")
@@ -94,25 +90,6 @@ def runs(tmp_path_factory) -> dict:
     assert finished.returncode == 0, finished.output
     api.train({**config, "run": {"seed": 11, "name": "single", "out_dir": str(out)}})
     return {"out": out, "config": config}
-
-
-def _records(run_dir: Path, split: str) -> dict[int, dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if r.get("split") == split}
-
-
-def _assert_same_curve(got: Path, expected: Path) -> None:
-    mine, theirs = _records(got, "train"), _records(expected, "train")
-    assert sorted(mine) == list(range(1, MAX_STEPS + 1))
-    for step in mine:
-        assert mine[step]["loss"] == pytest.approx(theirs[step]["loss"], **TOLERANCE), step
-        assert mine[step]["grad_norm"] == pytest.approx(theirs[step]["grad_norm"], rel=1e-4)
-    val_mine, val_theirs = _records(got, "val"), _records(expected, "val")
-    assert val_mine.keys() == val_theirs.keys() and val_mine
-    for step, record in val_mine.items():
-        assert record["loss"] == pytest.approx(val_theirs[step]["loss"], **TOLERANCE)
-        for name, value in val_theirs[step]["metrics"].items():
-            assert record["metrics"][name] == pytest.approx(value, **TOLERANCE), name
 
 
 def test_the_epoch_ends_on_a_short_step_that_data_parallel_ranks_share_unevenly(runs):
@@ -124,8 +101,8 @@ def test_the_epoch_ends_on_a_short_step_that_data_parallel_ranks_share_unevenly(
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_each_layout_matches_one_process(runs, name):
     out = runs["out"]
-    _assert_same_curve(out / name, out / "single")
-    norms = [record["grad_norm"] for record in _records(out / "single", "train").values()]
+    assert_same_curve(out / name, out / "single", max_steps=MAX_STEPS)
+    norms = [record["grad_norm"] for record in records(out / "single", "train").values()]
     assert min(norms) > 0.5  # clipping acted on every step
     reference, candidate = load_weights(out / "single"), load_weights(out / name)
     assert reference.keys() == candidate.keys()
@@ -152,33 +129,21 @@ def test_rank_0_writes_the_last_stages_predictions_of_every_data_parallel_rank(r
 
 
 def test_bf16_mixed_trains_like_fp32(runs):
-    got = _records(runs["out"] / "pp2_dp2_bf16", "train")
-    expected = _records(runs["out"] / "single", "train")
+    got = records(runs["out"] / "pp2_dp2_bf16", "train")
+    expected = records(runs["out"] / "single", "train")
     assert sorted(got) == list(range(1, MAX_STEPS + 1))
     for step, record in got.items():  # measured when written: within 0.2 %
         assert record["loss"] == pytest.approx(expected[step]["loss"], rel=2e-2), step
     assert got[MAX_STEPS]["loss"] < 0.7 * got[1]["loss"]
 
 
-def _cut_back(run_dir: Path, to: Path, *, parallel: dict) -> Path:
-    """The run as a crash after step SAVED_AT's checkpoint leaves it, under a new layout."""
-    shutil.copytree(run_dir, to)
-    for late in (to / "checkpoints").glob("step_*"):
-        if int(late.name.removeprefix("step_")) > SAVED_AT:
-            shutil.rmtree(late)
-    config = yaml.safe_load((to / "config.yaml").read_text())
-    config["parallel"].update(parallel)
-    (to / "config.yaml").write_text(yaml.safe_dump(config))
-    return to
-
-
 def test_pp_dp_checkpoint_resumes_in_one_process(runs, tmp_path):
     single = {"strategy": "single", "dims": {}, "pp": {}}
-    resumed = _cut_back(runs["out"] / "pp2_dp2_1f1b", tmp_path / "single", parallel=single)
+    resumed = cut_back(
+        runs["out"] / "pp2_dp2_1f1b", tmp_path / "single", saved_at=SAVED_AT, parallel=single
+    )
     api.resume(resumed)
-    _assert_same_curve(resumed, runs["out"] / "single")
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["counters"]["restarts"] == 1 and summary["world_size"] == 1
+    assert_resumed_as(resumed, runs["out"] / "single", max_steps=MAX_STEPS, world_size=1)
 
 
 def test_pp_dp_checkpoint_resumes_at_pp_tp(runs, tmp_path):
@@ -186,9 +151,9 @@ def test_pp_dp_checkpoint_resumes_at_pp_tp(runs, tmp_path):
         "dims": {"pp": 2, "tp": 2, "dp_shard": 1},
         "pp": {"schedule": "gpipe", "microbatches": 2},
     }
-    resumed = _cut_back(runs["out"] / "pp2_dp2_1f1b", tmp_path / "pp_tp", parallel=layout)
+    resumed = cut_back(
+        runs["out"] / "pp2_dp2_1f1b", tmp_path / "pp_tp", saved_at=SAVED_AT, parallel=layout
+    )
     finished = torchrun(["-m", "scaletrain", "resume", str(resumed)], nproc=4, timeout=300)
     assert finished.returncode == 0, finished.output
-    _assert_same_curve(resumed, runs["out"] / "single")
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["counters"]["restarts"] == 1 and summary["world_size"] == 4
+    assert_resumed_as(resumed, runs["out"] / "single", max_steps=MAX_STEPS, world_size=4)

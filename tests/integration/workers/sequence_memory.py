@@ -38,12 +38,17 @@ def _train(model, strategy, inputs, targets, loss_fn) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def measure_rnn(cell: str, strategy_name: str, batch: int) -> dict:
+def _started(strategy_name: str):
     if strategy_name == "single":
         strategy = SingleStrategy(torch.device("cpu"))
     else:
         strategy = build_strategy(ParallelConfig(strategy=strategy_name), device_name="cpu")
     strategy.setup()
+    return strategy
+
+
+def measure_rnn(cell: str, strategy_name: str, batch: int) -> dict:
+    strategy = _started(strategy_name)
     try:
         torch.manual_seed(0)
         config = RNNConfig(cell=cell, **RNN)
@@ -72,11 +77,7 @@ OTHER_MODELS = {
 
 
 def measure_other(name: str, strategy_name: str, batch: int) -> dict:
-    if strategy_name == "single":
-        strategy = SingleStrategy(torch.device("cpu"))
-    else:
-        strategy = build_strategy(ParallelConfig(strategy=strategy_name), device_name="cpu")
-    strategy.setup()
+    strategy = _started(strategy_name)
     try:
         torch.manual_seed(0)
         config, shape, vocab = OTHER_MODELS[name]
