@@ -103,8 +103,19 @@ def train_variants(out: Path, config: dict, specs: list[str], *, timeout: float 
     return finished.output
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's resource tracker: started once by any `spawn` in this process (the
+    ensemble's in-process `nproc` runs) and kept until it exits; not a worker left behind."""
+    try:
+        command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"multiprocessing.resource_tracker" in command
+
+
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (torchrun puts workers in their own sessions)."""
+    """Every live process below `pid` (torchrun puts workers in their own sessions), but
+    for multiprocessing's resource tracker."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -118,7 +129,7 @@ def descendants(pid: int) -> list[int]:
         for child in children.get(stack.pop(), []):
             found.append(child)
             stack.append(child)
-    return found
+    return [child for child in found if not _is_resource_tracker(child)]
 
 
 def kill_tree(pid: int) -> None:
