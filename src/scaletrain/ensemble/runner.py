@@ -16,6 +16,7 @@ from scaletrain.data import build_data
 from scaletrain.ensemble.evaluate import evaluate_ensemble
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.ensemble.stacking import fit_combiner
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.report import write_report
@@ -29,7 +30,7 @@ from scaletrain.rundir import (
     read_json,
 )
 from scaletrain.trained import Run
-from scaletrain.trained.ensemble import load_ensemble_run
+from scaletrain.trained.ensemble import load_ensemble_run, load_members
 
 
 def train_ensemble(
@@ -80,9 +81,12 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
         shutil.copyfile(first.root / name, run.root / name)
     weights = _member_weights(members) if cfg.ensemble.combine == "weighted" else None
     snapshots = _snapshot_steps(first, cfg) if cfg.ensemble.method == "snapshot" else None
-    _write_record(run, cfg, members, weights=weights, snapshots=snapshots)
-    combined = load_ensemble_run(run.root, cfg)
     bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
+    stacking = None
+    if cfg.ensemble.method == "stacking":  # members' held-out predictions -> the combiner
+        stacking = fit_combiner(load_members(run.root), cfg, bundle, out=run.root)
+    _write_record(run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking)
+    combined = load_ensemble_run(run.root, cfg)
     member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
     metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
     _write_summary(
@@ -152,7 +156,7 @@ def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
 
 
 def _write_record(
-    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None
+    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None, stacking=None
 ) -> None:
     """ensemble.json: what the ensemble is made of, for loading and for the report."""
     record = {
@@ -171,6 +175,13 @@ def _write_record(
         ],
         "weights": weights,
     }
+    if stacking is not None:  # which rows the combiner learned from, and how well
+        record["combiner"] = {
+            "kind": cfg.ensemble.combiner,
+            "file": "combiner.safetensors",
+            "num_rows": len(stacking.rows),
+            "train_loss": round(stacking.loss, 6),
+        }
     atomic_write_json(run.root / ENSEMBLE_FILE, record)
 
 

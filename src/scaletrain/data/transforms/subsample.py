@@ -13,13 +13,23 @@ from scaletrain.data.bundle import Split
 def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
     """Row indices into the train split: a pure function of its size and `cfg` (the seed),
     with or without replacement; sorted, so the loader's own shuffle decides the order."""
-    count = max(1, round(cfg.fraction * num_samples))
+    pool = np.arange(num_samples)
+    if cfg.holdout > 0:  # a stacking combiner's rows: no member may train on them
+        pool = np.setdiff1d(pool, holdout_indices(num_samples, cfg.holdout, seed=cfg.holdout_seed))
+    count = max(1, round(cfg.fraction * len(pool)))
     rng = np.random.default_rng(cfg.seed)
     if cfg.replacement:
-        drawn = rng.integers(0, num_samples, size=count)
+        drawn = pool[rng.integers(0, len(pool), size=count)]
     else:
-        drawn = rng.permutation(num_samples)[:count]
+        drawn = pool[rng.permutation(len(pool))[:count]]
     return np.sort(drawn).astype(np.int64)
+
+
+def holdout_indices(num_samples: int, fraction: float, *, seed: int) -> np.ndarray:
+    """The train-split rows left out of every member (sorted): a pure function of the split
+    size, the share and the seed, so the ensemble finds the same rows its members skipped."""
+    count = min(num_samples - 1, max(1, round(fraction * num_samples)))
+    return np.sort(np.random.default_rng(seed).permutation(num_samples)[:count]).astype(np.int64)
 
 
 def subsample_split(split: Split, cfg: SubsampleConfig) -> Split:
