@@ -173,3 +173,30 @@ def test_snapshot_members_are_the_checkpoints_at_each_cycle_end(tmp_path):
     )
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and len(summary["members"]) == 3
+
+
+def test_stacking_run_evaluates_predicts_and_exports_with_its_combiner(tmp_path):
+    run = scaletrain.train(_config(tmp_path, "stack", method="stacking", combiner="mlp"))
+    record = json.loads((run.run_dir / "ensemble.json").read_text())
+    assert record["combine"] == "learned" and record["combiner"]["kind"] == "mlp"
+    reloaded = scaletrain.load_run(run.run_dir)
+    assert reloaded.model.combiner is not None
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    accuracy = scaletrain.evaluate(run.run_dir)["accuracy"]
+    assert accuracy == pytest.approx(summary["ensemble"]["test"]["accuracy"])
+    inputs = np.load(_npy(tmp_path))
+    np.testing.assert_allclose(reloaded.predict(inputs), run.predict(inputs), atol=1e-6)
+    done = subprocess.run(
+        [sys.executable, "-m", "scaletrain", "export", str(run.run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    from safetensors.torch import load_file
+
+    exported = load_file(run.run_dir / "model.safetensors")
+    loaded = reloaded.model.state_dict()
+    assert exported.keys() == loaded.keys() and any(k.startswith("combiner.") for k in loaded)
+    assert all(torch.equal(exported[key], loaded[key]) for key in loaded)
