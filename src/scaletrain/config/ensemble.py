@@ -14,7 +14,7 @@ MAX_MEMBERS = 256  # each member is a run directory; more is a mistake, not an e
 
 # Methods the trainer runs today; the others are named so a config can say what it wants and
 # be told, in one line, that it is not there yet (docs/ensembles.md).
-IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot", "stacking")
+IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot", "stacking", "boosting")
 # Keys a member may not change: members share the data split and its preprocessing (one
 # `preprocess.json` serves the ensemble), and their place in the ensemble's directory.
 FIXED_FOR_MEMBERS = ("data", "run", "ensemble")
@@ -34,6 +34,11 @@ class SubsampleConfig(Section):
         "combiner's rows, the same for every member: `holdout_seed`).",
     )
     holdout_seed: Seed = Field(0, description="Seed of the held-out rows.")
+    weights_file: str | None = Field(
+        None,
+        description="boosting: a .npy of one weight per train-split row; the rows are drawn "
+        "with replacement in proportion to them (`seed`) instead of uniformly.",
+    )
 
 
 class EnsembleConfig(Section):
@@ -42,8 +47,8 @@ class EnsembleConfig(Section):
         description="`bagging`: each member on its own bootstrap sample of the train split; "
         "`voting`: same data, different seeds; `snapshot`: one run, `members` cosine cycles, a "
         "member at each cycle's end; `stacking`: members on the train split less a held-out share "
-        "(`combiner_fraction`), a combiner trained on their predictions for it (`boosting`: "
-        "not yet).",
+        "(`combiner_fraction`), a combiner trained on their predictions for it; `boosting`: "
+        "SAMME rounds, one member each, sequential (classification).",
     )
     members: PositiveInt = Field(5, description="Number of members K (each a run directory).")
     combine: Literal["mean", "vote", "weighted", "learned"] = Field(
@@ -80,9 +85,11 @@ class EnsembleConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _stacking_combines_by_learning(cls, data):
-        """`method: stacking` alone means its combiner: `combine` defaults to `learned`."""
-        if isinstance(data, dict) and data.get("method") == "stacking" and "combine" not in data:
-            return {**data, "combine": "learned"}
+        """`method: stacking` alone means its combiner (`combine: learned`), `boosting` its
+        alpha-weighted vote (`combine: vote`)."""
+        implied = {"stacking": "learned", "boosting": "vote"}
+        if isinstance(data, dict) and data.get("method") in implied and "combine" not in data:
+            return {**data, "combine": implied[data["method"]]}
         return data
 
     @model_validator(mode="after")
@@ -100,6 +107,11 @@ class EnsembleConfig(Section):
                 "`learned` is the stacking combiner and stacking combines by it only: use "
                 "method stacking with combine learned, or another method with mean, vote or "
                 "weighted"
+            )
+        if self.method == "boosting" and self.combine != "vote":
+            raise ValueError(
+                f"ensemble.combine: `{self.combine}`; boosting combines by its members' "
+                "alpha-weighted vote: use vote"
             )
         if self.method == "snapshot" and self.combine == "weighted":
             raise ValueError(
@@ -179,6 +191,13 @@ def member_raw(raw: dict, index: int) -> dict:
             "seed": seed,
             "holdout": ensemble["combiner_fraction"],
             "holdout_seed": member_data["split_seed"],
+        }
+    if ensemble["method"] == "boosting":  # the rows its round's SAMME weights draw
+        member_data["subsample"] = {
+            "fraction": 1.0,
+            "replacement": True,
+            "seed": seed,
+            "weights_file": f"{run['out_dir']}/{run['name']}/boosting/round_{index}.npy",
         }
     if ensemble["method"] == "bagging":
         member_data["subsample"] = {

@@ -34,7 +34,8 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
         for name, value in read_full_tensors(path).items():
             tensors[f"members.{index}.{name}"] = value.contiguous()
     count = len(members)
-    weights = combination_weights(run.root) if cfg.ensemble.combine == "weighted" else None
+    weighted = cfg.ensemble.combine == "weighted" or cfg.ensemble.method == "boosting"
+    weights = combination_weights(run.root) if weighted else None
     weights = torch.tensor(weights if weights is not None else [1.0] * count)
     tensors["weights"] = (weights / weights.sum()).float()
     if cfg.ensemble.combine == "learned":  # stacking: the combiner's own weights

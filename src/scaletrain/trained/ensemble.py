@@ -142,7 +142,7 @@ def ensemble_module(
 ):
     """The members combined as the config's `ensemble.combine` says."""
     combine = cfg.ensemble.combine
-    if combine != "weighted":
+    if combine != "weighted" and cfg.ensemble.method != "boosting":  # boosting: alphas
         weights = None
     elif weights is None:
         raise UserError(f"{cfg.run.name}: ensemble.combine=weighted but no member weights found")

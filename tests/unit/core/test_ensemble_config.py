@@ -41,6 +41,17 @@ def test_stacking_members_all_leave_out_the_combiners_rows():
     }
 
 
+def test_boosting_members_draw_rows_by_their_rounds_weights():
+    cfg = load_config(_ensemble(method="boosting", members=2))
+    assert cfg.ensemble.combine == "vote"
+    samples = [m.data.subsample for m in member_configs(cfg)]
+    assert [s.weights_file for s in samples] == [
+        "out/ens/boosting/round_0.npy",
+        "out/ens/boosting/round_1.npy",
+    ]
+    assert [s.seed for s in samples] == [7, 8] and all(s.replacement for s in samples)
+
+
 def test_member_overrides_apply_to_their_member_only():
     cfg = load_config(
         _ensemble(members=3, member_overrides=[["model.name=mlp", "model.hidden=[16]"], []])
@@ -55,7 +66,7 @@ def test_member_overrides_apply_to_their_member_only():
     [
         ({"members": 0}, "ensemble.members"),
         ({"method": "stackin"}, "ensemble.method"),
-        ({"method": "boosting"}, "ensemble.method: `boosting` is not implemented yet"),
+        ({"method": "boosting", "combine": "mean"}, "ensemble.combine: `mean`; boosting"),
         ({"combine": "learned"}, "ensemble.combine: `learned` with ensemble.method `voting`"),
         ({"method": "stacking", "combine": "mean"}, "ensemble.combine: `mean` with ensemble"),
         ({"method": "stacking", "combiner": "tree"}, "ensemble.combiner"),

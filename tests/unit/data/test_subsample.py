@@ -67,3 +67,16 @@ def test_holdout_rows_are_left_out_of_every_draw_and_unchanged_draws_without_it(
     assert np.array_equal(  # holdout 0 draws exactly what bagging drew before it existed
         subsample_indices(500, plain), np.sort(np.random.default_rng(4).integers(0, 500, 500))
     )
+
+
+def test_a_bad_weights_file_is_one_line_naming_the_file(tmp_path):
+    import pytest
+
+    from scaletrain.errors import UserError
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(UserError, match="data.subsample.weights_file: .*w.npy must hold 5"):
+        subsample_indices(5, SubsampleConfig(weights_file=str(path)))
+    np.save(path, np.array([1.0, 0, 0, 0, 0]))
+    assert subsample_indices(5, SubsampleConfig(weights_file=str(path))).tolist() == [0] * 5

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from scaletrain.data.transforms.subsample import weighted_draw
 from scaletrain.ensemble.boosting import (
     is_better_than_chance,
     samme_predict,
     samme_round,
-    weighted_draw,
 )
 from scaletrain.trained.ensemble import EnsembleModule
 
