@@ -173,3 +173,55 @@ def test_snapshot_members_are_the_checkpoints_at_each_cycle_end(tmp_path):
     )
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and len(summary["members"]) == 3
+
+
+def test_stacking_run_evaluates_predicts_and_exports_with_its_combiner(tmp_path):
+    run = scaletrain.train(_config(tmp_path, "stack", method="stacking", combiner="mlp"))
+    record = json.loads((run.run_dir / "ensemble.json").read_text())
+    assert record["combine"] == "learned" and record["combiner"]["kind"] == "mlp"
+    reloaded = scaletrain.load_run(run.run_dir)
+    assert reloaded.model.combiner is not None
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    accuracy = scaletrain.evaluate(run.run_dir)["accuracy"]
+    assert accuracy == pytest.approx(summary["ensemble"]["test"]["accuracy"])
+    inputs = np.load(_npy(tmp_path))
+    np.testing.assert_allclose(reloaded.predict(inputs), run.predict(inputs), atol=1e-6)
+    done = subprocess.run(
+        [sys.executable, "-m", "scaletrain", "export", str(run.run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    from safetensors.torch import load_file
+
+    exported = load_file(run.run_dir / "model.safetensors")
+    loaded = reloaded.model.state_dict()
+    assert exported.keys() == loaded.keys() and any(k.startswith("combiner.") for k in loaded)
+    assert all(torch.equal(exported[key], loaded[key]) for key in loaded)
+
+
+def test_boosting_rounds_follow_samme_on_the_members_own_predictions(tmp_path):
+    from scaletrain.data import build_data
+    from scaletrain.data.transforms.subsample import subsample_indices
+    from scaletrain.ensemble.boosting import samme_round
+
+    run = scaletrain.train(_config(tmp_path, "boost", method="boosting", members=3))
+    record = json.loads((run.run_dir / "ensemble.json").read_text())
+    assert record["combine"] == "vote" and len(record["weights"]) == 3
+    bundle = build_data(run.config.data, seed=0)
+    num_rows = len(bundle.train)
+    weights = np.full(num_rows, 1 / num_rows)
+    for index, member in enumerate(run.model.members):
+        member_cfg = scaletrain.load_run(run.run_dir / "members" / f"m{index}").config
+        stored = np.load(member_cfg.data.subsample.weights_file, allow_pickle=False)
+        np.testing.assert_allclose(stored, weights, rtol=1e-12)  # the round's own weights
+        rows = subsample_indices(num_rows, member_cfg.data.subsample)
+        assert len(rows) == num_rows and len(np.unique(rows)) < num_rows  # resampled
+        with torch.no_grad():
+            correct = (member(bundle.train.inputs).argmax(1) == bundle.train.targets).numpy()
+        expected = samme_round(weights, correct, num_classes=10)
+        assert record["weights"][index] == pytest.approx(max(expected.alpha, 0.0))
+        weights = expected.weights if expected.alpha > 1e-9 else weights
+    assert run.metrics["test"]["accuracy"] > 0.5

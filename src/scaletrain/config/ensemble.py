@@ -14,7 +14,7 @@ MAX_MEMBERS = 256  # each member is a run directory; more is a mistake, not an e
 
 # Methods the trainer runs today; the others are named so a config can say what it wants and
 # be told, in one line, that it is not there yet (docs/ensembles.md).
-IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot")
+IMPLEMENTED_METHODS = ("bagging", "voting", "snapshot", "stacking", "boosting")
 # Keys a member may not change: members share the data split and its preprocessing (one
 # `preprocess.json` serves the ensemble), and their place in the ensemble's directory.
 FIXED_FOR_MEMBERS = ("data", "run", "ensemble")
@@ -28,6 +28,17 @@ class SubsampleConfig(Section):
         True, description="Draw with replacement (a bootstrap sample) or without."
     )
     seed: Seed = Field(0, description="Seed of the draw: the same seed gives the same indices.")
+    holdout: Annotated[Float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="Share of the train split left out before the draw (a stacking "
+        "combiner's rows, the same for every member: `holdout_seed`).",
+    )
+    holdout_seed: Seed = Field(0, description="Seed of the held-out rows.")
+    weights_file: str | None = Field(
+        None,
+        description="boosting: a .npy of one weight per train-split row; the rows are drawn "
+        "with replacement in proportion to them (`seed`) instead of uniformly.",
+    )
 
 
 class EnsembleConfig(Section):
@@ -35,14 +46,26 @@ class EnsembleConfig(Section):
         "voting",
         description="`bagging`: each member on its own bootstrap sample of the train split; "
         "`voting`: same data, different seeds; `snapshot`: one run, `members` cosine cycles, a "
-        "member at each cycle's end (`stacking`, `boosting`: not yet).",
+        "member at each cycle's end; `stacking`: members on the train split less a held-out share "
+        "(`combiner_fraction`), a combiner trained on their predictions for it; `boosting`: "
+        "SAMME rounds, one member each, sequential (classification).",
     )
     members: PositiveInt = Field(5, description="Number of members K (each a run directory).")
     combine: Literal["mean", "vote", "weighted", "learned"] = Field(
         "mean",
         description="`mean` of probabilities (classification) or values (regression); `vote`: "
         "majority of predicted classes; `weighted`: mean weighted by 1 / member val loss; "
-        "`learned`: a stacking combiner (not yet).",
+        "`learned`: the stacking combiner (the default and only choice for stacking).",
+    )
+    combiner: Literal["linear", "mlp"] = Field(
+        "linear",
+        description="stacking: the combiner over the members' log-probabilities (or values); "
+        "`linear` starts at their mean, `mlp` has one hidden layer of 32.",
+    )
+    combiner_fraction: Annotated[Float, Field(gt=0, le=0.5)] = Field(
+        0.2,
+        description="stacking: share of the train split no member trains on; the combiner "
+        "learns from the members' predictions on it (out-of-sample for every member).",
     )
     sample_fraction: ShareOfSamples = Field(
         1.0, description="bagging: share of the train split each member draws."
@@ -59,6 +82,16 @@ class EnsembleConfig(Section):
         1, description="Processes per member (each member a DDP job of that size; not yet > 1)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stacking_combines_by_learning(cls, data):
+        """`method: stacking` alone means its combiner (`combine: learned`), `boosting` its
+        alpha-weighted vote (`combine: vote`)."""
+        implied = {"stacking": "learned", "boosting": "vote"}
+        if isinstance(data, dict) and data.get("method") in implied and "combine" not in data:
+            return {**data, "combine": implied[data["method"]]}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> EnsembleConfig:
         if self.members > MAX_MEMBERS:
@@ -68,10 +101,17 @@ class EnsembleConfig(Section):
                 f"ensemble.method: `{self.method}` is not implemented yet; use one of "
                 f"{', '.join(IMPLEMENTED_METHODS)}"
             )
-        if self.combine == "learned":
+        if (self.combine == "learned") != (self.method == "stacking"):
             raise ValueError(
-                "ensemble.combine: `learned` needs a stacking combiner (ensemble.method: "
-                "stacking), not implemented yet; use mean, vote or weighted"
+                f"ensemble.combine: `{self.combine}` with ensemble.method `{self.method}`; "
+                "`learned` is the stacking combiner and stacking combines by it only: use "
+                "method stacking with combine learned, or another method with mean, vote or "
+                "weighted"
+            )
+        if self.method == "boosting" and self.combine != "vote":
+            raise ValueError(
+                f"ensemble.combine: `{self.combine}`; boosting combines by its members' "
+                "alpha-weighted vote: use vote"
             )
         if self.method == "snapshot" and self.combine == "weighted":
             raise ValueError(
@@ -144,6 +184,21 @@ def member_raw(raw: dict, index: int) -> dict:
     }
     if ensemble["method"] == "snapshot":
         return _snapshot_raw(raw, ensemble, member_data, run)
+    if ensemble["method"] == "stacking":  # every member leaves out the combiner's rows
+        member_data["subsample"] = {
+            "fraction": 1.0,
+            "replacement": False,
+            "seed": seed,
+            "holdout": ensemble["combiner_fraction"],
+            "holdout_seed": member_data["split_seed"],
+        }
+    if ensemble["method"] == "boosting":  # the rows its round's SAMME weights draw
+        member_data["subsample"] = {
+            "fraction": 1.0,
+            "replacement": True,
+            "seed": seed,
+            "weights_file": f"{run['out_dir']}/{run['name']}/boosting/round_{index}.npy",
+        }
     if ensemble["method"] == "bagging":
         member_data["subsample"] = {
             "fraction": ensemble["sample_fraction"],

@@ -1,5 +1,5 @@
 """`scaletrain export` of an ensemble: every member's weights in one safetensors file, under
-the names of `EnsembleModule`'s state dict (`members.{i}.…`, plus the combination `weights`),
+the names of `EnsembleModule`'s state dict (`members.{i}.…`, the combination `weights`, a stacking `combiner.…`),
 so `load_run(RUN).model.load_state_dict(load_file(path))` takes it as it is. No pickle."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from scaletrain.checkpoint.export import read_full_tensors
 from scaletrain.config import load_config
 from scaletrain.fileio import atomic_path
 from scaletrain.rundir import open_run_dir
+from scaletrain.trained.combiner import COMBINER_FILE
 from scaletrain.trained.ensemble import combination_weights, member_checkpoints
 
 FORMAT = "scaletrain-ensemble-weights"
@@ -21,7 +22,7 @@ FORMAT = "scaletrain-ensemble-weights"
 
 def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, checkpoint="best"):
     """Write the members' `checkpoint` weights to `out` (default `RUN/model.safetensors`)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
@@ -33,9 +34,13 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
         for name, value in read_full_tensors(path).items():
             tensors[f"members.{index}.{name}"] = value.contiguous()
     count = len(members)
-    weights = combination_weights(run.root) if cfg.ensemble.combine == "weighted" else None
+    weighted = cfg.ensemble.combine == "weighted" or cfg.ensemble.method == "boosting"
+    weights = combination_weights(run.root) if weighted else None
     weights = torch.tensor(weights if weights is not None else [1.0] * count)
     tensors["weights"] = (weights / weights.sum()).float()
+    if cfg.ensemble.combine == "learned":  # stacking: the combiner's own weights
+        for name, value in load_file(str(run.root / COMBINER_FILE)).items():
+            tensors[f"combiner.{name}"] = value
     metadata = {
         "format": FORMAT,
         "config": run.config.read_text(),

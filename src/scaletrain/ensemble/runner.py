@@ -13,9 +13,11 @@ from pathlib import Path
 
 from scaletrain.config import Config, load_config, member_configs
 from scaletrain.data import build_data
+from scaletrain.ensemble.boosting import train_rounds
 from scaletrain.ensemble.evaluate import evaluate_ensemble
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.ensemble.stacking import fit_combiner
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.report import write_report
@@ -29,7 +31,7 @@ from scaletrain.rundir import (
     read_json,
 )
 from scaletrain.trained import Run
-from scaletrain.trained.ensemble import load_ensemble_run
+from scaletrain.trained.ensemble import load_ensemble_run, load_members
 
 
 def train_ensemble(
@@ -68,7 +70,13 @@ def resume_ensemble(run_dir: str | Path, *, nproc: int = 1) -> Run:
 def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc: int) -> Run:
     start = time.perf_counter()
     nproc = min(max(1, nproc), len(members))
-    outcomes = _train_members(run, members, nproc=nproc)
+    bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
+    alphas = None
+    if cfg.ensemble.method == "boosting":  # sequential rounds, whatever nproc says
+        nproc, boosted = 1, train_rounds(members, bundle)
+        outcomes, alphas = boosted.outcomes, boosted.alphas
+    else:
+        outcomes = _train_members(run, members, nproc=nproc)
     train_s = time.perf_counter() - start
     stopped = [outcome for outcome in outcomes if outcome.exit_code]
     if stopped or len(outcomes) < len(members):
@@ -78,11 +86,15 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     first = member_dir(members[0])
     for name in ("data_spec.json", "preprocess.json"):  # shared by all members (one split)
         shutil.copyfile(first.root / name, run.root / name)
-    weights = _member_weights(members) if cfg.ensemble.combine == "weighted" else None
+    weights = _member_weights(members) if cfg.ensemble.combine == "weighted" else alphas
+    if alphas is not None and not any(alphas):
+        raise UserError(f"{run.root}: no boosting round did better than chance; nothing to vote")
     snapshots = _snapshot_steps(first, cfg) if cfg.ensemble.method == "snapshot" else None
-    _write_record(run, cfg, members, weights=weights, snapshots=snapshots)
+    stacking = None
+    if cfg.ensemble.method == "stacking":  # members' held-out predictions -> the combiner
+        stacking = fit_combiner(load_members(run.root), cfg, bundle, out=run.root)
+    _write_record(run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking)
     combined = load_ensemble_run(run.root, cfg)
-    bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
     member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
     metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
     _write_summary(
@@ -109,7 +121,18 @@ def _train_members(run: RunDir, members: list[Config], *, nproc: int) -> list[Me
 def _check_data(cfg: Config) -> str:
     """The task the data resolves to, and what the combination cannot do with it (before
     the run directory exists)."""
-    spec = build_data(cfg.data, seed=cfg.run.seed).spec
+    bundle = build_data(cfg.data, seed=cfg.run.seed)
+    spec, method = bundle.spec, cfg.ensemble.method
+    if method in ("stacking", "boosting") and bundle.train.inputs is None:
+        raise ConfigError(
+            f"ensemble.method: `{method}` needs the train split in memory (not shards or a "
+            "Dataset); use bagging or voting"
+        )
+    if method == "boosting" and spec.task != "classification":
+        raise ConfigError(
+            f"ensemble.method: `boosting` is SAMME, for classification; the data is a "
+            f"{spec.task} task (gradient boosting on residuals: not yet); use bagging or voting"
+        )
     if cfg.ensemble.combine == "vote" and spec.task != "classification":
         raise ConfigError(
             f"ensemble.combine: `vote` needs classes, but the data is a {spec.task} task; "
@@ -152,7 +175,7 @@ def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
 
 
 def _write_record(
-    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None
+    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None, stacking=None
 ) -> None:
     """ensemble.json: what the ensemble is made of, for loading and for the report."""
     record = {
@@ -171,6 +194,13 @@ def _write_record(
         ],
         "weights": weights,
     }
+    if stacking is not None:  # which rows the combiner learned from, and how well
+        record["combiner"] = {
+            "kind": cfg.ensemble.combiner,
+            "file": "combiner.safetensors",
+            "num_rows": len(stacking.rows),
+            "train_loss": round(stacking.loss, 6),
+        }
     atomic_write_json(run.root / ENSEMBLE_FILE, record)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from scaletrain.config import Config, load_config
 from scaletrain.errors import UserError
 from scaletrain.rundir import ENSEMBLE_FILE, RunDir, read_json
+from scaletrain.trained.combiner import load_combiner, stack_features
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
 from scaletrain.trained.weights import load_trained_model
@@ -25,12 +26,16 @@ _FLOOR = 1e-12  # a class no member predicts: log(0) would make the loss infinit
 
 
 class EnsembleModule(nn.Module):
-    """Members' outputs combined: mean (or weighted mean) of probabilities or values, or the
-    share of members voting for each class."""
+    """Members' outputs combined: mean (or weighted mean) of probabilities or values, the
+    share of members voting for each class, or a stacking combiner over them (`learned`)."""
 
-    def __init__(self, members: list[nn.Module], *, task: str, combine: str, weights=None):
+    def __init__(
+        self, members: list[nn.Module], *, task: str, combine: str, weights=None, combiner=None
+    ):
         super().__init__()
+        assert (combiner is not None) == (combine == "learned")
         self.members = nn.ModuleList(members)
+        self.combiner = combiner
         self.task = task
         self.combine = combine
         count = len(members)
@@ -39,6 +44,9 @@ class EnsembleModule(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([member(inputs).float() for member in self.members])  # (K, B, C)
+        if self.combiner is not None:
+            combined = self.combiner(stack_features(outputs, task=self.task)).float()
+            return combined.log_softmax(dim=1) if self.task == "classification" else combined
         if self.task != "classification":
             return torch.einsum("k,kbc->bc", self.weights, outputs)
         if self.combine == "vote":
@@ -85,11 +93,10 @@ def combination_weights(root: Path) -> list[float] | None:
     return weights
 
 
-def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> Run:
-    """A Run of the ensemble directory: every member's `checkpoint` weights combined."""
-    run = RunDir(Path(root))
+def load_members(root: Path, *, checkpoint: str = "best") -> list[nn.Module]:
+    """Every member's network at its `checkpoint` (snapshot: at its cycle's end)."""
     members = []
-    for member, member_checkpoint in member_checkpoints(run.root, checkpoint):
+    for member, member_checkpoint in member_checkpoints(root, checkpoint):
         if not member.config.is_file():
             raise UserError(f"{member.root}: member missing; resume the ensemble to train it")
         member_cfg = load_config(member.config)
@@ -97,8 +104,25 @@ def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> R
             member, member_cfg, read_spec(member), checkpoint=member_checkpoint, model=None
         )
         members.append(model)
+    return members
+
+
+def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> Run:
+    """A Run of the ensemble directory: every member's `checkpoint` weights combined."""
+    run = RunDir(Path(root))
+    members = load_members(run.root, checkpoint=checkpoint)
     spec = read_spec(run)
-    module = ensemble_module(members, cfg, task=spec.task, weights=combination_weights(run.root))
+    combiner = None
+    if cfg.ensemble.combine == "learned":
+        combiner = load_combiner(
+            run.root,
+            cfg.ensemble.combiner,
+            num_members=len(members),
+            num_outputs=spec.num_outputs,
+        )
+    module = ensemble_module(
+        members, cfg, task=spec.task, weights=combination_weights(run.root), combiner=combiner
+    )
     summary = read_json(run.summary) if run.summary.is_file() else {}
     metrics = (summary.get("ensemble") or {}) if isinstance(summary, dict) else {}
     return Run(
@@ -113,11 +137,13 @@ def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> R
     )
 
 
-def ensemble_module(members: list[nn.Module], cfg: Config, *, task: str, weights=None):
+def ensemble_module(
+    members: list[nn.Module], cfg: Config, *, task: str, weights=None, combiner=None
+):
     """The members combined as the config's `ensemble.combine` says."""
     combine = cfg.ensemble.combine
-    if combine != "weighted":
+    if combine != "weighted" and cfg.ensemble.method != "boosting":  # boosting: alphas
         weights = None
     elif weights is None:
         raise UserError(f"{cfg.run.name}: ensemble.combine=weighted but no member weights found")
-    return EnsembleModule(members, task=task, combine=combine, weights=weights)
+    return EnsembleModule(members, task=task, combine=combine, weights=weights, combiner=combiner)

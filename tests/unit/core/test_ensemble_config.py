@@ -31,6 +31,27 @@ def test_voting_members_train_on_the_whole_train_split():
     assert [m.data.subsample for m in members] == [None, None]
 
 
+def test_stacking_members_all_leave_out_the_combiners_rows():
+    cfg = load_config(_ensemble(method="stacking", members=3, combiner_fraction=0.25))
+    assert cfg.ensemble.combine == "learned" and cfg.ensemble.combiner == "linear"
+    samples = [m.data.subsample for m in member_configs(cfg)]
+    assert [s.seed for s in samples] == [7, 8, 9]
+    assert {(s.holdout, s.holdout_seed, s.fraction, s.replacement) for s in samples} == {
+        (0.25, 7, 1.0, False)
+    }
+
+
+def test_boosting_members_draw_rows_by_their_rounds_weights():
+    cfg = load_config(_ensemble(method="boosting", members=2))
+    assert cfg.ensemble.combine == "vote"
+    samples = [m.data.subsample for m in member_configs(cfg)]
+    assert [s.weights_file for s in samples] == [
+        "out/ens/boosting/round_0.npy",
+        "out/ens/boosting/round_1.npy",
+    ]
+    assert [s.seed for s in samples] == [7, 8] and all(s.replacement for s in samples)
+
+
 def test_member_overrides_apply_to_their_member_only():
     cfg = load_config(
         _ensemble(members=3, member_overrides=[["model.name=mlp", "model.hidden=[16]"], []])
@@ -45,8 +66,12 @@ def test_member_overrides_apply_to_their_member_only():
     [
         ({"members": 0}, "ensemble.members"),
         ({"method": "stackin"}, "ensemble.method"),
-        ({"method": "stacking"}, "ensemble.method: `stacking` is not implemented yet"),
-        ({"combine": "learned"}, "ensemble.combine"),
+        ({"method": "boosting", "combine": "mean"}, "ensemble.combine: `mean`; boosting"),
+        ({"combine": "learned"}, "ensemble.combine: `learned` with ensemble.method `voting`"),
+        ({"method": "stacking", "combine": "mean"}, "ensemble.combine: `mean` with ensemble"),
+        ({"method": "stacking", "combiner": "tree"}, "ensemble.combiner"),
+        ({"method": "stacking", "combiner_fraction": 0}, "ensemble.combiner_fraction"),
+        ({"method": "stacking", "combiner_fraction": 0.6}, "ensemble.combiner_fraction"),
         ({"sample_fraction": 0}, "ensemble.sample_fraction"),
         ({"sample_fraction": 1.5}, "ensemble.sample_fraction"),
         ({"member_nproc": 2}, "ensemble.member_nproc"),

@@ -52,3 +52,31 @@ def test_split_seed_overrides_the_run_seed():
     assert not torch.equal(
         build_data(free, seed=0).test.targets, build_data(free, seed=99).test.targets
     )
+
+
+def test_holdout_rows_are_left_out_of_every_draw_and_unchanged_draws_without_it():
+    plain = SubsampleConfig(seed=4, replacement=True)
+    held = SubsampleConfig(seed=4, replacement=True, holdout=0.2, holdout_seed=9)
+    rows = subsample_indices(500, held)
+    from scaletrain.data.transforms.subsample import holdout_indices
+
+    left_out = holdout_indices(500, 0.2, seed=9)
+    assert len(left_out) == 100 and not set(rows.tolist()) & set(left_out.tolist())
+    assert len(rows) == 400  # the fraction is of the rows that remain
+    assert np.array_equal(subsample_indices(500, plain), subsample_indices(500, plain))
+    assert np.array_equal(  # holdout 0 draws exactly what bagging drew before it existed
+        subsample_indices(500, plain), np.sort(np.random.default_rng(4).integers(0, 500, 500))
+    )
+
+
+def test_a_bad_weights_file_is_one_line_naming_the_file(tmp_path):
+    import pytest
+
+    from scaletrain.errors import UserError
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(UserError, match="data.subsample.weights_file: .*w.npy must hold 5"):
+        subsample_indices(5, SubsampleConfig(weights_file=str(path)))
+    np.save(path, np.array([1.0, 0, 0, 0, 0]))
+    assert subsample_indices(5, SubsampleConfig(weights_file=str(path))).tolist() == [0] * 5

@@ -39,6 +39,13 @@ def test_vote_on_a_regression_task_is_refused_before_any_file(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_boosting_a_regression_task_is_refused_before_any_file(tmp_path, capsys):
+    config = _config(tmp_path, method="boosting")
+    code, err = _run(capsys, "train", config, "data.name=diabetes")
+    assert code == 2 and "ensemble.method: `boosting` is SAMME, for classification" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
 def test_nodes_are_refused_for_ensembles(tmp_path, capsys):
     code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "2")
     assert code == 2 and "--nnodes 2" in err, err
