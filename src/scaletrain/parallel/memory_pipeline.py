@@ -110,6 +110,8 @@ def measure_stages(
     layers = layer_split(len(model.blocks), layout.num_stages)
     batch, steps = example_input.shape[0] // layout.microbatches, example_input.shape[1]
     width, vocab = model.tok_emb.embedding_dim, model.head.out_features
+    # a sequence classifier's head sees one pooled vector per sequence: (B, num_outputs)
+    rows = batch * (steps if getattr(model, "task", "language_model") == "language_model" else 1)
     activation_size = torch.empty((), dtype=compute_dtype or torch.float32).element_size()
     hidden_bytes = batch * steps * width * activation_size
     tokens = torch.empty((batch, steps), dtype=example_input.dtype, device="meta")
@@ -124,8 +126,8 @@ def measure_stages(
             example_input=tokens if first else hidden,
             compute_dtype=compute_dtype,
         )
-        output = batch * steps * vocab * activation_size if last else hidden_bytes
-        loss = batch * steps * vocab * 4 if last else 0  # cross-entropy saves fp32 log-softmax
+        output = rows * vocab * activation_size if last else hidden_bytes
+        loss = rows * vocab * 4 if last else 0  # cross-entropy saves fp32 log-softmax
         found.append(StageFacts(index, facts, 0 if first else hidden_bytes, output, loss))
     return found
 
@@ -218,6 +220,20 @@ def _sharded(
         optimizer_bytes=optimizer_states * sharded,
         communication_bytes=found.communication_bytes + (max(working) if reshard else sum(working)),
     )
+
+
+def plan_rank(
+    model: nn.Module, layout: PipelineLayout, cfg: ParallelConfig, rank: int, request
+) -> MemoryEstimate | None:
+    """A pipeline run's own estimate for `rank`, before wrapping; None without
+    `request.example_input` (`request`: the strategy's WrapRequest, duck-typed)."""
+    if request.example_input is None:
+        return None
+    stages = measure_stages(
+        model, layout, example_input=request.example_input, compute_dtype=request.compute_dtype
+    )
+    states = request.optimizer_states_per_param
+    return estimate_rank(stages, layout, cfg, rank=rank, optimizer_states=states)
 
 
 def plan_pipeline_memory(

@@ -15,6 +15,7 @@ another collective.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 
@@ -29,6 +30,7 @@ from torch.distributed.pipelining import (
 )
 
 from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.memory_pipeline import PipelineLayout, plan_rank
 from scaletrain.parallel.pipeline_comm import PipelineComm
 from scaletrain.parallel.pipeline_mesh import StageParallel, pure_pipeline_dims
 from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
@@ -107,6 +109,7 @@ class PipelineStrategy(DistributedStrategy):
         Composed: each stage tensor-parallel first, then checkpointed, then FSDP-sharded."""
         request = request or WrapRequest()
         check_layout(model)
+        self._plan_memory(model, request)
         layers = layer_split(len(model.blocks), self.num_stages)
         mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
         last = self.num_stages - 1
@@ -127,6 +130,18 @@ class PipelineStrategy(DistributedStrategy):
         if self.inner is not None:
             self.inner.shard_stages(self.stages.values(), blocks, request)
         return local
+
+    def _plan_memory(self, model: nn.Module, request: WrapRequest) -> None:
+        """This pipeline rank's row of `scaletrain plan`, printed now and beside the measured
+        peak at teardown."""
+        pp, dims = self.pp, self.dims
+        layout = PipelineLayout(
+            self.size, pp.schedule, pp.microbatches, pp.stages_per_rank, dims.dp_shard, dims.tp
+        )
+        self.memory.start(model, plan_rank(model, layout, self.cfg, self.comm.rank, request))
+        line = self.memory.planned_line()
+        if line and self.is_main:
+            print(line, file=sys.stderr)
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Stages hold different buffers and no replicas: nothing to agree on."""
@@ -160,7 +175,7 @@ class PipelineStrategy(DistributedStrategy):
         for index in sorted(self.stages):
             if index > 0:
                 activations = self.comm.recv((index - 1) % size)
-            activations = self.stages[index](activations)
+            activations = self.stages[index](activations, token_ids=inputs)
             if index < self.num_stages - 1:
                 self.comm.send(activations, (index + 1) % size)
         # tensor parallel: the logits split along the vocabulary, gathered whole
@@ -186,6 +201,7 @@ class PipelineRunner:
         indices = strategy.stages
         self.has_first = 0 in indices
         self.has_last = strategy.num_stages - 1 in indices
+        self.pools = any(stage.pool is not None for stage in indices.values())
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output, target) * self.scale
@@ -206,6 +222,8 @@ class PipelineRunner:
             losses: list[torch.Tensor] = []
             args = (inputs,) if self.has_first else ()
             kwargs = {"target": targets, "losses": losses} if self.has_last else {}
+            if self.pools:  # the last stage's classifier pools over this rank's own ids
+                kwargs["token_ids"] = inputs
             with strategy.loss_parallel(), self.precision.autocast():
                 schedule.step(*args, return_outputs=False, **kwargs)
             if losses:

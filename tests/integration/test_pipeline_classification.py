@@ -1,0 +1,56 @@
+"""A `gpt` sequence classifier under pipeline stages trains as one process does.
+
+The head pools over the non-padding tokens, whose ids only the first stage embeds: every
+stage's forward also receives the piece's token ids as a keyword (the schedule splits and
+passes `step`'s kwargs), and the last stage pools with them. Chunks of the standard-library
+text are padded to 48 bytes, so a pooling that ignored the mask would give other losses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from distributed_helpers import train_variants
+from pipeline_curves import assert_same_curve
+
+from scaletrain import api
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 6
+CONFIG = {
+    "run": {"seed": 3},
+    "data": {
+        "source": "builtin",
+        "name": "stdlib_text",
+        "text": {"vectorizer": "byte", "max_length": 48},  # byte: no tokenizer to fit
+        "context_length": 48,
+    },
+    "model": {"name": "gpt", "n_layer": 4, "n_head": 2, "d_model": 32, "tie_weights": False},
+    "optim": {"name": "adamw", "lr": 0.01},
+    "train": {"max_steps": MAX_STEPS, "batch_size": 8, "precision": "32", "device": "cpu"},
+    "checkpoint": {"keep_last": 1},
+    "log": {"every_steps": 1, "progress": False, "tensorboard": False, "report": False},
+}
+VARIANTS = {
+    "pp_1f1b": "parallel.strategy=pp,parallel.pp.schedule=1f1b,parallel.pp.microbatches=2",
+    "pp_interleaved": (
+        "parallel.strategy=pp,parallel.pp.schedule=interleaved_1f1b,"
+        "parallel.pp.stages_per_rank=2,parallel.pp.microbatches=4"
+    ),
+}
+
+
+def test_classifier_stages_match_one_process(tmp_path):
+    specs = [f"{name}={overrides}" for name, overrides in VARIANTS.items()]
+    train_variants(tmp_path, CONFIG, specs, timeout=400)
+    api.train({**CONFIG, "run": {"seed": 3, "name": "single", "out_dir": str(tmp_path)}})
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert single["task"] == "classification"
+    for name in VARIANTS:
+        assert_same_curve(tmp_path / name, tmp_path / "single", max_steps=MAX_STEPS)
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["status"] == "finished"
+        test_metrics = summary["metrics"]["test"]
+        assert test_metrics["accuracy"] == pytest.approx(single["metrics"]["test"]["accuracy"])
