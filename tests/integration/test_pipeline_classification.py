@@ -2,13 +2,16 @@
 
 The head pools over the non-padding tokens, whose ids only the first stage embeds: every
 stage's forward also receives the piece's token ids as a keyword (the schedule splits and
-passes `step`'s kwargs), and the last stage pools with them. Chunks of the standard-library
-text are padded to 48 bytes, so a pooling that ignored the mask would give other losses.
+passes `step`'s kwargs), and the last stage pools with them. The texts are 1 to 12 words,
+padded to 48 bytes, so a pooling that ignored the mask gives other losses (checked: the
+test fails with the token ids withheld from the last stage).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 
 import pytest
 from distributed_helpers import train_variants
@@ -22,10 +25,9 @@ MAX_STEPS = 6
 CONFIG = {
     "run": {"seed": 3},
     "data": {
-        "source": "builtin",
-        "name": "stdlib_text",
-        "text": {"vectorizer": "byte", "max_length": 48},  # byte: no tokenizer to fit
-        "context_length": 48,
+        "source": "text_csv",
+        "label": "label",
+        "text": {"vectorizer": "byte", "max_length": 48, "column": "text"},  # no tokenizer
     },
     "model": {"name": "gpt", "n_layer": 4, "n_head": 2, "d_model": 32, "tie_weights": False},
     "optim": {"name": "adamw", "lr": 0.01},
@@ -42,10 +44,26 @@ VARIANTS = {
 }
 
 
+WORDS = ["def", "return", "import", "class", "self", "for", "in", "if", "else", "pass"]
+
+
+def write_texts(path) -> None:
+    """Short texts of varying length; the label: whether `def` is among the words."""
+    rng = random.Random(0)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for _ in range(160):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(1, 12))]
+            writer.writerow([" ".join(words), "def" if "def" in words else "other"])
+
+
 def test_classifier_stages_match_one_process(tmp_path):
+    write_texts(tmp_path / "texts.csv")
+    config = {**CONFIG, "data": {**CONFIG["data"], "path": str(tmp_path / "texts.csv")}}
     specs = [f"{name}={overrides}" for name, overrides in VARIANTS.items()]
-    train_variants(tmp_path, CONFIG, specs, timeout=400)
-    api.train({**CONFIG, "run": {"seed": 3, "name": "single", "out_dir": str(tmp_path)}})
+    train_variants(tmp_path, config, specs, timeout=400)
+    api.train({**config, "run": {"seed": 3, "name": "single", "out_dir": str(tmp_path)}})
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert single["task"] == "classification"
     for name in VARIANTS:
