@@ -31,6 +31,7 @@ from torch.distributed.pipelining import (
 
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.memory_pipeline import PipelineLayout, plan_rank
+from scaletrain.parallel.memory_plan import MemoryEstimate
 from scaletrain.parallel.pipeline_comm import PipelineComm
 from scaletrain.parallel.pipeline_mesh import StageParallel, pure_pipeline_dims
 from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
@@ -109,7 +110,7 @@ class PipelineStrategy(DistributedStrategy):
         Composed: each stage tensor-parallel first, then checkpointed, then FSDP-sharded."""
         request = request or WrapRequest()
         check_layout(model)
-        self._plan_memory(model, request)
+        planned = self._plan_memory(model, request)  # measured on the whole model, on meta
         layers = layer_split(len(model.blocks), self.num_stages)
         mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
         last = self.num_stages - 1
@@ -122,26 +123,28 @@ class PipelineStrategy(DistributedStrategy):
             local = self.stages[mine[0]]
         else:
             local = StageModule(model, owned, first=0 in mine, last=last in mine)
+        _free_others(model, kept=set(local.modules()))
+        local.to(self.device)
+        self.memory.start(local, planned)  # the peak from here, this rank's stages resident
         if self.inner is not None:
             self.inner.split_stages(self.stages.values(), request)
         blocks = self._checkpointed_blocks(model, request)
-        _free_others(model, kept=set(local.modules()))
-        local.to(self.device)
         if self.inner is not None:
             self.inner.shard_stages(self.stages.values(), blocks, request)
         return local
 
-    def _plan_memory(self, model: nn.Module, request: WrapRequest) -> None:
-        """This pipeline rank's row of `scaletrain plan`, printed now and beside the measured
-        peak at teardown."""
+    def _plan_memory(self, model: nn.Module, request: WrapRequest) -> MemoryEstimate | None:
+        """This pipeline rank's row of `scaletrain plan` (printed now; teardown prints it
+        beside the measured peak)."""
         pp, dims = self.pp, self.dims
         layout = PipelineLayout(
             self.size, pp.schedule, pp.microbatches, pp.stages_per_rank, dims.dp_shard, dims.tp
         )
-        self.memory.start(model, plan_rank(model, layout, self.cfg, self.comm.rank, request))
-        line = self.memory.planned_line()
-        if line and self.is_main:
-            print(line, file=sys.stderr)
+        planned = plan_rank(model, layout, self.cfg, self.comm.rank, request)
+        if planned is not None and self.is_main:
+            self.memory.estimate = planned
+            print(self.memory.planned_line(), file=sys.stderr)
+        return planned
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Stages hold different buffers and no replicas: nothing to agree on."""
