@@ -62,6 +62,8 @@ def test_classifier_stages_match_one_process(tmp_path):
     write_texts(tmp_path / "texts.csv")
     config = {**CONFIG, "data": {**CONFIG["data"], "path": str(tmp_path / "texts.csv")}}
     specs = [f"{name}={overrides}" for name, overrides in VARIANTS.items()]
+    # bf16 autocast through the stages (what `auto` picks on AMX machines): it trains
+    specs.append(f"pp_bf16={VARIANTS['pp_1f1b']},train.precision=bf16-mixed")
     train_variants(tmp_path, config, specs, timeout=400)
     api.train({**config, "run": {"seed": 3, "name": "single", "out_dir": str(tmp_path)}})
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
@@ -72,3 +74,6 @@ def test_classifier_stages_match_one_process(tmp_path):
         assert summary["world_size"] == 2 and summary["status"] == "finished"
         test_metrics = summary["metrics"]["test"]
         assert test_metrics["accuracy"] == pytest.approx(single["metrics"]["test"]["accuracy"])
+    bf16 = json.loads((tmp_path / "pp_bf16" / "summary.json").read_text())
+    assert bf16["status"] == "finished" and 0.0 <= bf16["metrics"]["test"]["accuracy"] <= 1.0
+    assert bf16["memory"]["strategy"] == "pp-1f1b rank 0"  # the run planned its own rank
