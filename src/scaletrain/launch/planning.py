@@ -39,7 +39,7 @@ def plan_for_config(
     ps = cfg.parallel.ps
     servers = ps.servers + ps.spare_workers if cfg.parallel.strategy == "async_ps" else 0
     # tensor-parallel peers and pipeline stages read the same samples: data-parallel ranks
-    layout = pipeline_layout(cfg.parallel, world_size=world_size)
+    layout = pipeline_layout(cfg.parallel, world_size=world_size, nodes=nnodes)
     model_split = cfg.parallel.dims.tp * (layout.size if layout else 1)
     batch_plan = make_plan(
         cfg.train,

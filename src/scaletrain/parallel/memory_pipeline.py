@@ -48,7 +48,9 @@ class PipelineLayout:
         return self.size * self.stages_per_rank
 
 
-def pipeline_layout(cfg: ParallelConfig, *, world_size: int | None = None) -> PipelineLayout | None:
+def pipeline_layout(
+    cfg: ParallelConfig, *, world_size: int | None = None, nodes: int = 1
+) -> PipelineLayout | None:
     """The pipeline the config asks for: `parallel.strategy: pp` (its size in
     `parallel.pp.size`) or a mesh with `parallel.dims.pp > 1` (with `world_size`, its
     `dp_shard` resolved as the strategy resolves it); None without one."""
@@ -59,7 +61,8 @@ def pipeline_layout(cfg: ParallelConfig, *, world_size: int | None = None) -> Pi
         return None
     shard = cfg.dims.dp_shard
     if world_size is not None:
-        shard = resolve_dims(cfg.dims, world_size=world_size).dp_shard
+        hybrid = nodes if cfg.fsdp.hybrid else None  # HSDP: shard inside a node
+        shard = resolve_dims(cfg.dims, world_size=world_size, nodes=hybrid).dp_shard
     shard = shard if isinstance(shard, int) else 1  # `auto` without a world size
     return PipelineLayout(
         cfg.dims.pp, pp.schedule, pp.microbatches, pp.stages_per_rank, shard, cfg.dims.tp

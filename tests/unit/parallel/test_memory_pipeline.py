@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from scaletrain.cli import main as scaletrain_main
-from scaletrain.config import GPTConfig, ParallelConfig, PipelineConfig
+from scaletrain.config import FSDPConfig, GPTConfig, ParallelConfig, PipelineConfig
 from scaletrain.config.dims import DimsConfig
 from scaletrain.models import build_model
 from scaletrain.parallel.memory_pipeline import (
@@ -185,6 +185,8 @@ def test_layout_on_the_mesh_resolves_dp_shard_and_tp():
     found = pipeline_layout(mesh_config(tp=2), world_size=8)
     assert (found.dp_shard, found.tp) == (2, 2)
     assert pipeline_layout(mesh_config(dp_shard=2, tp=2), world_size=8).dp_shard == 2
+    hybrid = mesh_config().model_copy(update={"fsdp": FSDPConfig(hybrid=True)})
+    assert pipeline_layout(hybrid, world_size=8, nodes=2).dp_shard == 2  # 8 / (pp 2 x nodes 2)
 
 
 def mesh_rows(layout: PipelineLayout, cfg: ParallelConfig):
