@@ -39,7 +39,18 @@ def assert_same_curve(got: Path, expected: Path, *, max_steps: int) -> None:
     for step, record in val_mine.items():
         assert record["loss"] == pytest.approx(val_theirs[step]["loss"], **TOLERANCE)
         for name, value in val_theirs[step]["metrics"].items():
-            assert record["metrics"][name] == pytest.approx(value, **TOLERANCE), name
+            # a classifier's per-class metrics and confusion matrix: nested, compared flat
+            got_value = _flat(record["metrics"][name])
+            assert got_value == pytest.approx(_flat(value), **TOLERANCE), name
+
+
+def _flat(value) -> list:
+    """Numbers of a metric in order, however nested (dicts of lists, matrices)."""
+    if isinstance(value, dict):
+        return [number for key in sorted(value) for number in _flat(value[key])]
+    if isinstance(value, list):
+        return [number for item in value for number in _flat(item)]
+    return [value]
 
 
 def cut_back(run_dir: Path, to: Path, *, saved_at: int, parallel: dict) -> Path:

@@ -271,3 +271,30 @@ def test_pipeline_ranks_and_recurrent_models_are_within_15_percent(tmp_path):
     for point in points:
         error = (point["estimate_mb"] - point["measured_peak_mb"]) / point["measured_peak_mb"]
         assert abs(error) <= 0.15, point
+
+
+@pytest.mark.slow
+def test_pipeline_stages_on_the_mesh_are_within_15_percent(tmp_path):
+    """pp 2 x dp_shard 2 (4 gloo ranks), the GPT above: 1f1b with 2 pieces at global batch
+    16, gpipe with 4 pieces at 32; each rank's own estimate (the strategy's, made when wrapping: its stage's state
+    sharded over 2 ranks, FSDP's working set) against its measured peak."""
+    out = tmp_path / "mesh.json"
+    finished = torchrun(
+        [str(WORKERS / "sequence_memory.py"), str(out), "ppmesh,1f1b,2,16;ppmesh,gpipe,4,32"],
+        nproc=4,
+        timeout=300,
+        MALLOC_MMAP_THRESHOLD_="16384",
+        MALLOC_TRIM_THRESHOLD_="0",
+    )
+    assert finished.returncode == 0, finished.output[-4000:]
+    points = [
+        p
+        for rank in range(4)
+        for p in json.loads(out.with_name(f"mesh.json.rank{rank}").read_text())
+    ]
+    assert {p["strategy"] for p in points} == {
+        f"pp-{schedule} rank {rank} dp2 tp1" for schedule in ("1f1b", "gpipe") for rank in (0, 1)
+    }
+    assert len(points) == 8
+    for point in points:
+        assert abs(point["relative_error"]) <= 0.15, point

@@ -86,7 +86,7 @@ def runs(tmp_path_factory) -> dict:
     specs.append(
         f"pp_accumulate_clip=parallel.strategy=pp,parallel.pp.microbatches=2,{ACCUMULATE_CLIP}"
     )
-    train_variants(out, config, specs, timeout=400)
+    output = train_variants(out, config, specs, timeout=400)
     for name, overrides in {
         "single": [],
         "single_accumulate_clip": ACCUMULATE_CLIP.split(","),
@@ -94,7 +94,7 @@ def runs(tmp_path_factory) -> dict:
         api.train(
             {**config, "run": {"seed": 7, "name": name, "out_dir": str(out)}}, overrides=overrides
         )
-    return {"out": out, "config": config}
+    return {"out": out, "config": config, "output": output}
 
 
 def test_an_epoch_ends_on_a_short_batch(runs):
@@ -112,6 +112,19 @@ def test_each_schedule_matches_one_process(runs, name):
         torch.testing.assert_close(candidate[key], reference[key], rtol=1e-4, atol=5e-5, msg=key)
     summary = json.loads((out / name / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "finished"
+
+
+def test_each_pipeline_run_plans_and_measures_its_memory(runs):
+    """Rank 0 (stage 0) prints its row of `scaletrain plan` beside its measured peak, and
+    the summary records both, as every other strategy's run does."""
+    for name, overrides in VARIANTS.items():
+        schedule = overrides.split("schedule=")[1].split(",")[0]
+        memory = json.loads((runs["out"] / name / "summary.json").read_text())["memory"]
+        assert memory["strategy"] == f"pp-{schedule} rank 0"
+        assert memory["estimate_mb"] > 0 and memory["measured_peak_mb"] > 0
+        assert memory["estimate"]["activations"] > 0  # measured on the run's micro batch
+        assert f"memory per rank (pp-{schedule} rank 0): planned " in runs["output"]
+    assert "measured peak" in runs["output"] and "planner error" in runs["output"]
 
 
 def test_accumulation_and_clipping_match_one_process(runs):

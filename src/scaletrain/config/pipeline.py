@@ -33,10 +33,11 @@ def check_pipeline(cfg: Any) -> None:
             f"choose a divisor of {micro}"
         )
     _check_model(cfg, num_stages=size * pp.stages_per_rank, size_key=size_key)
-    if cfg.data.task not in ("auto", "language_model"):
+    if cfg.data.task not in ("auto", "language_model", "classification"):
         raise ValueError(
-            f"data.task: pipeline stages ({size_key}={size}) train language models only, got "
-            f"{cfg.data.task!r}; use data.task=language_model or another strategy"
+            f"data.task: pipeline stages ({size_key}={size}) train language models and "
+            f"classifiers only, got {cfg.data.task!r}; use data.task=language_model or "
+            "classification, or another strategy"
         )
     if cfg.train.precision == "16-mixed":
         raise ValueError(

@@ -39,7 +39,7 @@ def plan_for_config(
     ps = cfg.parallel.ps
     servers = ps.servers + ps.spare_workers if cfg.parallel.strategy == "async_ps" else 0
     # tensor-parallel peers and pipeline stages read the same samples: data-parallel ranks
-    layout = pipeline_layout(cfg.parallel)
+    layout = pipeline_layout(cfg.parallel, world_size=world_size, nodes=nnodes)
     model_split = cfg.parallel.dims.tp * (layout.size if layout else 1)
     batch_plan = make_plan(
         cfg.train,
@@ -148,7 +148,7 @@ def plan_table(plan: MemoryPlan, batch_plan: Plan) -> Table:
 
 def recommendation_line(plan: MemoryPlan) -> str:
     if plan.recommended is None:
-        pipeline = [each for each in plan.estimates if each.candidate.strategy == "pp"]
+        pipeline = [each for each in plan.estimates if each.strategy.startswith("pp-")]
         if pipeline:  # the layout is the config's: say which rank is over and what helps
             peak = max(pipeline, key=lambda each: each.total_bytes)
             return (

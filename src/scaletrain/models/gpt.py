@@ -207,10 +207,12 @@ class GPT(nn.Module):
         x = self.norm(x)
         if self.task == "language_model":
             return self.head(x)  # (B, T, vocab)
-        return self.head(self._mean_over_tokens(x, token_ids))  # (B, num_outputs)
+        return self.head(self.pool_tokens(x, token_ids))  # (B, num_outputs)
 
-    def _mean_over_tokens(self, x: Tensor, token_ids: Tensor) -> Tensor:  # (B, T, C) -> (B, C)
-        if self.padding_idx is None:
+    def pool_tokens(self, x: Tensor, token_ids: Tensor | None) -> Tensor:  # (B, T, C) -> (B, C)
+        """The mean over non-padding tokens; the pipeline's last stage calls it with the
+        token ids the schedule hands it (None, as in the planner's meta pass: every token)."""
+        if self.padding_idx is None or token_ids is None:
             return x.mean(dim=1)
         keep = (token_ids != self.padding_idx).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)

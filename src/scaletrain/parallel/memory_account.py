@@ -62,6 +62,13 @@ class MemoryAccount:
                 shard_size=shard_size,
                 optimizer_states=request.optimizer_states_per_param,
             )
+        self.start(model)
+
+    def start(self, model: nn.Module, planned: MemoryEstimate | None = None) -> None:
+        """Start the peak from here; `planned`: an estimate made elsewhere (a pipeline
+        rank's, `memory_pipeline.estimate_rank`)."""
+        if planned is not None:
+            self.estimate = planned
         tensors = [*model.parameters(), *model.buffers()]
         on_device = bool(tensors) and tensors[0].device == self.device
         resident = sum(t.numel() * t.element_size() for t in tensors) if on_device else 0

@@ -4,11 +4,15 @@ Each stage is cut as `pipeline_split.py` cuts it and measured alone on the meta 
 (one piece: the micro batch / `parallel.pp.microbatches`). A rank holds its stages'
 parameters, gradients and optimizer state, and the activations of the pieces its schedule
 has run forward but not yet backward (`pieces_in_flight`); the peak rank decides the fit.
+On the mesh (`parallel.dims.pp > 1` under fsdp) each stage is split as the non-pipeline
+plan splits a model: by `tp` (`memory_plan.split_by_tensor_parallel`), then its state
+sharded over `dp_shard` with FSDP's working set beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -19,9 +23,12 @@ from scaletrain.parallel.memory_plan import (
     MemoryEstimate,
     MemoryPlan,
     backward_bytes,
+    fsdp_working_set,
     kept_activation_bytes,
+    split_by_tensor_parallel,
 )
 from scaletrain.parallel.memory_probe import ModelFacts, measure_model
+from scaletrain.parallel.mesh import resolve_dims
 from scaletrain.parallel.pipeline_split import StageModule, layer_split, stage_ids
 
 
@@ -33,23 +40,33 @@ class PipelineLayout:
     schedule: str  # gpipe | 1f1b | interleaved_1f1b
     microbatches: int  # pieces per micro batch
     stages_per_rank: int = 1
+    dp_shard: int = 1  # on the mesh: FSDP shards each stage's state over this many ranks
+    tp: int = 1  # on the mesh: tensor parallel splits each stage over this many ranks
 
     @property
     def num_stages(self) -> int:
         return self.size * self.stages_per_rank
 
 
-def pipeline_layout(cfg: ParallelConfig) -> PipelineLayout | None:
+def pipeline_layout(
+    cfg: ParallelConfig, *, world_size: int | None = None, nodes: int = 1
+) -> PipelineLayout | None:
     """The pipeline the config asks for: `parallel.strategy: pp` (its size in
-    `parallel.pp.size`) or a mesh with `parallel.dims.pp > 1`; None without one."""
-    if cfg.strategy == "pp":
-        size = cfg.pp.size
-    elif cfg.dims.pp > 1:
-        size = cfg.dims.pp
-    else:
-        return None
+    `parallel.pp.size`) or a mesh with `parallel.dims.pp > 1` (with `world_size`, its
+    `dp_shard` resolved as the strategy resolves it); None without one."""
     pp = cfg.pp
-    return PipelineLayout(size, pp.schedule, pp.microbatches, pp.stages_per_rank)
+    if cfg.strategy == "pp":
+        return PipelineLayout(pp.size, pp.schedule, pp.microbatches, pp.stages_per_rank)
+    if cfg.dims.pp <= 1:
+        return None
+    shard = cfg.dims.dp_shard
+    if world_size is not None:
+        hybrid = nodes if cfg.fsdp.hybrid else None  # HSDP: shard inside a node
+        shard = resolve_dims(cfg.dims, world_size=world_size, nodes=hybrid).dp_shard
+    shard = shard if isinstance(shard, int) else 1  # `auto` without a world size
+    return PipelineLayout(
+        cfg.dims.pp, pp.schedule, pp.microbatches, pp.stages_per_rank, shard, cfg.dims.tp
+    )
 
 
 def pieces_in_flight(layout: PipelineLayout, rank: int) -> list[int]:
@@ -96,6 +113,8 @@ def measure_stages(
     layers = layer_split(len(model.blocks), layout.num_stages)
     batch, steps = example_input.shape[0] // layout.microbatches, example_input.shape[1]
     width, vocab = model.tok_emb.embedding_dim, model.head.out_features
+    # a sequence classifier's head sees one pooled vector per sequence: (B, num_outputs)
+    rows = batch * (steps if getattr(model, "task", "language_model") == "language_model" else 1)
     activation_size = torch.empty((), dtype=compute_dtype or torch.float32).element_size()
     hidden_bytes = batch * steps * width * activation_size
     tokens = torch.empty((batch, steps), dtype=example_input.dtype, device="meta")
@@ -110,10 +129,25 @@ def measure_stages(
             example_input=tokens if first else hidden,
             compute_dtype=compute_dtype,
         )
-        output = batch * steps * vocab * activation_size if last else hidden_bytes
-        loss = batch * steps * vocab * 4 if last else 0  # cross-entropy saves fp32 log-softmax
+        output = rows * vocab * activation_size if last else hidden_bytes
+        loss = rows * vocab * 4 if last else 0  # cross-entropy saves fp32 log-softmax
         found.append(StageFacts(index, facts, 0 if first else hidden_bytes, output, loss))
     return found
+
+
+def split_stage(stage: StageFacts, tp: int) -> StageFacts:
+    """One tensor-parallel rank's share of a stage: its facts as the non-pipeline plan
+    splits them, and the activations it exchanges (sequence-parallel between stages, the
+    logits split along the vocabulary by loss parallel) 1/tp."""
+    if tp == 1:
+        return stage
+    return StageFacts(
+        stage.index,
+        split_by_tensor_parallel(stage.facts, tp),
+        math.ceil(stage.input_bytes / tp),
+        math.ceil(stage.output_bytes / tp),
+        math.ceil(stage.loss_bytes / tp),
+    )
 
 
 def estimate_rank(
@@ -125,6 +159,7 @@ def estimate_rank(
     optimizer_states: int,
 ) -> MemoryEstimate:
     """Bytes on pipeline rank `rank`: its stages' state, the pieces in flight, the buffers."""
+    stages = [split_stage(stage, layout.tp) for stage in stages]
     mine = [stages[index] for index in stage_ids(rank, layout.size, layout.stages_per_rank)]
     params = sum(stage.facts.param_bytes for stage in mine)
     buffers = sum(stage.facts.buffer_bytes for stage in mine)
@@ -143,9 +178,17 @@ def estimate_rank(
     received = layout.microbatches * sum(
         stage.input_bytes + (stage.output_bytes if stage.index < last else 0) for stage in mine
     )
-    candidate = Candidate("pp", activation_checkpointing=mode)
+    # on the mesh the run is `parallel.strategy: fsdp`: what the recommendation says to set
+    candidate = Candidate(
+        "pp" if cfg.strategy == "pp" else "fsdp",
+        reshard_after_forward=cfg.fsdp.reshard_after_forward,
+        activation_checkpointing=mode,
+        tp=layout.tp,
+    )
     label = f"pp-{layout.schedule} rank {rank}"  # stages rank, rank + size, ... (pipeline_split)
-    return MemoryEstimate(
+    if layout.dp_shard > 1 or layout.tp > 1:
+        label += f" dp{layout.dp_shard} tp{layout.tp}"  # its stages split: FSDP over dp_shard
+    found = MemoryEstimate(
         label,
         candidate,
         params + buffers,
@@ -154,6 +197,46 @@ def estimate_rank(
         held + transient,
         received,
     )
+    return _sharded(found, mine, layout, cfg, optimizer_states=optimizer_states)
+
+
+def _sharded(
+    found: MemoryEstimate,
+    mine: list[StageFacts],
+    layout: PipelineLayout,
+    cfg: ParallelConfig,
+    *,
+    optimizer_states: int,
+) -> MemoryEstimate:
+    """FSDP over the stage's `dp_shard` ranks: its state 1/dp_shard, plus the gathered
+    parameters and gradient of the units in flight (every stage of the rank's, at most)."""
+    if layout.dp_shard == 1:
+        return found
+    reshard = cfg.fsdp.reshard_after_forward
+    sharded = math.ceil(found.grads_bytes / layout.dp_shard)
+    buffers = found.params_bytes - found.grads_bytes
+    working = [fsdp_working_set(stage.facts, reshard_after_forward=reshard) for stage in mine]
+    return replace(
+        found,
+        params_bytes=sharded + buffers,
+        grads_bytes=sharded,
+        optimizer_bytes=optimizer_states * sharded,
+        communication_bytes=found.communication_bytes + (max(working) if reshard else sum(working)),
+    )
+
+
+def plan_rank(
+    model: nn.Module, layout: PipelineLayout, cfg: ParallelConfig, rank: int, request
+) -> MemoryEstimate | None:
+    """A pipeline run's own estimate for `rank`, before wrapping; None without
+    `request.example_input` (`request`: the strategy's WrapRequest, duck-typed)."""
+    if request.example_input is None:
+        return None
+    stages = measure_stages(
+        model, layout, example_input=request.example_input, compute_dtype=request.compute_dtype
+    )
+    states = request.optimizer_states_per_param
+    return estimate_rank(stages, layout, cfg, rank=rank, optimizer_states=states)
 
 
 def plan_pipeline_memory(

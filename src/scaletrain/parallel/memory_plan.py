@@ -134,7 +134,7 @@ def estimate(
         return MemoryEstimate(candidate.label, candidate, *parts, activations, buffers)
     sharded = math.ceil(params / (shard_size or world_size))
     parts = (sharded + facts.buffer_bytes, sharded, optimizer_states * sharded)
-    working_set = _fsdp_working_set(facts, reshard_after_forward=candidate.reshard_after_forward)
+    working_set = fsdp_working_set(facts, reshard_after_forward=candidate.reshard_after_forward)
     if candidate.offload == "cpu":  # the sharded state lives in host memory
         host = sum(parts) - facts.buffer_bytes
         return MemoryEstimate(
@@ -190,7 +190,7 @@ def split_by_tensor_parallel(facts: ModelFacts, tp: int) -> ModelFacts:
     )
 
 
-def _fsdp_working_set(facts: ModelFacts, *, reshard_after_forward: bool) -> int:
+def fsdp_working_set(facts: ModelFacts, *, reshard_after_forward: bool) -> int:
     """Unsharded bytes in flight: gathered parameters, plus one block's gradients."""
     blocks = sorted(facts.block_param_bytes, reverse=True) + [0, 0]
     if reshard_after_forward:  # the running block and the prefetched one, and the root

@@ -15,6 +15,7 @@ another collective.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 
@@ -29,6 +30,8 @@ from torch.distributed.pipelining import (
 )
 
 from scaletrain.parallel.distributed import DistributedStrategy
+from scaletrain.parallel.memory_pipeline import PipelineLayout, plan_rank
+from scaletrain.parallel.memory_plan import MemoryEstimate
 from scaletrain.parallel.pipeline_comm import PipelineComm
 from scaletrain.parallel.pipeline_mesh import StageParallel, pure_pipeline_dims
 from scaletrain.parallel.pipeline_split import StageModule, check_layout, layer_split, stage_ids
@@ -107,6 +110,7 @@ class PipelineStrategy(DistributedStrategy):
         Composed: each stage tensor-parallel first, then checkpointed, then FSDP-sharded."""
         request = request or WrapRequest()
         check_layout(model)
+        planned = self._plan_memory(model, request)  # measured on the whole model, on meta
         layers = layer_split(len(model.blocks), self.num_stages)
         mine = stage_ids(self.comm.rank, self.size, self.pp.stages_per_rank)
         last = self.num_stages - 1
@@ -119,14 +123,28 @@ class PipelineStrategy(DistributedStrategy):
             local = self.stages[mine[0]]
         else:
             local = StageModule(model, owned, first=0 in mine, last=last in mine)
+        _free_others(model, kept=set(local.modules()))
+        local.to(self.device)
+        self.memory.start(local, planned)  # the peak from here, this rank's stages resident
         if self.inner is not None:
             self.inner.split_stages(self.stages.values(), request)
         blocks = self._checkpointed_blocks(model, request)
-        _free_others(model, kept=set(local.modules()))
-        local.to(self.device)
         if self.inner is not None:
             self.inner.shard_stages(self.stages.values(), blocks, request)
         return local
+
+    def _plan_memory(self, model: nn.Module, request: WrapRequest) -> MemoryEstimate | None:
+        """This pipeline rank's row of `scaletrain plan` (printed now; teardown prints it
+        beside the measured peak)."""
+        pp, dims = self.pp, self.dims
+        layout = PipelineLayout(
+            self.size, pp.schedule, pp.microbatches, pp.stages_per_rank, dims.dp_shard, dims.tp
+        )
+        planned = plan_rank(model, layout, self.cfg, self.comm.rank, request)
+        if planned is not None and self.is_main:
+            self.memory.estimate = planned
+            print(self.memory.planned_line(), file=sys.stderr)
+        return planned
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Stages hold different buffers and no replicas: nothing to agree on."""
@@ -160,7 +178,7 @@ class PipelineStrategy(DistributedStrategy):
         for index in sorted(self.stages):
             if index > 0:
                 activations = self.comm.recv((index - 1) % size)
-            activations = self.stages[index](activations)
+            activations = self.stages[index](activations, token_ids=inputs)
             if index < self.num_stages - 1:
                 self.comm.send(activations, (index + 1) % size)
         # tensor parallel: the logits split along the vocabulary, gathered whole
@@ -186,6 +204,7 @@ class PipelineRunner:
         indices = strategy.stages
         self.has_first = 0 in indices
         self.has_last = strategy.num_stages - 1 in indices
+        self.pools = any(stage.pool is not None for stage in indices.values())
 
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output, target) * self.scale
@@ -206,6 +225,8 @@ class PipelineRunner:
             losses: list[torch.Tensor] = []
             args = (inputs,) if self.has_first else ()
             kwargs = {"target": targets, "losses": losses} if self.has_last else {}
+            if self.pools:  # the last stage's classifier pools over this rank's own ids
+                kwargs["token_ids"] = inputs
             with strategy.loss_parallel(), self.precision.autocast():
                 schedule.step(*args, return_outputs=False, **kwargs)
             if losses:

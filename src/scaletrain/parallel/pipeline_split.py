@@ -33,19 +33,13 @@ def stage_ids(rank: int, size: int, stages_per_rank: int) -> list[int]:
 
 
 def check_layout(model: nn.Module) -> None:
-    """A module the splitter understands: GPT's parts, a language-model head, no tying."""
+    """A module the splitter understands: GPT's parts, no tying."""
     missing = [part for part in _PARTS if not hasattr(model, part)]
     if missing or not isinstance(model.blocks, nn.ModuleList):
         raise UserError(
             f"parallel.strategy=pp: {type(model).__name__} lacks the GPT layout "
             f"({', '.join(missing) or 'blocks as an nn.ModuleList'}); pipeline stages are cut "
             "from tok_emb, blocks[i], norm and head"
-        )
-    if getattr(model, "task", "language_model") != "language_model":
-        raise UserError(
-            "parallel.strategy=pp: only next-token models can be split into stages (the last "
-            "stage's head needs the token ids to pool a classification); use data.task="
-            "language_model or another strategy"
         )
     if model.head.weight is model.tok_emb.weight:
         raise UserError(
@@ -57,7 +51,9 @@ def check_layout(model: nn.Module) -> None:
 class StageModule(nn.Module):
     """The parts of a GPT that one stage (or one rank's stages) runs, registered under the
     full model's names (`blocks.3.attn.q_proj.weight`), so DCP checkpoints reshard between
-    layouts. Its forward is the training path of `GPT.forward` (no KV cache, no pooling)."""
+    layouts. Its forward is the training path of `GPT.forward` (no KV cache); a sequence
+    classifier's last stage pools with the token ids every stage receives as a keyword (the
+    schedule passes `step`'s kwargs, split by piece, to each stage's forward)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[int], *, first: bool, last: bool):
         super().__init__()
@@ -67,8 +63,11 @@ class StageModule(nn.Module):
         self.blocks = nn.ModuleDict({str(layer): model.blocks[layer] for layer in layers})
         self.norm = model.norm if last else None
         self.head = model.head if last else None
+        # a bound method, not a submodule: the GPT's padding rule, none of its parameters
+        classifies = last and getattr(model, "task", "language_model") != "language_model"
+        self.pool = model.pool_tokens if classifies else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.tok_emb is not None:  # token ids (B, T) -> (B, T, C)
             tokens = x
             x = self.tok_emb(tokens)
@@ -78,6 +77,9 @@ class StageModule(nn.Module):
                 x = self.drop(x)
         for block in self.blocks.values():
             x = block(x)
-        if self.head is not None:
-            x = self.head(self.norm(x))  # (B, T, vocab)
-        return x
+        if self.head is None:
+            return x
+        x = self.norm(x)
+        if self.pool is not None:
+            x = self.pool(x, token_ids)  # (B, C), the first stage's token ids
+        return self.head(x)  # (B, T, vocab) or (B, num_outputs)

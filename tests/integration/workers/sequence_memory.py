@@ -2,7 +2,8 @@
 under single/fsdp, a GPT's pipeline stages under gpipe/1f1b.
 
 Usage: sequence_memory.py OUT_JSON POINT[;POINT...], where POINT is `rnn,CELL,STRATEGY,BATCH`
-or `pp,SCHEDULE,MICROBATCHES,BATCH` (2 ranks; 2 stages each for interleaved_1f1b). Rank r writes OUT_JSON.rank<r>. Run with
+or `pp,SCHEDULE,MICROBATCHES,BATCH` (2 ranks; 2 stages each for interleaved_1f1b), or
+`ppmesh,SCHEDULE,MICROBATCHES,BATCH` (4 ranks: 2 stages, each FSDP over dp_shard 2). Rank r writes OUT_JSON.rank<r>. Run with
 MALLOC_MMAP_THRESHOLD_=65536 (see test_memory_planner.py: freed tensors return to the OS,
 so RSS follows live tensors).
 """
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from scaletrain.config import GPTConfig, LossConfig, OptimConfig, ParallelConfig, PipelineConfig
+from scaletrain.config.dims import DimsConfig
 from scaletrain.config.models import ResNetConfig, RNNConfig, TextCNNConfig
 from scaletrain.models import MODELS, build_model
 from scaletrain.optim import build_loss, build_optimizer
@@ -149,6 +151,53 @@ def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
         gc.collect()
 
 
+def measure_pipeline_mesh(schedule: str, microbatches: int, batch: int) -> dict:
+    """One rank of a 2-stage GPT whose stages FSDP shards over 2 ranks: the run's own
+    estimate (the strategy plans when wrapping, as in training) vs this rank's peak."""
+    cfg = ParallelConfig(
+        strategy="fsdp",
+        dims=DimsConfig(pp=2, dp_shard=2),
+        pp=PipelineConfig(schedule=schedule, microbatches=microbatches),
+    )
+    strategy = build_strategy(cfg, device_name="cpu")
+    strategy.setup()
+    try:
+        torch.manual_seed(0)
+        model = build_model(
+            GPT,
+            input_shape=(GPT_CONTEXT,),
+            num_outputs=GPT_VOCAB,
+            vocab_size=GPT_VOCAB,
+            task="language_model",
+        )
+        share = batch // strategy.data_shard()[1]  # this data-parallel rank's samples
+        inputs = torch.randint(0, GPT_VOCAB, (share, GPT_CONTEXT))
+        targets = torch.randint(0, GPT_VOCAB, (share, GPT_CONTEXT))
+        request = WrapRequest(
+            block_types=MODELS["gpt"].block_types,
+            example_input=inputs,
+            optimizer_states_per_param=2,
+            model_name="gpt",
+        )
+        local = strategy.wrap_model(model, request)
+        loss_fn = build_loss(
+            LossConfig(), task="language_model", num_outputs=GPT_VOCAB, class_counts=None
+        )
+        runner = strategy.step_runner(
+            local, loss_fn=loss_fn, precision=Precision.from_config("32", strategy.device)
+        )
+        step = SimpleNamespace(num_samples_global=batch, micro_batches=[(inputs, targets)])
+        optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), local)
+        for _ in range(2):
+            runner(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {"rank": strategy.rank, **(strategy.memory_report() or {})}
+    finally:
+        strategy.teardown()
+        gc.collect()
+
+
 def main() -> None:
     out, grid = sys.argv[1], sys.argv[2].split(";")
     results = []
@@ -162,6 +211,10 @@ def main() -> None:
             name, strategy_name, batch = rest
             found = measure_other(name, strategy_name, int(batch))
             found |= {"model": name, "batch": int(batch)}
+        elif kind == "ppmesh":
+            schedule, microbatches, batch = rest
+            found = measure_pipeline_mesh(schedule, int(microbatches), int(batch))
+            found |= {"model": "gpt", "batch": int(batch)}
         else:
             schedule, microbatches, batch = rest
             found = measure_pipeline(schedule, int(microbatches), int(batch))

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from scaletrain.cli import main as scaletrain_main
-from scaletrain.config import GPTConfig, ParallelConfig, PipelineConfig
+from scaletrain.config import FSDPConfig, GPTConfig, ParallelConfig, PipelineConfig
 from scaletrain.config.dims import DimsConfig
 from scaletrain.models import build_model
 from scaletrain.parallel.memory_pipeline import (
@@ -19,7 +19,11 @@ from scaletrain.parallel.memory_pipeline import (
     pipeline_layout,
     plan_pipeline_memory,
 )
-from scaletrain.parallel.memory_plan import backward_bytes, kept_activation_bytes
+from scaletrain.parallel.memory_plan import (
+    backward_bytes,
+    kept_activation_bytes,
+    split_by_tensor_parallel,
+)
 from scaletrain.parallel.pipeline_split import layer_split
 
 VOCAB, CONTEXT = 512, 32
@@ -124,7 +128,7 @@ def test_plan_fits_only_when_every_rank_fits():
     assert sorted(each.fits for each in tight.estimates) == [False, True]
 
 
-def test_plan_command_prints_a_row_per_pipeline_rank(tmp_path, capsys):
+def write_config(tmp_path, parallel: dict):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for index in range(4):
@@ -139,16 +143,26 @@ def test_plan_command_prints_a_row_per_pipeline_rank(tmp_path, capsys):
         },
         "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "d_model": 64, "tie_weights": False},
         "train": {"batch_size": 8, "device": "cpu", "precision": "32"},
-        "parallel": {"strategy": "pp", "pp": {"size": 2, "schedule": "gpipe", "microbatches": 2}},
+        "parallel": parallel,
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def table_names(output: str) -> list[str]:
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    return [row[0] for row in cells if row and row[0].startswith("pp-")]
+
+
+def test_plan_command_prints_a_row_per_pipeline_rank(tmp_path, capsys):
+    parallel = {"strategy": "pp", "pp": {"size": 2, "schedule": "gpipe", "microbatches": 2}}
+    path = write_config(tmp_path, parallel)
     assert scaletrain_main(["plan", str(path), "--nproc", "2"]) == 0
     output = capsys.readouterr().out
     text = " ".join(output.split())
     assert "global batch 8 = micro 8 x accumulation 1 x world 1" in text
-    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
-    names = [row[0] for row in cells if row and row[0].startswith("pp-")]
+    names = table_names(output)
     assert [name.rstrip("*") for name in names] == [
         "pp-gpipe rank 0",
         "pp-gpipe rank 1",
@@ -159,3 +173,74 @@ def test_plan_command_prints_a_row_per_pipeline_rank(tmp_path, capsys):
     assert scaletrain_main(["plan", str(path), "--nproc", "2", "--device-memory", "0.001"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "nothing fits: pp-gpipe rank " in text and "parallel.pp.microbatches" in text
+
+
+def mesh_config(**dims) -> ParallelConfig:
+    pp = PipelineConfig(schedule="1f1b", microbatches=4)
+    return ParallelConfig(strategy="fsdp", dims=DimsConfig(pp=2, **dims), pp=pp)
+
+
+def test_layout_on_the_mesh_resolves_dp_shard_and_tp():
+    assert pipeline_layout(mesh_config(), world_size=4) == PipelineLayout(2, "1f1b", 4, 1, 2, 1)
+    found = pipeline_layout(mesh_config(tp=2), world_size=8)
+    assert (found.dp_shard, found.tp) == (2, 2)
+    assert pipeline_layout(mesh_config(dp_shard=2, tp=2), world_size=8).dp_shard == 2
+    hybrid = mesh_config().model_copy(update={"fsdp": FSDPConfig(hybrid=True)})
+    assert pipeline_layout(hybrid, world_size=8, nodes=2).dp_shard == 2  # 8 / (pp 2 x nodes 2)
+
+
+def mesh_rows(layout: PipelineLayout, cfg: ParallelConfig):
+    example = torch.empty(16, CONTEXT, dtype=torch.int64, device="meta")
+    stages = measure_stages(tiny_gpt(), layout, example_input=example, compute_dtype=None)
+    rows = [estimate_rank(stages, layout, cfg, rank=rank, optimizer_states=2) for rank in (0, 1)]
+    return stages, rows
+
+
+def test_fsdp_on_the_mesh_shards_each_stage_state_over_dp_shard():
+    cfg = mesh_config()
+    alone = PipelineLayout(2, "1f1b", 4)
+    stages, pure = mesh_rows(alone, cfg)
+    _, sharded = mesh_rows(PipelineLayout(2, "1f1b", 4, dp_shard=2), cfg)
+    for stage, whole, half in zip(stages, pure, sharded, strict=True):
+        assert half.grads_bytes == -(-whole.grads_bytes // 2)
+        assert half.optimizer_bytes == 2 * half.grads_bytes
+        assert half.params_bytes == half.grads_bytes + stage.facts.buffer_bytes
+        # same pieces of the same size: activations as in the pure pipeline
+        assert half.activations_bytes == whole.activations_bytes
+        # ZeRO-3: the two largest blocks and the stage's root gathered, one block's gradient
+        blocks = sorted(stage.facts.block_param_bytes, reverse=True)
+        working = stage.facts.root_param_bytes + 2 * blocks[0] + blocks[1]
+        assert half.communication_bytes == whole.communication_bytes + working
+        assert half.strategy.endswith("dp2 tp1")
+
+
+def test_tensor_parallel_on_the_mesh_splits_state_and_activations():
+    cfg = mesh_config(tp=2)
+    stages, pure = mesh_rows(PipelineLayout(2, "1f1b", 4), cfg)
+    _, split = mesh_rows(PipelineLayout(2, "1f1b", 4, tp=2), cfg)
+    for rank, (whole, half) in enumerate(zip(pure, split, strict=True)):
+        # the non-pipeline plan's tp split, reused (norms counted split too)
+        share = split_by_tensor_parallel(stages[rank].facts, 2)
+        assert half.grads_bytes == share.param_bytes < whole.grads_bytes
+        assert half.activations_bytes < whole.activations_bytes
+    # stage 0 keeps 2 pieces under 1f1b: its kept share, its sequence-split output
+    first = split_by_tensor_parallel(stages[0].facts, 2)
+    piece = kept_activation_bytes(first, "none", 2) + stages[0].output_bytes // 2
+    assert split[0].activations_bytes == 2 * piece + backward_bytes(first, "none", 2)
+    # the receive buffers carry half the hidden states (sequence parallel between stages)
+    assert split[0].communication_bytes == pure[0].communication_bytes // 2
+
+
+def test_plan_command_on_the_mesh_divides_stages_and_recommends_fsdp(tmp_path, capsys):
+    parallel = {"strategy": "fsdp", "dims": {"pp": 2}, "pp": {"microbatches": 2}}
+    path = write_config(tmp_path, parallel)
+    assert scaletrain_main(["plan", str(path), "--nproc", "4"]) == 0
+    output = capsys.readouterr().out
+    text = " ".join(output.split())
+    # two data-parallel ranks (dp_shard 2) each read half the batch
+    assert "global batch 8 = micro 4 x accumulation 1 x world 2" in text
+    assert [name.rstrip("*") for name in table_names(output)] == [
+        "pp-1f1b rank 0 dp2 tp1",
+        "pp-1f1b rank 1 dp2 tp1",
+    ]
+    assert "parallel.strategy=fsdp parallel.fsdp.reshard_after_forward=true" in text

@@ -63,9 +63,10 @@ REFUSALS = {
         [*PP, "model.tie_weights=true"],
         "model.tie_weights: the head would share the embedding's weight across pipeline",
     ),
-    "classification": (
-        [*PP, "data.task=classification"],
-        "data.task: pipeline stages (parallel.pp.size=2) train language models only",
+    "regression": (
+        [*PP, "data.task=regression"],
+        "data.task: pipeline stages (parallel.pp.size=2) train language models and classifiers "
+        "only, got 'regression'",
     ),
     "pp-keys-without-pp": (
         [*GPT, "parallel.pp.microbatches=2"],
@@ -100,9 +101,10 @@ REFUSALS = {
         [*MESH, "model.tie_weights=true"],
         "model.tie_weights: the head would share the embedding's weight across pipeline",
     ),
-    "mesh-classification": (
-        [*MESH, "data.task=classification"],
-        "data.task: pipeline stages (parallel.dims.pp=2) train language models only",
+    "mesh-regression": (
+        [*MESH, "data.task=regression"],
+        "data.task: pipeline stages (parallel.dims.pp=2) train language models and "
+        "classifiers only",
     ),
     "mesh-under-auto": (
         ["parallel.strategy=auto", "parallel.dims.pp=2", *GPT],
