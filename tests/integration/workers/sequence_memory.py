@@ -97,6 +97,22 @@ def measure_other(name: str, strategy_name: str, batch: int) -> dict:
         gc.collect()
 
 
+def _two_language_model_steps(strategy, local, batch: int, inputs, targets) -> None:
+    """Two AdamW steps through the strategy's step runner (the pipeline's schedule)."""
+    loss_fn = build_loss(
+        LossConfig(), task="language_model", num_outputs=GPT_VOCAB, class_counts=None
+    )
+    runner = strategy.step_runner(
+        local, loss_fn=loss_fn, precision=Precision.from_config("32", strategy.device)
+    )
+    step = SimpleNamespace(num_samples_global=batch, micro_batches=[(inputs, targets)])
+    optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), local)
+    for _ in range(2):
+        runner(step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
     """One rank of a 2-stage GPT: the planner's row for this rank vs its measured peak."""
     cfg = ParallelConfig(
@@ -127,18 +143,7 @@ def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
         local = strategy.wrap_model(model, WrapRequest(block_types=MODELS["gpt"].block_types))
         tracker = PeakTracker(strategy.device)
         tracker.start(already_counted_bytes=sum(p.numel() * 4 for p in local.parameters()))
-        loss_fn = build_loss(
-            LossConfig(), task="language_model", num_outputs=GPT_VOCAB, class_counts=None
-        )
-        runner = strategy.step_runner(
-            local, loss_fn=loss_fn, precision=Precision.from_config("32", strategy.device)
-        )
-        step = SimpleNamespace(num_samples_global=batch, micro_batches=[(inputs, targets)])
-        optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), local)
-        for _ in range(2):
-            runner(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        _two_language_model_steps(strategy, local, batch, inputs, targets)
         return {
             "rank": strategy.rank,
             "strategy": planned.strategy,
@@ -180,18 +185,7 @@ def measure_pipeline_mesh(schedule: str, microbatches: int, batch: int) -> dict:
             model_name="gpt",
         )
         local = strategy.wrap_model(model, request)
-        loss_fn = build_loss(
-            LossConfig(), task="language_model", num_outputs=GPT_VOCAB, class_counts=None
-        )
-        runner = strategy.step_runner(
-            local, loss_fn=loss_fn, precision=Precision.from_config("32", strategy.device)
-        )
-        step = SimpleNamespace(num_samples_global=batch, micro_batches=[(inputs, targets)])
-        optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-4), local)
-        for _ in range(2):
-            runner(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        _two_language_model_steps(strategy, local, batch, inputs, targets)
         return {"rank": strategy.rank, **(strategy.memory_report() or {})}
     finally:
         strategy.teardown()

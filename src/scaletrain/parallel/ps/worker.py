@@ -109,8 +109,9 @@ class AsyncPSStrategy(BaseStrategy):
     def finish_training(self, *, samples_per_step: int) -> list[dict]:
         """Tell the servers this worker is done; worker 0 waits for the others (the run ends
         with its last worker) and returns the servers' counts for metrics.jsonl."""
-        for name in self.roles.servers:
-            rpc.rpc_sync(name, service.rpc_worker_done, args=(self.rank,))
+        # a server lost here (after the last push) is the same one line as during training
+        for index, name in enumerate(self.roles.servers):
+            self._answer(index, rpc.rpc_async(name, service.rpc_worker_done, args=(self.rank,)))
         if not self.is_main:
             return []
         timeout = float(self.cfg.timeout_s)
@@ -118,7 +119,7 @@ class AsyncPSStrategy(BaseStrategy):
             rpc.rpc_async(name, service.rpc_wait_trained, args=(timeout,), timeout=timeout + 60)
             for name in self.roles.servers
         ]
-        servers = [future.wait() for future in futures]
+        servers = [self._answer(index, future) for index, future in enumerate(futures)]
         return [
             *membership_events(servers[0]),
             {"ps": ps_record(servers, samples_per_step=samples_per_step)},
