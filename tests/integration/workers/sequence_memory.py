@@ -113,6 +113,17 @@ def _two_language_model_steps(strategy, local, batch: int, inputs, targets) -> N
         optimizer.zero_grad(set_to_none=True)
 
 
+def _seeded_gpt():
+    torch.manual_seed(0)
+    return build_model(
+        GPT,
+        input_shape=(GPT_CONTEXT,),
+        num_outputs=GPT_VOCAB,
+        vocab_size=GPT_VOCAB,
+        task="language_model",
+    )
+
+
 def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
     """One rank of a 2-stage GPT: the planner's row for this rank vs its measured peak."""
     cfg = ParallelConfig(
@@ -127,14 +138,7 @@ def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
     strategy = build_strategy(cfg, device_name="cpu")
     strategy.setup()
     try:
-        torch.manual_seed(0)
-        model = build_model(
-            GPT,
-            input_shape=(GPT_CONTEXT,),
-            num_outputs=GPT_VOCAB,
-            vocab_size=GPT_VOCAB,
-            task="language_model",
-        )
+        model = _seeded_gpt()
         inputs = torch.randint(0, GPT_VOCAB, (batch, GPT_CONTEXT))
         targets = torch.randint(0, GPT_VOCAB, (batch, GPT_CONTEXT))
         layout = pipeline_layout(cfg)
@@ -167,14 +171,7 @@ def measure_pipeline_mesh(schedule: str, microbatches: int, batch: int) -> dict:
     strategy = build_strategy(cfg, device_name="cpu")
     strategy.setup()
     try:
-        torch.manual_seed(0)
-        model = build_model(
-            GPT,
-            input_shape=(GPT_CONTEXT,),
-            num_outputs=GPT_VOCAB,
-            vocab_size=GPT_VOCAB,
-            task="language_model",
-        )
+        model = _seeded_gpt()
         share = batch // strategy.data_shard()[1]  # this data-parallel rank's samples
         inputs = torch.randint(0, GPT_VOCAB, (share, GPT_CONTEXT))
         targets = torch.randint(0, GPT_VOCAB, (share, GPT_CONTEXT))
