@@ -49,6 +49,7 @@ from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
 from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, run_handle
+from scaletrain.trained.teacher import load_teacher
 from scaletrain.trained.weights import build_run_model
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -88,6 +89,7 @@ def train(
     try:
         # bad input fails before any file is written
         bundle, model, plan = _prepare(cfg, model, data, strategy)
+        teacher = _teacher(cfg, bundle)
         # config.yaml and run.config record the task the data resolved, not `auto`
         cfg = _replace(cfg, data=cfg.data.model_copy(update={"task": bundle.spec.task}))
         run = None
@@ -106,7 +108,10 @@ def train(
         strategy.barrier()
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
         try:
-            return _fit(run, cfg, strategy, bundle, model, plan, resume=False, callbacks=callbacks)
+            return _fit(
+                run, cfg, strategy, bundle, model, plan,
+                resume=False, callbacks=callbacks, teacher=teacher,
+            )  # fmt: skip
         except ConfigError:
             if strategy.is_main:
                 _remove_if_untrained(run)  # refused late: leave no half-made run directory
@@ -153,12 +158,16 @@ def resume(
         if strategy.is_main:
             lock.acquire()  # one writer: a run still training is not resumed beside itself
         bundle, model, plan = _prepare(cfg, model, data, strategy)
+        teacher = _teacher(cfg, bundle)
         if strategy.is_main:  # the table was printed when the run began
             _write_model_summary(run, model, bundle.spec, show=False)
             if overrides:  # the extended run's config.yaml records the new values
                 atomic_write_text(run.config, cfg.to_yaml())
         try:
-            return _fit(run, cfg, strategy, bundle, model, plan, resume=True, callbacks=())
+            return _fit(
+                run, cfg, strategy, bundle, model, plan,
+                resume=True, callbacks=(), teacher=teacher,
+            )  # fmt: skip
         except RunFinished as finished:
             if strategy.is_main and overrides:
                 atomic_write_text(run.config, saved_text)  # refused: the run stays as it was
@@ -192,6 +201,13 @@ def _prepare(cfg: Config, model: nn.Module | None, data: dict | None, strategy):
     return bundle, model, plan
 
 
+def _teacher(cfg: Config, bundle: DataBundle):
+    """`distill.teacher` loaded and checked against this run's data (None: no distillation)."""
+    if cfg.distill is None:
+        return None
+    return load_teacher(cfg, spec=bundle.spec, preprocessor=bundle.preprocessor)
+
+
 def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None, *, meta=False):
     seed_everything(cfg.run.seed)
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
@@ -204,7 +220,7 @@ def _data_and_model(cfg: Config, model: nn.Module | None, data: dict | None, *, 
 
 @restored_process_settings()  # train.num_threads is the run's, not the caller's for good
 def _fit(
-    run: RunDir, cfg: Config, strategy, bundle, model, plan, *, resume: bool, callbacks
+    run: RunDir, cfg: Config, strategy, bundle, model, plan, *, resume: bool, callbacks, teacher
 ) -> Run:
     if strategy.is_server:  # a parameter server's process serves until the workers are done
         updates = serve_parameters(cfg, model, run=run, strategy=strategy, resume=resume)
@@ -225,6 +241,7 @@ def _fit(
             plan=plan,
             resume=resume,
             callbacks=CallbackList(list(callbacks)),
+            teacher=teacher,
         )
         status = result.status
         if result.error is not None:

@@ -36,6 +36,7 @@ from scaletrain.config.base import (
     Seed,
 )
 from scaletrain.config.dims import DimsConfig
+from scaletrain.config.distill import DistillConfig, check_distill
 from scaletrain.config.ensemble import (
     EnsembleConfig,
     SubsampleConfig,
@@ -803,6 +804,9 @@ class Config(Section):
     ensemble: EnsembleConfig | None = Field(
         None, description="Train several members and combine them (docs/ensembles.md)."
     )
+    distill: DistillConfig | None = Field(
+        None, description="Distil a trained teacher run into this model (docs/compress.md)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -832,6 +836,7 @@ class Config(Section):
         if self.parallel.dims.tp > 1:
             _check_tensor_parallel(self)
         check_pipeline(self)
+        check_distill(self)
         if self.ensemble is not None and self.ensemble.method == "snapshot":
             check_snapshot(self.train.model_dump(), self.ensemble)
         return self

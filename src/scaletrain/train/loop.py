@@ -12,6 +12,7 @@ from scaletrain.config import Config
 from scaletrain.data import DataBundle
 from scaletrain.rundir import RunDir
 from scaletrain.train.callbacks import CallbackList
+from scaletrain.train.distill import TeacherModel
 from scaletrain.train.guards import on_bad_step, pass_over
 from scaletrain.train.ledger import batch_span
 from scaletrain.train.plan import Plan
@@ -62,6 +63,7 @@ def run_loop(
     plan: Plan,
     resume: bool = False,
     callbacks: CallbackList | None = None,
+    teacher: TeacherModel | None = None,
 ) -> LoopResult:
     """Train `model` on `data` as `cfg` says; resume from the run's last checkpoint if asked."""
     # --- setup -------------------------------------------------------------------------
@@ -75,6 +77,7 @@ def run_loop(
         plan=plan,
         resume=resume,
         callbacks=callbacks,
+        teacher=teacher,
     )
     state, stop, signals, error = t.state, StopReason(), StopRequest(), None
     callbacks.on_train_start(state)

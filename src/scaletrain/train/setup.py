@@ -28,6 +28,7 @@ from scaletrain.parallel import (
 from scaletrain.rundir import RunDir
 from scaletrain.train.callbacks import CallbackList
 from scaletrain.train.checkpointing import Checkpointer, config_hash
+from scaletrain.train.distill import TeacherModel, build_distiller
 from scaletrain.train.evaluate import Evaluator
 from scaletrain.train.guards import StepGuard
 from scaletrain.train.heartbeat import Heartbeat
@@ -114,6 +115,7 @@ def build_trainer(
     plan: Plan,
     resume: bool,
     callbacks: CallbackList,
+    teacher: TeacherModel | None = None,
 ) -> Trainer:
     """Place the model, build the optimizer and the owners; load the checkpoint if resuming."""
     precision = Precision.from_config(cfg.train.precision, strategy.device)
@@ -143,6 +145,19 @@ def build_trainer(
     loss_fn = build_loss(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts
     ).to(strategy.device)
+    example_input = torch.zeros((1, *spec.input_shape), dtype=spec.input_dtype)
+    distiller = None
+    if teacher is not None:  # before the loader: a precomputed teacher is a collective
+        distiller = build_distiller(
+            cfg.distill,
+            teacher,
+            task_loss=loss_fn,
+            train=data.train,
+            example_input=example_input.to(strategy.device),
+            run_root=run.root,
+            precision=precision,
+            strategy=strategy,
+        )
 
     build_loader = functools.partial(
         BatchLoader,
@@ -237,6 +252,7 @@ def build_trainer(
             optimizer=optimizer,
             schedule=schedule,
             loss_fn=loss_fn,
+            distiller=distiller,
             precision=precision,
             strategy=strategy,
             guard=guard,

@@ -22,6 +22,7 @@ from scaletrain.config import ClipConfig
 from scaletrain.data import BatchLoader, StepBatch
 from scaletrain.optim import Penalty, clip_gradients, gradient_sum
 from scaletrain.parallel import full_value, local_value
+from scaletrain.train.distill import Distiller
 from scaletrain.train.guards import StepGuard, Verdict
 from scaletrain.train.plan import Plan, with_micro_batch
 from scaletrain.train.precision import Precision
@@ -52,6 +53,7 @@ class TrainStep:
         precision: Precision,
         strategy,
         guard: StepGuard,
+        distiller: Distiller | None = None,
         penalty: Penalty | None,
         clip: ClipConfig,
         channels_last: bool,
@@ -62,6 +64,7 @@ class TrainStep:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.backoff = backoff
         self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
+        self.distiller = distiller  # distill: the teacher's soft targets join the loss
         self.guard, self.penalty, self.clip = guard, penalty, clip
         self.channels_last, self.empty_batch = channels_last, empty_batch
         self.keeps_predictions = keeps_predictions
@@ -131,7 +134,7 @@ class TrainStep:
         world, total = self.strategy.data_shard()[1], batch.num_samples_global
         step_loss = None
         predictions = [] if self.keeps_predictions else None
-        last = len(micro_batches) - 1
+        last, offset = len(micro_batches) - 1, 0
         for index, (inputs, targets) in enumerate(micro_batches):
             size = targets.shape[0]
             if self.channels_last and inputs.dim() == 4:  # NHWC, as the model's weights
@@ -146,13 +149,19 @@ class TrainStep:
                 ):
                     output = self.model(inputs)
                     # no sample: zero gradients, so DDP/FSDP's reductions see every rank
-                    loss = self.loss_fn(output, targets) if size else output.float().sum() * 0.0
+                    if not size:
+                        loss = output.float().sum() * 0.0
+                    elif self.distiller is None:
+                        loss = self.loss_fn(output, targets)
+                    else:  # this micro batch's ids: the rows of precomputed teacher logits
+                        ids = batch.sample_ids[offset : offset + size]
+                        loss = self.distiller(output, targets, inputs=inputs, sample_ids=ids)
                     # mean over the micro batch -> share of the global step's mean loss
                     share = size * world / total
                     scaled = loss * share if share != 1.0 else loss
                 self.precision.backward(scaled)
             loss = local_value(loss.detach())  # a replicated DTensor under loss parallel
-            weight = size / total
+            weight, offset = size / total, offset + size
             part = loss if weight == 1.0 else loss * weight
             step_loss = part if step_loss is None else step_loss + part
             if predictions is not None and size:
