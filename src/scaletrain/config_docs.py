@@ -57,8 +57,9 @@ def _section(title: str, prefix: str, cls: type[BaseModel]) -> list[str]:
             nested.append((f"{prefix}.{key}", _section_class(annotation)))
             continue
         kind = _type_name(annotation).replace("|", "\\|")
-        default = repr(field.default).replace("|", "\\|")
-        lines.append(f"| `{prefix}.{key}` | {kind} | `{default}` | {field.description or ''} |")
+        default = "(required)" if field.is_required() else f"`{field.default!r}`"
+        default = default.replace("|", "\\|")
+        lines.append(f"| `{prefix}.{key}` | {kind} | {default} | {field.description or ''} |")
     lines.append("")
     for sub_prefix, sub_cls in nested:
         if sub_prefix.endswith(".init") and prefix == "model" and title != "model (name: mlp)":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -1146,9 +1147,14 @@ def _section_class(parents: tuple, raw: dict) -> type[BaseModel] | None:
             cls = _MODEL_CLASSES.get(name, CNNConfig)
             continue
         annotation = cls.model_fields.get(str(part))
-        if annotation is None or not isinstance(annotation.annotation, type):
+        if annotation is None:
             return None
-        if not issubclass(annotation.annotation, BaseModel):
+        # an optional section (`ensemble`, `distill`: `X | None`) suggests X's keys
+        kinds = typing.get_args(annotation.annotation) or (annotation.annotation,)
+        sections = [
+            kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)
+        ]
+        if len(sections) != 1:
             return None
-        cls = annotation.annotation
+        cls = sections[0]
     return cls
