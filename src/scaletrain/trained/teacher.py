@@ -12,20 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.rundir import open_run_dir, read_json
 from scaletrain.train.distill import TeacherModel
 from scaletrain.trained.files import read_preprocessor, read_spec
-from scaletrain.trained.weights import load_trained_model
+from scaletrain.trained.weights import build_run_model, load_weights
 
 FINISHED = ("finished", "stopped_early")
 _SAME = ("task", "input_shape", "input_dtype", "num_outputs", "class_names", "vocab_size")
 
 
 def load_teacher(cfg: Config, *, spec: DataSpec, preprocessor: Preprocessor) -> TeacherModel:
-    """The teacher run's best weights in its built-in model (eval mode, on its device); any
+    """The teacher run's best weights in its built-in model (eval mode, on the CPU); any
     mismatch with this run is one ConfigError line naming `distill.teacher`."""
     where = f"distill.teacher: {cfg.distill.teacher}"
     try:
@@ -40,14 +41,16 @@ def load_teacher(cfg: Config, *, spec: DataSpec, preprocessor: Preprocessor) -> 
                 "was trained on other inputs (other data, features, split or data.normalize); "
                 "train the teacher with this run's data section"
             )
-        model, path = load_trained_model(
-            run, teacher_cfg, teacher_spec, checkpoint="best", model=None
-        )
+        # built and filled here, not by load_trained_model: under torchrun every rank loads
+        # it (DCP's load is then a collective), and build_distiller places it on the device
+        model = build_run_model(teacher_cfg, teacher_spec)
+        path = CheckpointStore(run.checkpoints).find("best")
+        load_weights(model, path, rank=0)
     except ConfigError:
         raise
     except UserError as exc:  # a missing or damaged run directory, named as the config key
         raise ConfigError(f"{where}: {exc}") from None
-    return TeacherModel(model, run.root, int(path.name.removeprefix("step_")))
+    return TeacherModel(model.eval(), run.root, int(path.name.removeprefix("step_")))
 
 
 def _check_run(teacher_cfg: Config, summary: Path, *, where: str) -> None:
