@@ -109,9 +109,16 @@ def train(
         run = run or RunDir(Path(cfg.run.out_dir) / cfg.run.name)
         try:
             return _fit(
-                run, cfg, strategy, bundle, model, plan,
-                resume=False, callbacks=callbacks, teacher=teacher,
-            )  # fmt: skip
+                run,
+                cfg,
+                strategy,
+                bundle,
+                model,
+                plan,
+                resume=False,
+                callbacks=callbacks,
+                teacher=teacher,
+            )
         except ConfigError:
             if strategy.is_main:
                 _remove_if_untrained(run)  # refused late: leave no half-made run directory
@@ -165,9 +172,8 @@ def resume(
                 atomic_write_text(run.config, cfg.to_yaml())
         try:
             return _fit(
-                run, cfg, strategy, bundle, model, plan,
-                resume=True, callbacks=(), teacher=teacher,
-            )  # fmt: skip
+                run, cfg, strategy, bundle, model, plan, resume=True, callbacks=(), teacher=teacher
+            )
         except RunFinished as finished:
             if strategy.is_main and overrides:
                 atomic_write_text(run.config, saved_text)  # refused: the run stays as it was
