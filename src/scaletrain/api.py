@@ -249,10 +249,10 @@ def _fit(
             callbacks=CallbackList(list(callbacks)),
             teacher=teacher,
         )
-        status = result.status
         if result.error is not None:
             raise result.error  # after the loop closed its files; the summary has its step
-        _strategy_record(run, strategy, result, plan)
+        _strategy_record(run, strategy, result, plan)  # async_ps: a server lost at the end?
+        status = result.status
         if status != "interrupted":
             final = _final_evaluation(result, bundle, run, strategy)
     except KeyboardInterrupt:

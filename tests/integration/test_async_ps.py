@@ -318,6 +318,36 @@ def test_a_killed_server_stops_the_run_in_one_line_and_resume_continues_from_its
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert any(r.get("event") == "resume" for r in events)
 
+    # resumed again at its end: the one line saying so (the servers and workers all stop)
+    again = run(command, timeout=90, env=child_env())
+    assert again.returncode == 2, again.output
+    errors = [line for line in again.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "finished" in errors[0], again.output
+    assert json.loads((run_dir / "summary.json").read_text()) == summary  # left as it was
+
+
+def test_a_server_lost_while_worker_0_waits_at_the_end_fails_the_run(tmp_path):
+    """Worker 0 took its last step and waits for worker 1 (stopped) when the server dies:
+    one line, and the summary says failed, not finished (the servers' last updates are lost)."""
+    config = write_config(tmp_path, train={**CONFIG["train"], "max_steps": 30})
+    out = tmp_path / "async"
+    process = start_ps(config, out, nproc=3)  # workers 0 and 1, server 0 (rank 2)
+    try:
+        slow = wait_for_step(out / "ps", rank=1, step=2)["pid"]
+        os.kill(slow, signal.SIGSTOP)
+        wait_for_step(out / "ps", rank=0, step=30)
+        time.sleep(0.5)  # into its wait for the other workers
+        os.kill(process_of_rank(process.pid, 2), signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    except BaseException:
+        kill_tree(process.pid)
+        raise
+    assert process.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "parameter server 0 (rank 2) stopped answering" in errors[0]
+    summary = json.loads((out / "ps" / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("failed", 30)
+
 
 def test_a_server_that_refuses_to_start_says_why_and_the_job_exits_2(tmp_path):
     shards = tmp_path / "shards"

@@ -80,22 +80,25 @@ def pushes(records: list[dict], worker: int) -> list[int]:
     return [r["step"] for r in records if "event" not in r and r["worker"] == worker]
 
 
-@pytest.mark.skip(
-    reason="races on an idle machine: worker 0 finishes its 200 steps before the server is "
-    "killed (its end-of-run call then met the dead server with a traceback, now one line); "
-    "with that fixed, the resumed attempt did not finish within 10 minutes: to investigate"
-)
 def test_a_spare_took_over_then_the_run_stopped_and_resumed_to_the_end(tmp_path):
     config, shards = write_config(tmp_path)
     out = tmp_path / "async"
     run_dir = out / "ps"
     process = start_ps(config, out, nproc=4)
     try:
+        server = process_of_rank(process.pid, SERVER_RANK)
         victim = wait_for_step(run_dir, rank=1, step=10, timeout=PATIENCE)["pid"]
+        writer = heartbeat(run_dir, 0)["pid"]
+        # worker 0 waits while the spare takes over: on an idle machine it would otherwise
+        # run to its last step first, and the server's death would come after the run's end
+        os.kill(writer, signal.SIGSTOP)
         os.kill(victim, signal.SIGKILL)
-        wait_for_takeover(run_dir, victim, steps=10)
+        try:
+            wait_for_takeover(run_dir, victim, steps=10)
+        finally:
+            os.kill(writer, signal.SIGCONT)
         wait_for_step(run_dir, rank=0, step=3 * EVERY, timeout=PATIENCE)  # a checkpoint past it
-        os.kill(process_of_rank(process.pid, SERVER_RANK), signal.SIGKILL)
+        os.kill(server, signal.SIGKILL)
         output, _ = process.communicate(timeout=PATIENCE)
     except BaseException:
         kill_tree(process.pid)

@@ -46,7 +46,7 @@ def test_a_spare_takes_over_a_killed_worker_and_its_shard_sees_every_step_once(t
     except BaseException:
         kill_tree(process.pid)
         raise
-    output = finish(process)
+    output = finish(process, timeout=300)  # 4 processes on 2 shared cores
     assert f"worker rank 1 (pid {victim}) exited with code -9" in output
     run_dir = out / "ps"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -85,8 +85,8 @@ def test_a_spare_takes_over_a_killed_worker_and_its_shard_sees_every_step_once(t
 
 def test_an_unused_spare_leaves_cleanly_and_changes_nothing(tmp_path):
     config = write_config(tmp_path)  # 12 steps
-    plain, _ = train_ps(config, tmp_path / "plain", nproc=3)
-    spared, output = train_ps(config, tmp_path / "spared", nproc=4, overrides=SPARE)
+    plain, _ = train_ps(config, tmp_path / "plain", nproc=3, timeout=300)
+    spared, output = train_ps(config, tmp_path / "spared", nproc=4, overrides=SPARE, timeout=300)
     assert "spare worker" not in output  # it exited 0: the supervisor had nothing to say
     for run_dir in (plain, spared):
         summary = json.loads((run_dir / "summary.json").read_text())

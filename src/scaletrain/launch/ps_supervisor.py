@@ -146,9 +146,9 @@ def _watch(children: list[Child], *, spares: int) -> int:
                     file=sys.stderr,
                 )
                 continue
-            if child.role == "server" and code == 2:
+            if code == 2 and (child.role == "server" or child.rank == 0):
                 _stop(running, signal.SIGTERM)
-                raise SystemExit(2)  # it printed why it refused to start
+                raise SystemExit(2)  # it printed why it refused (bad input, a finished run)
             if child.role == "server" and _reported_by_writer(children):
                 _stop(running, signal.SIGTERM)
                 raise SystemExit(1)  # worker 0 said which server, in one line

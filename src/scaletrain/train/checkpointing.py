@@ -149,6 +149,9 @@ class Checkpointer:
                 stacklevel=2,
             )
         if self.state.step >= self.total_steps:  # before any file of the run is touched
+            # every process meets the barrier first: an async_ps server or spare, which
+            # loads no checkpoint, waits there for the workers and would wait forever
+            self.strategy.barrier()
             raise RunFinished(self.state.step, self.state.epoch)
         # a resumed process killed before its next save left its count only in metrics.jsonl
         logged = _count_events(self.run.metrics, "resume") if self.strategy.is_main else 0
