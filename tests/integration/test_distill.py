@@ -87,6 +87,20 @@ def test_precomputed_logits_are_the_teachers_and_give_the_live_losses(teacher, l
     assert set(reloaded.state_dict()) == set(live.model.state_dict())
 
 
+@pytest.mark.parametrize("damage", ["truncate", "not_numpy"])
+def test_a_damaged_logits_file_is_written_again(teacher, precomputed, tmp_path, damage):
+    cache = tmp_path / "cache"
+    shutil.copytree(precomputed.run_dir.parent / "cache", cache)
+    path = cache / "teacher_logits.npy"
+    expected = np.load(path).copy()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"{'rows': 1}\n")
+    distill = {"precompute": True, "logits_dir": str(cache)}
+    run = scaletrain.train(_config(tmp_path, "again", teacher=str(teacher.run_dir), **distill))
+    assert run.status == "finished"
+    np.testing.assert_array_equal(np.load(path), expected)
+
+
 @pytest.mark.parametrize("precompute", [False, True])
 def test_interrupt_then_resume_matches_uninterrupted(
     teacher, live, precomputed, tmp_path, interrupt_at, precompute

@@ -122,7 +122,7 @@ def precompute_logits(
     as it is where its note says the same teacher made it for this many samples."""
     note = {"teacher": str(teacher.run_dir.resolve()), "step": teacher.step, "rows": len(train)}
     note_path = path.with_suffix(".json")
-    if _matches(note_path, note) and path.is_file():
+    if _reusable(path, note_path, note):
         return path
     loader = EvalLoader(
         train,
@@ -158,8 +158,13 @@ def precompute_logits(
     return path
 
 
-def _matches(note_path: Path, note: dict) -> bool:
+def _reusable(path: Path, note_path: Path, note: dict) -> bool:
+    """The file is a cache: one its note does not vouch for, or that does not read back as
+    float32 rows, one per train sample (truncated, edited), is written again."""
     try:
-        return json.loads(note_path.read_text()) == note
+        if json.loads(note_path.read_text()) != note:
+            return False
+        rows = np.load(path, mmap_mode="r")  # no pickle: allow_pickle stays False
     except (OSError, ValueError):
         return False
+    return rows.dtype == np.float32 and rows.ndim >= 2 and rows.shape[0] == note["rows"]
