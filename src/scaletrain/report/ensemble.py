@@ -25,8 +25,8 @@ def write_ensemble_report(root: Path, *, out: Path | None = None) -> Path:
     names = [member["name"] for member in record["members"]]
     runs = list(dict.fromkeys(member["dir"] for member in record["members"]))  # snapshot: one
     sections = [
-        _header(root, summary),
-        _members_section(summary, names),
+        _header(root, summary, record),
+        _members_section(summary, names, record.get("weights")),
         _curves_section(root, summary, runs),
         _agreement_section(summary, names),
     ]
@@ -35,7 +35,7 @@ def write_ensemble_report(root: Path, *, out: Path | None = None) -> Path:
     return target
 
 
-def _header(root: Path, summary: dict) -> Markup:
+def _header(root: Path, summary: dict, record: dict) -> Markup:
     items = [
         ("status", summary["status"]),
         ("method", summary["method"]),
@@ -44,23 +44,37 @@ def _header(root: Path, summary: dict) -> Markup:
         ("processes", summary["nproc"]),
         ("training wall time", format_seconds(summary["train_wall_s"])),
     ]
+    combiner = record.get("combiner")
+    if isinstance(combiner, dict):  # stacking: what the combiner learned from
+        items += [
+            ("combiner", combiner.get("kind")),
+            ("combiner's held-out rows", combiner.get("num_rows")),
+            ("combiner's training loss", combiner.get("train_loss")),
+        ]
     return Markup(f"<header><h1>{summary['name']}</h1>{facts(items)}</header>")
 
 
-def _members_section(summary: dict, names: list[str]) -> Markup:
+def _members_section(summary: dict, names: list[str], weights: list | None) -> Markup:
+    """One table per split; with `weights` (boosting's alphas, `combine: weighted`), each
+    member's weight in the combined prediction as the first column."""
     if not summary["members"]:
         return section("members", "Members vs ensemble", [note("The ensemble did not finish.")])
+    weighted = isinstance(weights, list) and len(weights) == len(names)
     body = []
     for split in summary["ensemble"]:
         shown = [key for key in SHOWN if key in summary["ensemble"][split]]
         rows = [
-            [name, *(member[split][key] for key in shown)]
-            for name, member in zip(names, summary["members"], strict=True)
+            [name, *([weight] if weighted else []), *(member[split][key] for key in shown)]
+            for name, weight, member in zip(
+                names, weights if weighted else names, summary["members"], strict=True
+            )
         ]
-        rows.append(["mean member", *(summary["mean_member"][split][key] for key in shown)])
-        rows.append(["ensemble", *(summary["ensemble"][split][key] for key in shown)])
+        blank = [""] if weighted else []
+        rows.append(["mean member", *blank, *(summary["mean_member"][split][key] for key in shown)])
+        rows.append(["ensemble", *blank, *(summary["ensemble"][split][key] for key in shown)])
         classes = [""] * (len(rows) - 1) + ["best"]
-        body.append(table(["model", *shown], rows, caption=split, row_classes=classes))
+        header = ["model", *(["weight"] if weighted else []), *shown]
+        body.append(table(header, rows, caption=split, row_classes=classes))
     return section("members", "Members vs ensemble", body)
 
 

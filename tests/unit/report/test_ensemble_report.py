@@ -10,13 +10,14 @@ def split(accuracy: float) -> dict:
     return {"accuracy": accuracy, "loss": 1 - accuracy}
 
 
-def _ensemble_dir(tmp_path, *, finished: bool = True):
+def _ensemble_dir(tmp_path, *, finished: bool = True, record: dict | None = None):
     root = tmp_path / "ens"
     members = [{"name": f"m{i}", "dir": f"members/m{i}"} for i in range(2)]
     (root / "members" / "m0").mkdir(parents=True)
     (root / "members" / "m1").mkdir(parents=True)
     (root / "config.yaml").write_text("ensemble: {members: 2}\n")
-    (root / "ensemble.json").write_text(json.dumps({"members": members, "weights": None}))
+    record = {"members": members, "weights": None, **(record or {})}
+    (root / "ensemble.json").write_text(json.dumps(record))
     for index, accuracy in enumerate((0.8, 0.7)):
         records = [
             {"split": "val", "epoch": epoch, "step": 10 * epoch, "loss": 1.0 / epoch,
@@ -61,3 +62,19 @@ def test_page_shows_members_against_the_ensemble_and_their_agreement(tmp_path):
 def test_unfinished_ensemble_page_says_so(tmp_path):
     page = write_report(_ensemble_dir(tmp_path, finished=False)).read_text()
     assert "The ensemble did not finish." in page
+
+
+def test_page_shows_each_members_weight_and_the_combiner(tmp_path):
+    combiner = {"kind": "linear", "file": "combiner.safetensors", "num_rows": 251}
+    record = {"weights": [1.7346, 0.4125], "combiner": {**combiner, "train_loss": 0.3141}}
+    page = write_report(_ensemble_dir(tmp_path, record=record)).read_text()
+    headers = re.findall(r'<th scope="col"[^>]*>(\w+)</th>', page)
+    assert headers[:3] == ["model", "weight", "accuracy"]
+    assert "1.7346" in page and "0.4125" in page  # boosting's alphas, one per member row
+    for fact in ("combiner", "linear", "251", "0.3141"):
+        assert fact in page, fact
+
+
+def test_page_without_weights_has_no_weight_column(tmp_path):
+    page = write_report(_ensemble_dir(tmp_path)).read_text()
+    assert "weight</th>" not in page
