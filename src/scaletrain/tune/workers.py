@@ -52,20 +52,21 @@ def _ask(study, study_dir: StudyDir, num_trials: int):
 
 
 def run_workers(root: str, num_workers: int, deadline: float | None) -> None:
-    """`--parallel P`: P spawned processes (they get this one's sys.path), waited for."""
-    if num_workers == 1:
-        run_worker(root, 0, deadline)
-        return
+    """`--parallel P`: this process is worker 0, P - 1 spawned ones (they get this one's
+    sys.path) the others; all waited for."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker_main, args=(root, index, deadline), daemon=False)
-        for index in range(num_workers)
+        context.Process(target=_worker_main, args=(root, index, deadline))
+        for index in range(1, num_workers)
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join()
-    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    try:
+        run_worker(root, 0, deadline)
+    finally:
+        for process in processes:
+            process.join()
+    failed = [(i, p.exitcode) for i, p in enumerate(processes, start=1) if p.exitcode != 0]
     if failed:
         raise UserError(f"tune worker {failed[0][0]} failed (exit {failed[0][1]}); see above")
 
