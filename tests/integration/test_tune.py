@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.integration.distributed_helpers import descendants, run, start_cli
+from distributed_helpers import descendants, run, start_cli
 
 NUM_TRIALS = 4
 
@@ -71,7 +70,9 @@ def test_a_study_killed_mid_way_resumes_to_exactly_n_trials_with_2_workers(tmp_p
         while time.time() < deadline:
             runs = list((study / "trials").glob("*"))
             done = [r for r in runs if (r / "summary.json").exists()]
-            if done and len(runs) > len(done) and any((r / "metrics.jsonl").exists() for r in runs if r not in done):
+            running = [r for r in runs if r not in done and (r / "metrics.jsonl").exists()]
+            if done and running:
+                finished_before = {int(r.name) for r in done}
                 break
             assert process.poll() is None, process.communicate()[0]
             time.sleep(0.05)
@@ -96,12 +97,15 @@ def test_a_study_killed_mid_way_resumes_to_exactly_n_trials_with_2_workers(tmp_p
         retry = retries[dead["number"]]["params"]  # (a trial killed while sampling has
         assert {key: retry[key] for key in dead["params"]} == dead["params"]  # some values)
         assert not (study / "trials" / str(dead["number"])).exists()
-    before_kill = [t for t in complete if t["number"] < min(f["number"] for f in failed)]
-    assert before_kill, "a trial finished before the kill is kept, not run again"
+    # a trial finished before the kill is kept as it was, not run again
+    assert finished_before <= {t["number"] for t in complete}
+    assert not finished_before & set(retries)
     # both workers trained; each trial's run directory is its own
     assert len({t["worker_pid"] for t in complete}) >= 2
     for trial in complete:
-        config = yaml.safe_load((study / "trials" / str(trial["number"]) / "config.yaml").read_text())
+        config = yaml.safe_load(
+            (study / "trials" / str(trial["number"]) / "config.yaml").read_text()
+        )
         assert config["run"]["name"] == str(trial["number"])
         assert config["optim"]["lr"] == pytest.approx(trial["params"]["optim.lr"])
     assert "best value" in finished.output and (study / "best.yaml").is_file()
@@ -109,3 +113,39 @@ def test_a_study_killed_mid_way_resumes_to_exactly_n_trials_with_2_workers(tmp_p
     top = max(complete, key=lambda t: t["value"])
     assert best["optim"]["lr"] == pytest.approx(top["params"]["optim.lr"])
     assert (study / "report.html").read_text().count("data:image/png") >= 3
+
+
+@pytest.mark.slow
+def test_a_trial_with_trial_nproc_2_is_a_ddp_job_whose_rank_0_reports(tmp_path):
+    import optuna
+
+    study = tmp_path / "study"
+    finished = run(
+        [
+            sys.executable, "-m", "scaletrain", "tune", str(tiny_config(tmp_path)),
+            "--space", str(space_file(tmp_path)), "--trials", "1", "--trial-nproc", "2",
+            "--out", str(study),
+        ],
+        timeout=240,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.output
+    (trial,) = trials_of(study)
+    assert trial["state"] == "complete"
+    run_dir = study / "trials" / "0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert trial["value"] == pytest.approx(summary["metrics"]["val"]["accuracy"])
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["optim"]["lr"] == pytest.approx(trial["params"]["optim.lr"])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(study / "journal.log"))
+    )
+    (frozen,) = optuna.load_study(study_name="scaletrain", storage=storage).trials
+    # one intermediate value per validation (2 epochs), reported once: by rank 0 alone
+    validations = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line).get("split") == "val"
+    ]
+    assert sorted(frozen.intermediate_values) == [v["step"] for v in validations]
+    assert len(validations) == 2
