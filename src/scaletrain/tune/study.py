@@ -5,6 +5,7 @@ most the line being written), the settings a resume continues with, and the stud
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -54,6 +55,12 @@ class StudySettings:
             )
         if self.pruner not in PRUNERS:
             raise UserError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+
+
+def require_optuna() -> None:
+    """One line where the `tune` extra is not installed."""
+    if importlib.util.find_spec("optuna") is None:
+        raise UserError("scaletrain tune needs Optuna: pip install 'scaletrain[tune]'")
 
 
 class StudyDir:

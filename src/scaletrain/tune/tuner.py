@@ -18,6 +18,7 @@ from scaletrain.tune.study import (
     StudySettings,
     grid_values,
     load_study,
+    require_optuna,
     retry_dead_trials,
 )
 from scaletrain.tune.workers import run_workers
@@ -55,6 +56,7 @@ def tune(
         options: StudySettings fields: metric, mode, sampler, pruner, seed, parallel,
             trial_nproc, timeout_min.
     """
+    require_optuna()
     settings = StudySettings(num_trials=num_trials, **options)
     settings.check()
     search = read_space(space)
@@ -78,6 +80,7 @@ def tune(
 
 def resume_tune(study_dir: str | Path) -> TuneResult:
     """Continue a study: finished trials stay, trials a crash left running are retried."""
+    require_optuna()
     root = StudyDir(study_dir)
     if not root.root.is_dir():
         raise UserError(f"--resume {study_dir}: no such study directory")
