@@ -93,3 +93,14 @@ def test_a_bad_range_is_one_line_naming_file_and_key(tmp_path, spec, words):
         read_space(path)
     assert str(caught.value).startswith(f"{path}: model.dropout")
     assert words in str(caught.value)
+
+
+def test_the_lr_find_shortcut_becomes_a_log_range_around_the_suggestion(tmp_path, tiny_config):
+    space = read_space(write(tmp_path, {"optim.lr": "lr_find", "model.dropout": SPACE["optim.lr"]}))
+    assert space.needs_lr_find().key == "optim.lr"
+    check_space(space, load_config(tiny_config))  # skipped until the range test ran
+    (lr, dropout) = space.with_lr_range(0.01).params
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", pytest.approx(0.001), 0.1, True)
+    assert dropout == space.params[1]
+    with pytest.raises(ConfigError, match="only for optim.lr"):
+        read_space(write(tmp_path, {"model.dropout": "lr_find"}))
