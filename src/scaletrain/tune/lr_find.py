@@ -75,8 +75,13 @@ def lr_find(
         page=page,
     )
     if page is not None:
-        atomic_write_text(page, _page(result, cfg.run.name))
+        write_page(result, page, name=cfg.run.name)
     return result
+
+
+def write_page(result: LrFindResult, path: str | Path, *, name: str) -> None:
+    """The loss curve and the suggestion as a small self-contained HTML page."""
+    atomic_write_text(Path(path), _page(result, name))
 
 
 def _range_test(cfg: Config, lrs: np.ndarray) -> list[float]:

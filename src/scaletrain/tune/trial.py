@@ -43,8 +43,12 @@ def run_trial(trial, study_dir: StudyDir, settings: StudySettings, space: Search
     if "pruned_at_step" in trial.user_attrs:  # read back: rank 0 of a job set it
         return TrialOutcome("PRUNED")
     summary = json.loads((study_dir.trial_dir(trial.number) / "summary.json").read_text())
+    if summary.get("status") == "interrupted":  # Ctrl-C/SIGTERM: left running, so a
+        raise KeyboardInterrupt  # `tune --resume` runs it again
     if summary.get("status") not in ("finished", "stopped_early"):
         return TrialOutcome("FAIL", error=f"run {summary.get('status')}")
+    if "val" not in summary.get("metrics", {}):
+        raise UserError("tune: the runs have no validation split to score (data.val_fraction)")
     return TrialOutcome("COMPLETE", metric_value(summary["metrics"]["val"], settings.metric))
 
 

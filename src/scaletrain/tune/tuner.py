@@ -70,8 +70,12 @@ def tune(
             f"{root.root} exists; continue it with `scaletrain tune --resume {root.root}` "
             "or choose another --out"
         )
-    search = _resolve_lr_find(search, cfg, root)
+    search, found = _resolve_lr_find(search, cfg)
     root.root.mkdir(parents=True, exist_ok=True)
+    if found is not None:
+        from scaletrain.tune.lr_find import write_page
+
+        write_page(found, root.root / "lr_find.html", name=cfg.run.name)
     atomic_write_text(root.config, cfg.to_yaml())
     atomic_write_text(root.space, search.to_yaml())
     root.write_settings(settings)
@@ -87,16 +91,16 @@ def resume_tune(study_dir: str | Path) -> TuneResult:
     return _run(root, root.read_settings())
 
 
-def _resolve_lr_find(search, cfg, root: StudyDir):
-    """An `lr_find` key: the range test once, its page in the study, a log range around it."""
+def _resolve_lr_find(search, cfg):
+    """An `lr_find` key: the range test once, then a log range around its suggestion."""
     if search.needs_lr_find() is None:
-        return search
+        return search, None
     from scaletrain.tune.lr_find import lr_find
 
-    found = lr_find(cfg, out=root.root / "lr_find.html")
+    found = lr_find(cfg)
     search = search.with_lr_range(found.suggestion)
     check_space(search, cfg)
-    return search
+    return search, found
 
 
 def _run(root: StudyDir, settings: StudySettings) -> TuneResult:
