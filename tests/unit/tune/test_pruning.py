@@ -60,7 +60,7 @@ class StopAtFirstValidation:
 
 def test_a_callback_that_asks_stops_training_after_that_validation(tiny_config):
     callback = StopAtFirstValidation()
-    tiny_config["train"]["max_epochs"] = 4
+    tiny_config["train"].update(max_epochs=4, num_threads=1)  # 2 shared cores: 1 thread
     run = scaletrain.train(tiny_config, callbacks=[callback])
     summary = json.loads((run.run_dir / "summary.json").read_text())
     steps_per_epoch = summary["steps"]
