@@ -53,6 +53,8 @@ class StudySettings:
             raise UserError(
                 f"--sampler: expected one of {', '.join(SAMPLERS)}, got {self.sampler!r}"
             )
+        if self.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            raise UserError("--sampler cmaes needs the cmaes package: pip install cmaes")
         if self.pruner not in PRUNERS:
             raise UserError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {self.pruner!r}")
 

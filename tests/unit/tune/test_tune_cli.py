@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import yaml
@@ -40,5 +41,9 @@ def test_tune_options_are_checked_first(tiny_config, tmp_path, capsys):
     assert "--sampler grid needs a step" in refuse(
         [*base, "--trials", "2", "--sampler", "grid"], capsys
     )
+    if importlib.util.find_spec("cmaes") is None:  # not installed here (optuna's extra)
+        assert "needs the cmaes package" in refuse(
+            [*base, "--trials", "2", "--sampler", "cmaes"], capsys
+        )
     assert "no such study directory" in refuse(["tune", "--resume", str(tmp_path / "x")], capsys)
     assert not (tmp_path / "s").exists()
