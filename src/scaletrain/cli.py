@@ -129,7 +129,7 @@ def _train_run(args):
 def _tune_callbacks(args) -> list:
     """`--tune-trial STUDY_DIR:NUMBER` (set by `scaletrain tune --trial-nproc`): report each
     validation to that trial of the study."""
-    if not args.tune_trial:
+    if not getattr(args, "tune_trial", None):
         return []
     from scaletrain.tune.reporter import remote_reporter
 
