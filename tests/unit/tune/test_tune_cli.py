@@ -47,3 +47,12 @@ def test_tune_options_are_checked_first(tiny_config, tmp_path, capsys):
         )
     assert "no such study directory" in refuse(["tune", "--resume", str(tmp_path / "x")], capsys)
     assert not (tmp_path / "s").exists()
+
+
+def test_help_names_the_options(capsys):
+    for command, option in (("tune", "--trial-nproc"), ("lr-find", "--max-lr")):
+        try:
+            main([command, "--help"])
+        except SystemExit as exit_:
+            assert exit_.code == 0
+        assert option in capsys.readouterr().out
