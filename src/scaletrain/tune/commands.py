@@ -9,6 +9,17 @@ from scaletrain.errors import UserError
 
 
 def tune_command(args) -> int:
+    try:
+        result = _tune(args)
+    except KeyboardInterrupt:  # trials under way stay `running`: a resume retries them
+        where = args.resume or args.out or "STUDY_DIR"
+        print(f"interrupted: continue with `scaletrain tune --resume {where}`", file=sys.stderr)
+        return 130
+    _print_result(result)
+    return 0
+
+
+def _tune(args):
     from scaletrain.tune.tuner import resume_tune, tune
 
     if args.resume:
@@ -16,36 +27,33 @@ def tune_command(args) -> int:
             raise UserError(
                 "--resume STUDY_DIR continues a study as it was set up: give no CONFIG or --space"
             )
-        result = resume_tune(args.resume)
-    else:
-        missing = [
-            name
-            for name, value in (
-                ("CONFIG", args.config),
-                ("--space", args.space),
-                ("--trials", args.trials),
-            )
-            if value is None
-        ]
-        if missing:
-            raise UserError(f"tune: missing {', '.join(missing)} (or --resume STUDY_DIR)")
-        result = tune(
-            args.config,
-            space=args.space,
-            num_trials=args.trials,
-            study_dir=args.out,
-            overrides=list(args.overrides),
-            metric=args.metric,
-            mode=args.mode,
-            sampler=args.sampler,
-            pruner=args.pruner,
-            seed=args.seed,
-            parallel=args.parallel,
-            trial_nproc=args.trial_nproc,
-            timeout_min=args.timeout,
+        return resume_tune(args.resume)
+    missing = [
+        name
+        for name, value in (
+            ("CONFIG", args.config),
+            ("--space", args.space),
+            ("--trials", args.trials),
         )
-    _print_result(result)
-    return 0
+        if value is None
+    ]
+    if missing:
+        raise UserError(f"tune: missing {', '.join(missing)} (or --resume STUDY_DIR)")
+    return tune(
+        args.config,
+        space=args.space,
+        num_trials=args.trials,
+        study_dir=args.out,
+        overrides=list(args.overrides),
+        metric=args.metric,
+        mode=args.mode,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.seed,
+        parallel=args.parallel,
+        trial_nproc=args.trial_nproc,
+        timeout_min=args.timeout,
+    )
 
 
 def _print_result(result) -> None:

@@ -67,6 +67,8 @@ def run_workers(root: str, num_workers: int, deadline: float | None) -> None:
         for process in processes:
             process.join()
     failed = [(i, p.exitcode) for i, p in enumerate(processes, start=1) if p.exitcode != 0]
+    if any(code == 130 for _, code in failed):  # Ctrl-C: said once, by the tune command
+        raise KeyboardInterrupt
     if failed:
         raise UserError(f"tune worker {failed[0][0]} failed (exit {failed[0][1]}); see above")
 
@@ -77,3 +79,5 @@ def _worker_main(root: str, worker: int, deadline: float | None) -> None:
     except UserError as exc:
         print(f"error: worker {worker}: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole group: the tune process says it
+        sys.exit(130)
