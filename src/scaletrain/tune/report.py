@@ -62,7 +62,8 @@ def _plot_section(study, title: str, name: str) -> str:
     figure = _figure_of(axes)
     if figure is None:
         return f"<h2>{title}</h2><p>not drawn: no data</p>"
-    figure.set_size_inches(max(figure.get_size_inches()[0], 7), 4.5)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(max(width, 10), max(height, 5))  # room for many axes' labels
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
