@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import math
 import os
 import shutil
 import warnings
@@ -125,7 +126,7 @@ def build_sampler(name: str, *, seed: int, space=None):
     from optuna.exceptions import ExperimentalWarning
 
     if name == "grid":
-        return samplers.GridSampler(grid_values(space), seed=seed)
+        return _grid_sampler(grid_values(space), seed=seed)
     if name == "gp":
         return samplers.GPSampler(seed=seed)
     if name == "cmaes":
@@ -149,10 +150,26 @@ def grid_values(space) -> dict[str, list]:
         if param.step is None and param.kind != "int":
             raise ConfigError(f"{space.source}: {param.key}: --sampler grid needs a step")
         step = param.step or 1
-        count = int((param.high - param.low) // step) + 1
-        values = [param.low + index * step for index in range(count)]
+        count = math.floor((param.high - param.low) / step + 1e-9) + 1  # 0.02 // 0.01 == 1.0
+        values = [round(param.low + index * step, 12) for index in range(count)]
         grid[param.key] = [int(v) for v in values] if param.kind == "int" else values
     return grid
+
+
+def _grid_sampler(grid: dict[str, list], *, seed: int):
+    """Optuna's GridSampler calls `study.stop()` once the grid is used up, which raises
+    outside `study.optimize` (the workers ask and tell): here the workers' count stops."""
+    from optuna.samplers import GridSampler
+
+    class AskTellGridSampler(GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return AskTellGridSampler(grid, seed=seed)
+
+
+def grid_size(space) -> int:
+    return math.prod(len(values) for values in grid_values(space).values())
 
 
 def build_pruner(name: str):

@@ -16,7 +16,7 @@ from scaletrain.tune.study import (
     StudyDir,
     StudyLock,
     StudySettings,
-    grid_values,
+    grid_size,
     load_study,
     require_optuna,
     retry_dead_trials,
@@ -62,8 +62,11 @@ def tune(
     search = read_space(space)
     cfg = load_config(config, list(overrides))
     check_space(search, cfg)
-    if settings.sampler == "grid":
-        grid_values(search)
+    if settings.sampler == "grid" and grid_size(search) < num_trials:
+        raise UserError(
+            f"--trials {num_trials}: the grid of {search.source} has {grid_size(search)} "
+            "points; ask for at most that many"
+        )
     root = StudyDir(study_dir or Path(cfg.run.out_dir) / f"{cfg.run.name}-tune")
     if root.root.exists() and any(root.root.iterdir()):
         raise UserError(

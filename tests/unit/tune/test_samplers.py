@@ -8,7 +8,7 @@ import optuna
 import yaml
 
 from scaletrain.tune.space import read_space
-from scaletrain.tune.study import build_sampler
+from scaletrain.tune.study import build_sampler, grid_size
 
 SEEDS = range(6)
 NUM_TRIALS = 40
@@ -54,3 +54,24 @@ def test_tpe_beats_random_sampling_over_seeds(tmp_path):
     # over the seeds, TPE's best is closer to the optimum by a wide margin, and on most seeds
     assert statistics.mean(tpe) < 0.5 * statistics.mean(random), (tpe, random)
     assert sum(t < r for t, r in zip(tpe, random, strict=True)) >= len(SEEDS) - 2, (tpe, random)
+
+
+def test_the_grid_sampler_visits_every_point_once_by_ask_and_tell(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "lr": {"type": "float", "low": 0.01, "high": 0.03, "step": 0.01},
+                "act": {"type": "categorical", "choices": ["relu", "gelu"]},
+            }
+        )
+    )
+    space = read_space(path)
+    assert grid_size(space) == 6
+    study = optuna.create_study(sampler=build_sampler("grid", seed=0, space=space))
+    for _ in range(6):  # Optuna's own GridSampler raised in tell at the last point
+        trial = study.ask()
+        values = space.sample(trial)
+        study.tell(trial, values["lr"])
+    points = {(round(t.params["lr"], 6), t.params["act"]) for t in study.trials}
+    assert points == {(lr, act) for lr in (0.01, 0.02, 0.03) for act in ("relu", "gelu")}
