@@ -22,6 +22,8 @@ _LAZY = {
     "predict": "scaletrain.api",
     "resume": "scaletrain.ensemble.dispatch",  # one run, or an ensemble (above api)
     "train": "scaletrain.ensemble.dispatch",
+    "tune": "scaletrain.tune.tuner",
+    "lr_find": "scaletrain.tune.lr_find",
 }
 __all__ = sorted(_LAZY)
 
@@ -31,6 +33,10 @@ __all__ = sorted(_LAZY)
 # __getattr__ below to the function.
 importlib.import_module("scaletrain.train")
 del train  # noqa: F821  (bound by the import above)
+# The same for the `scaletrain.tune` package and the `tune` function (the package imports
+# nothing on import).
+importlib.import_module("scaletrain.tune")
+globals().pop("tune")
 
 
 def __getattr__(name: str):

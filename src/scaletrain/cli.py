@@ -123,7 +123,17 @@ def _train_run(args):
         # a run that failed (or lost a node) before its first checkpoint starts over
         committed = any((run_dir / "checkpoints").glob("step_*/manifest.json"))
         return api.resume(run_dir) if committed else api.train(cfg, overwrite=run_dir.exists())
-    return api.train(cfg, overwrite=args.overwrite)
+    return api.train(cfg, overwrite=args.overwrite, callbacks=_tune_callbacks(args))
+
+
+def _tune_callbacks(args) -> list:
+    """`--tune-trial STUDY_DIR:NUMBER` (set by `scaletrain tune --trial-nproc`): report each
+    validation to that trial of the study."""
+    if not getattr(args, "tune_trial", None):
+        return []
+    from scaletrain.tune.reporter import remote_reporter
+
+    return [remote_reporter(args.tune_trial)]
 
 
 def _resume(args) -> int:
@@ -380,6 +390,18 @@ def _prediction_lines(result: dict) -> list[str]:
     return [header, *(",".join(f"{v:.6g}" for v in row) for row in pred)]
 
 
+def _tune(args) -> int:
+    from scaletrain.tune.commands import tune_command
+
+    return tune_command(args)
+
+
+def _lr_find(args) -> int:
+    from scaletrain.tune.commands import lr_find_command
+
+    return lr_find_command(args)
+
+
 HANDLERS = {
     "train": _train,
     "resume": _resume,
@@ -395,6 +417,8 @@ HANDLERS = {
     "compare": _compare,
     "export": _export,
     "prepare": _prepare,
+    "tune": _tune,
+    "lr_find": _lr_find,
 }
 
 

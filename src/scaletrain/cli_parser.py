@@ -75,6 +75,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         action="store_true",
         help="Continue the run from its newest checkpoint (start over where it has none).",
     )
+    sub.add_argument("--tune-trial", help=argparse.SUPPRESS)  # set by `tune --trial-nproc`
 
     _add_launch_flags(sub)
 
@@ -207,7 +208,44 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="Folder to write (shards + manifest.json).")
     sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing shard folder.")
+    _add_tune_commands(command, handlers)
     return parser
+
+
+def _add_tune_commands(command, handlers: Mapping[str, Callable]) -> None:
+    sub = command(
+        "tune",
+        handlers["tune"],
+        "Search hyperparameters with Optuna: each trial a run, best.yaml and report.html.",
+    )
+    sub.add_argument("config", nargs="?", help="YAML config every trial starts from.")
+    _add_overrides(sub, "Dotted overrides applied to the config first.")
+    sub.add_argument("--space", help="SPACE.yaml: config keys and their ranges (docs/tune.md).")
+    sub.add_argument("--trials", type=int, help="Trials to complete or prune in all.")
+    sub.add_argument("--parallel", type=int, default=1, help="Trials at once (processes).")
+    sub.add_argument(
+        "--trial-nproc", type=int, default=1, help="Processes per trial (a DDP/FSDP job)."
+    )
+    sub.add_argument("--sampler", default="tpe", choices=["tpe", "gp", "cmaes", "random", "grid"])
+    sub.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    sub.add_argument("--metric", default="val.accuracy", help="val.NAME to optimize.")
+    sub.add_argument("--mode", default="max", choices=["max", "min"], help="Maximize or not.")
+    sub.add_argument("--timeout", type=float, help="Minutes; no trial starts after.")
+    sub.add_argument("--seed", type=int, default=0, help="The sampler's seed.")
+    sub.add_argument("--out", help="Study directory (default: RUN.OUT_DIR/RUN.NAME-tune).")
+    sub.add_argument("--resume", metavar="STUDY_DIR", help="Continue a study.")
+
+    sub = command(
+        "lr-find",
+        handlers["lr_find"],
+        "Learning-rate range test: a suggested lr and its loss curve.",
+    )
+    sub.add_argument("config", help="YAML config file.")
+    _add_overrides(sub)
+    sub.add_argument("--min-lr", type=float, default=1e-6, help="The first step's lr.")
+    sub.add_argument("--max-lr", type=float, default=1.0, help="The last step's lr.")
+    sub.add_argument("--steps", type=int, default=200, help="Steps from min to max lr.")
+    sub.add_argument("--out", help="HTML page (default: RUN.OUT_DIR/RUN.NAME-lr-find.html).")
 
 
 def _add_overrides(sub: argparse.ArgumentParser, help_text: str = "Dotted overrides.") -> None:

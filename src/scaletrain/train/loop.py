@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from scaletrain.config import Config
@@ -161,11 +162,30 @@ def _after_update(t: Trainer, stop: StopReason, *, epoch_end: bool, minutes_up: 
         t.logger.validated(state, validation)  # the console's validation line
         if validation.improved and t.save_best:
             t.save("best", best=True)
-        if validation.stop:
+        if validation.stop or _callback_stop(t, validation):
             stop.set("early_stop")
     if reason:
         t.save(reason)
     t.logger.exclude_since(paused)
+
+
+def _callback_stop(t: Trainer, validation) -> bool:
+    """A callback's `on_validation` may stop training (a pruned tune trial); all ranks agree
+    through one all-reduce per validation, paid only where a callback listens."""
+    if "on_validation" not in t.callbacks.implemented:
+        return False
+    state, result = t.state, validation.result
+    record = {"split": "val", "step": state.step, "epoch": state.epoch}
+    wants = bool(
+        t.callbacks.on_validation(state, {**record, "loss": result.loss, "metrics": result.metrics})
+    )
+    strategy = t.saver.strategy
+    if strategy.world_size > 1:
+        flag = torch.tensor([float(wants)], device=strategy.device)
+        wants = strategy.all_reduce_sum(flag).item() > 0
+    if wants:
+        t.logger.event("callback_stop", state.step, "a callback stopped training")
+    return wants
 
 
 def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | None) -> LoopResult:
