@@ -19,6 +19,7 @@ from scaletrain.rundir import RunDir
 
 COMPRESS_FILE = "compress.json"  # what was done, the table, the quantized weights' names
 WEIGHTS_FILE = "compressed.safetensors"  # the compressed weights (int data + scales)
+FINETUNE_LR_FACTOR = 0.1  # of the source run's optim.lr; an `optim.lr=` override wins
 
 
 def check_target(out: Path, *, overwrite: bool) -> None:
@@ -35,13 +36,14 @@ def staging_dir(out: Path, round_index: int) -> Path:
 
 
 def run_config(cfg: Config, model_cfg, *, root: Path, overrides=(), epochs=None) -> Config:
-    """The source config with the compressed model's widths, named after `root` (and the
-    fine-tuning epochs and user overrides where it trains)."""
+    """The source config with the compressed model's widths, named after `root` (and, where
+    it trains, the fine-tuning epochs, a tenth of the learning rate and the user overrides)."""
     raw = cfg.to_dict()
     raw["run"].update(name=root.name, out_dir=str(root.parent))
     raw["model"] = model_cfg.model_dump()
-    if epochs is not None:
+    if epochs is not None:  # fine-tuning: near the optimum already, so a gentler step
         raw["train"].update(max_epochs=epochs, max_steps=None)
+        raw["optim"]["lr"] = raw["optim"]["lr"] * FINETUNE_LR_FACTOR
     return load_config(raw, list(overrides))
 
 

@@ -4,6 +4,8 @@ model quantized afresh with the same recipe (an exact round trip)."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -16,10 +18,15 @@ _INT4_OFFSET = 8  # int4 values -8..7 stored as 0..15, two per byte
 
 def torchao():
     """The torchao package, or one line saying how to get it."""
+    logger = logging.getLogger("torchao")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its optional GPU kernel libraries fail to load on a CPU
     try:
         import torchao.quantization as quantization
     except ImportError:
         raise UserError("--quantize: needs torchao (pip install 'scaletrain[compress]')") from None
+    finally:
+        logger.setLevel(level)
     return quantization
 
 

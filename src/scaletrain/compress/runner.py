@@ -4,6 +4,7 @@ measure both models the same way (parameters, bytes on disk, CPU latency, test m
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +47,9 @@ from scaletrain.rundir import open_run_dir
 from scaletrain.trained import Run, load_run_dir
 from scaletrain.trained.inference import evaluate_on
 from scaletrain.trained.weights import build_run_model
+
+# a single-process checkpoint read: the same filter as scaletrain.api
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 @dataclass(frozen=True)
