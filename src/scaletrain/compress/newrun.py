@@ -3,6 +3,7 @@ through `scaletrain.api.train`, or written directly), renamed into place only wh
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def write_summary(root: Path, *, task: str, metrics: dict, step: int, status: st
 
 def publish(staging: Path, out: Path, cfg: Config, *, overwrite: bool) -> None:
     """Name the finished directory `out` (its config.yaml too), replacing an old one if asked."""
-    atomic_write_text(RunDir(staging).config, cfg.to_yaml())
+    run = RunDir(staging)
+    atomic_write_text(run.config, cfg.to_yaml())
+    summary = json.loads(run.summary.read_text())
+    atomic_write_json(run.summary, {**summary, "name": out.name})
     if out.exists():
         check_target(out, overwrite=overwrite)
         shutil.rmtree(out)

@@ -38,12 +38,12 @@ from scaletrain.compress.shrink import (
     copy_kept,
     shrunk_config,
 )
-from scaletrain.config import Config
+from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import build_data
 from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json
 from scaletrain.finish import wait_for_reports
-from scaletrain.rundir import open_run_dir
+from scaletrain.rundir import RunDir, is_ensemble_dir, open_run_dir
 from scaletrain.trained import Run, load_run_dir
 from scaletrain.trained.inference import evaluate_on
 from scaletrain.trained.weights import build_run_model
@@ -74,12 +74,27 @@ class _Work:
     masks: dict | None = None
 
 
-def compress(run_dir: str | Path, options: CompressOptions, *, out: str | Path | None = None):
-    """Compress the run in `run_dir` into `out` (default: `<run_dir>-compressed`); the source
-    run is only read. Returns a `CompressResult` with the before/after measurements."""
+def compress(
+    run_dir: str | Path,
+    options: CompressOptions | None = None,
+    *,
+    out: str | Path | None = None,
+    **flags,
+) -> CompressResult:
+    """Prune and/or quantize a trained run into a new run directory; the source is only read.
+
+    Args:
+        run_dir: the trained run (a built-in model).
+        options: what to do; or pass its fields as keywords (``prune=0.5, structured=True``).
+        out: the new run directory (default: ``<run_dir>-compressed``).
+
+    Example: ``compress("runs/digits-cnn", prune=0.5, finetune_epochs=2).after.metric``
+    """
+    options = options or CompressOptions(**flags)
     check_options(options)
     wait_for_reports(raise_errors=False)  # a report drawn in the background skews latency
     source_dir = open_run_dir(run_dir)
+    _check_source_config(source_dir)
     target = Path(out) if out is not None else default_out(source_dir.root)
     check_target(target, overwrite=options.overwrite)
     source = load_run_dir(source_dir.root, model=None, checkpoint=options.checkpoint)
@@ -99,6 +114,17 @@ def compress(run_dir: str | Path, options: CompressOptions, *, out: str | Path |
         return _finish(work, target, source, bundle, before, sparsity, options)
     finally:
         discard(*work.rounds)
+
+
+def _check_source_config(source: RunDir) -> None:
+    if is_ensemble_dir(source.root):
+        raise UserError(f"{source.root} is an ensemble; compress one of its members/m<i> runs")
+    cfg = load_config(source.config)
+    if isinstance(cfg.model, UserModelConfig):
+        raise UserError(
+            f"{source.root} was trained with a user module ({cfg.model.class_name}); "
+            "compress rebuilds built-in models only"
+        )
 
 
 def _check_source(source: Run, options: CompressOptions) -> None:

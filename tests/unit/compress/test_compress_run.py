@@ -135,3 +135,24 @@ def test_existing_output_is_refused(source, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: --out:") and "pass --overwrite" in err
+
+
+def test_cli_prints_the_table_and_the_run_evaluates(source, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["compress", str(source), "--quantize", "int8-weight", "--repeats", "2",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "parameters (nonzero/total)" in printed and "test accuracy" in printed
+    assert main(["eval", str(out)]) == 0  # a normal run directory (its float weights)
+
+
+def test_a_refusal_after_the_start_leaves_no_directory(source, tmp_path, capsys):
+    out = tmp_path / "late"
+    code = main(
+        ["compress", str(source), "--prune", "0.5", "--finetune-epochs", "1", "--out", str(out),
+         "optim.lr=-1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: optim.lr") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
