@@ -52,15 +52,26 @@ def cubic_schedule(final: float, num_steps: int) -> list[float]:
 
 
 class KeepMasks:
-    """A training callback: after each optimizer update the pruned weights are zeroed again,
-    so fine-tuning never revives them (the parameter names stay those of the plain model)."""
+    """A training callback that keeps pruned weights at zero while fine-tuning: their
+    gradients are masked (zero gradient, zero optimizer state: Adam, SGD and weight decay
+    leave a zero weight at zero), and after each update they are zeroed again for any
+    optimizer that would move them. Checkpoints and evaluations inside the loop (which run
+    before `on_step_end`) therefore see the pruned weights; parameter names stay plain."""
 
     def __init__(self, masks: dict[str, torch.Tensor]):
         self.masks = masks
 
+    def on_train_start(self, state) -> None:
+        for name, param in self._params(state).items():
+            mask = self.masks[name].to(param.device, param.dtype)
+            param.register_hook(lambda grad, mask=mask: grad * mask)
+
     def on_step_end(self, state) -> None:
-        params = dict(state.model.named_parameters())
         with torch.no_grad():
-            for name, mask in self.masks.items():
-                param = params[name]
-                param.mul_(mask.to(param.device, param.dtype))
+            for name, param in self._params(state).items():
+                param.mul_(self.masks[name].to(param.device, param.dtype))
+
+    def _params(self, state) -> dict[str, nn.Parameter]:
+        # a compiled model prefixes its names with `_orig_mod.`
+        named = {n.replace("_orig_mod.", ""): p for n, p in state.model.named_parameters()}
+        return {name: named[name] for name in self.masks}
