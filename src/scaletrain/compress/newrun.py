@@ -54,6 +54,8 @@ def finetune(model: nn.Module, cfg: Config, *, root: Path, callbacks: list) -> n
 
     run = api.train(cfg, model=model, callbacks=callbacks)
     run.wait()  # report.html is drawn in the background: the directory moves next
+    if run.status == "interrupted":  # SIGINT/SIGTERM stopped it: publish nothing half-tuned
+        raise KeyboardInterrupt
     # training may leave conv weights channels_last; the loaded model is contiguous
     return run.model.cpu().to(memory_format=torch.contiguous_format)
 
