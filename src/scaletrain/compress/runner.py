@@ -90,6 +90,8 @@ def compress(
 
     Example: ``compress("runs/digits-cnn", prune=0.5, finetune_epochs=2).after.metric``
     """
+    if options is not None and flags:
+        raise UserError(f"compress: pass options or keywords, not both (got {sorted(flags)})")
     options = options or CompressOptions(**flags)
     check_options(options)
     wait_for_reports(raise_errors=False)  # a report drawn in the background skews latency
