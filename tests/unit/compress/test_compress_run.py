@@ -164,3 +164,17 @@ def test_a_refusal_after_the_start_leaves_no_directory(source, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: optim.lr") and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tampered_weights_file_is_one_user_error(source, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from scaletrain.errors import UserError
+
+    compress(source, _options(quantize="int8-weight"), out=tmp_path / "q")
+    weights = tmp_path / "q" / "compressed.safetensors"
+    tensors = load_file(str(weights))
+    tensors["output.weight.qdata"] = tensors["output.weight.qdata"][:3]  # a wrong shape
+    save_file(tensors, str(weights))
+    with pytest.raises(UserError, match=r"compressed.safetensors: does not match compress.json"):
+        load_compressed(tmp_path / "q")
