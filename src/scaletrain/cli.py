@@ -278,6 +278,29 @@ def _export(args) -> int:
     return 0
 
 
+def _compress(args) -> int:
+    from scaletrain.compress import CompressOptions, compress
+    from scaletrain.compress.table import result_table
+
+    options = CompressOptions(
+        prune=args.prune,
+        structured=args.structured,
+        scope=args.scope,
+        schedule=args.schedule,
+        steps=args.steps,
+        quantize=args.quantize,
+        finetune_epochs=args.finetune_epochs,
+        checkpoint=args.checkpoint,
+        latency_repeats=args.repeats,
+        overrides=list(args.overrides),
+        overwrite=args.overwrite,
+    )
+    result = compress(args.run_dir, options, out=args.out)
+    Console().print(result_table(result))
+    console.print(f"compressed run: {result.run_dir}")
+    return 0
+
+
 def _prepare(args) -> int:
     from scaletrain.config import load_config
     from scaletrain.data.shards import parse_size, prepare_shards
@@ -419,6 +442,7 @@ HANDLERS = {
     "prepare": _prepare,
     "tune": _tune,
     "lr_find": _lr_find,
+    "compress": _compress,
 }
 
 

@@ -209,6 +209,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sub.add_argument("--shard-size", default="256MB", help="Bytes per shard: 256MB, 64MiB …")
     sub.add_argument("--overwrite", action="store_true", help="Replace an existing shard folder.")
     _add_tune_commands(command, handlers)
+    _add_compress(command("compress", handlers["compress"], "Prune and/or quantize a trained run."))
     return parser
 
 
@@ -246,6 +247,28 @@ def _add_tune_commands(command, handlers: Mapping[str, Callable]) -> None:
     sub.add_argument("--max-lr", type=float, default=1.0, help="The last step's lr.")
     sub.add_argument("--steps", type=int, default=200, help="Steps from min to max lr.")
     sub.add_argument("--out", help="HTML page (default: RUN.OUT_DIR/RUN.NAME-lr-find.html).")
+
+
+def _add_compress(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("run_dir", help="Run directory to compress (only read).")
+    _add_overrides(sub, "Dotted overrides for fine-tuning: optim.lr=1e-3.")
+    sub.add_argument("--prune", type=float, default=0.0, help="Fraction of weights to remove.")
+    sub.add_argument(
+        "--structured", action="store_true", help="Remove whole neurons/filters (mlp, cnn)."
+    )
+    sub.add_argument("--scope", default="global", help="Unstructured: `global` or per `layer`.")
+    sub.add_argument("--schedule", default="oneshot", help="`oneshot` or `gradual` (cubic).")
+    sub.add_argument("--steps", type=int, default=3, help="Gradual: prune + fine-tune rounds.")
+    sub.add_argument(
+        "--quantize", help="int8-dynamic, int8-weight, int4-weight or qat (linear layers)."
+    )
+    sub.add_argument(
+        "--finetune-epochs", type=int, default=0, help="Epochs after each pruning step / of QAT."
+    )
+    _add_checkpoint_option(sub)
+    sub.add_argument("--repeats", type=int, default=20, help="Timed batches per latency.")
+    sub.add_argument("--out", help="New run directory (default: RUN_DIR-compressed).")
+    sub.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
 
 
 def _add_overrides(sub: argparse.ArgumentParser, help_text: str = "Dotted overrides.") -> None:
