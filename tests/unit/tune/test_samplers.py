@@ -27,9 +27,9 @@ def objective(values: dict) -> float:
     )
 
 
-def best_found(space, sampler_name: str, seed: int) -> float:
+def best_found(space, sampler_name: str, seed: int, trials: int = NUM_TRIALS) -> float:
     study = optuna.create_study(sampler=build_sampler(sampler_name, seed=seed))
-    for _ in range(NUM_TRIALS):
+    for _ in range(trials):
         trial = study.ask()
         study.tell(trial, objective(space.sample(trial)))
     return study.best_value
@@ -75,3 +75,26 @@ def test_the_grid_sampler_visits_every_point_once_by_ask_and_tell(tmp_path):
         study.tell(trial, values["lr"])
     points = {(round(t.params["lr"], 6), t.params["act"]) for t in study.trials}
     assert points == {(lr, act) for lr in (0.01, 0.02, 0.03) for act in ("relu", "gelu")}
+
+
+def test_gp_and_cmaes_run_from_their_names_and_beat_random_sampling(tmp_path):
+    """Numeric keys only (cmaes samples categoricals independently): gp, on a small budget,
+    and cmaes, over seeds (its first generations are near random), find lower values."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "x": {"type": "float", "low": -5, "high": 5},
+                "lr": {"type": "float", "low": 1e-6, "high": 1.0, "log": True},
+                "width": {"type": "int", "low": 8, "high": 256, "step": 8},
+                "act": {"type": "categorical", "choices": ["gelu"]},
+            }
+        )
+    )
+    space = read_space(path)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    random_20 = [best_found(space, "random", seed, trials=20) for seed in range(5)]
+    assert best_found(space, "gp", seed=0, trials=20) < 0.5 * statistics.mean(random_20)
+    random_40 = [best_found(space, "random", seed) for seed in range(5)]
+    cmaes_40 = [best_found(space, "cmaes", seed) for seed in range(5)]
+    assert statistics.median(cmaes_40) < statistics.median(random_40), (cmaes_40, random_40)
