@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -184,7 +186,7 @@ def _dynamo_proto(model: nn.Module, example: torch.Tensor, opset: int):
 def _legacy_proto(model: nn.Module, example: torch.Tensor, opset: int):
     onnx, _ = _onnx_modules()
     buffer = io.BytesIO()
-    with _quiet():
+    with _quiet(), _native_stderr_silenced():
         torch.onnx.export(
             model,
             (example,),
@@ -210,6 +212,21 @@ def _quiet():
             yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The legacy exporter's C++ side warns on stderr (packed sequences' shape inference),
+    which Python's warnings filter cannot reach: fd 2 goes to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _graph_digest(proto) -> str:

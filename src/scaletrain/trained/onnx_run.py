@@ -68,7 +68,7 @@ def export_run_onnx(
     try:
         figures = export_onnx(deployed, inputs[:2], target, inputs=inputs, opset=opset)
     except UserError as exc:
-        raise _with_hint(exc, cfg) from None
+        raise _with_hint(exc, cfg, spec) from None
     description = {
         "file": target.name,
         "run": str(run.root),
@@ -148,9 +148,10 @@ def _interface(spec: DataSpec, preprocessor: Preprocessor) -> dict:
     }
 
 
-def _with_hint(error: UserError, cfg: Config) -> UserError:
+def _with_hint(error: UserError, cfg: Config, spec: DataSpec) -> UserError:
     """A family torch cannot export: say what to change (the exporters' reasons follow)."""
-    if not str(error).startswith("onnx:") or getattr(cfg.model, "pool", None) != "last":
+    last_state = cfg.model.name == "rnn" and cfg.model.pool == "last"
+    if not str(error).startswith("onnx:") or not last_state or spec.task != "classification":
         return error
     return UserError(
         "model.pool: an rnn classifying by each sequence's last state reads packed sequences, "
