@@ -31,6 +31,9 @@ PREPROCESS_KEY = "preprocess"
 
 def preprocessing_metadata(run: RunDir) -> dict[str, str]:
     """The run's data spec and preprocessing as they are in its directory (JSON text)."""
+    for path in (run.root / "data_spec.json", run.preprocess):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; the export needs the run's preprocessing")
     return {
         SPEC_KEY: (run.root / "data_spec.json").read_text(),
         PREPROCESS_KEY: run.preprocess.read_text(),

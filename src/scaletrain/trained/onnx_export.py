@@ -60,7 +60,8 @@ def export_onnx(
     if opset < 17:
         raise UserError(f"--opset: expected 17 or higher, got {opset}")
     model = model.cpu().float().eval()
-    example = example[:2] if len(example) > 1 else example
+    # two samples: torch.export would fix a batch of 1 as a constant
+    example = example[:2] if len(example) > 1 else torch.cat([example, example])
     proto, exporter = _to_proto(model, example, opset)
     _add_digest(proto)
     data = proto.SerializeToString()
@@ -186,7 +187,7 @@ def _dynamo_proto(model: nn.Module, example: torch.Tensor, opset: int):
 def _legacy_proto(model: nn.Module, example: torch.Tensor, opset: int):
     onnx, _ = _onnx_modules()
     buffer = io.BytesIO()
-    with _quiet(), _native_stderr_silenced():
+    with _quiet(), _native_output_silenced():
         torch.onnx.export(
             model,
             (example,),
@@ -215,18 +216,21 @@ def _quiet():
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
-    """The legacy exporter's C++ side warns on stderr (packed sequences' shape inference),
-    which Python's warnings filter cannot reach: fd 2 goes to /dev/null meanwhile."""
+def _native_output_silenced():
+    """The legacy exporter's C++ side writes warnings and graph dumps to fds 1 and 2 (packed
+    sequences' shape inference), which Python cannot redirect: /dev/null meanwhile."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            for fd in saved:
+                os.dup2(null.fileno(), fd)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _graph_digest(proto) -> str:
