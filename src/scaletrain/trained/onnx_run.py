@@ -21,6 +21,7 @@ from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json
 from scaletrain.rundir import RunDir, open_run_dir
 from scaletrain.trained.access import load_run_dir
+from scaletrain.trained.onnx_adapters import check_rewrite, exportable
 from scaletrain.trained.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 
 MAX_SAMPLES = 256  # parity inputs: enough to cover the split's variety, fast to run twice
@@ -62,13 +63,13 @@ def export_run_onnx(
     _refuse(run, cfg, model)
     handle = load_run_dir(run.root, model=model, checkpoint=checkpoint)
     spec, preprocessor = handle.spec_and_preprocessor()
-    deployed = DeployedModel(handle.model.cpu().float(), preprocessor, spec=spec).eval()
+    network = handle.model.cpu().float().eval()
+    deployed = DeployedModel(exportable(network), preprocessor, spec=spec).eval()
     inputs, origin = parity_inputs(cfg, spec, preprocessor)
+    if deployed.network is not network:
+        check_rewrite(DeployedModel(network, preprocessor, spec=spec).eval(), deployed, inputs)
     target = Path(out) if out else run.root / "model.onnx"
-    try:
-        figures = export_onnx(deployed, inputs[:2], target, inputs=inputs, opset=opset)
-    except UserError as exc:
-        raise _with_hint(exc, cfg, spec) from None
+    figures = export_onnx(deployed, inputs[:2], target, inputs=inputs, opset=opset)
     description = {
         "file": target.name,
         "run": str(run.root),
@@ -146,18 +147,6 @@ def _interface(spec: DataSpec, preprocessor: Preprocessor) -> dict:
         "scaling_in_graph": preprocessor.method,
         "class_names": spec.class_names,
     }
-
-
-def _with_hint(error: UserError, cfg: Config, spec: DataSpec) -> UserError:
-    """A family torch cannot export: say what to change (the exporters' reasons follow)."""
-    last_state = cfg.model.name == "rnn" and cfg.model.pool == "last"
-    if not str(error).startswith("onnx:") or not last_state or spec.task != "classification":
-        return error
-    return UserError(
-        "model.pool: an rnn classifying by each sequence's last state reads packed sequences, "
-        "which torch's ONNX exporters cannot export for every cell; retrain with "
-        f"model.pool=max or mean, or export safetensors ({error})"
-    )
 
 
 def _refuse(run: RunDir, cfg: Config, model: nn.Module | None) -> None:

@@ -22,14 +22,11 @@ FAMILIES = {
         | {"pool": "max"},
         "text",
     ),
-    "rnn-gru": (
-        {"name": "rnn", "cell": "gru", "embed_dim": 8, "hidden": 8, "pool": "mean"},
+    "rnn-gru": (  # pool last (the default): read from the outputs for export
+        {"name": "rnn", "cell": "gru", "embed_dim": 8, "hidden": 8, "bidirectional": True},
         "text",
     ),
-    "rnn-last": (
-        {"name": "rnn", "cell": "gru", "embed_dim": 8, "hidden": 8, "pool": "last"},
-        "text",
-    ),
+    "rnn-last": ({"name": "rnn", "embed_dim": 8, "hidden": 8}, "text"),  # lstm, pool last
     "gpt": ({"name": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16}, "text"),
     "gpt-lm": ({"name": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16}, "corpus"),
     "mlp-regression": (
