@@ -30,6 +30,7 @@ FAMILIES = {
     "textcnn": ({"name": "textcnn"}, TEXT),
     "rnn (lstm, pool max)": ({"name": "rnn", "pool": "max", "bidirectional": True}, TEXT),
     "rnn (gru, pool mean)": ({"name": "rnn", "cell": "gru", "pool": "mean"}, TEXT),
+    "rnn (lstm, pool last: default)": ({"name": "rnn"}, TEXT),
     "gpt (language model)": ({"name": "gpt"}, CORPUS),
 }
 
