@@ -458,15 +458,46 @@ def load_run(
     return load_run_dir(run_dir, model=model, checkpoint=checkpoint)
 
 
-def export(run_dir: str | Path, *, out: str | Path | None = None, checkpoint: str = "best") -> Path:
-    """Full, unsharded weights as safetensors (no pickle), with the resolved config inside."""
-    from scaletrain.checkpoint.export import export_safetensors
+def export(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+    format: str = "safetensors",
+    opset: int = 18,
+    model: nn.Module | None = None,
+) -> Path:
+    """A run's weights for use elsewhere, never pickle.
 
-    run = open_run_dir(run_dir)
-    target = Path(out) if out else run.root / "model.safetensors"
-    return export_safetensors(
-        run.checkpoints, target, which=checkpoint, config_text=run.config.read_text()
-    )
+    Args:
+        run_dir: the run directory.
+        out: the file to write (default ``RUN_DIR/model.safetensors`` or ``model.onnx``).
+        checkpoint: ``best`` (default), ``last``, ``80`` or ``step_80``.
+        format: ``safetensors`` (weights, config and preprocessing: ``load_exported``) or
+            ``onnx`` (opset >= 17, dynamic batch, the scaling in the graph; checked against
+            PyTorch with onnxruntime, figures in ``export.json`` beside it).
+        opset: the ONNX opset.
+        model: a fresh instance of the user module the run was trained with (ONNX only).
+
+    Example: ``scaletrain.export("runs/bc", format="onnx")``
+    """
+    from scaletrain.trained.exported import export_run_safetensors
+    from scaletrain.trained.onnx_run import export_run_onnx
+
+    if format == "onnx":
+        result = export_run_onnx(run_dir, out=out, checkpoint=checkpoint, opset=opset, model=model)
+        return Path(result["path"])
+    if format != "safetensors":
+        raise UserError(f"format: expected safetensors or onnx, got {format!r}")
+    return export_run_safetensors(run_dir, out=out, checkpoint=checkpoint)
+
+
+def load_exported(path: str | Path, *, model: nn.Module | None = None) -> Run:
+    """A predicting ``Run`` from an exported ``model.safetensors`` alone (no run directory,
+    no pickle): ``scaletrain.load_exported("model.safetensors").predict(X)``."""
+    from scaletrain.trained.exported import load_exported as load
+
+    return load(path, model=model)
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -272,6 +272,15 @@ def _export(args) -> int:
     from scaletrain.ensemble.export import export_ensemble
     from scaletrain.rundir import is_ensemble_dir
 
+    if args.format == "onnx":
+        from scaletrain.trained.onnx_run import export_run_onnx, figures_table
+
+        result = export_run_onnx(
+            args.run_dir, out=args.out, checkpoint=args.checkpoint, opset=args.opset
+        )
+        Console().print(figures_table(result))
+        console.print(f"exported {result['path']} (figures in export.json beside it)")
+        return 0
     export = export_ensemble if is_ensemble_dir(args.run_dir) else api.export
     path = export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
     console.print(f"exported {path}")

@@ -198,9 +198,16 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         "export", handlers["export"], "Export a run's weights for use elsewhere (no pickle)."
     )
     sub.add_argument("run_dir", help="Run directory.")
-    sub.add_argument("--format", default="safetensors", choices=["safetensors"], help="Format.")
+    sub.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "onnx"],
+        help="safetensors: weights + config + preprocessing (scaletrain.load_exported); onnx: "
+        "the network with its scaling, checked against PyTorch with onnxruntime.",
+    )
     _add_checkpoint_option(sub)
-    sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors).")
+    sub.add_argument("--out", help="Output file (default: RUN_DIR/model.safetensors or .onnx).")
+    sub.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or higher).")
 
     sub = command("prepare", handlers["prepare"], "Write a config's data as memory-mapped shards.")
     sub.add_argument("config", help="YAML config whose `data` section names the source.")

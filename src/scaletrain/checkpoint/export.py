@@ -6,6 +6,7 @@ model code is needed: a run trained with a user module exports the same way.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -49,9 +50,15 @@ def read_full_tensors(path: Path, *, prefix: str = "model.") -> dict[str, torch.
 
 
 def export_safetensors(
-    checkpoints: Path, out: Path, *, which: str = "best", config_text: str = ""
+    checkpoints: Path,
+    out: Path,
+    *,
+    which: str = "best",
+    config_text: str = "",
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write the weights of checkpoint `which` (best | last | step_N) to `out`."""
+    """Write the weights of checkpoint `which` (best | last | step_N) to `out`, with `extra`
+    metadata (the run's data spec and preprocessing) and a digest of it all."""
     from safetensors.torch import save_file
 
     store = CheckpointStore(checkpoints)
@@ -59,6 +66,24 @@ def export_safetensors(
     tensors = {name: value.contiguous() for name, value in read_full_tensors(path).items()}
     step = int(path.name.removeprefix("step_"))
     metadata = {"format": FORMAT, "config": config_text, "step": str(step), "checkpoint": which}
+    metadata.update(extra or {})
+    metadata[DIGEST_KEY] = export_digest(tensors, metadata)
     with atomic_path(out) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return out
+
+
+DIGEST_KEY = "sha256"
+
+
+def export_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes) and every other metadata entry:
+    safetensors itself checks only the header's shape, so a flipped weight byte would load."""
+    digest = hashlib.sha256()
+    for key in sorted(key for key in metadata if key != DIGEST_KEY):
+        digest.update(f"{key}={metadata[key]}\0".encode())
+    for name in sorted(tensors):
+        value = tensors[name].contiguous()
+        digest.update(f"{name}:{value.dtype}:{list(value.shape)}\0".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
