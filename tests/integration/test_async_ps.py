@@ -275,6 +275,19 @@ def process_of_rank(parent: int, rank: int, *, timeout: float = 30) -> int:
     raise AssertionError(f"no process of rank {rank}")
 
 
+def kill_server_after(process: subprocess.Popen, ready, *, server_rank: int = 2) -> str:
+    """Once `ready()` returns, SIGKILL the server; the run's output (it exited 1)."""
+    try:
+        ready()
+        os.kill(process_of_rank(process.pid, server_rank), signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    except BaseException:
+        kill_tree(process.pid)
+        raise
+    assert process.returncode == 1, output
+    return output
+
+
 def test_a_killed_server_stops_the_run_in_one_line_and_resume_continues_from_its_shards(
     tmp_path,
 ):
@@ -289,15 +302,7 @@ def test_a_killed_server_stops_the_run_in_one_line_and_resume_continues_from_its
     )
     out = tmp_path / "async"
     process = start_ps(config, out, nproc=3)  # workers 0 and 1, server 0 (rank 2)
-    try:
-        wait_for_step(out / "ps", rank=0, step=50)
-        server = process_of_rank(process.pid, 2)
-        os.kill(server, signal.SIGKILL)
-        output, _ = process.communicate(timeout=60)
-    except BaseException:
-        kill_tree(process.pid)
-        raise
-    assert process.returncode == 1, output
+    output = kill_server_after(process, lambda: wait_for_step(out / "ps", rank=0, step=50))
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output  # worker 0 names the server; the launcher adds nothing
     assert errors[0].startswith("error: parameter server 0 (rank 2) stopped answering")
@@ -332,17 +337,13 @@ def test_a_server_lost_while_worker_0_waits_at_the_end_fails_the_run(tmp_path):
     config = write_config(tmp_path, train={**CONFIG["train"], "max_steps": 30})
     out = tmp_path / "async"
     process = start_ps(config, out, nproc=3)  # workers 0 and 1, server 0 (rank 2)
-    try:
-        slow = wait_for_step(out / "ps", rank=1, step=2)["pid"]
-        os.kill(slow, signal.SIGSTOP)
+
+    def worker_0_waits_at_the_end():
+        os.kill(wait_for_step(out / "ps", rank=1, step=2)["pid"], signal.SIGSTOP)
         wait_for_step(out / "ps", rank=0, step=30)
         time.sleep(0.5)  # into its wait for the other workers
-        os.kill(process_of_rank(process.pid, 2), signal.SIGKILL)
-        output, _ = process.communicate(timeout=60)
-    except BaseException:
-        kill_tree(process.pid)
-        raise
-    assert process.returncode == 1, output
+
+    output = kill_server_after(process, worker_0_waits_at_the_end)
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "parameter server 0 (rank 2) stopped answering" in errors[0]
     summary = json.loads((out / "ps" / "summary.json").read_text())

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from scaletrain.config import Config
 from scaletrain.data import build_data
-from scaletrain.models import MODELS, build_model, default_block_types
+from scaletrain.models import MODELS, default_block_types
 from scaletrain.parallel.blocks import find_blocks
 from scaletrain.parallel.memory_pipeline import (
     measure_stages,
@@ -24,6 +24,7 @@ from scaletrain.parallel.memory_probe import measure_model
 from scaletrain.parallel.pipeline_split import check_layout
 from scaletrain.train.plan import Plan, make_plan
 from scaletrain.train.precision import Precision
+from scaletrain.trained.weights import build_run_model
 
 _GB = 2**30
 _MB = 2**20
@@ -88,13 +89,7 @@ def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str, layo
     """Build the model on the meta device (shapes only: plans models larger than RAM); the
     whole model's facts, or each pipeline stage's under a `layout`."""
     with torch.device("meta"):
-        model = build_model(
-            cfg.model,
-            input_shape=spec.input_shape,
-            num_outputs=spec.num_outputs,
-            vocab_size=spec.vocab_size,
-            task=spec.task,
-        )
+        model = build_run_model(cfg, spec)
     entry = MODELS.get(cfg.model.name)
     block_types = entry.block_types if entry else default_block_types(model)
     blocks = find_blocks(model, block_types=block_types, class_names=cfg.parallel.fsdp.block_types)

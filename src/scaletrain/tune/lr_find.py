@@ -87,22 +87,16 @@ def write_page(result: LrFindResult, path: str | Path, *, name: str) -> None:
 def _range_test(cfg: Config, lrs: np.ndarray) -> list[float]:
     """Raw training losses, one per lr, until the end or divergence."""
     from scaletrain.data import build_data
-    from scaletrain.models import build_model
     from scaletrain.optim import build_loss, build_optimizer
     from scaletrain.train.rng import seed_everything
+    from scaletrain.trained.weights import build_run_model
 
     seed_everything(cfg.run.seed)
     bundle = build_data(cfg.data, seed=cfg.run.seed)
     split, spec = bundle.train, bundle.spec
     if split.inputs is None:
         raise UserError("lr-find: needs an in-memory train split (data.source builtin, csv, npy …)")
-    model = build_model(
-        cfg.model,
-        input_shape=spec.input_shape,
-        num_outputs=spec.num_outputs,
-        vocab_size=spec.vocab_size,
-        task=spec.task,
-    )
+    model = build_run_model(cfg, spec)
     optimizer = build_optimizer(cfg.optim, model)
     loss_fn = build_loss(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts

@@ -77,6 +77,24 @@ def family_config(name: str, root) -> dict:
     }
 
 
+@pytest.fixture
+def user_run(tmp_path):
+    """`user_run(module)`: one step of digits with a user module (no registry model)."""
+    import scaletrain
+
+    def train(module):
+        cfg = {
+            "run": {"name": "user", "seed": 0, "out_dir": str(tmp_path / "runs")},
+            "data": DIGITS,
+            "optim": {"name": "adamw", "lr": 0.01},
+            "train": {"max_steps": 1, "batch_size": 32, "precision": "32"},
+            "log": {"progress": False, "tensorboard": False, "report": False},
+        }
+        return scaletrain.train(cfg, model=module).wait()
+
+    return train
+
+
 @pytest.fixture(scope="session")
 def family_run(tmp_path_factory):
     """`family_run(name)`: the Run of that family's tiny training (trained on first use)."""

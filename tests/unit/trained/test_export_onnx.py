@@ -124,15 +124,8 @@ class UserNet(nn.Module):
         return self.layers(inputs)
 
 
-def test_a_user_module_run_needs_the_python_api(tmp_path, capsys):
-    cfg = {
-        "run": {"name": "user", "seed": 0, "out_dir": str(tmp_path / "runs")},
-        "data": {"source": "builtin", "name": "digits"},
-        "optim": {"name": "adamw", "lr": 0.01},
-        "train": {"max_steps": 1, "batch_size": 32, "precision": "32"},
-        "log": {"progress": False, "tensorboard": False, "report": False},
-    }
-    run = scaletrain.train(cfg, model=UserNet()).wait()
+def test_a_user_module_run_needs_the_python_api(tmp_path, capsys, user_run):
+    run = user_run(UserNet())
     assert main(["export", str(run.run_dir), "--format", "onnx"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and 'format="onnx"' in error and "UserNet" in error

@@ -50,7 +50,7 @@ def test_the_exported_file_stands_alone(family_run, tmp_path):
     )
 
 
-def test_a_user_module_export_needs_the_module(tmp_path):
+def test_a_user_module_export_needs_the_module(user_run):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -59,14 +59,7 @@ def test_a_user_module_export_needs_the_module(tmp_path):
         def forward(self, inputs):
             return self.linear(inputs.flatten(1))
 
-    cfg = {
-        "run": {"name": "user", "seed": 0, "out_dir": str(tmp_path / "runs")},
-        "data": {"source": "builtin", "name": "digits"},
-        "optim": {"name": "adamw", "lr": 0.01},
-        "train": {"max_steps": 1, "batch_size": 32, "precision": "32"},
-        "log": {"progress": False, "tensorboard": False, "report": False},
-    }
-    run = scaletrain.train(cfg, model=Net()).wait()
+    run = user_run(Net())
     path = scaletrain.export(run.run_dir)
     with pytest.raises(UserError, match=r"pass a fresh instance: scaletrain.load_exported\("):
         scaletrain.load_exported(path)

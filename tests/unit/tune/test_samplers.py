@@ -35,19 +35,21 @@ def best_found(space, sampler_name: str, seed: int, trials: int = NUM_TRIALS) ->
     return study.best_value
 
 
-def test_tpe_beats_random_sampling_over_seeds(tmp_path):
+def bowl_space(tmp_path, activations: list[str]):
+    """The objective's keys as a space file: x, lr (log), width (step 8), act (these)."""
     path = tmp_path / "space.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "x": {"type": "float", "low": -5, "high": 5},
-                "lr": {"type": "float", "low": 1e-6, "high": 1.0, "log": True},
-                "width": {"type": "int", "low": 8, "high": 256, "step": 8},
-                "act": {"type": "categorical", "choices": ["relu", "gelu", "tanh"]},
-            }
-        )
-    )
-    space = read_space(path)
+    space = {
+        "x": {"type": "float", "low": -5, "high": 5},
+        "lr": {"type": "float", "low": 1e-6, "high": 1.0, "log": True},
+        "width": {"type": "int", "low": 8, "high": 256, "step": 8},
+        "act": {"type": "categorical", "choices": activations},
+    }
+    path.write_text(yaml.safe_dump(space))
+    return read_space(path)
+
+
+def test_tpe_beats_random_sampling_over_seeds(tmp_path):
+    space = bowl_space(tmp_path, ["relu", "gelu", "tanh"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tpe = [best_found(space, "tpe", seed) for seed in SEEDS]
     random = [best_found(space, "random", seed) for seed in SEEDS]
@@ -80,18 +82,7 @@ def test_the_grid_sampler_visits_every_point_once_by_ask_and_tell(tmp_path):
 def test_gp_and_cmaes_run_from_their_names_and_beat_random_sampling(tmp_path):
     """Numeric keys only (cmaes samples categoricals independently): gp, on a small budget,
     and cmaes, over seeds (its first generations are near random), find lower values."""
-    path = tmp_path / "space.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "x": {"type": "float", "low": -5, "high": 5},
-                "lr": {"type": "float", "low": 1e-6, "high": 1.0, "log": True},
-                "width": {"type": "int", "low": 8, "high": 256, "step": 8},
-                "act": {"type": "categorical", "choices": ["gelu"]},
-            }
-        )
-    )
-    space = read_space(path)
+    space = bowl_space(tmp_path, ["gelu"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     random_20 = [best_found(space, "random", seed, trials=20) for seed in range(5)]
     assert best_found(space, "gp", seed=0, trials=20) < 0.5 * statistics.mean(random_20)
