@@ -16,16 +16,13 @@ from scaletrain.cli import main
 from scaletrain.errors import UserError
 from scaletrain.trained.onnx_export import ParityError, export_onnx, load_onnx
 
+# each export takes seconds (dynamo tracing): mlp in the fast suite, the rest marked slow
 PARITY_FAMILIES = [
     "mlp",
-    "cnn",
-    "resnet",
-    "textcnn",
-    "rnn-lstm",
-    "rnn-gru",
-    "rnn-last",
-    "gpt",
-    "gpt-lm",
+    *(
+        pytest.param(name, marks=pytest.mark.slow)
+        for name in ("cnn", "resnet", "textcnn", "rnn-lstm", "rnn-gru", "rnn-last", "gpt", "gpt-lm")
+    ),
 ]
 
 
