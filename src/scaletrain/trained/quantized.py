@@ -163,7 +163,7 @@ def refuse_unexportable_quantization(root: Path) -> None:
     mode = quantization_of(root)
     if mode in NO_ONNX:
         raise UserError(
-            f"{root}: ONNX export of a {NO_ONNX[mode]} model is not possible with torch "
+            f"{root}: its {NO_ONNX[mode]} model has no ONNX form in torch "
             f"{torch.__version__} (no ONNX op for its int8 x int8 matmul, aten._int_mm); export "
             "its float weights with --checkpoint best, its quantized weights with --format "
             "safetensors, or compress with --quantize int8-weight or int4-weight"
