@@ -443,7 +443,7 @@ def generate(
 
 
 def load_run(
-    run_dir: str | Path, *, model: nn.Module | None = None, checkpoint: str = "best"
+    run_dir: str | Path, *, model: nn.Module | None = None, checkpoint: str | None = None
 ) -> Run:
     """A run from its directory, its weights loaded (no training, no pickle).
 
@@ -451,7 +451,9 @@ def load_run(
         run_dir: the run directory.
         model: a fresh instance of your module, for a run trained with one (its weights are
             loaded into it); built-in models are rebuilt from the config without it.
-        checkpoint: ``best`` (default), ``last``, ``80``, ``step_80`` or ``step_00000080``.
+        checkpoint: ``best`` (default), ``last``, ``80``, ``step_80`` or ``step_00000080``;
+            left out on a quantized run (``scaletrain compress --quantize``): its quantized
+            model, else its float weights.
 
     Example: ``run = scaletrain.load_run("runs/bc", model=MyNet()); run.predict(X)``
     """
@@ -462,7 +464,7 @@ def export(
     run_dir: str | Path,
     *,
     out: str | Path | None = None,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     format: str = "safetensors",
     opset: int = 18,
     model: nn.Module | None = None,
@@ -472,7 +474,8 @@ def export(
     Args:
         run_dir: the run directory.
         out: the file to write (default ``RUN_DIR/model.safetensors`` or ``model.onnx``).
-        checkpoint: ``best`` (default), ``last``, ``80`` or ``step_80``.
+        checkpoint: ``best`` (default), ``last``, ``80`` or ``step_80``; left out on a
+            quantized run: its quantized model (docs/compress.md, Export).
         format: ``safetensors`` (weights, config and preprocessing: ``load_exported``) or
             ``onnx`` (opset >= 17, dynamic batch, the scaling in the graph; checked against
             PyTorch with onnxruntime, figures in ``export.json`` beside it).

@@ -171,8 +171,20 @@ def _summary(args) -> int:
     return 0
 
 
+def _note_quantized(args) -> None:
+    """Which weights eval/predict/export use on a quantized run: its quantized model, unless
+    --checkpoint asks for float weights."""
+    from scaletrain.trained.quantized import quantization_of, weights_name
+
+    mode = quantization_of(Path(args.run_dir)) if args.checkpoint is None else None
+    if mode:
+        console.print(f"weights: {weights_name(mode)}; --checkpoint best for the float ones")
+
+
 def _eval(args) -> int:
     from scaletrain import api
+
+    _note_quantized(args)
 
     metrics = api.evaluate(
         args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint
@@ -187,6 +199,7 @@ def _predict(args) -> int:
 
     from scaletrain import api
 
+    _note_quantized(args)
     result = api.predict(args.run_dir, args.input_file, checkpoint=args.checkpoint)
     lines = _prediction_lines(result)
     if args.out:
@@ -272,6 +285,7 @@ def _export(args) -> int:
     from scaletrain.ensemble.export import export_ensemble
     from scaletrain.rundir import is_ensemble_dir
 
+    _note_quantized(args)
     if args.format == "onnx":
         from scaletrain.trained.onnx_run import export_run_onnx, figures_table
 
@@ -281,8 +295,10 @@ def _export(args) -> int:
         Console().print(figures_table(result))
         console.print(f"exported {result['path']} (figures in export.json beside it)")
         return 0
-    export = export_ensemble if is_ensemble_dir(args.run_dir) else api.export
-    path = export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
+    if is_ensemble_dir(args.run_dir):
+        path = export_ensemble(args.run_dir, out=args.out, checkpoint=args.checkpoint or "best")
+    else:
+        path = api.export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
     console.print(f"exported {path}")
     return 0
 
@@ -299,7 +315,7 @@ def _compress(args) -> int:
         steps=args.steps,
         quantize=args.quantize,
         finetune_epochs=args.finetune_epochs,
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint or "best",
         latency_repeats=args.repeats,
         overrides=list(args.overrides),
         overwrite=args.overwrite,

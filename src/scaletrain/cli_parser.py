@@ -284,7 +284,9 @@ def _add_overrides(sub: argparse.ArgumentParser, help_text: str = "Dotted overri
 
 def _add_checkpoint_option(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
-        "--checkpoint", default="best", help="best, last, or a step: 80, step_80 or step_00000080."
+        "--checkpoint",
+        help="best (default), last, or a step: 80, step_80 or step_00000080. Left out on a "
+        "quantized run (compress --quantize): its quantized model.",
     )
 
 

@@ -18,8 +18,6 @@ from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.parallel import SingleStrategy
 from scaletrain.rundir import RunDir
 
-COMPRESS_FILE = "compress.json"  # what was done, the table, the quantized weights' names
-WEIGHTS_FILE = "compressed.safetensors"  # the compressed weights (int data + scales)
 FINETUNE_LR_FACTOR = 0.1  # of the source run's optim.lr; an `optim.lr=` override wins
 
 

@@ -18,8 +18,6 @@ from scaletrain.compress.measure import (
     safetensors_bytes,
 )
 from scaletrain.compress.newrun import (
-    COMPRESS_FILE,
-    WEIGHTS_FILE,
     check_target,
     discard,
     finetune,
@@ -46,6 +44,7 @@ from scaletrain.finish import wait_for_reports
 from scaletrain.rundir import RunDir, is_ensemble_dir, open_run_dir
 from scaletrain.trained import Run, load_run_dir
 from scaletrain.trained.inference import evaluate_on
+from scaletrain.trained.quantized import COMPRESS_FILE, WEIGHTS_FILE
 from scaletrain.trained.weights import build_run_model
 
 # a single-process checkpoint read: the same filter as scaletrain.api

@@ -22,6 +22,7 @@ from scaletrain.trained.inference import (
     predict_tensors,
 )
 from scaletrain.trained.labelled_file import read_labelled_file
+from scaletrain.trained.quantized import load_quantized_run, quantization_of
 from scaletrain.trained.weights import load_trained_model
 
 
@@ -102,9 +103,14 @@ def _prediction_dict(output: np.ndarray, spec: DataSpec) -> dict:
     return {"pred": output}
 
 
-def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: str) -> Run:
-    """A Run from a directory: summary metrics, spec, preprocessing and loaded weights."""
+def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: str | None) -> Run:
+    """A Run from a directory: summary metrics, spec, preprocessing and loaded weights. A
+    quantized run (`scaletrain compress --quantize`) gives its quantized model unless a
+    `checkpoint` (its float weights) or a `model` is asked for."""
     run = open_run_dir(run_dir)
+    if checkpoint is None and model is None and quantization_of(run.root):
+        return load_quantized_run(load_run_dir(run.root, model=None, checkpoint="last"))
+    checkpoint = checkpoint or "best"
     cfg = load_config(run.config)
     if cfg.ensemble is not None:  # the members' networks combined in one module
         return load_ensemble_run(run.root, cfg, checkpoint=checkpoint)
@@ -148,4 +154,4 @@ def run_handle(run: str | Path | Run, *, checkpoint: str | None, model: nn.Modul
         run = run.run_dir
     if not isinstance(run, str | Path):
         raise UserError(f"run: expected a Run or a run directory, got {type(run).__name__}")
-    return load_run_dir(run, model=model, checkpoint=checkpoint or "best")
+    return load_run_dir(run, model=model, checkpoint=checkpoint)

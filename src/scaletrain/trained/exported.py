@@ -23,6 +23,12 @@ from scaletrain.errors import CheckpointError, UserError
 from scaletrain.rundir import RunDir, open_run_dir
 from scaletrain.trained.files import spec_from_dict
 from scaletrain.trained.handle import Run
+from scaletrain.trained.quantized import float32_config, quantization_of
+from scaletrain.trained.quantized_export import (
+    QUANTIZE_KEY,
+    export_quantized,
+    load_quantized_export,
+)
 from scaletrain.trained.weights import build_run_model
 
 SPEC_KEY = "data_spec"
@@ -40,16 +46,21 @@ def preprocessing_metadata(run: RunDir) -> dict[str, str]:
     }
 
 
-def export_run_safetensors(run_dir: str | Path, *, out: str | Path | None, checkpoint: str) -> Path:
-    """`scaletrain export --format safetensors`: weights + config + spec + preprocessing."""
+def export_run_safetensors(
+    run_dir: str | Path, *, out: str | Path | None, checkpoint: str | None
+) -> Path:
+    """`scaletrain export --format safetensors`: weights + config + spec + preprocessing (a
+    quantized run without `checkpoint`: its integer weights and scales, as compressed)."""
     from scaletrain.checkpoint.export import export_safetensors
 
     run = open_run_dir(run_dir)
     target = Path(out) if out else run.root / "model.safetensors"
+    if checkpoint is None and quantization_of(run.root):
+        return export_quantized(run, target, extra=preprocessing_metadata(run))
     return export_safetensors(
         run.checkpoints,
         target,
-        which=checkpoint,
+        which=checkpoint or "best",
         config_text=run.config.read_text(),
         extra=preprocessing_metadata(run),
     )
@@ -68,14 +79,10 @@ def load_exported(path: str | Path, *, model: nn.Module | None = None) -> Run:
     except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as exc:
         raise CheckpointError(f"{path}: unreadable metadata ({type(exc).__name__})") from None
     network = _network(path, cfg, spec, model)
-    expected = set(model_state(network))
-    if expected != set(tensors):
-        missing = sorted(expected - set(tensors))[:3]
-        raise UserError(
-            f"{path}: its tensors do not fit a {type(network).__name__} (e.g. missing "
-            f"{missing}); pass the module the run was trained with as model="
-        )
-    load_model_state(network, tensors)
+    if QUANTIZE_KEY in metadata:  # a quantized run's export: integer weights and scales
+        network, cfg = load_quantized_export(path, network, tensors, metadata), float32_config(cfg)
+    else:
+        _load_float(path, network, tensors)
     return Run(
         path,
         {},
@@ -86,6 +93,17 @@ def load_exported(path: str | Path, *, model: nn.Module | None = None) -> Run:
         spec=spec,
         preprocessor=preprocessor,
     )
+
+
+def _load_float(path: Path, network: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    expected = set(model_state(network))
+    if expected != set(tensors):
+        missing = sorted(expected - set(tensors))[:3]
+        raise UserError(
+            f"{path}: its tensors do not fit a {type(network).__name__} (e.g. missing "
+            f"{missing}); pass the module the run was trained with as model="
+        )
+    load_model_state(network, tensors)
 
 
 def read_exported(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

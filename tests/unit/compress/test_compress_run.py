@@ -152,7 +152,7 @@ def test_cli_prints_the_table_and_the_run_evaluates(source, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "parameters (nonzero/total)" in printed and "test accuracy" in printed
-    assert main(["eval", str(out)]) == 0  # a normal run directory (its float weights)
+    assert main(["eval", str(out)]) == 0  # its quantized model (test_quantized_run.py)
 
 
 def test_a_refusal_after_the_start_leaves_no_directory(source, tmp_path, capsys):

@@ -8,15 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from scaletrain.compress.quantize import (
-    _pack_int4,
-    _unpack_int4,
-    load_quantized,
-    quantize,
-    quantized_state,
-)
+from scaletrain.compress.quantize import _pack_int4, load_quantized, quantize, quantized_state
 from scaletrain.config import MLPConfig
 from scaletrain.models.mlp import MLP
+from scaletrain.trained.quantized import unpack_int4
 
 
 def _mlp() -> MLP:
@@ -52,4 +47,4 @@ def test_int4_packing_is_exact_and_halves_the_bytes():
     values = torch.randint(-8, 8, (5, 7), dtype=torch.int8)
     packed = _pack_int4(values)
     assert packed.dtype == torch.uint8 and packed.numel() == 18  # 35 values, two per byte
-    assert torch.equal(_unpack_int4(packed, values.shape), values)
+    assert torch.equal(unpack_int4(packed, values.shape), values)
