@@ -146,9 +146,11 @@ def _watch(children: list[Child], *, spares: int) -> int:
                     file=sys.stderr,
                 )
                 continue
-            if code == 2 and (child.role == "server" or child.rank == 0):
+            if code == 2 and (
+                child.role == "server" or _reported_by_writer(children, exit_code=2, wait_s=5.0)
+            ):  # a server, or rank 0 for every rank, printed why (bad input, a finished run)
                 _stop(running, signal.SIGTERM)
-                raise SystemExit(2)  # it printed why it refused (bad input, a finished run)
+                raise SystemExit(2)
             if child.role == "server" and _reported_by_writer(children):
                 _stop(running, signal.SIGTERM)
                 raise SystemExit(1)  # worker 0 said which server, in one line
@@ -168,17 +170,20 @@ def _failed_server(children: list[Child]) -> Child | None:
     return None
 
 
-def _reported_by_writer(children: list[Child]) -> bool:
-    """Worker 0 notices a dead server at its next push and says so itself; wait for it
-    (where it runs on this node)."""
+def _reported_by_writer(
+    children: list[Child], *, exit_code: int = SERVER_LOST_EXIT, wait_s=SERVER_LOST_REPORT_S
+) -> bool:
+    """Worker 0 says itself what stopped the run (a dead server, noticed at its next push;
+    bad input, refused by every rank alike) and exits with `exit_code`; wait for it (where
+    it runs on this node)."""
     writer = children[0]
     if writer.rank != 0:
         return False
     try:
-        writer.process.wait(timeout=SERVER_LOST_REPORT_S)
+        writer.process.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
         return False
-    return writer.process.returncode == SERVER_LOST_EXIT
+    return writer.process.returncode == exit_code
 
 
 def _failure(child: Child) -> LaunchError:

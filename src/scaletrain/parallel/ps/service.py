@@ -80,12 +80,7 @@ class ParameterServer:
                 base_version=base_version, current_version=current
             )
             if applied:
-                try:
-                    self.store.apply(grads, scale=scale, lr=lr)
-                except Exception as error:  # the store is torn: this server stops
-                    self.failure = error
-                    self.finished.set()
-                    raise
+                self._guarded(lambda: self.store.apply(grads, scale=scale, lr=lr, commit=False))
             self._count(staleness, applied=applied, scale=scale, pushed=tensor_bytes(grads))
             self._seen(worker, step, dropped=not applied)
             self._write(
@@ -100,7 +95,19 @@ class ParameterServer:
                     "lr": lr,
                 }
             )
+            # committed after its log line: a kill between the two leaves the log ahead of
+            # the shards (an update lost after the last commit), never behind them
+            self._guarded(self.store.commit_if_due)
             return (applied, staleness, *self._reply(base_version))
+
+    def _guarded(self, action) -> None:
+        """Run a store write; one that fails leaves the store torn: this server stops."""
+        try:
+            action()
+        except Exception as error:
+            self.failure = error
+            self.finished.set()
+            raise
 
     def pull(self, known_version: int, worker: int | None = None, step: int = 0):
         """(version, parameters) where they changed since `known_version`, else (version, None);

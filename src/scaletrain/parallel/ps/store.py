@@ -103,11 +103,18 @@ class ShardStore:
     # --- what the server loop calls
 
     def apply(
-        self, grads: Mapping[str, torch.Tensor], *, scale: float = 1.0, lr: float | None = None
+        self,
+        grads: Mapping[str, torch.Tensor],
+        *,
+        scale: float = 1.0,
+        lr: float | None = None,
+        commit: bool = True,
     ) -> int:
         """One optimizer update from `grads` (all or some of this server's parameters) times
         `scale`; `lr` replaces the groups' learning rate for this update (a schedule).
-        Returns the new version. Names and shapes are checked before anything is written."""
+        Returns the new version. Names and shapes are checked before anything is written.
+        `commit=False`: the caller calls `commit_if_due()` itself (after logging the update,
+        so a logged version is never behind a committed one)."""
         self._check_open()
         indices = checked_indices(grads, self._index, self._entries)
         self._dirty = True
@@ -118,9 +125,14 @@ class ShardStore:
             raise
         self.version += 1
         self._since_flush += 1
+        if commit:
+            self.commit_if_due()
+        return self.version
+
+    def commit_if_due(self) -> None:
+        """Flush once `flush_every` updates were applied since the last commit."""
         if self._since_flush >= self.flush_every:
             self.flush()
-        return self.version
 
     @property
     def torn(self) -> bool:
