@@ -21,7 +21,7 @@ run: setup
 	$(PY) -m scaletrain train configs/default.yaml --overwrite
 
 test: setup
-	$(PY) -m pytest -x -p no:cacheprovider
+	$(PY) -m pytest -x -p no:cacheprovider --durations=30
 
 test-fast: setup  # no multi-process or end-to-end tests (those are marked slow)
 	$(PY) -m pytest -x -p no:cacheprovider -m "not slow"
