@@ -3,7 +3,8 @@ compressed each way; one Markdown table per config (its fp32 run first).
 
 Every `scaletrain compress` runs in its own process (as from the command line), so one
 method's threads and caches do not time the next. Run: `python -m bench.compress_table
-[--repeats R] [configs...]`; results in `bench/results/compress.json`.
+[--repeats R] [--name NAME] [configs...]`; results in `bench/results/NAME.json` (default
+`compress`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", default=CONFIGS)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--child", nargs="+")
+    parser.add_argument("--name", default="compress", help="bench/results/NAME.json")
     args = parser.parse_args()
     if args.child:
         if args.child[0] == "train":
@@ -108,7 +110,7 @@ def main() -> None:
                     print(_row("fp32 (the trained run)", row["before"]))
                     source_printed = True
                 print(_row(name, row["after"]), flush=True)
-    save_results("compress", results)
+    save_results(args.name, results)
 
 
 if __name__ == "__main__":
