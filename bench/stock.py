@@ -1,5 +1,6 @@
 """Stock defaults side by side: scaletrain, Lightning and Keras 3 (torch backend) as each ships,
-a hand-written PyTorch loop, and scaletrain lean (no validation, checkpoints or report).
+a hand-written PyTorch loop, scaletrain lean (no validation, checkpoints or report) and, on
+request, scaletrain-auto (stock precision: `auto` instead of the workload's).
 
 Four workloads (issue 14): digits MLP 64-256-256-10 (20 epochs), synthetic MLP
 784-1024-1024-10 (2 epochs), digits CNN (15 epochs), synthetic MLP in bf16 (2 epochs). The same
@@ -125,7 +126,9 @@ def _raw(splits, kind, data, epochs, batch, bf16, marks, out):
     return _accuracy(model, splits[2], bf16)
 
 
-def _scaletrain(splits, kind, data, epochs, batch, bf16, marks, out, lean=False):
+def _scaletrain(splits, kind, data, epochs, batch, bf16, marks, out, lean=False, auto=False):
+    """`auto`: train.precision left at its stock default (`auto`: bf16-mixed where the CPU
+    has AVX512-BF16/AMX or on a GPU, else fp32) instead of the workload's precision."""
     import scaletrain
 
     class Tick:
@@ -141,6 +144,8 @@ def _scaletrain(splits, kind, data, epochs, batch, bf16, marks, out, lean=False)
         },
         "optim": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY},
     }
+    if auto:
+        del cfg["train"]["precision"]
     parts = {"train": splits[0], "val": splits[1], "test": splits[2]}
     if lean:
         cfg["log"] = {"progress": False, "tensorboard": False, "report": False}
@@ -258,6 +263,7 @@ def _child(workload: str, variant: str, threads: int) -> None:
         "raw": _raw,
         "scaletrain": _scaletrain,
         "scaletrain-lean": lambda *a: _scaletrain(*a, lean=True),
+        "scaletrain-auto": lambda *a: _scaletrain(*a, auto=True),
         "lightning": _lightning,
         "keras": _keras,
     }[variant]
@@ -296,6 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--before-src", help="adds variant scaletrain-before run from this src/")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="stock", help="bench/results/NAME.json")
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child.split(":"), args.threads)
@@ -310,7 +317,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 runs[variant].append(_run_child(workload, variant, args.threads, args.before_src))
         rows += _summarize(workload, runs)
     print(f"load after: {os.getloadavg()}")
-    save_results("stock", rows)
+    save_results(args.name, rows)
     return rows
 
 
