@@ -87,6 +87,21 @@ def test_precomputed_logits_are_the_teachers_and_give_the_live_losses(teacher, l
     assert set(reloaded.state_dict()) == set(live.model.state_dict())
 
 
+def test_float16_logits_halve_the_file_and_keep_the_losses(teacher, precomputed, tmp_path):
+    distill = {"precompute": True, "logits_dir": str(tmp_path / "half"), "logits_dtype": "float16"}
+    half = scaletrain.train(_config(tmp_path, "half", teacher=str(teacher.run_dir), **distill))
+    full_file = precomputed.run_dir.parent / "cache" / "teacher_logits.npy"
+    half_file = tmp_path / "half" / "teacher_logits.npy"
+    rows = np.load(half_file, mmap_mode="r")
+    assert rows.dtype == np.float16
+    np.testing.assert_allclose(rows, np.load(full_file), rtol=1e-3, atol=1e-3)
+    assert half_file.stat().st_size < 0.6 * full_file.stat().st_size
+    full_losses, half_losses = _train_losses(precomputed.run_dir), _train_losses(half.run_dir)
+    assert list(half_losses) == list(full_losses)
+    for step, loss in full_losses.items():
+        assert half_losses[step] == pytest.approx(loss, rel=1e-3), step
+
+
 @pytest.mark.parametrize("damage", ["truncate", "not_numpy"])
 def test_a_damaged_logits_file_is_written_again(teacher, precomputed, tmp_path, damage):
     cache = tmp_path / "cache"

@@ -3,7 +3,7 @@ refused at config time with the keys named (docs/compress.md, Distillation)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -39,6 +39,11 @@ class DistillConfig(Section):
     logits_dir: str | None = Field(
         None, description="precompute: folder for `teacher_logits.npy`; default the run directory."
     )
+    logits_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="precompute: the file's number type; float16 halves it (a language model's "
+        "logits are samples × context × vocabulary), rounding each logit to ~3 digits.",
+    )
 
 
 def check_distill(cfg: Any) -> None:
@@ -71,8 +76,9 @@ def check_distill(cfg: Any) -> None:
             f"and data.augment.{augmented[0]} changes them every step; set "
             "distill.precompute=false (the teacher then sees the augmented batch)"
         )
-    if distill.logits_dir is not None and not distill.precompute:
-        raise ValueError(
-            "distill.logits_dir: only used with distill.precompute=true; remove it or set "
-            "distill.precompute=true"
-        )
+    for key, default in (("logits_dir", None), ("logits_dtype", "float32")):
+        if getattr(distill, key) != default and not distill.precompute:
+            raise ValueError(
+                f"distill.{key}: only used with distill.precompute=true; remove it or set "
+                "distill.precompute=true"
+            )

@@ -71,7 +71,8 @@ class Distiller:
     ) -> torch.Tensor:
         """The teacher's logits: rows of the precomputed file, else a forward pass."""
         if self.logits is not None:  # a copy of just these rows out of the mapped file
-            return torch.from_numpy(self.logits[sample_ids.numpy()]).to(device)
+            rows = torch.from_numpy(self.logits[sample_ids.numpy()])
+            return rows.to(device, torch.float32)  # a float16 file: the loss works in float32
         # no_grad, not inference_mode: the loss saves these logits for the student's backward
         with torch.no_grad(), self.precision.autocast():
             return self.teacher(inputs)
@@ -100,6 +101,7 @@ def build_distiller(
         model,
         train,
         path=folder / LOGITS_FILE,
+        dtype=np.dtype(cfg.logits_dtype),
         teacher=teacher,
         example_input=example_input,
         precision=precision,
@@ -113,14 +115,17 @@ def precompute_logits(
     train: Split,
     *,
     path: Path,
+    dtype: np.dtype,
     teacher: TeacherModel,
     example_input: torch.Tensor,
     precision: Precision,
     strategy,
 ) -> Path:
-    """`path` holding the teacher's float32 logits for every train sample, by index; kept
+    """`path` holding the teacher's logits (`dtype`) for every train sample, by index; kept
     as it is where its note says the same teacher made it for this many samples."""
     note = {"teacher": str(teacher.run_dir.resolve()), "step": teacher.step, "rows": len(train)}
+    if dtype != np.float32:  # (a float32 note stays as files written before this key read)
+        note["dtype"] = dtype.name
     note_path = path.with_suffix(".json")
     if _reusable(path, note_path, note):
         return path
@@ -137,7 +142,7 @@ def precompute_logits(
     if strategy.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(
-            partial, mode="w+", dtype=np.float32, shape=(len(train), *row_shape)
+            partial, mode="w+", dtype=dtype, shape=(len(train), *row_shape)
         ).flush()
     strategy.barrier()  # the file exists: every rank fills its own rows
     rows = np.load(partial, mmap_mode="r+")
@@ -167,4 +172,5 @@ def _reusable(path: Path, note_path: Path, note: dict) -> bool:
         rows = np.load(path, mmap_mode="r")  # no pickle: allow_pickle stays False
     except (OSError, ValueError):
         return False
-    return rows.dtype == np.float32 and rows.ndim >= 2 and rows.shape[0] == note["rows"]
+    dtype = np.dtype(note.get("dtype", "float32"))
+    return rows.dtype == dtype and rows.ndim >= 2 and rows.shape[0] == note["rows"]

@@ -39,6 +39,7 @@ def test_absent_section_is_no_distillation_and_defaults_are_the_issues():
             r"^distill\.precompute: .*data\.augment\.noise_std",
         ),
         (["distill.logits_dir=somewhere"], r"^distill\.logits_dir: only used with"),
+        (["distill.logits_dtype=float16"], r"^distill\.logits_dtype: only used with"),
     ],
 )
 def test_refused_in_one_line_naming_the_key(overrides, message):
