@@ -35,7 +35,7 @@ SPANS = [
     ("validation (per epoch)", "scaletrain.train.evaluate", "validate", "Evaluator"),
     ("best snapshot (in memory)", "scaletrain.train.best", "keep", "BestWeights"),
     ("loop close", "scaletrain.train.setup", "close", "Trainer"),
-    ("final evaluation", "scaletrain.api", "_final_evaluation", None),
+    ("final evaluation", "scaletrain.api", "final_evaluation", None),
     ("summary.json", "scaletrain.api", "_write_summary", None),
     ("TensorBoard hparams", "scaletrain.metrics.logger", "log_hparams", "MetricsLogger"),
     ("report (in the call)", "scaletrain.api", "_write_report", None),

@@ -8,17 +8,14 @@ import platform
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
 import scaletrain
 from scaletrain._alloc import tune_malloc
-from scaletrain.checkpoint import CheckpointStore
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
@@ -38,8 +35,8 @@ from scaletrain.rundir import (
     read_json,
 )
 from scaletrain.train.callbacks import CallbackList
-from scaletrain.train.evaluate import evaluate_split
 from scaletrain.train.extend import RunFinished, apply_resume_overrides, finished_message
+from scaletrain.train.final import NO_METRICS, FinalMetrics, final_evaluation
 from scaletrain.train.loop import LoopResult, run_loop
 from scaletrain.train.model_check import check_model_fits
 from scaletrain.train.monitor import check_monitor
@@ -252,9 +249,10 @@ def _fit(
         if result.error is not None:
             raise result.error  # after the loop closed its files; the summary has its step
         _strategy_record(run, strategy, result, plan)  # async_ps: a server lost at the end?
+        if result.status != "interrupted":
+            final = final_evaluation(result, bundle, run, strategy)
+        result.commit_final_save()  # written in the background during the evaluation
         status = result.status
-        if status != "interrupted":
-            final = _final_evaluation(result, bundle, run, strategy)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -262,12 +260,14 @@ def _fit(
         status = "unchanged"  # a resume found nothing left to train: keep its summary
         raise
     finally:
+        if result is not None:
+            result.drain_final_save()  # an error before the commit: let the write end first
         if strategy.is_main and status != "unchanged":
             # where the run failed (a full disk, say), a summary that cannot be written
             # either must not mask the first error: it is what the user needs to read
             with contextlib.suppress(OSError) if sys.exc_info()[1] else contextlib.nullcontext():
                 _write_summary(run, cfg, strategy, result, status, locals().get("final"))
-    final = locals().get("final") or FinalMetrics({}, None, None)
+    final = locals().get("final") or NO_METRICS
     if strategy.is_main:  # after the result: in a background thread (finish.py says why)
         finish_run(
             run.root,
@@ -310,56 +310,6 @@ def _strategy_record(run: RunDir, strategy, result: LoopResult, plan) -> None:
         line = {"step": result.state.step, **record}
         if line not in logged:
             append_record(run.metrics, line)
-
-
-@dataclass(frozen=True)
-class FinalMetrics:
-    metrics: dict  # split -> metrics of the returned weights
-    weights: dict | None  # {"name": "best" | "last", "step": N}
-    metrics_last: dict | None  # the last weights' metrics, where the best are older
-
-
-def _final_evaluation(
-    result: LoopResult, bundle: DataBundle, run: RunDir, strategy
-) -> FinalMetrics:
-    """Evaluate the best weights (else the last) on val and test, keeping predictions for the
-    report; where the best are older than the last, the last weights' metrics too."""
-    strategy.evaluation_barrier()  # rank 0 may still be writing best.json
-    best = CheckpointStore(run.checkpoints).best_step()
-    last = result.state.step
-    if best is None or best == last:
-        metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
-        return FinalMetrics(metrics, {"name": "last", "step": last}, None)
-    metrics_last = _evaluate_splits(result, bundle, run, strategy, keep_predictions=False)
-    _load_best(result, run, strategy, best)
-    metrics = _evaluate_splits(result, bundle, run, strategy, keep_predictions=True)
-    return FinalMetrics(metrics, {"name": "best", "step": best}, metrics_last)
-
-
-def _evaluate_splits(
-    result: LoopResult, bundle: DataBundle, run: RunDir, strategy, *, keep_predictions: bool
-) -> dict:
-    metrics = {}
-    for name in ("val", "test"):
-        split = getattr(bundle, name)
-        if split is None:
-            continue
-        evaluated = evaluate_split(
-            result.state.model,
-            split,
-            spec=bundle.spec,
-            loss_fn=result.loss_fn,
-            precision=result.precision,
-            strategy=strategy,
-            batch_size=256,
-            keep_predictions=keep_predictions,
-            inverse_target=bundle.preprocessor.inverse_target,
-        )
-        metrics[name] = {"loss": evaluated.loss, **evaluated.metrics}
-        if strategy.is_main and evaluated.predictions:
-            run.predictions.mkdir(exist_ok=True)
-            np.savez_compressed(run.predictions / f"{name}.npz", **evaluated.predictions)
-    return metrics
 
 
 def summarize(config: str | Path | dict | Config, *, overrides: list[str] = ()) -> ModelSummary:
@@ -531,31 +481,11 @@ def _write_model_summary(run: RunDir, model: nn.Module, spec: DataSpec, *, show:
         Console(stderr=True).print(summary_table(summary, max_rows=MAX_SUMMARY_ROWS))
 
 
-def _load_best(result: LoopResult, run: RunDir, strategy, best: int) -> None:
-    """The best weights into the trained model: from the copy one process kept of what it
-    wrote (the same bits), else read back from the checkpoint."""
-    from scaletrain.checkpoint.state_dict import load_model_state
-
-    kept = result.best_in_memory
-    if kept is not None and kept[0] == best:
-        load_model_state(result.state.model, kept[1])
-        return
-    _load_weights(result.state.model, CheckpointStore(run.checkpoints).find("best"), strategy)
-
-
-def _load_weights(model: nn.Module, path: Path, strategy) -> None:
-    from scaletrain.checkpoint.state_dict import load_model_state, model_state
-
-    tensors = {"model": model_state(model)}
-    CheckpointStore(path.parent).load(path, tensors=tensors, rank=strategy.rank)
-    load_model_state(model, tensors["model"])
-
-
 def _write_summary(
     run: RunDir, cfg: Config, strategy, result, status: str, final: FinalMetrics | None
 ) -> None:
     state = result.state if result else None
-    final = final or FinalMetrics({}, None, None)
+    final = final or NO_METRICS
     seconds = result.train_seconds if result else 0.0
     summary = {
         "status": status,

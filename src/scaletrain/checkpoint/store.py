@@ -68,6 +68,7 @@ class SaveResult:
 class _InFlight:
     path: Path
     future: Future
+    needed_bytes: int | None = None  # this rank's part: named if the disk fills up
 
 
 def step_folder_name(which: str) -> str:
@@ -104,7 +105,11 @@ class CheckpointStore:
             return None
         error = in_flight.future.exception()
         if strategy.any_flag(error is not None):
-            reason = describe_failure(error, in_flight.path.parent) if error else "another rank"
+            reason = (
+                describe_failure(error, self.root, needed_bytes=in_flight.needed_bytes)
+                if error
+                else "another rank"
+            )
             raise CheckpointError(
                 f"saving checkpoint {in_flight.path} failed: {reason}; earlier checkpoints "
                 "are untouched"
@@ -150,7 +155,7 @@ class CheckpointStore:
             )
         if asynchronous:
             future = _background(self._finish_async, upload, tmp, final, step, strategy.is_main)
-            self._in_flight = _InFlight(final, future)
+            self._in_flight = _InFlight(final, future, tensor_bytes(tensors))
         else:
             self._finish(tmp, final, step, strategy)
         return SaveResult(final, time.perf_counter() - started)

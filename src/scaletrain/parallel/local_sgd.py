@@ -39,6 +39,7 @@ class LocalSGDStrategy(DistributedStrategy):
     updates, one all-reduce per dtype."""
 
     name = "local_sgd"
+    validated_weights_are_final = False  # see BaseStrategy
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -92,6 +92,9 @@ class BaseStrategy:
     is_server = False  # a parameter server's process: serves instead of training
     is_spare = False  # a spare parameter-server worker: waits to take over a lost one
     writes_checkpoints = True  # every rank writes its part of a checkpoint
+    # the weights validated after the last step are the weights the run ends with, so the
+    # final evaluation may reuse that validation (not so where a last sync or a pull changes them)
+    validated_weights_are_final = True
     # payload bytes this rank hands to gradient/parameter collectives per optimizer step
     # (amortized over a sync period); None: not counted (one process: none at all)
     comm_bytes_per_step: float | None = None

@@ -72,8 +72,11 @@ class Checkpointer:
             return "every_epochs"
         return None
 
-    def save(self, *, pending_loss: float, pending_steps: int) -> tuple[Path, float | None]:
-        """Save the state unless it was saved at this step already; (path, stall seconds)."""
+    def save(
+        self, *, pending_loss: float, pending_steps: int, background: bool = False
+    ) -> tuple[Path, float | None]:
+        """Save the state unless it was saved at this step already; (path, stall seconds).
+        `background` (or `checkpoint.async_save`): copy, then write and commit in a thread."""
         state = self.state
         if self.last_step == state.step:
             return self.last_path, None
@@ -87,7 +90,7 @@ class Checkpointer:
             "strategy": self.strategy,
         }
         started = time.perf_counter()
-        if self.cfg.async_save:
+        if self.cfg.async_save or background:
             result = self.store.save_async(**arguments)
             path, stall = result.path, result.stall_s
         else:

@@ -128,6 +128,10 @@ class Evaluator:
         self.data, self.loss_fn, self.precision = data, loss_fn, precision
         self.strategy, self.batch_size = strategy, batch_size
         self.monitor, self.log = monitor, log
+        # (step, result) of the latest validation and of the best one: the final evaluation
+        # reuses them instead of evaluating the same weights on val again (LoopResult.validated)
+        self.latest: tuple[int, EvalResult] | None = None
+        self.best: tuple[int, EvalResult] | None = None
 
     def due(self, step: int, *, epoch_end: bool, last: bool) -> bool:
         """Every `train.eval_every_steps`, else at each epoch's end; and after the last step,
@@ -152,6 +156,9 @@ class Evaluator:
         record = {"split": "val", "step": state.step, "epoch": state.epoch}
         self.log({**record, "loss": result.loss, "metrics": result.metrics})
         improved = self.monitor.observe(result)
+        self.latest = (state.step, result)
+        if improved:
+            self.best = self.latest
         stop = self.monitor.should_stop()
         if stop:
             self.log({"event": "early_stop", "step": state.step, "detail": self.monitor.describe()})

@@ -4,7 +4,7 @@ until the plan is done; each owner (logger, evaluator, saver) decides when it is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -13,7 +13,9 @@ from scaletrain.config import Config
 from scaletrain.data import DataBundle
 from scaletrain.rundir import RunDir
 from scaletrain.train.callbacks import CallbackList
+from scaletrain.train.checkpointing import Checkpointer
 from scaletrain.train.distill import TeacherModel
+from scaletrain.train.evaluate import EvalResult
 from scaletrain.train.guards import on_bad_step, pass_over
 from scaletrain.train.ledger import batch_span
 from scaletrain.train.plan import Plan
@@ -52,6 +54,24 @@ class LoopResult:
     error: Exception | None = None  # why a failed run failed (the caller re-raises it)
     # (step, model weights) of the best checkpoint as written, where one process kept them
     best_in_memory: tuple[int, dict] | None = None
+    # step -> the val result of the weights after it (the latest and the best validation),
+    # where they are the weights the run ends with or the best checkpoint holds
+    validated: dict[int, EvalResult] = field(default_factory=dict)
+    # the saver whose final checkpoint is still being written (one process), else None
+    final_save: Checkpointer | None = None
+
+    def commit_final_save(self) -> None:
+        """Wait for the final checkpoint written in the background; CheckpointError if it
+        failed (earlier checkpoints untouched)."""
+        saver, self.final_save = self.final_save, None
+        if saver is not None:
+            saver.finish()
+
+    def drain_final_save(self) -> None:
+        """On the way out after an error: let the final checkpoint's write end, no raise."""
+        saver, self.final_save = self.final_save, None
+        if saver is not None:
+            saver.drain()
 
 
 def run_loop(
@@ -81,6 +101,7 @@ def run_loop(
         teacher=teacher,
     )
     state, stop, signals, error = t.state, StopReason(), StopRequest(), None
+    final_in_flight = False  # the final checkpoint, committing while the caller evaluates
     callbacks.on_train_start(state)
     # --- loop: one optimizer step per turn ---------------------------------------------
     try:
@@ -116,21 +137,34 @@ def run_loop(
                 callbacks.on_step_end(state)
                 if epoch_end:
                     callbacks.on_epoch_end(state)
-            interrupted = stop.reason == "signal"
-            if not interrupted:  # local SGD/DiLoCo: the last period syncs (a resume needs none)
-                strategy.end_training(state.model)
-            t.save(f"interrupted by signal {signals.signum}" if interrupted else "final")
-            t.saver.finish()  # a background save commits (or raises) before the run ends
+            final_in_flight = _end_training(t, interrupted=stop.reason == "signal", signals=signals)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last committed checkpoint
         stop.set("signal")
     except Exception as caught:  # returned with the state, so the summary tells the step
         t.heartbeat.failed(state.step, caught)  # a collective timed out? name the stalled rank
         error = caught
     finally:
-        t.close()
+        t.close(keep_save_in_flight=final_in_flight and error is None)
     if error is None:
         callbacks.on_train_end(state)
-    return _result(t, "failed" if error else STATUS[stop.reason], signals, error)
+    result = _result(t, "failed" if error else STATUS[stop.reason], signals, error)
+    result.final_save = t.saver if final_in_flight and error is None else None
+    return result
+
+
+def _end_training(t: Trainer, *, interrupted: bool, signals: StopRequest) -> bool:
+    """The last sync and the final checkpoint; True when that checkpoint is still being
+    written: in one process its write overlaps the final evaluation (the caller commits it)."""
+    strategy = t.saver.strategy
+    if not interrupted:  # local SGD/DiLoCo: the last period syncs (a resume needs none)
+        strategy.end_training(t.state.model)
+    background = not interrupted and strategy.name == "single"  # no collectives in flight
+    t.save(
+        f"interrupted by signal {signals.signum}" if interrupted else "final", background=background
+    )
+    if not background:
+        t.saver.finish()  # a background save commits (or raises) before the run ends
+    return background
 
 
 def _handle_bad_step(t: Trainer, output) -> bool:
@@ -206,4 +240,14 @@ def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | No
         compile_s=t.first_step.seconds if t.first_step else None,
         error=error,
         best_in_memory=t.saver.written_best,
+        validated=_validated(t),
     )
+
+
+def _validated(t: Trainer) -> dict:
+    """The val results the final evaluation may reuse (none where the end of the run changed
+    the weights after their validation: a local-SGD sync, a parameter-server pull)."""
+    if not t.saver.strategy.validated_weights_are_final:
+        return {}
+    kept = (t.evaluator.best, t.evaluator.latest)
+    return {step: result for step, result in filter(None, kept)}

@@ -74,8 +74,9 @@ class Trainer:
         while True:
             yield from self.state.loader
 
-    def save(self, reason: str, *, best: bool = False) -> None:
-        """Checkpoint now (collective), keeping the unlogged part of the log window."""
+    def save(self, reason: str, *, best: bool = False, background: bool = False) -> None:
+        """Checkpoint now (collective), keeping the unlogged part of the log window;
+        `background`: the write commits in a thread (`saver.finish` waits for it)."""
         if not self.saver.strategy.writes_checkpoints:  # async_ps: worker 0 saves alone
             return
         loss, steps = self.logger.pending()
@@ -89,18 +90,25 @@ class Trainer:
             self.logger.event(
                 "checkpoint", snapshot.step, f"best: {best_path.name}", stall_s=best_s
             )
-        path, stall_s = self.saver.save(pending_loss=loss, pending_steps=steps)
-        if best or (snapshot is not None and snapshot.step == self.state.step):
+        marks_best = best or (snapshot is not None and snapshot.step == self.state.step)
+        if marks_best and background:  # named before it exists, as a best snapshot is: the
+            self.saver.mark_best(metric=metric)  # final evaluation reads it during the write
+        path, stall_s = self.saver.save(
+            pending_loss=loss, pending_steps=steps, background=background
+        )
+        if marks_best and not background:
             self.saver.mark_best(metric=metric)
         if stall_s is None and not best:
             return  # saved at this step already (as the best, or every_steps): said once
         detail = f"{reason}: {path.name}"
         self.logger.event("checkpoint", self.state.step, detail, stall_s=stall_s)
 
-    def close(self) -> None:
-        """On every way out: let a background save end, flush and close files."""
+    def close(self, *, keep_save_in_flight: bool = False) -> None:
+        """On every way out: let a background save end (unless the caller waits for it:
+        `LoopResult.commit_final_save`), flush and close files."""
         self.heartbeat.stop()
-        self.saver.drain()
+        if not keep_save_in_flight:
+            self.saver.drain()
         self.ledger.flush()
         self.logger.close()
 

@@ -102,3 +102,39 @@ def test_the_final_evaluation_takes_the_best_from_memory_not_from_disk(tiny_conf
     weights = run.model.state_dict()
     for name, value in callback.by_step[best].items():
         assert torch.equal(weights[name], value), name  # the best step's exact weights
+
+
+def test_the_final_evaluation_reuses_the_validations_and_evaluates_test_once(
+    tiny_config, monkeypatch
+):
+    """Before: val and test for the last weights, then val and test again for the best (four
+    passes); now the per-epoch validations of both are reused and test runs once."""
+    from scaletrain.train import final
+
+    passes = []
+
+    def counted(model, split, **options):  # the real evaluation, counted
+        passes.append(options["keep_predictions"])
+        return evaluate_split(model, split, **options)
+
+    evaluate_split = final.evaluate_split
+    monkeypatch.setattr(final, "evaluate_split", counted)
+    run = _train(
+        tiny_config,
+        WeightsAtEpochEnd(),
+        max_epochs=3,
+        monitor={"metric": "val.loss", "mode": "max"},
+    )
+    best, last = run.weights["step"], run.steps
+    assert run.weights["name"] == "best" and best < last
+    assert passes == [True]  # test, for the returned weights, predictions kept for the report
+    validations = {
+        r["step"]: r for r in read_jsonl(run.run_dir / "metrics.jsonl") if r.get("split") == "val"
+    }
+    assert run.metrics["val"]["loss"] == validations[best]["loss"]  # the same pass, reused
+    assert run.metrics["val"]["accuracy"] == validations[best]["metrics"]["accuracy"]
+    assert run.metrics_last == {
+        "val": {"loss": validations[last]["loss"], **validations[last]["metrics"]}
+    }
+    assert "test" in run.metrics
+    assert sorted(p.name for p in (run.run_dir / "predictions").iterdir()) == ["test.npz"]

@@ -49,6 +49,7 @@ class AsyncPSStrategy(BaseStrategy):
     """Workers push gradients and pull parameters; no collective in the steady state."""
 
     name = "async_ps"
+    validated_weights_are_final = False  # see BaseStrategy
 
     def __init__(self, cfg: ParallelConfig, *, env: LaunchEnv, device: torch.device):
         super().__init__(cfg, device)
