@@ -13,10 +13,10 @@ from pathlib import Path
 
 from scaletrain.config import Config, load_config, member_configs
 from scaletrain.data import build_data
-from scaletrain.ensemble.boosting import train_rounds
 from scaletrain.ensemble.evaluate import evaluate_ensemble
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.ensemble.rounds import train_rounds
 from scaletrain.ensemble.stacking import fit_combiner
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
@@ -46,6 +46,7 @@ def train_ensemble(
             cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock, reuse_hint=reuse_hint
         )
         cfg = load_config({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "task": task}})
+        members = member_configs(cfg)  # with the task known (boosting: residuals or weights)
         atomic_write_text(run.config, cfg.to_yaml())
         _write_record(run, cfg, members, weights=None)
         return _train_and_combine(run, cfg, members, nproc=nproc)
@@ -71,10 +72,10 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     start = time.perf_counter()
     nproc = min(max(1, nproc), len(members))
     bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
-    alphas = None
+    alphas = rounds = None
     if cfg.ensemble.method == "boosting":  # sequential rounds, whatever nproc says
-        nproc, boosted = 1, train_rounds(members, bundle)
-        outcomes, alphas = boosted.outcomes, boosted.alphas
+        nproc, boosted = 1, train_rounds(members, bundle, cfg)
+        outcomes, alphas, rounds = boosted.outcomes, boosted.alphas, boosted.history
     else:
         outcomes = _train_members(run, members, nproc=nproc)
     train_s = time.perf_counter() - start
@@ -93,7 +94,9 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     stacking = None
     if cfg.ensemble.method == "stacking":  # members' held-out predictions -> the combiner
         stacking = fit_combiner(load_members(run.root), cfg, bundle, out=run.root)
-    _write_record(run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking)
+    _write_record(
+        run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking, rounds=rounds
+    )
     combined = load_ensemble_run(run.root, cfg)
     member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
     metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
@@ -128,11 +131,8 @@ def _check_data(cfg: Config) -> str:
             f"ensemble.method: `{method}` needs the train split in memory (not shards or a "
             "Dataset); use bagging or voting"
         )
-    if method == "boosting" and spec.task != "classification":
-        raise ConfigError(
-            f"ensemble.method: `boosting` is SAMME, for classification; the data is a "
-            f"{spec.task} task (gradient boosting on residuals: not yet); use bagging or voting"
-        )
+    if method == "boosting":
+        _check_boosting(cfg.ensemble, spec.task)
     if cfg.ensemble.combine == "vote" and spec.task != "classification":
         raise ConfigError(
             f"ensemble.combine: `vote` needs classes, but the data is a {spec.task} task; "
@@ -146,6 +146,22 @@ def _check_data(cfg: Config) -> str:
             "data.val_fraction is 0; give a validation split or use mean"
         )
     return spec.task
+
+
+def _check_boosting(ensemble, task: str) -> None:
+    """Boosting's options for the task it is not: refused, not silently ignored."""
+    if task not in ("classification", "regression"):
+        raise ConfigError(
+            "ensemble.method: `boosting` is SAMME/SAMME.R (classification) or gradient "
+            f"boosting (regression); the data is a {task} task; use bagging or voting"
+        )
+    given = ensemble.boosting.model_fields_set
+    unused = {"classification": {"learning_rate"}, "regression": {"algorithm", "weights"}}
+    for key in sorted(given & unused[task]):
+        raise ConfigError(
+            f"ensemble.boosting.{key}: set, but it does not apply to a {task} task "
+            "(classification: algorithm, weights; regression: learning_rate); remove it"
+        )
 
 
 def _member_weights(members: list[Config]) -> list[float]:
@@ -175,7 +191,14 @@ def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
 
 
 def _write_record(
-    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None, stacking=None
+    run: RunDir,
+    cfg: Config,
+    members: list[Config],
+    *,
+    weights,
+    snapshots=None,
+    stacking=None,
+    rounds=None,
 ) -> None:
     """ensemble.json: what the ensemble is made of, for loading and for the report."""
     record = {
@@ -194,6 +217,8 @@ def _write_record(
         ],
         "weights": weights,
     }
+    if rounds is not None:  # boosting: each round's weighted error, or the train MSE so far
+        record["rounds"] = rounds
     if stacking is not None:  # which rows the combiner learned from, and how well
         record["combiner"] = {
             "kind": cfg.ensemble.combiner,

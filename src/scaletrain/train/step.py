@@ -20,6 +20,7 @@ from torch import nn
 
 from scaletrain.config import ClipConfig
 from scaletrain.data import BatchLoader, StepBatch
+from scaletrain.errors import ConfigError
 from scaletrain.optim import Penalty, clip_gradients, gradient_sum
 from scaletrain.parallel import full_value, local_value
 from scaletrain.train.distill import Distiller
@@ -54,6 +55,7 @@ class TrainStep:
         strategy,
         guard: StepGuard,
         distiller: Distiller | None = None,
+        row_loss: nn.Module | None = None,
         penalty: Penalty | None,
         clip: ClipConfig,
         channels_last: bool,
@@ -65,6 +67,7 @@ class TrainStep:
         self.backoff = backoff
         self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
         self.distiller = distiller  # distill: the teacher's soft targets join the loss
+        self.row_loss = row_loss  # boosting: (output, targets, sample_ids), rows weighted
         self.guard, self.penalty, self.clip = guard, penalty, clip
         self.channels_last, self.empty_batch = channels_last, empty_batch
         self.keeps_predictions = keeps_predictions
@@ -77,6 +80,11 @@ class TrainStep:
         self.update = functools.partial(precision.step, optimizer)
         # the strategy's own forward/backward (a pipeline's schedule), else the loop below
         runner = strategy.step_runner(model, loss_fn=loss_fn, precision=precision)
+        if runner is not None and row_loss is not None:  # the pipeline sees no sample ids
+            raise ConfigError(
+                "data.subsample.weights_use: `loss` needs the step's own forward (single, ddp, "
+                "fsdp, local_sgd, diloco, async_ps); a pipeline strategy cannot weigh rows"
+            )
         self.forward_backward = runner or self._forward_backward
         self.clip_norm = functools.partial(
             clip_gradients, clip, reduce_norm=strategy.reduce_grad_norm
@@ -151,6 +159,9 @@ class TrainStep:
                     # no sample: zero gradients, so DDP/FSDP's reductions see every rank
                     if not size:
                         loss = output.float().sum() * 0.0
+                    elif self.row_loss is not None:  # this micro batch's train-row ids
+                        ids = batch.sample_ids[offset : offset + size]
+                        loss = self.row_loss(output, targets, ids)
                     elif self.distiller is None:
                         loss = self.loss_fn(output, targets)
                     else:  # this micro batch's ids: the rows of precomputed teacher logits

@@ -16,6 +16,8 @@ from scaletrain.errors import UserError
 def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
     """Row indices into the train split: a pure function of its size and `cfg` (the seed),
     with or without replacement; sorted, so the loader's own shuffle decides the order."""
+    if cfg.weights_use == "loss" or cfg.residuals_file is not None:
+        return np.arange(num_samples, dtype=np.int64)  # boosting: every row, once, in order
     if cfg.weights_file is not None:  # a boosting round: drawn in proportion to its weights
         return weighted_draw(read_row_weights(cfg.weights_file, num_samples), seed=cfg.seed)
     pool = np.arange(num_samples)
