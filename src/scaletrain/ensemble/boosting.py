@@ -78,7 +78,13 @@ def samme_predict(member_labels: np.ndarray, alphas: np.ndarray, *, num_classes:
     return scores.argmax(axis=1)
 
 
-def stage_weights(num_members: int, *, learning_rate: float) -> list[float]:
-    """Gradient boosting's F = h_0 + lr * (h_1 + ... + h_{K-1}): round 0 fits the targets at
-    full weight (F_0 = 0 would leave most of them to shrunken rounds), later rounds shrunk."""
-    return [1.0] + [learning_rate] * (num_members - 1)
+def stage_weight(residuals: np.ndarray, stage: np.ndarray, *, learning_rate: float) -> float:
+    """Round r >= 1's weight in F_r = F_{r-1} + weight * h_r: Friedman's line search
+    gamma = <r, h> / <h, h> (the least-squares step along h_r on the train rows), shrunk by
+    the learning rate. With learning_rate <= 1 the train MSE cannot go up:
+    |r - lr gamma h|^2 = |r|^2 - lr (2 - lr) <r, h>^2 / |h|^2. Round 0 has weight 1 (it fits
+    the targets themselves: F_0 = 0 would leave most of them to shrunken rounds)."""
+    residuals = np.asarray(residuals, dtype=np.float64).ravel()
+    stage = np.asarray(stage, dtype=np.float64).ravel()
+    norm = float(stage @ stage)
+    return learning_rate * float(residuals @ stage) / norm if norm > 0 else 0.0

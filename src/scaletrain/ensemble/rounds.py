@@ -25,7 +25,7 @@ from scaletrain.ensemble.boosting import (
     is_better_than_chance,
     samme_r_round,
     samme_round,
-    stage_weights,
+    stage_weight,
 )
 from scaletrain.ensemble.members import member_dir, train_member
 from scaletrain.fileio import atomic_path
@@ -76,25 +76,31 @@ def _classification_rounds(members: list[Config], bundle: DataBundle, algorithm:
 
 
 def _regression_rounds(members: list[Config], bundle: DataBundle, learning_rate: float):
-    """F_0 = h_0, F_r = F_{r-1} + learning_rate * h_r, each h_r fit to y - F_{r-1} (MSE)."""
+    """F_0 = h_0, F_r = F_{r-1} + learning_rate * gamma_r * h_r, each h_r fit to y - F_{r-1}
+    (MSE), gamma_r its line search on the train rows."""
     splits = {name: getattr(bundle, name) for name in SPLITS if getattr(bundle, name) is not None}
     boosted = {name: torch.zeros_like(split.targets.float()) for name, split in splits.items()}
-    weights = stage_weights(len(members), learning_rate=learning_rate)
-    outcomes, history = [], []
+    outcomes, weights, history = [], [], []
     for index, member_cfg in enumerate(members):
+        residuals = {name: s.targets.float() - boosted[name] for name, s in splits.items()}
         if index:  # round 0 fits the targets themselves
-            residuals = {name: s.targets.float() - boosted[name] for name, s in splits.items()}
             save_residuals(Path(member_cfg.data.subsample.residuals_file), residuals)
         outcome = train_member(member_cfg, index)
         outcomes.append(outcome)
         if outcome.exit_code:
             break
-        for name, split in splits.items():
-            stage = _member_outputs(member_cfg, split).reshape(split.targets.shape)
-            boosted[name] = boosted[name] + weights[index] * stage
+        stages = {
+            name: _member_outputs(member_cfg, split).reshape(split.targets.shape)
+            for name, split in splits.items()
+        }
+        weight = 1.0
+        if index:
+            weight = stage_weight(residuals["train"], stages["train"], learning_rate=learning_rate)
+        weights.append(weight)
+        boosted = {name: boosted[name] + weight * stages[name] for name in splits}
         train_mse = (bundle.train.targets.float() - boosted["train"]).square().mean()
-        history.append({"round": index, "train_mse": round(float(train_mse), 6)})
-    return BoostingResult(outcomes, weights[: len(history)], history)
+        history.append({"round": index, "weight": weight, "train_mse": float(train_mse)})
+    return BoostingResult(outcomes, weights, history)
 
 
 def save_residuals(path: Path, residuals: dict[str, torch.Tensor]) -> None:

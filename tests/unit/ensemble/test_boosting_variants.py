@@ -14,7 +14,7 @@ from scaletrain.ensemble.boosting import (
     samme_r_predict,
     samme_r_round,
     samme_round,
-    stage_weights,
+    stage_weight,
 )
 from scaletrain.errors import ConfigError
 from scaletrain.train.row_weights import build_row_weighted_loss
@@ -60,7 +60,9 @@ def test_on_the_whole_split_the_row_weighted_loss_is_the_normalized_weighted_mea
 
 
 def test_the_row_weighted_loss_refuses_what_it_cannot_weigh(tmp_path):
-    subsample = SubsampleConfig(weights_file=_weights_file(tmp_path, [1.0, 1.0]), weights_use="loss")
+    subsample = SubsampleConfig(
+        weights_file=_weights_file(tmp_path, [1.0, 1.0]), weights_use="loss"
+    )
     with pytest.raises(ConfigError, match="weights_use: `loss` weighs each row's cross-entropy"):
         build_row_weighted_loss(subsample, LossConfig(), task="regression", num_rows=2)
     with pytest.raises(ConfigError, match="loss.class_weights: the rows already carry"):
@@ -129,13 +131,22 @@ def test_samme_r_module_predicts_the_argmax_of_the_summed_h():
     np.testing.assert_allclose(combined, expected, rtol=1e-5)
 
 
-def test_gradient_boosting_sums_the_stages_with_their_shrinkage():
-    assert stage_weights(4, learning_rate=0.5) == [1.0, 0.5, 0.5, 0.5]
+def test_a_stage_weight_is_the_shrunk_line_search_and_never_raises_the_train_mse():
+    # r = (1, 2, 3), h = (1, 1, 0): gamma = <r, h> / <h, h> = 3 / 2; shrunk by 0.5: 3/4.
+    residuals, stage = np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0])
+    assert stage_weight(residuals, stage, learning_rate=0.5) == pytest.approx(0.75)
+    assert stage_weight(residuals, np.zeros(3), learning_rate=0.5) == 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a useless stage (pure noise) gets a weight that does no harm
+        residuals, stage = rng.normal(size=50), rng.normal(size=50)
+        weight = stage_weight(residuals, stage, learning_rate=1.0)
+        assert np.square(residuals - weight * stage).sum() <= np.square(residuals).sum()
+
+
+def test_gradient_boosting_sums_the_stages_with_their_weights():
     torch.manual_seed(0)
     members, inputs = [nn.Linear(3, 2) for _ in range(3)], torch.randn(16, 3)
-    module = EnsembleModule(
-        members, task="regression", combine="sum", weights=stage_weights(3, learning_rate=0.1)
-    )
+    module = EnsembleModule(members, task="regression", combine="sum", weights=[1.0, 0.3, 0.1])
     with torch.no_grad():
-        expected = members[0](inputs) + 0.1 * (members[1](inputs) + members[2](inputs))
+        expected = members[0](inputs) + 0.3 * members[1](inputs) + 0.1 * members[2](inputs)
         assert torch.allclose(module(inputs), expected, atol=1e-6)
