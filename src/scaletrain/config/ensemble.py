@@ -147,7 +147,8 @@ class EnsembleConfig(Section):
                 "boosting combines its own way and only so: use method boosting with combine "
                 "boosted, or another method with mean, vote or weighted"
             )
-        if self.method != "boosting" and "boosting" in self.model_fields_set:
+        # by value, not by fields set: a config read back from config.yaml lists every key
+        if self.method != "boosting" and self.boosting != BoostingConfig():
             raise ValueError(
                 f"ensemble.boosting: set, but ensemble.method is `{self.method}`; remove it or "
                 "use method boosting"

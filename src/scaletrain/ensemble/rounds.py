@@ -28,6 +28,7 @@ from scaletrain.ensemble.boosting import (
     stage_weight,
 )
 from scaletrain.ensemble.members import member_dir, train_member
+from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.fileio import atomic_path
 from scaletrain.train.precision import Precision
 from scaletrain.trained.files import read_spec
@@ -44,25 +45,55 @@ class BoostingResult:
     history: list[dict] = field(default_factory=list)  # per round: its error or train MSE
 
 
-def train_rounds(members: list[Config], bundle: DataBundle, cfg: Config) -> BoostingResult:
+def train_rounds(
+    members: list[Config], bundle: DataBundle, cfg: Config, user: UserParts | None = None
+) -> BoostingResult:
     """Every round of `cfg.ensemble.boosting` for the data's task."""
+    rounds = _Rounds(members, bundle, user)
     if bundle.spec.task == "classification":
-        return _classification_rounds(members, bundle, cfg.ensemble.boosting.algorithm)
-    return _regression_rounds(members, bundle, cfg.ensemble.boosting.learning_rate)
+        return _classification_rounds(rounds, cfg.ensemble.boosting.algorithm)
+    return _regression_rounds(rounds, cfg.ensemble.boosting.learning_rate)
 
 
-def _classification_rounds(members: list[Config], bundle: DataBundle, algorithm: str):
+@dataclass(frozen=True)
+class _Rounds:
+    members: list[Config]
+    bundle: DataBundle
+    user: UserParts | None  # the Python API's model factory and data, if given
+
+    def train(self, index: int):
+        return train_member(self.members[index], index, self.user)
+
+    def outputs(self, index: int, split: Split) -> torch.Tensor:
+        """Member `index`'s best weights on a split: probabilities, or values in standardized
+        units (the units its targets, and the residuals, are in)."""
+        member_cfg = self.members[index]
+        run = member_dir(member_cfg)
+        spec = read_spec(run)
+        fresh = self.user.new_model() if self.user is not None else None
+        model, _ = load_trained_model(run, member_cfg, spec, checkpoint="best", model=fresh)
+        inputs = split.inputs if split.transform is None else split.transform(split.inputs)
+        return predict_tensors(
+            model,
+            inputs,
+            spec=spec,
+            precision=Precision.from_config(member_cfg.train.precision, device_of(model)),
+        )
+
+
+def _classification_rounds(rounds: _Rounds, algorithm: str):
+    members, bundle = rounds.members, rounds.bundle
     num_rows = len(bundle.train)
     weights = np.full(num_rows, 1.0 / num_rows)
     labels = bundle.train.targets.long().numpy()
     outcomes, alphas, history = [], [], []
     for index, member_cfg in enumerate(members):
         _save_weights(Path(member_cfg.data.subsample.weights_file), weights)
-        outcome = train_member(member_cfg, index)
+        outcome = rounds.train(index)
         outcomes.append(outcome)
         if outcome.exit_code:  # stopped by a signal: resume goes on from this round
             break
-        probabilities = _member_outputs(member_cfg, bundle.train).numpy()
+        probabilities = rounds.outputs(index, bundle.train).numpy()
         if algorithm == "samme_r":
             round_ = samme_r_round(weights, probabilities, labels)
         else:
@@ -75,9 +106,10 @@ def _classification_rounds(members: list[Config], bundle: DataBundle, algorithm:
     return BoostingResult(outcomes, alphas, history)
 
 
-def _regression_rounds(members: list[Config], bundle: DataBundle, learning_rate: float):
+def _regression_rounds(rounds: _Rounds, learning_rate: float):
     """F_0 = h_0, F_r = F_{r-1} + learning_rate * gamma_r * h_r, each h_r fit to y - F_{r-1}
     (MSE), gamma_r its line search on the train rows."""
+    members, bundle = rounds.members, rounds.bundle
     splits = {name: getattr(bundle, name) for name in SPLITS if getattr(bundle, name) is not None}
     boosted = {name: torch.zeros_like(split.targets.float()) for name, split in splits.items()}
     outcomes, weights, history = [], [], []
@@ -85,12 +117,12 @@ def _regression_rounds(members: list[Config], bundle: DataBundle, learning_rate:
         residuals = {name: s.targets.float() - boosted[name] for name, s in splits.items()}
         if index:  # round 0 fits the targets themselves
             save_residuals(Path(member_cfg.data.subsample.residuals_file), residuals)
-        outcome = train_member(member_cfg, index)
+        outcome = rounds.train(index)
         outcomes.append(outcome)
         if outcome.exit_code:
             break
         stages = {
-            name: _member_outputs(member_cfg, split).reshape(split.targets.shape)
+            name: rounds.outputs(index, split).reshape(split.targets.shape)
             for name, split in splits.items()
         }
         weight = 1.0
@@ -117,18 +149,3 @@ def _save_weights(path: Path, weights: np.ndarray) -> None:
     np.save(buffer, weights, allow_pickle=False)
     with atomic_path(path) as temporary:
         temporary.write_bytes(buffer.getvalue())
-
-
-def _member_outputs(member_cfg: Config, split: Split) -> torch.Tensor:
-    """The member's best weights on a split: probabilities, or values in standardized units
-    (the units its targets, and the residuals, are in)."""
-    run = member_dir(member_cfg)
-    spec = read_spec(run)
-    model, _ = load_trained_model(run, member_cfg, spec, checkpoint="best", model=None)
-    inputs = split.inputs if split.transform is None else split.transform(split.inputs)
-    return predict_tensors(
-        model,
-        inputs,
-        spec=spec,
-        precision=Precision.from_config(member_cfg.train.precision, device_of(model)),
-    )

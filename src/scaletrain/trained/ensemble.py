@@ -9,6 +9,7 @@ regression the combined values.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -117,24 +118,34 @@ def combination_weights(root: Path) -> list[float] | None:
     return weights
 
 
-def load_members(root: Path, *, checkpoint: str = "best") -> list[nn.Module]:
-    """Every member's network at its `checkpoint` (snapshot: at its cycle's end)."""
+def load_members(
+    root: Path, *, checkpoint: str = "best", model_factory: Callable[[], nn.Module] | None = None
+) -> list[nn.Module]:
+    """Every member's network at its `checkpoint` (snapshot: at its cycle's end); members of
+    a user module need `model_factory` (a fresh module per member)."""
     members = []
     for member, member_checkpoint in member_checkpoints(root, checkpoint):
         if not member.config.is_file():
             raise UserError(f"{member.root}: member missing; resume the ensemble to train it")
         member_cfg = load_config(member.config)
+        fresh = model_factory() if model_factory is not None else None
         model, _ = load_trained_model(
-            member, member_cfg, read_spec(member), checkpoint=member_checkpoint, model=None
+            member, member_cfg, read_spec(member), checkpoint=member_checkpoint, model=fresh
         )
         members.append(model)
     return members
 
 
-def load_ensemble_run(root: Path, cfg: Config, *, checkpoint: str = "best") -> Run:
+def load_ensemble_run(
+    root: Path,
+    cfg: Config,
+    *,
+    checkpoint: str = "best",
+    model_factory: Callable[[], nn.Module] | None = None,
+) -> Run:
     """A Run of the ensemble directory: every member's `checkpoint` weights combined."""
     run = RunDir(Path(root))
-    members = load_members(run.root, checkpoint=checkpoint)
+    members = load_members(run.root, checkpoint=checkpoint, model_factory=model_factory)
     spec = read_spec(run)
     combiner = None
     if cfg.ensemble.combine == "learned":
