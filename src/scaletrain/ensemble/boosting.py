@@ -81,10 +81,11 @@ def samme_predict(member_labels: np.ndarray, alphas: np.ndarray, *, num_classes:
 def stage_weight(residuals: np.ndarray, stage: np.ndarray, *, learning_rate: float) -> float:
     """Round r >= 1's weight in F_r = F_{r-1} + weight * h_r: Friedman's line search
     gamma = <r, h> / <h, h> (the least-squares step along h_r on the train rows), shrunk by
-    the learning rate. With learning_rate <= 1 the train MSE cannot go up:
-    |r - lr gamma h|^2 = |r|^2 - lr (2 - lr) <r, h>^2 / |h|^2. Round 0 has weight 1 (it fits
-    the targets themselves: F_0 = 0 would leave most of them to shrunken rounds)."""
+    the learning rate, and 0 for a stage pointing away from the residuals (<r, h> < 0: its
+    member learned the wrong way round; weights stay >= 0). With learning_rate <= 1 the train
+    MSE cannot go up: |r - lr gamma h|^2 = |r|^2 - lr (2 - lr) <r, h>^2 / |h|^2. Round 0 has
+    weight 1 (it fits the targets themselves: F_0 = 0 would leave most to shrunken rounds)."""
     residuals = np.asarray(residuals, dtype=np.float64).ravel()
     stage = np.asarray(stage, dtype=np.float64).ravel()
     norm = float(stage @ stage)
-    return learning_rate * float(residuals @ stage) / norm if norm > 0 else 0.0
+    return learning_rate * max(float(residuals @ stage), 0.0) / norm if norm > 0 else 0.0

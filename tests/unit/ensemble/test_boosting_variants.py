@@ -136,6 +136,7 @@ def test_a_stage_weight_is_the_shrunk_line_search_and_never_raises_the_train_mse
     residuals, stage = np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0])
     assert stage_weight(residuals, stage, learning_rate=0.5) == pytest.approx(0.75)
     assert stage_weight(residuals, np.zeros(3), learning_rate=0.5) == 0.0
+    assert stage_weight(residuals, -stage, learning_rate=0.5) == 0.0  # wrong way round
     rng = np.random.default_rng(0)
     for _ in range(20):  # a useless stage (pure noise) gets a weight that does no harm
         residuals, stage = rng.normal(size=50), rng.normal(size=50)
