@@ -151,3 +151,43 @@ def test_gradient_boosting_sums_the_stages_with_their_weights():
     with torch.no_grad():
         expected = members[0](inputs) + 0.3 * members[1](inputs) + 0.1 * members[2](inputs)
         assert torch.allclose(module(inputs), expected, atol=1e-6)
+
+
+def _step_loss(loss, split, *, rank: int, world_size: int, micro_batch_size: int):
+    """The loss a rank backpropagates in its first step, scaled as `TrainStep` scales it."""
+    from scaletrain.data import BatchLoader
+
+    loader = BatchLoader(
+        split,
+        global_batch_size=12,
+        micro_batch_size=micro_batch_size,
+        shuffle=True,
+        seed=3,
+        drop_last=False,
+        rank=rank,
+        world_size=world_size,
+        num_workers=0,
+    )
+    batch, offset, total = next(iter(loader)), 0, torch.tensor(0.0, dtype=torch.float64)
+    for inputs, targets in batch.micro_batches:
+        size = len(targets)
+        ids = batch.sample_ids[offset : offset + size]
+        share = size * world_size / batch.num_samples_global
+        total = total + loss(inputs, targets, ids).double() * share
+        offset += size
+    return total, batch.sample_ids
+
+
+def test_ddp_ranks_and_accumulation_give_the_one_process_weighted_loss(tmp_path):
+    """DDP averages the ranks' gradients: the mean of their scaled losses must be the one
+    process's loss on the same global batch, for any micro batch size."""
+    from scaletrain.data import Split
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(30, 4), torch.randint(0, 4, (30,))
+    loss = _row_loss(tmp_path, np.random.default_rng(1).random(30) * 5)
+    split = Split(logits, targets)
+    single, ids = _step_loss(loss, split, rank=0, world_size=1, micro_batch_size=12)
+    ranks = [_step_loss(loss, split, rank=r, world_size=2, micro_batch_size=2) for r in (0, 1)]
+    assert sorted(torch.cat([r[1] for r in ranks]).tolist()) == sorted(ids.tolist())
+    assert (ranks[0][0] + ranks[1][0]).item() / 2 == pytest.approx(single.item(), rel=1e-6)
