@@ -207,6 +207,28 @@ def check_snapshot(raw_train: dict, ensemble: EnsembleConfig) -> None:
         )
 
 
+def check_row_weights(cfg) -> None:
+    """`data.subsample.weights_use: loss` (a boosting round's weighted cross-entropy) refused,
+    before any file, where the step could not honour it."""
+    subsample = cfg.data.subsample
+    if subsample is None or subsample.weights_use != "loss" or subsample.weights_file is None:
+        return
+    key = "data.subsample.weights_use: `loss`"
+    if cfg.parallel.strategy == "pp" or cfg.parallel.dims.pp > 1:
+        raise ValueError(f"{key} needs the step's own forward; a pipeline sees no row ids")
+    if cfg.distill is not None:
+        raise ValueError(f"{key} and distill: the teacher's loss cannot also weigh rows")
+    if cfg.loss.name not in ("auto", "cross_entropy") or cfg.data.task in (
+        "regression",
+        "language_model",
+    ):
+        raise ValueError(f"{key} weighs a classification cross-entropy; use `draw`")
+    if cfg.loss.class_weights != "none":
+        raise ValueError(
+            f"{key}: the rows carry boosting's weights; set loss.class_weights to `none`"
+        )
+
+
 def member_seed(seed: int, index: int) -> int:
     """Member `index`'s run seed: member 0 is the ensemble's own seed."""
     return (seed + index) % 2**32

@@ -18,7 +18,6 @@ from torch import nn
 
 from scaletrain.config import LossConfig, SubsampleConfig
 from scaletrain.data.transforms.subsample import read_row_weights
-from scaletrain.errors import ConfigError
 
 
 class RowWeightedCrossEntropy(nn.Module):
@@ -41,31 +40,14 @@ class RowWeightedCrossEntropy(nn.Module):
 
 
 def build_row_weighted_loss(
-    subsample: SubsampleConfig | None,
-    loss: LossConfig,
-    *,
-    task: str,
-    num_rows: int,
-    distilling: bool = False,
+    subsample: SubsampleConfig | None, loss: LossConfig, *, task: str, num_rows: int
 ) -> RowWeightedCrossEntropy | None:
-    """The weighted loss where `data.subsample` asks for one (a boosting round), else None."""
+    """The weighted loss where `data.subsample` asks for one (a boosting round), else None.
+    The config refused what the step cannot weigh (config/ensemble.py: check_row_weights),
+    and `build_data` a task other than classification (data/transforms/subsample.py)."""
     if subsample is None or subsample.weights_use != "loss" or subsample.weights_file is None:
         return None
-    if task != "classification" or loss.name not in ("auto", "cross_entropy"):
-        raise ConfigError(
-            "data.subsample.weights_use: `loss` weighs each row's cross-entropy, for "
-            f"classification; got task {task} with loss.name={loss.name}; use `draw`"
-        )
-    if distilling:
-        raise ConfigError(
-            "distill: a teacher's loss and boosting's row weights "
-            "(data.subsample.weights_use: loss) cannot be combined; remove one"
-        )
-    if loss.class_weights != "none":
-        raise ConfigError(
-            "loss.class_weights: the rows already carry boosting's sample weights "
-            "(data.subsample.weights_use: loss); set it to `none`"
-        )
+    assert task == "classification", task
     weights = torch.from_numpy(read_row_weights(subsample.weights_file, num_rows))
     return RowWeightedCrossEntropy(
         weights * (num_rows / weights.sum()), label_smoothing=loss.label_smoothing

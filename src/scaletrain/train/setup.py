@@ -146,13 +146,9 @@ def build_trainer(
     loss_fn = build_loss(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts
     ).to(strategy.device)
-    row_loss = build_row_weighted_loss(
-        cfg.data.subsample,
-        cfg.loss,
-        task=spec.task,
-        num_rows=len(data.train),
-        distilling=teacher is not None,
-    )  # boosting's sample weights in the loss (or None), on the device
+    row_loss = build_row_weighted_loss(  # boosting's sample weights in the loss, or None
+        cfg.data.subsample, cfg.loss, task=spec.task, num_rows=len(data.train)
+    )
     example_input = torch.zeros((1, *spec.input_shape), dtype=spec.input_dtype)
     distiller = None
     if teacher is not None:  # before the loader: a precomputed teacher is a collective

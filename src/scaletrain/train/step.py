@@ -20,7 +20,6 @@ from torch import nn
 
 from scaletrain.config import ClipConfig
 from scaletrain.data import BatchLoader, StepBatch
-from scaletrain.errors import ConfigError
 from scaletrain.optim import Penalty, clip_gradients, gradient_sum
 from scaletrain.parallel import full_value, local_value
 from scaletrain.train.distill import Distiller
@@ -80,11 +79,7 @@ class TrainStep:
         self.update = functools.partial(precision.step, optimizer)
         # the strategy's own forward/backward (a pipeline's schedule), else the loop below
         runner = strategy.step_runner(model, loss_fn=loss_fn, precision=precision)
-        if runner is not None and row_loss is not None:  # the pipeline sees no sample ids
-            raise ConfigError(
-                "data.subsample.weights_use: `loss` needs the step's own forward (single, ddp, "
-                "fsdp, local_sgd, diloco, async_ps); a pipeline strategy cannot weigh rows"
-            )
+        assert runner is None or row_loss is None  # config: a pipeline sees no sample ids
         self.forward_backward = runner or self._forward_backward
         self.clip_norm = functools.partial(
             clip_gradients, clip, reduce_norm=strategy.reduce_grad_norm

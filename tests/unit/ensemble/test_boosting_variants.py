@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from scaletrain.config import LossConfig, SubsampleConfig
+from scaletrain.config import LossConfig, SubsampleConfig, load_config
+from scaletrain.data import build_data
 from scaletrain.data.transforms.subsample import subsample_indices
 from scaletrain.ensemble.boosting import (
     samme_r_predict,
@@ -59,19 +60,29 @@ def test_on_the_whole_split_the_row_weighted_loss_is_the_normalized_weighted_mea
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_row_weighted_loss_refuses_what_it_cannot_weigh(tmp_path):
-    subsample = SubsampleConfig(
-        weights_file=_weights_file(tmp_path, [1.0, 1.0]), weights_use="loss"
-    )
-    with pytest.raises(ConfigError, match="weights_use: `loss` weighs each row's cross-entropy"):
-        build_row_weighted_loss(subsample, LossConfig(), task="regression", num_rows=2)
-    with pytest.raises(ConfigError, match="loss.class_weights: the rows already carry"):
-        _row_loss(tmp_path, [1.0, 1.0], class_weights=[1.0, 2.0])
-    with pytest.raises(ConfigError, match="distill: a teacher's loss and boosting's row weights"):
-        build_row_weighted_loss(
-            subsample, LossConfig(), task="classification", num_rows=2, distilling=True
-        )
-    drawn = SubsampleConfig(weights_file=subsample.weights_file)  # draw: no weighted loss
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"loss": {"class_weights": [1.0, 2.0]}}, "set loss.class_weights to `none`"),
+        ({"loss": {"name": "bce_with_logits"}}, "weighs a classification cross-entropy"),
+        ({"data": {"task": "regression"}}, "weighs a classification cross-entropy"),
+    ],
+)
+def test_the_config_refuses_row_weights_the_step_cannot_honour(tmp_path, section, message):
+    data = {"subsample": {"weights_file": _weights_file(tmp_path, [1.0]), "weights_use": "loss"}}
+    raw = {**section, "data": {**data, **section.get("data", {})}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_row_weights_on_data_that_resolves_to_regression_are_refused_by_build_data(tmp_path):
+    data = {"name": "diabetes", "subsample": {"weights_file": "w.npy", "weights_use": "loss"}}
+    with pytest.raises(ConfigError, match="the data is a regression task; use `draw`"):
+        build_data(load_config({"data": data}).data, seed=0)
+
+
+def test_drawn_rows_need_no_weighted_loss(tmp_path):
+    drawn = SubsampleConfig(weights_file=_weights_file(tmp_path, [1.0, 1.0]))
     assert build_row_weighted_loss(drawn, LossConfig(), task="classification", num_rows=2) is None
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 
 from scaletrain.config import SubsampleConfig
 from scaletrain.data.bundle import Split
-from scaletrain.errors import UserError
+from scaletrain.errors import ConfigError, UserError
 
 
 def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
@@ -30,6 +30,16 @@ def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
     else:
         drawn = pool[rng.permutation(len(pool))[:count]]
     return np.sort(drawn).astype(np.int64)
+
+
+def check_weighted_task(cfg: SubsampleConfig, task: str) -> None:
+    """`weights_use: loss` weighs a classification cross-entropy: refused for another task
+    once `data.task: auto` has resolved (before any run directory exists)."""
+    if cfg.weights_use == "loss" and cfg.weights_file is not None and task != "classification":
+        raise ConfigError(
+            "data.subsample.weights_use: `loss` weighs each row's cross-entropy, for "
+            f"classification; the data is a {task} task; use `draw`"
+        )
 
 
 def weighted_draw(weights: np.ndarray, *, seed: int) -> np.ndarray:
