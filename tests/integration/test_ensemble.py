@@ -207,9 +207,11 @@ def test_boosting_rounds_follow_samme_on_the_members_own_predictions(tmp_path):
     from scaletrain.data.transforms.subsample import subsample_indices
     from scaletrain.ensemble.boosting import samme_round
 
-    run = scaletrain.train(_config(tmp_path, "boost", method="boosting", members=3))
+    config = _config(tmp_path, "boost", method="boosting", members=3)
+    config["ensemble"]["boosting"] = {"weights": "resample"}  # the default feeds the loss
+    run = scaletrain.train(config)
     record = json.loads((run.run_dir / "ensemble.json").read_text())
-    assert record["combine"] == "vote" and len(record["weights"]) == 3
+    assert record["combine"] == "boosted" and len(record["weights"]) == 3
     bundle = build_data(run.config.data, seed=0)
     num_rows = len(bundle.train)
     weights = np.full(num_rows, 1 / num_rows)

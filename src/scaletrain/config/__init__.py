@@ -41,6 +41,7 @@ from scaletrain.config.distill import DistillConfig, check_distill
 from scaletrain.config.ensemble import (
     EnsembleConfig,
     SubsampleConfig,
+    check_row_weights,
     check_snapshot,
     member_overrides,
     member_raw,
@@ -838,6 +839,7 @@ class Config(Section):
             _check_tensor_parallel(self)
         check_pipeline(self)
         check_distill(self)
+        check_row_weights(self)
         if self.ensemble is not None and self.ensemble.method == "snapshot":
             check_snapshot(self.train.model_dump(), self.ensemble)
         return self

@@ -37,7 +37,36 @@ class SubsampleConfig(Section):
     weights_file: str | None = Field(
         None,
         description="boosting: a .npy of one weight per train-split row; the rows are drawn "
-        "with replacement in proportion to them (`seed`) instead of uniformly.",
+        "with replacement in proportion to them (`seed`), or weigh each row's loss "
+        "(`weights_use`).",
+    )
+    weights_use: Literal["draw", "loss"] = Field(
+        "draw",
+        description="boosting: `draw` rows in proportion to `weights_file`, or `loss`: every "
+        "row once, its cross-entropy term weighted (weights rescaled to mean 1).",
+    )
+    residuals_file: str | None = Field(
+        None,
+        description="gradient boosting: a safetensors file of `train`/`val`/`test` targets "
+        "(standardized units) replacing the split's own: the residuals this round fits.",
+    )
+
+
+class BoostingConfig(Section):
+    weights: Literal["loss", "resample"] = Field(
+        "loss",
+        description="classification: feed the sample weights to the loss (every train row, "
+        "each weighted), or `resample`: train on rows drawn in proportion to them.",
+    )
+    algorithm: Literal["samme", "samme_r"] = Field(
+        "samme",
+        description="classification: `samme` (members' labels, alpha-weighted vote) or "
+        "`samme_r` (members' probabilities, summed log-probability terms; Zhu et al. 2009).",
+    )
+    learning_rate: Annotated[Float, Field(gt=0, le=1)] = Field(
+        0.5,
+        description="regression (gradient boosting on residuals): the shrinkage of rounds "
+        "1..K-1; F_r = F_(r-1) + learning_rate * h_r, round 0 at full weight.",
     )
 
 
@@ -51,11 +80,12 @@ class EnsembleConfig(Section):
         "SAMME rounds, one member each, sequential (classification).",
     )
     members: PositiveInt = Field(5, description="Number of members K (each a run directory).")
-    combine: Literal["mean", "vote", "weighted", "learned"] = Field(
+    combine: Literal["mean", "vote", "weighted", "learned", "boosted"] = Field(
         "mean",
         description="`mean` of probabilities (classification) or values (regression); `vote`: "
         "majority of predicted classes; `weighted`: mean weighted by 1 / member val loss; "
-        "`learned`: the stacking combiner (the default and only choice for stacking).",
+        "`learned`: the stacking combiner (the default and only choice for stacking); "
+        "`boosted`: boosting's own (SAMME vote, SAMME.R sum, shrunken sum of residual fits).",
     )
     combiner: Literal["linear", "mlp"] = Field(
         "linear",
@@ -81,13 +111,16 @@ class EnsembleConfig(Section):
     member_nproc: PositiveInt = Field(
         1, description="Processes per member (each member a DDP job of that size; not yet > 1)."
     )
+    boosting: BoostingConfig = Field(
+        BoostingConfig(), description="method boosting: how rounds weigh rows and combine."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _stacking_combines_by_learning(cls, data):
-        """`method: stacking` alone means its combiner (`combine: learned`), `boosting` its
-        alpha-weighted vote (`combine: vote`)."""
-        implied = {"stacking": "learned", "boosting": "vote"}
+        """`method: stacking` alone means its combiner (`combine: learned`), `boosting` its own
+        combination (`combine: boosted`)."""
+        implied = {"stacking": "learned", "boosting": "boosted"}
         if isinstance(data, dict) and data.get("method") in implied and "combine" not in data:
             return {**data, "combine": implied[data["method"]]}
         return data
@@ -108,10 +141,17 @@ class EnsembleConfig(Section):
                 "method stacking with combine learned, or another method with mean, vote or "
                 "weighted"
             )
-        if self.method == "boosting" and self.combine != "vote":
+        if (self.method == "boosting") != (self.combine == "boosted") and self.combine != "vote":
             raise ValueError(
-                f"ensemble.combine: `{self.combine}`; boosting combines by its members' "
-                "alpha-weighted vote: use vote"
+                f"ensemble.combine: `{self.combine}` with ensemble.method `{self.method}`; "
+                "boosting combines its own way and only so: use method boosting with combine "
+                "boosted, or another method with mean, vote or weighted"
+            )
+        # by value, not by fields set: a config read back from config.yaml lists every key
+        if self.method != "boosting" and self.boosting != BoostingConfig():
+            raise ValueError(
+                f"ensemble.boosting: set, but ensemble.method is `{self.method}`; remove it or "
+                "use method boosting"
             )
         if self.method == "snapshot" and self.combine == "weighted":
             raise ValueError(
@@ -167,6 +207,28 @@ def check_snapshot(raw_train: dict, ensemble: EnsembleConfig) -> None:
         )
 
 
+def check_row_weights(cfg) -> None:
+    """`data.subsample.weights_use: loss` (a boosting round's weighted cross-entropy) refused,
+    before any file, where the step could not honour it."""
+    subsample = cfg.data.subsample
+    if subsample is None or subsample.weights_use != "loss" or subsample.weights_file is None:
+        return
+    key = "data.subsample.weights_use: `loss`"
+    if cfg.parallel.strategy == "pp" or cfg.parallel.dims.pp > 1:
+        raise ValueError(f"{key} needs the step's own forward; a pipeline sees no row ids")
+    if cfg.distill is not None:
+        raise ValueError(f"{key} and distill: the teacher's loss cannot also weigh rows")
+    if cfg.loss.name not in ("auto", "cross_entropy") or cfg.data.task in (
+        "regression",
+        "language_model",
+    ):
+        raise ValueError(f"{key} weighs a classification cross-entropy; use `draw`")
+    if cfg.loss.class_weights != "none":
+        raise ValueError(
+            f"{key}: the rows carry boosting's weights; set loss.class_weights to `none`"
+        )
+
+
 def member_seed(seed: int, index: int) -> int:
     """Member `index`'s run seed: member 0 is the ensemble's own seed."""
     return (seed + index) % 2**32
@@ -192,13 +254,8 @@ def member_raw(raw: dict, index: int) -> dict:
             "holdout": ensemble["combiner_fraction"],
             "holdout_seed": member_data["split_seed"],
         }
-    if ensemble["method"] == "boosting":  # the rows its round's SAMME weights draw
-        member_data["subsample"] = {
-            "fraction": 1.0,
-            "replacement": True,
-            "seed": seed,
-            "weights_file": f"{run['out_dir']}/{run['name']}/boosting/round_{index}.npy",
-        }
+    if ensemble["method"] == "boosting":
+        member_data["subsample"] = _boosting_subsample(ensemble, data, run, index, seed)
     if ensemble["method"] == "bagging":
         member_data["subsample"] = {
             "fraction": ensemble["sample_fraction"],
@@ -212,6 +269,23 @@ def member_raw(raw: dict, index: int) -> dict:
         "out_dir": f"{run['out_dir']}/{run['name']}/members",
     }
     return {**raw, "ensemble": None, "run": member_run, "data": member_data}
+
+
+def _boosting_subsample(ensemble: dict, data: dict, run: dict, index: int, seed: int) -> dict:
+    """A boosting round's rows: classification draws them by (or weighs their loss with) its
+    SAMME weights; regression rounds after the first fit the residuals left so far."""
+    folder = f"{run['out_dir']}/{run['name']}/boosting"
+    if data.get("task") == "regression":  # known once the ensemble resolved its data task
+        residuals = f"{folder}/residuals_{index}.safetensors" if index else None
+        return {"fraction": 1.0, "replacement": False, "seed": seed, "residuals_file": residuals}
+    uses_loss = ensemble["boosting"]["weights"] == "loss"
+    return {
+        "fraction": 1.0,
+        "replacement": True,
+        "seed": seed,
+        "weights_file": f"{folder}/round_{index}.npy",
+        "weights_use": "loss" if uses_loss else "draw",
+    }
 
 
 def member_overrides(ensemble: EnsembleConfig, index: int) -> list[str]:

@@ -9,7 +9,8 @@ from scaletrain.data.bundle import DataBundle
 from scaletrain.data.pipeline import bundle_from_raw
 from scaletrain.data.sources.registry import SOURCES
 from scaletrain.data.transforms.augment import build_augmentation
-from scaletrain.data.transforms.subsample import subsample_split
+from scaletrain.data.transforms.residuals import with_residual_targets
+from scaletrain.data.transforms.subsample import check_weighted_task, subsample_split
 from scaletrain.data.user import build_user_data
 from scaletrain.errors import UserError
 
@@ -27,6 +28,9 @@ def build_data(cfg: DataConfig, *, seed: int, user_data: Any = None) -> DataBund
         seed = cfg.split_seed
     bundle = _build_bundle(cfg, seed=seed, user_data=user_data)
     if cfg.subsample is not None:  # after the preprocessing was fit on the whole train split
+        if cfg.subsample.residuals_file is not None:  # a gradient-boosting round's targets
+            bundle = with_residual_targets(bundle, cfg.subsample.residuals_file)
+        check_weighted_task(cfg.subsample, bundle.spec.task)
         bundle.train = subsample_split(bundle.train, cfg.subsample)
     if any(cfg.augment.model_dump().values()):
         bundle.train.augment = build_augmentation(

@@ -1,27 +1,16 @@
-"""SAMME (multi-class AdaBoost, Zhu et al. 2009): a round's member weight and the sample
-weights the next round trains with. Pure numpy in float64, so a test can check it by hand.
-
-Rounds are sequential by nature: round r's sample weights depend on round r-1's mistakes,
-so `--nproc` does not apply. Each member trains on rows drawn in proportion to its round's
-weights (boosting by resampling: the loss itself stays unweighted).
+"""Boosting's numbers, pure numpy in float64 so a test can check them by hand: SAMME and
+SAMME.R (multi-class AdaBoost, Zhu et al. 2009) rounds for classification, and the stage
+weights of gradient boosting on residuals for regression. The rounds themselves (training a
+member, scoring it) are `rounds.py`.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from scaletrain.config import Config
-from scaletrain.data import DataBundle
-from scaletrain.ensemble.members import member_dir, train_member
-from scaletrain.fileio import atomic_path
-from scaletrain.train.precision import Precision
-from scaletrain.trained.files import read_spec
-from scaletrain.trained.inference import device_of, predict_tensors
-from scaletrain.trained.weights import load_trained_model
+from scaletrain.trained.ensemble import PROBABILITY_FLOOR  # the module clips the same
 
 _EPSILON = 1e-10  # a perfect member would get an infinite weight
 
@@ -29,7 +18,7 @@ _EPSILON = 1e-10  # a perfect member would get an infinite weight
 @dataclass(frozen=True)
 class BoostingRound:
     error: float  # weighted share of the train rows the member got wrong
-    alpha: float  # the member's weight in the combined vote
+    alpha: float  # the member's weight in the combined vote (SAMME.R: 1)
     weights: np.ndarray  # the next round's sample weights (sum 1)
 
 
@@ -42,6 +31,37 @@ def samme_round(weights: np.ndarray, correct: np.ndarray, *, num_classes: int) -
     alpha = float(np.log((1 - error) / error) + np.log(num_classes - 1))
     updated = weights * np.exp(alpha * wrong)
     return BoostingRound(error, alpha, updated / updated.sum())
+
+
+def samme_r_round(
+    weights: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+) -> BoostingRound:
+    """SAMME.R: w_i *= exp(-(K-1)/K * y_i . log p(x_i)), y_i coded 1 for the true class and
+    -1/(K-1) for the others, then normalized; every member votes with weight 1."""
+    weights = np.asarray(weights, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    num_rows, num_classes = probabilities.shape
+    log_p = np.log(np.clip(probabilities, PROBABILITY_FLOOR, None))
+    coded = np.full((num_rows, num_classes), -1.0 / (num_classes - 1))
+    coded[np.arange(num_rows), labels] = 1.0
+    exponent = -(num_classes - 1) / num_classes * (coded * log_p).sum(axis=1)
+    updated = weights * np.exp(exponent)
+    wrong = probabilities.argmax(axis=1) != labels
+    error = float((weights * wrong).sum() / weights.sum())
+    return BoostingRound(error, 1.0, updated / updated.sum())
+
+
+def samme_r_scores(probabilities: np.ndarray) -> np.ndarray:
+    """One member's h_k(x) = (K-1) * (log p_k - mean_j log p_j), (N, K) -> (N, K)."""
+    log_p = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, None))
+    num_classes = log_p.shape[1]
+    return (num_classes - 1) * (log_p - log_p.mean(axis=1, keepdims=True))
+
+
+def samme_r_predict(member_probabilities: np.ndarray) -> np.ndarray:
+    """The SAMME.R label per sample: argmax of the members' summed h; (M, N, K) -> (N,)."""
+    return sum(samme_r_scores(p) for p in member_probabilities).argmax(axis=1)
 
 
 def is_better_than_chance(round_: BoostingRound) -> bool:
@@ -58,48 +78,14 @@ def samme_predict(member_labels: np.ndarray, alphas: np.ndarray, *, num_classes:
     return scores.argmax(axis=1)
 
 
-@dataclass(frozen=True)
-class BoostingResult:
-    outcomes: list  # MemberOutcome per round trained (fewer than K when stopped)
-    alphas: list[float]  # each finished member's weight in the vote (0: no better than chance)
-
-
-def train_rounds(members: list[Config], bundle: DataBundle) -> BoostingResult:
-    """Round r writes its sample weights, brings member r to its end (trained, resumed or
-    kept, as other ensembles do) on rows drawn by them, then scores it on the whole train
-    split. A resumed ensemble recomputes the same weights from its finished members."""
-    num_rows = len(bundle.train)
-    weights = np.full(num_rows, 1.0 / num_rows)
-    outcomes, alphas = [], []
-    for index, member_cfg in enumerate(members):
-        _save_weights(Path(member_cfg.data.subsample.weights_file), weights)
-        outcome = train_member(member_cfg, index)
-        outcomes.append(outcome)
-        if outcome.exit_code:  # stopped by a signal: resume goes on from this round
-            break
-        correct = _correct_rows(member_cfg, bundle)
-        round_ = samme_round(weights, correct, num_classes=bundle.spec.num_outputs)
-        alphas.append(max(round_.alpha, 0.0))
-        if is_better_than_chance(round_):  # else: no vote, and the weights stay as they were
-            weights = round_.weights
-    return BoostingResult(outcomes, alphas)
-
-
-def _save_weights(path: Path, weights: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, weights, allow_pickle=False)
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(buffer.getvalue())
-
-
-def _correct_rows(member_cfg: Config, bundle: DataBundle) -> np.ndarray:
-    """Which train-split rows member's best weights label correctly."""
-    run = member_dir(member_cfg)
-    model, _ = load_trained_model(run, member_cfg, read_spec(run), checkpoint="best", model=None)
-    probabilities = predict_tensors(
-        model,
-        bundle.train.inputs,
-        spec=bundle.spec,
-        precision=Precision.from_config(member_cfg.train.precision, device_of(model)),
-    )
-    return (probabilities.argmax(1) == bundle.train.targets.long()).numpy()
+def stage_weight(residuals: np.ndarray, stage: np.ndarray, *, learning_rate: float) -> float:
+    """Round r >= 1's weight in F_r = F_{r-1} + weight * h_r: Friedman's line search
+    gamma = <r, h> / <h, h> (the least-squares step along h_r on the train rows), shrunk by
+    the learning rate, and 0 for a stage pointing away from the residuals (<r, h> < 0: its
+    member learned the wrong way round; weights stay >= 0). With learning_rate <= 1 the train
+    MSE cannot go up: |r - lr gamma h|^2 = |r|^2 - lr (2 - lr) <r, h>^2 / |h|^2. Round 0 has
+    weight 1 (it fits the targets themselves: F_0 = 0 would leave most to shrunken rounds)."""
+    residuals = np.asarray(residuals, dtype=np.float64).ravel()
+    stage = np.asarray(stage, dtype=np.float64).ravel()
+    norm = float(stage @ stage)
+    return learning_rate * max(float(residuals @ stage), 0.0) / norm if norm > 0 else 0.0

@@ -10,6 +10,7 @@ from torch import nn
 from scaletrain import api
 from scaletrain.config import Config, load_config
 from scaletrain.ensemble.runner import resume_ensemble, train_ensemble
+from scaletrain.ensemble.user_parts import user_parts
 from scaletrain.errors import UserError
 from scaletrain.rundir import is_ensemble_dir
 from scaletrain.trained import Run
@@ -35,16 +36,20 @@ def train(
         overwrite: replace an existing run directory of the same name.
         callbacks: objects with any of the ``train.callbacks`` events.
         nproc: ensembles only: members trained at once, each in its own process.
+
+    An ensemble takes ``model`` as a factory (``model=lambda: MyNet()``: one fresh module per
+    member) and ``data`` as for one run; its members then train in this process.
     """
     cfg = load_config(config, list(overrides))
     if cfg.ensemble is None:
         return api.train(cfg, model=model, data=data, overwrite=overwrite, callbacks=callbacks)
-    if model is not None or data is not None or callbacks:
+    if callbacks:
         raise UserError(
-            "ensemble: members are built from the config (model, data and callbacks given to "
-            "train() are not supported for ensembles yet); remove them or the ensemble section"
+            "ensemble: callbacks given to train() are not supported for ensembles yet (each "
+            "member is its own run); remove them or the ensemble section"
         )
-    return train_ensemble(cfg, overwrite=overwrite, nproc=nproc)
+    user = user_parts(model, data, nproc=nproc)
+    return train_ensemble(cfg, overwrite=overwrite, nproc=nproc, user=user)
 
 
 def resume(
@@ -58,6 +63,6 @@ def resume(
     """Continue an interrupted run or ensemble (finished members are kept), as ``api.resume``."""
     if not is_ensemble_dir(Path(run_dir)):
         return api.resume(run_dir, model=model, data=data, overrides=overrides)
-    if overrides or model is not None or data is not None:
+    if overrides:
         raise UserError(f"{run_dir}: an ensemble resumes as it was configured (no overrides)")
-    return resume_ensemble(run_dir, nproc=nproc)
+    return resume_ensemble(run_dir, nproc=nproc, user=user_parts(model, data, nproc=nproc))

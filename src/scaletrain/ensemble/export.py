@@ -15,7 +15,13 @@ from scaletrain.config import load_config
 from scaletrain.fileio import atomic_path
 from scaletrain.rundir import open_run_dir
 from scaletrain.trained.combiner import COMBINER_FILE
-from scaletrain.trained.ensemble import combination_weights, member_checkpoints
+from scaletrain.trained.ensemble import (
+    combination_buffer,
+    combination_weights,
+    member_checkpoints,
+    module_combine,
+)
+from scaletrain.trained.files import read_spec
 
 FORMAT = "scaletrain-ensemble-weights"
 
@@ -37,7 +43,8 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
     weighted = cfg.ensemble.combine == "weighted" or cfg.ensemble.method == "boosting"
     weights = combination_weights(run.root) if weighted else None
     weights = torch.tensor(weights if weights is not None else [1.0] * count)
-    tensors["weights"] = (weights / weights.sum()).float()
+    # as the module holds them: gradient boosting's stage weights unnormalized (a sum)
+    tensors["weights"] = combination_buffer(weights, module_combine(cfg, read_spec(run).task))
     if cfg.ensemble.combine == "learned":  # stacking: the combiner's own weights
         for name, value in load_file(str(run.root / COMBINER_FILE)).items():
             tensors[f"combiner.{name}"] = value

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from scaletrain import api
 from scaletrain.config import Config
+from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.rundir import RunDir, read_json
 
 DONE = ("finished", "stopped_early")  # a member whose summary says so is not trained again
@@ -37,17 +38,19 @@ def _has_checkpoint(run: RunDir) -> bool:
     return any(run.checkpoints.glob("step_*/manifest.json"))
 
 
-def train_member(cfg: Config, index: int) -> MemberOutcome:
+def train_member(cfg: Config, index: int, user: UserParts | None = None) -> MemberOutcome:
     """Member `index` brought to the end of its training: kept when finished, resumed from its
-    newest checkpoint when interrupted after one, trained from scratch otherwise."""
+    newest checkpoint when interrupted after one, trained from scratch otherwise (with the
+    user's fresh module and data where the Python API was given them)."""
     run = member_dir(cfg)
     if is_finished(run):
         return MemberOutcome(index, "kept", read_json(run.summary)["status"])
+    model, data = (user.new_model(), user.data) if user is not None else (None, None)
     if _has_checkpoint(run):
-        result = api.resume(run.root)
+        result = api.resume(run.root, model=model, data=data)
         action = "resumed"
     else:  # never started, or stopped before its first checkpoint: start over
-        result = api.train(cfg, overwrite=run.root.exists())
+        result = api.train(cfg, model=model, data=data, overwrite=run.root.exists())
         action = "trained"
     return MemberOutcome(index, action, result.status, result.exit_code)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from scaletrain.config import Config, load_config, member_configs
 from scaletrain.data import build_data
-from scaletrain.ensemble.boosting import train_rounds
 from scaletrain.ensemble.evaluate import evaluate_ensemble
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.ensemble.rounds import train_rounds
 from scaletrain.ensemble.stacking import fit_combiner
+from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
 from scaletrain.report import write_report
@@ -35,25 +36,34 @@ from scaletrain.trained.ensemble import load_ensemble_run, load_members
 
 
 def train_ensemble(
-    cfg: Config, *, overwrite: bool = False, nproc: int = 1, reuse_hint: str = API_REUSE_HINT
+    cfg: Config,
+    *,
+    overwrite: bool = False,
+    nproc: int = 1,
+    reuse_hint: str = API_REUSE_HINT,
+    user: UserParts | None = None,
 ) -> Run:
-    """Train every member of `cfg.ensemble` and combine them; the Run's model averages them."""
+    """Train every member of `cfg.ensemble` and combine them; the Run's model averages them.
+    `user`: the Python API's model factory and data, for every member (one process)."""
+    if user is not None:
+        cfg = user.apply_to(cfg)
     members = member_configs(cfg)  # a member that does not load fails before any file
-    task = _check_data(cfg)
+    task = _check_data(cfg, user)
     lock = RunLock(Path(cfg.run.out_dir) / cfg.run.name)
     try:
         run = prepare_run_dir(
             cfg.run.out_dir, cfg.run.name, overwrite=overwrite, lock=lock, reuse_hint=reuse_hint
         )
         cfg = load_config({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "task": task}})
+        members = member_configs(cfg)  # with the task known (boosting: residuals or weights)
         atomic_write_text(run.config, cfg.to_yaml())
         _write_record(run, cfg, members, weights=None)
-        return _train_and_combine(run, cfg, members, nproc=nproc)
+        return _train_and_combine(run, cfg, members, nproc=nproc, user=user)
     finally:
         lock.release()
 
 
-def resume_ensemble(run_dir: str | Path, *, nproc: int = 1) -> Run:
+def resume_ensemble(run_dir: str | Path, *, nproc: int = 1, user: UserParts | None = None) -> Run:
     """Continue an interrupted ensemble: finished members are kept, the others resumed from
     their checkpoints (or started over where they have none)."""
     run = open_run_dir(run_dir)
@@ -62,21 +72,24 @@ def resume_ensemble(run_dir: str | Path, *, nproc: int = 1) -> Run:
         raise UserError(f"{run.root} is a single run, not an ensemble")
     lock = RunLock(run.root).acquire()
     try:
-        return _train_and_combine(run, cfg, member_configs(cfg), nproc=nproc)
+        return _train_and_combine(run, cfg, member_configs(cfg), nproc=nproc, user=user)
     finally:
         lock.release()
 
 
-def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc: int) -> Run:
+def _train_and_combine(
+    run: RunDir, cfg: Config, members: list[Config], *, nproc: int, user: UserParts | None
+) -> Run:
     start = time.perf_counter()
     nproc = min(max(1, nproc), len(members))
-    bundle = build_data(cfg.data, seed=cfg.run.seed)  # the members' split (data.split_seed)
-    alphas = None
+    data = user.data if user is not None else None
+    bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)  # data.split_seed
+    alphas = rounds = None
     if cfg.ensemble.method == "boosting":  # sequential rounds, whatever nproc says
-        nproc, boosted = 1, train_rounds(members, bundle)
-        outcomes, alphas = boosted.outcomes, boosted.alphas
+        nproc, boosted = 1, train_rounds(members, bundle, cfg, user)
+        outcomes, alphas, rounds = boosted.outcomes, boosted.alphas, boosted.history
     else:
-        outcomes = _train_members(run, members, nproc=nproc)
+        outcomes = _train_members(run, members, nproc=nproc, user=user)
     train_s = time.perf_counter() - start
     stopped = [outcome for outcome in outcomes if outcome.exit_code]
     if stopped or len(outcomes) < len(members):
@@ -91,10 +104,15 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
         raise UserError(f"{run.root}: no boosting round did better than chance; nothing to vote")
     snapshots = _snapshot_steps(first, cfg) if cfg.ensemble.method == "snapshot" else None
     stacking = None
+    factory = user.new_model if user is not None and user.model_factory is not None else None
     if cfg.ensemble.method == "stacking":  # members' held-out predictions -> the combiner
-        stacking = fit_combiner(load_members(run.root), cfg, bundle, out=run.root)
-    _write_record(run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking)
-    combined = load_ensemble_run(run.root, cfg)
+        stacking = fit_combiner(
+            load_members(run.root, model_factory=factory), cfg, bundle, out=run.root
+        )
+    _write_record(
+        run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking, rounds=rounds
+    )
+    combined = load_ensemble_run(run.root, cfg, model_factory=factory)
     member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
     metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
     _write_summary(
@@ -106,33 +124,33 @@ def _train_and_combine(run: RunDir, cfg: Config, members: list[Config], *, nproc
     return combined
 
 
-def _train_members(run: RunDir, members: list[Config], *, nproc: int) -> list[MemberOutcome]:
-    if nproc > 1:
+def _train_members(
+    run: RunDir, members: list[Config], *, nproc: int, user: UserParts | None
+) -> list[MemberOutcome]:
+    if nproc > 1:  # (user parts were refused with nproc > 1: they stay in this process)
         return train_in_parallel(run.root, nproc=nproc)
     outcomes = []
     for index, member_cfg in enumerate(members):
-        outcome = train_member(member_cfg, index)
+        outcome = train_member(member_cfg, index, user)
         outcomes.append(outcome)
         if outcome.exit_code:  # stopped by a signal: the next resume goes on from here
             break
     return outcomes
 
 
-def _check_data(cfg: Config) -> str:
+def _check_data(cfg: Config, user: UserParts | None) -> str:
     """The task the data resolves to, and what the combination cannot do with it (before
     the run directory exists)."""
-    bundle = build_data(cfg.data, seed=cfg.run.seed)
+    data = user.data if user is not None else None
+    bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)
     spec, method = bundle.spec, cfg.ensemble.method
     if method in ("stacking", "boosting") and bundle.train.inputs is None:
         raise ConfigError(
             f"ensemble.method: `{method}` needs the train split in memory (not shards or a "
             "Dataset); use bagging or voting"
         )
-    if method == "boosting" and spec.task != "classification":
-        raise ConfigError(
-            f"ensemble.method: `boosting` is SAMME, for classification; the data is a "
-            f"{spec.task} task (gradient boosting on residuals: not yet); use bagging or voting"
-        )
+    if method == "boosting":
+        _check_boosting(cfg.ensemble, spec.task)
     if cfg.ensemble.combine == "vote" and spec.task != "classification":
         raise ConfigError(
             f"ensemble.combine: `vote` needs classes, but the data is a {spec.task} task; "
@@ -146,6 +164,23 @@ def _check_data(cfg: Config) -> str:
             "data.val_fraction is 0; give a validation split or use mean"
         )
     return spec.task
+
+
+def _check_boosting(ensemble, task: str) -> None:
+    """Boosting's options for the task it is not: refused, not silently ignored."""
+    if task not in ("classification", "regression"):
+        raise ConfigError(
+            "ensemble.method: `boosting` is SAMME/SAMME.R (classification) or gradient "
+            f"boosting (regression); the data is a {task} task; use bagging or voting"
+        )
+    unused = {"classification": ("learning_rate",), "regression": ("algorithm", "weights")}
+    defaults = type(ensemble.boosting)()  # by value: config.yaml read back lists every key
+    changed = [k for k in unused[task] if getattr(ensemble.boosting, k) != getattr(defaults, k)]
+    if changed:
+        raise ConfigError(
+            f"ensemble.boosting.{changed[0]}: set, but it does not apply to a {task} task "
+            "(classification: algorithm, weights; regression: learning_rate); remove it"
+        )
 
 
 def _member_weights(members: list[Config]) -> list[float]:
@@ -175,7 +210,14 @@ def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
 
 
 def _write_record(
-    run: RunDir, cfg: Config, members: list[Config], *, weights, snapshots=None, stacking=None
+    run: RunDir,
+    cfg: Config,
+    members: list[Config],
+    *,
+    weights,
+    snapshots=None,
+    stacking=None,
+    rounds=None,
 ) -> None:
     """ensemble.json: what the ensemble is made of, for loading and for the report."""
     record = {
@@ -194,6 +236,8 @@ def _write_record(
         ],
         "weights": weights,
     }
+    if rounds is not None:  # boosting: each round's weighted error, or the train MSE so far
+        record["rounds"] = rounds
     if stacking is not None:  # which rows the combiner learned from, and how well
         record["combiner"] = {
             "kind": cfg.ensemble.combiner,

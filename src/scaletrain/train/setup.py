@@ -38,6 +38,7 @@ from scaletrain.train.plan import Plan
 from scaletrain.train.precision import Precision
 from scaletrain.train.process_settings import apply_process_settings
 from scaletrain.train.progress import Progress
+from scaletrain.train.row_weights import build_row_weighted_loss
 from scaletrain.train.state import TrainState
 from scaletrain.train.step import MicroBatchBackoff, TrainStep
 from scaletrain.train.step_log import TrainLogger
@@ -153,6 +154,9 @@ def build_trainer(
     loss_fn = build_loss(
         cfg.loss, task=spec.task, num_outputs=spec.num_outputs, class_counts=spec.class_counts
     ).to(strategy.device)
+    row_loss = build_row_weighted_loss(  # boosting's sample weights in the loss, or None
+        cfg.data.subsample, cfg.loss, task=spec.task, num_rows=len(data.train)
+    )
     example_input = torch.zeros((1, *spec.input_shape), dtype=spec.input_dtype)
     distiller = None
     if teacher is not None:  # before the loader: a precomputed teacher is a collective
@@ -261,6 +265,7 @@ def build_trainer(
             schedule=schedule,
             loss_fn=loss_fn,
             distiller=distiller,
+            row_loss=row_loss,
             precision=precision,
             strategy=strategy,
             guard=guard,

@@ -54,6 +54,7 @@ class TrainStep:
         strategy,
         guard: StepGuard,
         distiller: Distiller | None = None,
+        row_loss: nn.Module | None = None,
         penalty: Penalty | None,
         clip: ClipConfig,
         channels_last: bool,
@@ -65,6 +66,7 @@ class TrainStep:
         self.backoff = backoff
         self.loss_fn, self.precision, self.strategy = loss_fn, precision, strategy
         self.distiller = distiller  # distill: the teacher's soft targets join the loss
+        self.row_loss = row_loss  # boosting: (output, targets, sample_ids), rows weighted
         self.guard, self.penalty, self.clip = guard, penalty, clip
         self.channels_last, self.empty_batch = channels_last, empty_batch
         self.keeps_predictions = keeps_predictions
@@ -77,6 +79,7 @@ class TrainStep:
         self.update = functools.partial(precision.step, optimizer)
         # the strategy's own forward/backward (a pipeline's schedule), else the loop below
         runner = strategy.step_runner(model, loss_fn=loss_fn, precision=precision)
+        assert runner is None or row_loss is None  # config: a pipeline sees no sample ids
         self.forward_backward = runner or self._forward_backward
         self.clip_norm = functools.partial(
             clip_gradients, clip, reduce_norm=strategy.reduce_grad_norm
@@ -151,6 +154,9 @@ class TrainStep:
                     # no sample: zero gradients, so DDP/FSDP's reductions see every rank
                     if not size:
                         loss = output.float().sum() * 0.0
+                    elif self.row_loss is not None:  # this micro batch's train-row ids
+                        ids = batch.sample_ids[offset : offset + size]
+                        loss = self.row_loss(output, targets, ids)
                     elif self.distiller is None:
                         loss = self.loss_fn(output, targets)
                     else:  # this micro batch's ids: the rows of precomputed teacher logits

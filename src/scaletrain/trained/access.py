@@ -113,7 +113,13 @@ def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: st
     checkpoint = checkpoint or "best"
     cfg = load_config(run.config)
     if cfg.ensemble is not None:  # the members' networks combined in one module
-        return load_ensemble_run(run.root, cfg, checkpoint=checkpoint)
+        if isinstance(model, nn.Module):
+            raise UserError(
+                f"{run.root} is an ensemble: pass a factory returning a fresh module per "
+                f"member, model=lambda: {type(model).__name__}(...), not an instance"
+            )
+        factory = model if callable(model) else None
+        return load_ensemble_run(run.root, cfg, checkpoint=checkpoint, model_factory=factory)
     spec = read_spec(run)
     trained, path = load_trained_model(run, cfg, spec, checkpoint=checkpoint, model=model)
     summary = read_json(run.summary) if run.summary.is_file() else {}

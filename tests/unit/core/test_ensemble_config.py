@@ -41,15 +41,33 @@ def test_stacking_members_all_leave_out_the_combiners_rows():
     }
 
 
-def test_boosting_members_draw_rows_by_their_rounds_weights():
+def test_boosting_members_weigh_their_loss_or_draw_rows_by_their_rounds_weights():
     cfg = load_config(_ensemble(method="boosting", members=2))
-    assert cfg.ensemble.combine == "vote"
+    assert cfg.ensemble.combine == "boosted" and cfg.ensemble.boosting.weights == "loss"
     samples = [m.data.subsample for m in member_configs(cfg)]
     assert [s.weights_file for s in samples] == [
         "out/ens/boosting/round_0.npy",
         "out/ens/boosting/round_1.npy",
     ]
-    assert [s.seed for s in samples] == [7, 8] and all(s.replacement for s in samples)
+    assert [s.seed for s in samples] == [7, 8] and {s.weights_use for s in samples} == {"loss"}
+    cfg = load_config(_ensemble(method="boosting", members=2, boosting={"weights": "resample"}))
+    assert {m.data.subsample.weights_use for m in member_configs(cfg)} == {"draw"}
+
+
+def test_gradient_boosting_members_after_the_first_fit_residual_files():
+    raw = _ensemble(method="boosting", members=3)
+    cfg = load_config({**raw, "data": {"name": "diabetes", "task": "regression"}})
+    samples = [m.data.subsample for m in member_configs(cfg)]
+    assert [s.residuals_file for s in samples] == [
+        None,
+        "out/ens/boosting/residuals_1.safetensors",
+        "out/ens/boosting/residuals_2.safetensors",
+    ]
+    assert all(s.weights_file is None and s.fraction == 1.0 for s in samples)
+
+
+def test_an_older_boosting_config_with_combine_vote_still_loads():
+    assert load_config(_ensemble(method="boosting", combine="vote")).ensemble.combine == "vote"
 
 
 def test_member_overrides_apply_to_their_member_only():
@@ -66,7 +84,10 @@ def test_member_overrides_apply_to_their_member_only():
     [
         ({"members": 0}, "ensemble.members"),
         ({"method": "stackin"}, "ensemble.method"),
-        ({"method": "boosting", "combine": "mean"}, "ensemble.combine: `mean`; boosting"),
+        ({"method": "boosting", "combine": "mean"}, "ensemble.combine: `mean` with ensemble"),
+        ({"combine": "boosted"}, "ensemble.combine: `boosted` with ensemble.method `voting`"),
+        ({"method": "boosting", "boosting": {"algorithm": "adaboost"}}, "boosting.algorithm"),
+        ({"method": "boosting", "boosting": {"learning_rate": 0}}, "boosting.learning_rate"),
         ({"combine": "learned"}, "ensemble.combine: `learned` with ensemble.method `voting`"),
         ({"method": "stacking", "combine": "mean"}, "ensemble.combine: `mean` with ensemble"),
         ({"method": "stacking", "combiner": "tree"}, "ensemble.combiner"),

@@ -39,11 +39,18 @@ def test_vote_on_a_regression_task_is_refused_before_any_file(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_boosting_a_regression_task_is_refused_before_any_file(tmp_path, capsys):
-    config = _config(tmp_path, method="boosting")
+def test_a_classification_boosting_option_on_a_regression_task_is_refused(tmp_path, capsys):
+    config = _config(tmp_path, method="boosting", boosting={"algorithm": "samme_r"})
     code, err = _run(capsys, "train", config, "data.name=diabetes")
-    assert code == 2 and "ensemble.method: `boosting` is SAMME, for classification" in err, err
+    assert code == 2 and "ensemble.boosting.algorithm: set, but it does not apply" in err, err
     assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_boosting_options_without_boosting_are_refused(tmp_path, capsys):
+    config = _config(tmp_path, method="voting", boosting={"learning_rate": 0.3})
+    code, err = _run(capsys, "train", config)
+    assert code == 2 and "ensemble.boosting: set, but ensemble.method is `voting`" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_nodes_are_refused_for_ensembles(tmp_path, capsys):

@@ -10,12 +10,14 @@ from torch.utils.data import Subset
 
 from scaletrain.config import SubsampleConfig
 from scaletrain.data.bundle import Split
-from scaletrain.errors import UserError
+from scaletrain.errors import ConfigError, UserError
 
 
 def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
     """Row indices into the train split: a pure function of its size and `cfg` (the seed),
     with or without replacement; sorted, so the loader's own shuffle decides the order."""
+    if cfg.weights_use == "loss" or cfg.residuals_file is not None:
+        return np.arange(num_samples, dtype=np.int64)  # boosting: every row, once, in order
     if cfg.weights_file is not None:  # a boosting round: drawn in proportion to its weights
         return weighted_draw(read_row_weights(cfg.weights_file, num_samples), seed=cfg.seed)
     pool = np.arange(num_samples)
@@ -28,6 +30,16 @@ def subsample_indices(num_samples: int, cfg: SubsampleConfig) -> np.ndarray:
     else:
         drawn = pool[rng.permutation(len(pool))[:count]]
     return np.sort(drawn).astype(np.int64)
+
+
+def check_weighted_task(cfg: SubsampleConfig, task: str) -> None:
+    """`weights_use: loss` weighs a classification cross-entropy: refused for another task
+    once `data.task: auto` has resolved (before any run directory exists)."""
+    if cfg.weights_use == "loss" and cfg.weights_file is not None and task != "classification":
+        raise ConfigError(
+            "data.subsample.weights_use: `loss` weighs each row's cross-entropy, for "
+            f"classification; the data is a {task} task; use `draw`"
+        )
 
 
 def weighted_draw(weights: np.ndarray, *, seed: int) -> np.ndarray:
