@@ -186,6 +186,7 @@ def split_by_tensor_parallel(facts: ModelFacts, tp: int) -> ModelFacts:
             for size, extra in zip(facts.block_recompute_bytes, gathered, strict=True)
         ),
         largest_saved_bytes=split(facts.largest_saved_bytes),
+        peak_live_bytes=split(facts.peak_live_bytes) + sum(gathered),
         output_fp32_bytes=split(facts.output_fp32_bytes),  # loss parallel: vocabulary split
     )
 
@@ -237,8 +238,13 @@ def backward_bytes(
     facts: ModelFacts, checkpointing: str, every: int, *, loss_gradient: int = 0
 ) -> int:
     """What backward adds for a moment: one recomputed block, and a gradient as large as the
-    largest saved tensor (or a recurrent layer's gradients of all its steps, or the loss's)."""
-    transient = max(facts.largest_saved_bytes, facts.recurrent_backward_bytes, loss_gradient)
+    largest saved tensor (or a recurrent layer's gradients of all its steps, or the loss's,
+    or what the meta pass saw alive beyond the saved tensors: gradients summed over several
+    readers, kernel buffers)."""
+    beyond_saved = facts.peak_live_bytes - facts.saved_bytes
+    transient = max(
+        facts.largest_saved_bytes, facts.recurrent_backward_bytes, loss_gradient, beyond_saved
+    )
     chosen = _checkpointed(facts, checkpointing, every)
     # backward recomputes one block at a time; its input is already among the kept ones
     recomputed = max((facts.block_recompute_bytes[i] for i in chosen), default=0)
