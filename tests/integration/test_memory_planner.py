@@ -284,14 +284,20 @@ def test_pipeline_ranks_and_recurrent_models_are_within_15_percent(tmp_path):
         assert abs(error) <= 0.15, point
 
 
+# the last point: tp 2 inside each of the 2 stages (dp_shard 1)
+MESH_GRID = "ppmesh,1f1b,2,16;ppmesh,gpipe,4,32;ppmesh,gpipe,2,8,2"
+
+
 @pytest.mark.slow
 def test_pipeline_stages_on_the_mesh_are_within_15_percent(tmp_path):
     """pp 2 x dp_shard 2 (4 gloo ranks), the GPT above: 1f1b with 2 pieces at global batch
-    16, gpipe with 4 pieces at 32; each rank's own estimate (the strategy's, made when wrapping: its stage's state
-    sharded over 2 ranks, FSDP's working set) against its measured peak."""
+    16, gpipe with 4 pieces at 32; then pp 2 x tp 2, gpipe with 2 pieces at 8 (each stage
+    split by the tensor-parallel plan, the last one's loss under loss_parallel). Each rank's
+    own estimate (the strategy's, made when wrapping: its stage's state sharded over 2
+    ranks or split by tp, FSDP's working set) against its measured peak."""
     out = tmp_path / "mesh.json"
     finished = torchrun(
-        [str(WORKERS / "sequence_memory.py"), str(out), "ppmesh,1f1b,2,16;ppmesh,gpipe,4,32"],
+        [str(WORKERS / "sequence_memory.py"), str(out), MESH_GRID],
         nproc=4,
         timeout=300,
         MALLOC_MMAP_THRESHOLD_="16384",
@@ -305,7 +311,7 @@ def test_pipeline_stages_on_the_mesh_are_within_15_percent(tmp_path):
     ]
     assert {p["strategy"] for p in points} == {
         f"pp-{schedule} rank {rank} dp2 tp1" for schedule in ("1f1b", "gpipe") for rank in (0, 1)
-    }
-    assert len(points) == 8
+    } | {f"pp-gpipe rank {rank} dp1 tp2" for rank in (0, 1)}
+    assert len(points) == 12
     for point in points:
         assert abs(point["relative_error"]) <= 0.15, point
