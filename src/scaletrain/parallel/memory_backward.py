@@ -1,21 +1,22 @@
-"""The activation bytes alive at the worst moment of a forward and backward, on meta.
+"""The activation bytes alive at the worst moment of a backward, on the meta device.
 
 The saved-tensor count (`memory_probe`) says what a forward keeps; what backward holds on
 top depends on the graph: a tensor read by several layers (textcnn's embedding feeds every
 conv) keeps its gradient summed across them while each layer's own gradients and kernel
-buffers come and go. So the meta pass also runs backward, and `LiveBytes` follows every
-storage the ops create until it is freed, plus what a kernel allocates inside itself that
-no tensor shows (`_workspace_bytes`). Parameters, their gradients (the planner counts
-those apart) and the model's output and its gradient (the loss terms) are left out.
+buffers come and go. So where blocks share an input the meta pass also runs backward, and
+`LiveBytes` follows every storage from the saved tensors on until it is freed, plus what a
+kernel allocates inside itself that no tensor shows (`_workspace_bytes`). Parameters,
+their gradients (the planner counts those apart) and the model's output and its gradient
+(the loss terms) are left out.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -32,40 +33,53 @@ class _Step:
 
 
 class LiveBytes(TorchDispatchMode):
-    """Records when each storage made by an op lives; `peak_bytes` replays the record."""
+    """Records when each storage made by an op lives; `peak_bytes` replays the record.
 
-    def __init__(self, ignore: list[torch.Tensor]):
+    A storage's death is reported by a finalizer (torch keeps one Python object per live
+    storage), so no op has to look at every live storage."""
+
+    def __init__(self, ignore: list[torch.Tensor], alive: list[torch.Tensor] = ()):
+        """`ignore`: parameters and inputs; `alive`: tensors already alive (the saved ones
+        of a forward run outside this mode), counted from the start."""
         super().__init__()
         self._ignored = {_key(tensor) for tensor in ignore}
-        self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # key -> (ref, serial)
-        self._steps: list[_Step] = []
+        self._live: dict[int, int] = {}  # storage key -> serial, while it lives
+        self._freed: list[int] = []  # serials freed since the last op
+        self._steps: list[_Step] = [_Step()]
         self._excluded: set[int] = set()
         self._serial = 0
+        for tensor in alive:
+            self._track(tensor, self._steps[0])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        step = _Step(workspace=_workspace_bytes(func, args, out))
-        for key, (ref, serial) in list(self._live.items()):
-            if ref.expired():  # freed before or by this op; its address may be reused now
-                del self._live[key]
-                step.died.append(serial)
+        out = func(*args, **(kwargs or {}))
+        step = _Step(died=self._freed, workspace=_workspace_bytes(func, args))
+        self._freed = []
         for tensor in tree_flatten(out)[0]:
-            if torch.is_tensor(tensor) and _key(tensor) not in self._ignored:
-                storage = tensor.untyped_storage()
-                key = _key(tensor)
-                if key not in self._live:
-                    self._serial += 1
-                    self._live[key] = (StorageWeakRef(storage), self._serial)
-                    step.born.append((self._serial, storage.nbytes()))
+            if torch.is_tensor(tensor):
+                self._track(tensor, step)
         self._steps.append(step)
         return out
 
+    def _track(self, tensor: torch.Tensor, step: _Step) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._ignored or key in self._live:
+            return
+        self._serial += 1
+        self._live[key] = self._serial
+        weakref.finalize(storage, self._free, key, self._serial)
+        step.born.append((self._serial, storage.nbytes()))
+
+    def _free(self, key: int, serial: int) -> None:
+        self._live.pop(key, None)
+        self._freed.append(serial)
+
     def exclude(self, tensor: torch.Tensor) -> None:
         """Leave this tensor's storage out of the count (the planner counts it elsewhere)."""
-        found = self._live.get(_key(tensor))
-        if found is not None:
-            self._excluded.add(found[1])
+        serial = self._live.get(_key(tensor))
+        if serial is not None:
+            self._excluded.add(serial)
 
     def peak_bytes(self) -> int:
         live = peak = 0
@@ -128,16 +142,14 @@ def recurrent_backward_bytes(module: nn.RNNBase, num_tokens: int, element_size: 
 
 
 def _key(tensor: torch.Tensor) -> int:
-    return StorageWeakRef(tensor.untyped_storage()).cdata
+    return tensor.untyped_storage()._cdata
 
 
-def _workspace_bytes(func, args, out) -> int:
-    """Buffers a CPU kernel holds inside one call (oneDNN convolution, torch 2.13): forward
-    a copy of the output, backward copies of its input and output gradient, and a
-    non-contiguous input is copied once more (measured on CPU by peak RSS around the call,
-    conv1d/conv2d, within 0.1 MB of this but for a 3-channel input layer, +2 MB there)."""
-    if func is _aten.convolution.default:
-        return _nbytes(out) + _copied(args[0])
+def _workspace_bytes(func, args) -> int:
+    """Buffers a CPU kernel holds inside one call: oneDNN's convolution backward (torch
+    2.13) copies its input and output gradient, and a non-contiguous input once more
+    (measured by peak RSS around the call, conv1d/conv2d: within 0.1 MB of this, but
+    +2 MB for a 3-channel input layer)."""
     if func is _aten.convolution_backward.default:
         grad_output, inputs = args[0], args[1]
         return _nbytes(inputs) + _nbytes(grad_output) + _copied(inputs)

@@ -189,7 +189,9 @@ def split_by_tensor_parallel(facts: ModelFacts, tp: int) -> ModelFacts:
             for size, extra in zip(facts.block_recompute_bytes, gathered, strict=True)
         ),
         largest_saved_bytes=split(facts.largest_saved_bytes),
-        peak_live_bytes=split(facts.peak_live_bytes) + sum(gathered),
+        peak_live_bytes=split(facts.peak_live_bytes) + sum(gathered)
+        if facts.peak_live_bytes
+        else 0,
         output_fp32_bytes=split(facts.output_fp32_bytes),  # loss parallel: vocabulary split
     )
 

@@ -50,7 +50,8 @@ class ModelFacts:
     # the model's output in fp32: what the loss keeps (log-probabilities) until backward,
     # and the size of their gradient; a language model's logits make this large
     output_fp32_bytes: int = 0
-    # activations alive at the worst moment of forward + backward (`memory_backward`)
+    # activations alive at the worst moment of backward (`memory_backward`), replayed only
+    # where blocks share an input; 0 elsewhere (a chain of blocks: the terms above hold)
     peak_live_bytes: int = 0
 
     @property
@@ -85,12 +86,12 @@ def measure_model(
         inputs = torch.empty_like(example_input, device="meta")
         if compute_dtype is not None and inputs.is_floating_point():
             inputs = inputs.to(compute_dtype)
-        live = LiveBytes(ignore=[*meta_state.values(), inputs])
-        packing = saved_tensors_hooks(saved.pack, saved.unpack)
-        with live, saved.hooks(), _FusedAttention(), packing:
+        with saved.hooks(), _FusedAttention(), saved_tensors_hooks(saved.pack, saved.unpack):
             output = functional_call(model, meta_state, (inputs,))
-        saved.release()  # backward frees each saved tensor after its use, as on a device
-        peak_live = backward_peak_bytes(output, list(meta_state.values()), live)
+        if saved.blocks_share_an_input():  # parallel branches: replay backward (costs a pass)
+            # it starts from the saved tensors and frees each after its use, as on a device
+            live = LiveBytes(ignore=[*meta_state.values(), inputs], alive=saved.release())
+            peak_live = backward_peak_bytes(output, list(meta_state.values()), live)
         output = output[0] if isinstance(output, tuple | list) else output
         if torch.is_tensor(output):
             saved.output_fp32 = output.numel() * 4
@@ -143,8 +144,17 @@ class _SavedTensorCounter:
     def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def release(self) -> None:
+    def blocks_share_an_input(self) -> bool:
+        """Several blocks read one tensor (parallel branches, as textcnn's convs): backward
+        then holds its gradient summed over them beside each branch's own."""
+        ids = [each for found in self._input_ids.values() for each in found]
+        return len(ids) != len(set(ids))
+
+    def release(self) -> list[torch.Tensor]:
+        """The saved tensors, no longer held here."""
+        saved = list(self._seen.values())
         self._seen.clear()
+        return saved
 
     def hooks(self):
         from contextlib import ExitStack
