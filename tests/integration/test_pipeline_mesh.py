@@ -1,8 +1,9 @@
 """Pipeline stages on the device mesh (`parallel.strategy=fsdp`, `parallel.dims.pp=2`) on 4
 gloo processes train a tiny GPT as one process does.
 
-Layouts: pp 2 x dp_shard 2 (1f1b, and interleaved_1f1b with 2 stages per rank) and
-pp 2 x tp 2 (gpipe). Each logs the single-process loss curve step for step (fp32: loss rel
+Layouts: pp 2 x dp_shard 2 (1f1b, and interleaved_1f1b with 2 stages per rank),
+pp 2 x tp 2 (gpipe) and pp 2 x dp_replicate 2 (HSDP, the mesh `parallel.fsdp.hybrid` builds
+on 2 nodes of 2 processes) with `parallel.offload: cpu`. Each logs the single-process loss curve step for step (fp32: loss rel
 1e-5, grad norm rel 1e-4; the sums only change order: FSDP averages over the data-parallel
 ranks, TP sums partial products and the loss-parallel log-sum-exp) and ends with the same
 weights (rtol 1e-4, atol 1e-4 after 10 AdamW steps; measured when written: at most 1.0e-5
@@ -47,6 +48,9 @@ LAYOUTS = {
     "pp2_dp2_interleaved": f"{MESH},parallel.dims.dp_shard=2,parallel.pp.microbatches=2,"
     "parallel.pp.schedule=interleaved_1f1b,parallel.pp.stages_per_rank=2",
     "pp2_tp2_gpipe": f"{MESH},parallel.dims.tp=2,parallel.pp.schedule=gpipe",
+    # what parallel.fsdp.hybrid builds on 2 nodes of 2 (dp_replicate = nodes), offloaded
+    "pp2_hsdp_offload": f"{MESH},parallel.dims.dp_replicate=2,parallel.dims.dp_shard=1,"
+    "parallel.offload=cpu,parallel.pp.microbatches=2",
 }
 # bf16-mixed: FSDP gathers parameters in bf16 inside each stage; compared loosely
 BF16 = f"{MESH},parallel.dims.dp_shard=2,parallel.pp.microbatches=2,train.precision=bf16-mixed"

@@ -25,6 +25,7 @@ from scaletrain.parallel.memory_plan import (
     backward_bytes,
     fsdp_working_set,
     kept_activation_bytes,
+    loss_backward_bytes,
     split_by_tensor_parallel,
 )
 from scaletrain.parallel.memory_probe import ModelFacts, measure_model
@@ -171,7 +172,13 @@ def estimate_rank(
         for index in pieces_in_flight(layout, rank)
     )
     transient = max(
-        backward_bytes(stage.facts, mode, every, loss_gradient=stage.loss_bytes) for stage in mine
+        backward_bytes(
+            stage.facts,
+            mode,
+            every,
+            loss_gradient=loss_backward_bytes(stage.loss_bytes, tp=layout.tp),
+        )
+        for stage in mine
     )
     # a receive buffer per piece: activations forward, their gradients backward
     last = layout.num_stages - 1
@@ -209,19 +216,31 @@ def _sharded(
     optimizer_states: int,
 ) -> MemoryEstimate:
     """FSDP over the stage's `dp_shard` ranks: its state 1/dp_shard, plus the gathered
-    parameters and gradient of the units in flight (every stage of the rank's, at most)."""
-    if layout.dp_shard == 1:
-        return found
-    reshard = cfg.fsdp.reshard_after_forward
-    sharded = math.ceil(found.grads_bytes / layout.dp_shard)
+    parameters and gradient of the units in flight (every stage of the rank's, at most);
+    with `parallel.offload: cpu` that sharded state lives in host memory."""
     buffers = found.params_bytes - found.grads_bytes
-    working = [fsdp_working_set(stage.facts, reshard_after_forward=reshard) for stage in mine]
+    if layout.dp_shard > 1:
+        reshard = cfg.fsdp.reshard_after_forward
+        sharded = math.ceil(found.grads_bytes / layout.dp_shard)
+        working = [fsdp_working_set(stage.facts, reshard_after_forward=reshard) for stage in mine]
+        found = replace(
+            found,
+            params_bytes=sharded + buffers,
+            grads_bytes=sharded,
+            optimizer_bytes=optimizer_states * sharded,
+            communication_bytes=found.communication_bytes
+            + (max(working) if reshard else sum(working)),
+        )
+    if cfg.offload != "cpu":
+        return found
+    host = found.params_bytes - buffers + found.grads_bytes + found.optimizer_bytes
     return replace(
         found,
-        params_bytes=sharded + buffers,
-        grads_bytes=sharded,
-        optimizer_bytes=optimizer_states * sharded,
-        communication_bytes=found.communication_bytes + (max(working) if reshard else sum(working)),
+        strategy=found.strategy + " offload",
+        params_bytes=buffers,
+        grads_bytes=0,
+        optimizer_bytes=0,
+        host_bytes=host,
     )
 
 

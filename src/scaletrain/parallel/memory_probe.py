@@ -22,6 +22,12 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 
+from scaletrain.parallel.memory_backward import (
+    LiveBytes,
+    backward_peak_bytes,
+    recurrent_backward_bytes,
+)
+
 _MB = 2**20
 
 
@@ -44,6 +50,9 @@ class ModelFacts:
     # the model's output in fp32: what the loss keeps (log-probabilities) until backward,
     # and the size of their gradient; a language model's logits make this large
     output_fp32_bytes: int = 0
+    # activations alive at the worst moment of backward (`memory_backward`), replayed only
+    # where blocks share an input; 0 elsewhere (a chain of blocks: the terms above hold)
+    peak_live_bytes: int = 0
 
     @property
     def root_param_bytes(self) -> int:
@@ -70,6 +79,7 @@ def measure_model(
     params = dict(model.named_parameters())
     param_ids = {id(param) for param in params.values()}
     saved = _SavedTensorCounter(model, blocks, param_ids)
+    peak_live = 0
     if example_input is not None:
         meta_state = _meta_state(model, compute_dtype)
         saved.param_ids |= {id(tensor) for tensor in meta_state.values()}
@@ -77,8 +87,11 @@ def measure_model(
         if compute_dtype is not None and inputs.is_floating_point():
             inputs = inputs.to(compute_dtype)
         with saved.hooks(), _FusedAttention(), saved_tensors_hooks(saved.pack, saved.unpack):
-            # forward only decides what is saved
             output = functional_call(model, meta_state, (inputs,))
+        if saved.blocks_share_an_input():  # parallel branches: replay backward (costs a pass)
+            # it starts from the saved tensors and frees each after its use, as on a device
+            live = LiveBytes(ignore=[*meta_state.values(), inputs], alive=saved.release())
+            peak_live = backward_peak_bytes(output, list(meta_state.values()), live)
         output = output[0] if isinstance(output, tuple | list) else output
         if torch.is_tensor(output):
             saved.output_fp32 = output.numel() * 4
@@ -95,6 +108,7 @@ def measure_model(
         largest_saved_bytes=saved.largest,
         recurrent_backward_bytes=saved.recurrent_backward,
         output_fp32_bytes=saved.output_fp32,
+        peak_live_bytes=peak_live,
         micro_batch_size=int(example_input.shape[0]) if example_input is not None else 0,
     )
 
@@ -129,6 +143,18 @@ class _SavedTensorCounter:
 
     def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+    def blocks_share_an_input(self) -> bool:
+        """Several blocks read one tensor (parallel branches, as textcnn's convs): backward
+        then holds its gradient summed over them beside each branch's own."""
+        ids = [each for found in self._input_ids.values() for each in found]
+        return len(ids) != len(set(ids))
+
+    def release(self) -> list[torch.Tensor]:
+        """The saved tensors, no longer held here."""
+        saved = list(self._seen.values())
+        self._seen.clear()
+        return saved
 
     def hooks(self):
         from contextlib import ExitStack
@@ -193,29 +219,6 @@ def _fusable(args: tuple, kwargs: dict) -> bool:
         return False
     query, key, value = args
     return all(t.is_meta for t in args) and query.shape[1] == key.shape[1] == value.shape[1]
-
-
-# gate blocks per step: LSTM i, f, g, o; GRU r, z, n; a plain RNN one
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-
-
-def recurrent_backward_bytes(module: nn.RNNBase, num_tokens: int, element_size: int) -> int:
-    """The gradient buffers one layer's backward holds at once, for the largest layer.
-
-    Per direction (run one after the other) the gradient of all steps' gates, about 1.5x
-    the gates (the stacked gradient and the buffer it accumulates into overlap), plus the
-    gradients of the layer's output and input. Calibrated on CPU (torch 2.13, LSTM through
-    oneDNN, GRU/RNN decomposed): the profiler's peak is 0.7-1.0x this for 1-2 layers,
-    uni- and bidirectional (docs/distributed.md, the memory planner).
-    """
-    directions = 2 if module.bidirectional else 1
-    hidden = module.hidden_size
-    gates = _GATES.get(module.mode, 4) * hidden
-    widest = 0
-    for layer in range(module.num_layers):
-        layer_input = module.input_size if layer == 0 else directions * hidden
-        widest = max(widest, 1.5 * gates + directions * hidden + layer_input)
-    return int(num_tokens * widest * element_size)
 
 
 def _meta_state(model: nn.Module, compute_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@ under single/fsdp, a GPT's pipeline stages under gpipe/1f1b.
 
 Usage: sequence_memory.py OUT_JSON POINT[;POINT...], where POINT is `rnn,CELL,STRATEGY,BATCH`
 or `pp,SCHEDULE,MICROBATCHES,BATCH` (2 ranks; 2 stages each for interleaved_1f1b), or
-`ppmesh,SCHEDULE,MICROBATCHES,BATCH` (4 ranks: 2 stages, each FSDP over dp_shard 2). Rank r writes OUT_JSON.rank<r>. Run with
+`ppmesh,SCHEDULE,MICROBATCHES,BATCH[,TP]` (4 ranks: 2 stages, each FSDP over dp_shard 2, or
+with TP 2 tensor parallel over 2 ranks), or `model,NAME,STRATEGY,BATCH` (textcnn, resnet).
+Rank r writes OUT_JSON.rank<r>. Run with
 MALLOC_MMAP_THRESHOLD_=65536 (see test_memory_planner.py: freed tensors return to the OS,
 so RSS follows live tensors).
 """
@@ -160,12 +162,12 @@ def measure_pipeline(schedule: str, microbatches: int, batch: int) -> dict:
         gc.collect()
 
 
-def measure_pipeline_mesh(schedule: str, microbatches: int, batch: int) -> dict:
-    """One rank of a 2-stage GPT whose stages FSDP shards over 2 ranks: the run's own
-    estimate (the strategy plans when wrapping, as in training) vs this rank's peak."""
+def measure_pipeline_mesh(schedule: str, microbatches: int, batch: int, tp: int = 1) -> dict:
+    """One rank of a 2-stage GPT whose stages FSDP shards over 2 ranks (or `tp` splits):
+    the run's own estimate (the strategy plans when wrapping, as in training) vs its peak."""
     cfg = ParallelConfig(
         strategy="fsdp",
-        dims=DimsConfig(pp=2, dp_shard=2),
+        dims=DimsConfig(pp=2, dp_shard=4 // (2 * tp), tp=tp),
         pp=PipelineConfig(schedule=schedule, microbatches=microbatches),
     )
     strategy = build_strategy(cfg, device_name="cpu")
@@ -203,8 +205,8 @@ def main() -> None:
             found = measure_other(name, strategy_name, int(batch))
             found |= {"model": name, "batch": int(batch)}
         elif kind == "ppmesh":
-            schedule, microbatches, batch = rest
-            found = measure_pipeline_mesh(schedule, int(microbatches), int(batch))
+            schedule, microbatches, batch, *tp = rest
+            found = measure_pipeline_mesh(schedule, int(microbatches), int(batch), *map(int, tp))
             found |= {"model": "gpt", "batch": int(batch)}
         else:
             schedule, microbatches, batch = rest

@@ -214,6 +214,20 @@ def test_fsdp_on_the_mesh_shards_each_stage_state_over_dp_shard():
         assert half.strategy.endswith("dp2 tp1")
 
 
+def test_offload_on_the_mesh_moves_each_stage_sharded_state_to_the_host():
+    layout = PipelineLayout(2, "1f1b", 4, dp_shard=2)
+    _, on_device = mesh_rows(layout, mesh_config())
+    stages, offloaded = mesh_rows(layout, mesh_config().model_copy(update={"offload": "cpu"}))
+    for stage, kept, moved in zip(stages, on_device, offloaded, strict=True):
+        state = kept.grads_bytes + kept.grads_bytes + kept.optimizer_bytes
+        assert moved.host_bytes == state  # sharded params, grads, optimizer state
+        assert (moved.grads_bytes, moved.optimizer_bytes) == (0, 0)
+        assert moved.params_bytes == stage.facts.buffer_bytes
+        assert moved.activations_bytes == kept.activations_bytes
+        assert moved.communication_bytes == kept.communication_bytes  # FSDP's gathered units
+        assert moved.strategy == kept.strategy + " offload"
+
+
 def test_tensor_parallel_on_the_mesh_splits_state_and_activations():
     cfg = mesh_config(tp=2)
     stages, pure = mesh_rows(PipelineLayout(2, "1f1b", 4), cfg)

@@ -28,6 +28,10 @@ def test_auto_fills_dp_shard_and_the_product_is_the_world():
     assert default.sizes == (1, 1, 4, 1) and default.dp_size == 4  # today's FSDP mesh
     hybrid = resolve_dims(DimsConfig(), world_size=8, nodes=2)  # parallel.fsdp.hybrid
     assert hybrid.sizes == (1, 2, 4, 1) and hybrid.dp_size == 8
+    # with pipeline stages: 2 nodes of 2 give pp 2 x dp_replicate 2, the layout
+    # test_pipeline_mesh.py trains (pp2_hsdp_offload)
+    staged = resolve_dims(DimsConfig(pp=2), world_size=4, nodes=2)
+    assert staged.sizes == (2, 2, 1, 1) and staged.dp_size == 2
 
 
 @pytest.mark.parametrize(
