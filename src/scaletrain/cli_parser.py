@@ -264,6 +264,11 @@ def _add_compress(sub: argparse.ArgumentParser) -> None:
         "--structured", action="store_true", help="Remove whole neurons/filters (mlp, cnn)."
     )
     sub.add_argument("--scope", default="global", help="Unstructured: `global` or per `layer`.")
+    sub.add_argument(
+        "--targets",
+        default="linear,conv,embedding,recurrent",
+        help="Unstructured: weight families pruned (comma-separated subset; default all).",
+    )
     sub.add_argument("--schedule", default="oneshot", help="`oneshot` or `gradual` (cubic).")
     sub.add_argument("--steps", type=int, default=3, help="Gradual: prune + fine-tune rounds.")
     sub.add_argument(
