@@ -81,6 +81,10 @@ def test_gradual_textcnn_keeps_embedding_zeros_and_the_finetune_lr(text_runs, tm
         torch.testing.assert_close(
             reloaded.model.float().cpu().eval()(_tokens()), result.model.eval()(_tokens())
         )
+    exported = scaletrain.load_exported(
+        scaletrain.export(tmp_path / "g", out=tmp_path / "g.safetensors")
+    )
+    assert sparsity_of(exported.model) == result.sparsity  # the zeros are in the export too
 
 
 @pytest.mark.slow
