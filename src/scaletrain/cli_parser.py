@@ -261,7 +261,9 @@ def _add_compress(sub: argparse.ArgumentParser) -> None:
     _add_overrides(sub, "Dotted overrides for fine-tuning: optim.lr=1e-3.")
     sub.add_argument("--prune", type=float, default=0.0, help="Fraction of weights to remove.")
     sub.add_argument(
-        "--structured", action="store_true", help="Remove whole neurons/filters (mlp, cnn)."
+        "--structured",
+        action="store_true",
+        help="Remove whole neurons/filters (mlp, cnn, textcnn, resnet).",
     )
     sub.add_argument("--scope", default="global", help="Unstructured: `global` or per `layer`.")
     sub.add_argument(
