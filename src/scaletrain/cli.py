@@ -311,6 +311,7 @@ def _compress(args) -> int:
         prune=args.prune,
         structured=args.structured,
         scope=args.scope,
+        targets=args.targets,
         schedule=args.schedule,
         steps=args.steps,
         quantize=args.quantize,

@@ -261,9 +261,16 @@ def _add_compress(sub: argparse.ArgumentParser) -> None:
     _add_overrides(sub, "Dotted overrides for fine-tuning: optim.lr=1e-3.")
     sub.add_argument("--prune", type=float, default=0.0, help="Fraction of weights to remove.")
     sub.add_argument(
-        "--structured", action="store_true", help="Remove whole neurons/filters (mlp, cnn)."
+        "--structured",
+        action="store_true",
+        help="Remove whole neurons/filters (mlp, cnn, textcnn, resnet).",
     )
     sub.add_argument("--scope", default="global", help="Unstructured: `global` or per `layer`.")
+    sub.add_argument(
+        "--targets",
+        default="linear,conv,embedding,recurrent",
+        help="Unstructured: weight families pruned (comma-separated subset; default all).",
+    )
     sub.add_argument("--schedule", default="oneshot", help="`oneshot` or `gradual` (cubic).")
     sub.add_argument("--steps", type=int, default=3, help="Gradual: prune + fine-tune rounds.")
     sub.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaletrain.compress.prune import TARGETS, parse_targets
 from scaletrain.compress.quantize import MODES
 from scaletrain.errors import UserError
 
@@ -19,6 +20,7 @@ class CompressOptions:
     prune: float = 0.0  # fraction of weights (unstructured) or neurons/filters (structured)
     structured: bool = False  # remove whole neurons/filters: a smaller model
     scope: str = "global"  # unstructured: rank weights across all layers, or per layer
+    targets: str = ",".join(TARGETS)  # unstructured: the weight families pruned
     schedule: str = "oneshot"  # gradual: `steps` prune + fine-tune rounds (cubic schedule)
     steps: int = 3
     quantize: str | None = None  # one of MODES
@@ -39,6 +41,7 @@ def check_options(options: CompressOptions) -> None:
         raise UserError("nothing to do: pass --prune FRACTION and/or --quantize MODE")
     if options.scope not in SCOPES:
         raise UserError(f"--scope: expected global or layer, got {options.scope!r}")
+    parse_targets(options.targets)
     if options.schedule not in SCHEDULES:
         raise UserError(f"--schedule: expected oneshot or gradual, got {options.schedule!r}")
     if options.finetune_epochs < 0:
@@ -51,6 +54,8 @@ def check_options(options: CompressOptions) -> None:
 def _check_combinations(options: CompressOptions) -> None:
     if options.structured and options.prune == 0:
         raise UserError("--structured: needs --prune FRACTION (the share of neurons to remove)")
+    if options.structured and parse_targets(options.targets) != TARGETS:
+        raise UserError("--targets: applies to unstructured pruning; drop it or --structured")
     if options.schedule == "gradual":
         if options.prune == 0 or options.finetune_epochs == 0:
             raise UserError(

@@ -28,7 +28,13 @@ from scaletrain.compress.newrun import (
     write_summary,
 )
 from scaletrain.compress.options import CompressOptions, check_options, default_out
-from scaletrain.compress.prune import KeepMasks, cubic_schedule, prune_unstructured, sparsity_of
+from scaletrain.compress.prune import (
+    KeepMasks,
+    cubic_schedule,
+    parse_targets,
+    prune_unstructured,
+    sparsity_of,
+)
 from scaletrain.compress.quantize import prepare_qat, quantize, quantized_state
 from scaletrain.compress.shrink import (
     channel_fraction,
@@ -67,10 +73,11 @@ class _Work:
 
     model: nn.Module
     model_cfg: object
-    cfg: Config
+    cfg: Config  # the latest round's (what the new run's config.yaml records)
     rounds: list[Path]
     spec: object
     masks: dict | None = None
+    source_cfg: Config | None = None  # every fine-tuning round starts from the source's config
 
 
 def compress(
@@ -103,6 +110,7 @@ def compress(
     bundle = build_data(source.config.data, seed=source.config.run.seed)
     before = _measure(source.model, source, bundle, options)
     work = _Work(copy.deepcopy(source.model), source.config.model, source.config, [], source.spec)
+    work.source_cfg = source.config
     try:
         sparsity = _prune(work, target, options)
         if options.quantize == "qat":
@@ -141,7 +149,7 @@ def _check_source(source: Run, options: CompressOptions) -> None:
 def _prune(work: _Work, target: Path, options: CompressOptions) -> float | None:
     if not options.prune:
         return None
-    original_cfg = work.model_cfg
+    original_cfg, targets = work.model_cfg, parse_targets(options.targets)
     steps = (
         cubic_schedule(options.prune, options.steps)
         if options.schedule == "gradual"
@@ -155,19 +163,23 @@ def _prune(work: _Work, target: Path, options: CompressOptions) -> float | None:
             copy_kept(work.model.cpu(), smaller)
             work.model = smaller
         else:
-            work.masks = prune_unstructured(work.model.cpu(), fraction, scope=options.scope)
+            work.masks = prune_unstructured(
+                work.model.cpu(), fraction, scope=options.scope, targets=targets
+            )
         if options.finetune_epochs and not (options.quantize == "qat" and fraction == steps[-1]):
             _finetune_round(work, target, options)
     if options.structured:
         return channel_fraction(original_cfg, work.model_cfg)
-    return sparsity_of(work.model)
+    return sparsity_of(work.model, targets)
 
 
 def _finetune_round(work: _Work, target: Path, options: CompressOptions) -> None:
     root = staging_dir(target, len(work.rounds))
     discard(root)  # a crashed earlier attempt's leftovers
+    # From the source's config, not the previous round's: that one's lr is already a tenth,
+    # and a gradual schedule's rounds would each divide it again (3e-3 -> 3e-6 by round 3).
     cfg = run_config(
-        work.cfg,
+        work.source_cfg,
         work.model_cfg,
         root=root,
         overrides=options.overrides,

@@ -1,5 +1,6 @@
 """Structured pruning that shrinks the layers: whole neurons/filters removed, a smaller
-built-in model (new widths in its config) filled with the kept slices."""
+built-in model (new widths in its config) filled with the kept slices (mlp and cnn here,
+textcnn in `shrink_textcnn`, resnet's inner block channels in `shrink_resnet`)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,29 @@ import math
 import torch
 from torch import nn
 
-from scaletrain.config import CNNConfig, MLPConfig
+from scaletrain.compress.shrink_resnet import (
+    copy_kept_channels,
+    inner_channels,
+    shrunk_resnet_config,
+)
+from scaletrain.compress.shrink_textcnn import copy_kept_filters, shrunk_textcnn_config
+from scaletrain.config import CNNConfig, MLPConfig, ResNetConfig, TextCNNConfig
 from scaletrain.errors import UserError
 from scaletrain.models.cnn import CNN
 from scaletrain.models.mlp import MLP
+from scaletrain.models.resnet import ResNet
+from scaletrain.models.textcnn import TextCNN
 
 Layer = tuple[nn.Module, nn.Module | None]  # (linear or conv, its BatchNorm or None)
 
 
 def check_shrinkable(model_cfg) -> None:
     """Only the models whose widths are config lists can be rebuilt smaller."""
-    if not isinstance(model_cfg, MLPConfig | CNNConfig):
+    if not isinstance(model_cfg, MLPConfig | CNNConfig | TextCNNConfig | ResNetConfig):
         raise UserError(
-            f"--structured: shrinks the built-in mlp and cnn models (widths in the config), "
-            f"got model.name: {model_cfg.name}; use unstructured pruning (drop --structured)"
+            f"--structured: shrinks the built-in mlp, cnn, textcnn and resnet models (widths "
+            f"in the config), got model.name: {model_cfg.name}; use unstructured pruning "
+            f"(drop --structured)"
         )
 
 
@@ -33,6 +43,10 @@ def shrunk_config(model_cfg, fraction: float):
 
     if isinstance(model_cfg, MLPConfig):
         return model_cfg.model_copy(update={"hidden": keep(model_cfg.hidden)})
+    if isinstance(model_cfg, TextCNNConfig):
+        return shrunk_textcnn_config(model_cfg, fraction)
+    if isinstance(model_cfg, ResNetConfig):
+        return shrunk_resnet_config(model_cfg, fraction)
     return model_cfg.model_copy(
         update={"channels": keep(model_cfg.channels), "head": keep(model_cfg.head)}
     )
@@ -42,6 +56,12 @@ def copy_kept(source: nn.Module, target: nn.Module) -> None:
     """Fill `target` (the shrunk model) with the strongest neurons/filters of `source`:
     ranked by |BatchNorm scale| where a norm follows (it sets the output's size), else by the
     L2 norm of the weight row; the next layer keeps the matching input slices."""
+    if isinstance(target, TextCNN):
+        copy_kept_filters(source, target)
+        return
+    if isinstance(target, ResNet):
+        copy_kept_channels(source, target)
+        return
     old, new = _layers(source), _layers(target)
     kept_inputs: torch.Tensor | None = None
     previous: nn.Module | None = None
@@ -110,4 +130,8 @@ def channel_fraction(old_cfg, new_cfg) -> float:
 def _widths(model_cfg) -> list[int]:
     if isinstance(model_cfg, MLPConfig):
         return model_cfg.hidden
+    if isinstance(model_cfg, TextCNNConfig):
+        return [model_cfg.num_filters * len(model_cfg.kernel_sizes)]
+    if isinstance(model_cfg, ResNetConfig):
+        return inner_channels(model_cfg)
     return [*model_cfg.channels, *model_cfg.head]

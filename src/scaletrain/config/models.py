@@ -169,6 +169,11 @@ class ResNetConfig(Section):
         description="Start each block's last BatchNorm scale at zero, so every block starts "
         "as the identity on its residual path (Goyal et al. 2017).",
     )
+    inner_keep: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0,
+        description="Share of each basic block's inner channels (between its two convs) "
+        "kept; below 1 after `scaletrain compress --structured`.",
+    )
     dropout: Fraction = Field(0.0, description="Dropout on the pooled features, before the head.")
     init: InitConfig = InitConfig()
 

@@ -20,12 +20,15 @@ SMALL_STEM_BELOW_PX = 64  # `stem: auto`: images whose shorter side is under thi
 class BasicBlock(nn.Module):
     """Two 3x3 conv + BatchNorm layers plus a shortcut; the FSDP / checkpointing unit."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int, inner: int | None = None
+    ) -> None:
         super().__init__()
+        inner = inner or out_channels  # fewer after structured pruning; the residual keeps its
         # No conv biases: the BatchNorm after each conv subtracts its mean anyway.
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, inner, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, out_channels, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
@@ -57,6 +60,11 @@ def stem_for(setting: str, height: int, width: int) -> str:
     return "small" if min(height, width) < SMALL_STEM_BELOW_PX else "large"
 
 
+def inner_width(out_channels: int, keep: float) -> int:
+    """Channels between a block's two convs: `keep` of its output's, at least one."""
+    return max(1, round(out_channels * keep))
+
+
 class ResNet(nn.Module):
     """Stem, four stages of basic blocks, global average pool, dropout, linear head."""
 
@@ -67,9 +75,12 @@ class ResNet(nn.Module):
         stages, in_channels = [], cfg.width
         for index, num_blocks in enumerate(STAGE_BLOCKS[cfg.depth]):
             out_channels = cfg.width * 2**index
+            inner = inner_width(out_channels, cfg.inner_keep)
             blocks = [
                 # Sides only shrink to 1, never 0: a stride-2, padding-1 3x3 conv maps 1 to 1.
-                BasicBlock(in_channels if i == 0 else out_channels, out_channels, stride=s)
+                BasicBlock(
+                    in_channels if i == 0 else out_channels, out_channels, stride=s, inner=inner
+                )
                 for i, s in enumerate([1 if index == 0 else 2] + [1] * (num_blocks - 1))
             ]
             stages.append(nn.Sequential(*blocks))

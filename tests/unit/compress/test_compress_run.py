@@ -126,6 +126,8 @@ def test_gradual_pruning_reaches_the_final_sparsity(source, tmp_path):
         ([], "nothing to do: pass --prune FRACTION and/or --quantize MODE"),
         (["--quantize", "qat"], "--quantize qat: needs --finetune-epochs N"),
         (["--prune", "0.5", "--schedule", "gradual"], "--schedule gradual: needs"),
+        (["--prune", "0.5", "--targets", "linear,attention"], "--targets: expected a comma"),
+        (["--prune", "0.5", "--structured", "--targets", "conv"], "--targets: applies to unstr"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(source, tmp_path, capsys, flags, message):

@@ -100,12 +100,3 @@ def test_structured_mlp_keeps_the_largest_neurons():
     kept = norms.topk(4).indices.sort().values
     torch.testing.assert_close(small.blocks[0].linear.weight, model.blocks[0].linear.weight[kept])
     torch.testing.assert_close(small.output.weight, model.output.weight[:, kept])
-
-
-def test_structured_pruning_refuses_models_without_width_lists():
-    from scaletrain.compress.shrink import check_shrinkable
-    from scaletrain.config import ResNetConfig
-    from scaletrain.errors import UserError
-
-    with pytest.raises(UserError, match=r"^--structured: .* got model.name: resnet; use"):
-        check_shrinkable(ResNetConfig())
