@@ -26,8 +26,8 @@ FACTORS: dict[str, list] = {
     # not ranks of the one torchrun job the distributed cases share, and it refuses
     # bf16-true; test_async_ps.py checks it against one process and a replay, and its
     # refusals are listed under `refused`
-    # tp: fsdp with parallel.dims.tp=2 (both ranks one tensor-parallel group); pp:
-    # parallel.strategy=pp with 2 stages
+    # tp: fsdp with parallel.dims.tp=2 (both ranks one tensor-parallel group); pp: 2 stages,
+    # parallel.strategy=pp for language models, fsdp with parallel.dims.pp=2 for classifiers
     "strategy": ["single", "ddp", "fsdp", "local_sgd", "diloco", "tp", "pp"],
     "precision": ["32", "bf16-mixed", "bf16-true"],
     "optimizer": ["sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
