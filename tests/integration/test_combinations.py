@@ -41,10 +41,19 @@ DISTRIBUTED = [name for name, case in CASES.items() if case["strategy"] != "sing
 # local_sgd/diloco let the ranks drift between syncs: by design not one process's weights
 # (tests/integration/test_local_sgd.py checks them against DDP with one-step periods)
 LOCAL = ("local_sgd", "diloco")
+# A teacher leaves some of the tiny resnet's gradients near zero, where rmsprop's first step
+# (g / sqrt(0.01 g^2 + eps)) turns rounding into ~lr: its ddp case ends 1.6e-4 from its twin
+# after ONE step at lr 3e-4 (5e-5 at 1e-4), live and precomputed alike, while sgd's first step
+# there is 3e-7 apart with or without the teacher (the gradients agree) and rmsprop without a
+# teacher 6e-6 after 8 steps. Its loss must still fall; its weights are not compared.
+EPS_AMPLIFIED = ("resnet", "rmsprop")
 FP32_DISTRIBUTED = [
     name
-    for name in DISTRIBUTED
-    if CASES[name]["precision"] == "32" and CASES[name]["strategy"] not in LOCAL
+    for name, case in CASES.items()
+    if name in DISTRIBUTED
+    and case["precision"] == "32"
+    and case["strategy"] not in LOCAL
+    and not (case["distill"] != "none" and (case["model"], case["optimizer"]) == EPS_AMPLIFIED)
 ]
 NUM_STEPS = 8
 BATCH_SIZE = 64
