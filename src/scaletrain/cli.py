@@ -214,6 +214,7 @@ def _predict(args) -> int:
 def _generate(args) -> int:
     from scaletrain import api
 
+    _note_quantized(args)
     text = api.generate(
         args.run_dir,
         args.prompt,

@@ -26,8 +26,8 @@ FACTORS: dict[str, list] = {
     # not ranks of the one torchrun job the distributed cases share, and it refuses
     # bf16-true; test_async_ps.py checks it against one process and a replay, and its
     # refusals are listed under `refused`
-    # tp: fsdp with parallel.dims.tp=2 (both ranks one tensor-parallel group); pp:
-    # parallel.strategy=pp with 2 stages
+    # tp: fsdp with parallel.dims.tp=2 (both ranks one tensor-parallel group); pp: 2 stages,
+    # parallel.strategy=pp for language models, fsdp with parallel.dims.pp=2 for classifiers
     "strategy": ["single", "ddp", "fsdp", "local_sgd", "diloco", "tp", "pp"],
     "precision": ["32", "bf16-mixed", "bf16-true"],
     "optimizer": ["sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
@@ -36,29 +36,43 @@ FACTORS: dict[str, list] = {
     "accumulation": [1, 2],
     "clip": ["none", "norm"],
     "task": ["classification", "regression", "language_model"],
+    # a teacher run (one tiny one per data family, trained first): none, its logits live
+    # each step, or precomputed once into the run directory (distill.precompute)
+    "distill": ["none", "live", "precomputed"],
 }
 # next-token prediction needs a sequence model that predicts every position
 SEQUENCE_MODELS = ("gpt", "rnn")
 # tp splits the models with a tensor-parallel plan, pp cuts the GPT layout into stages
-# (parallel/pipeline_split.py); both only for next-token prediction (check_gpt and
-# check_layout refuse a pooled head)
+# (parallel/pipeline_split.py); tp only for next-token prediction, pp also for a GPT
+# sequence classifier (its last stage pools with the token ids every stage receives)
 SPLIT_MODELS = {"tp": tuple(sorted(TP_PLANS)), "pp": ("gpt",)}
+SPLIT_TASKS = {"tp": ("language_model",), "pp": ("language_model", "classification")}
+# a teacher needs the student's whole outputs on each rank and class probabilities
+# (config/distill.py refuses the rest: listed under `refused`)
+DISTILL_STRATEGIES = ("single", "ddp", "fsdp")
 
 Case = dict[str, object]  # factor -> value
 Pair = tuple[str, object, str, object]
-SEEDS_PER_ROW = 10  # rows tried from the rarest uncovered pairs; the best is kept
+# rows tried from the rarest uncovered pairs; the best is kept. 10 gave 48 rows once the
+# distill factor came; 30 reaches the lower bound, 47, in 0.1 s
+SEEDS_PER_ROW = 30
 
 
 def allowed(case: Case) -> bool:
     """A case that can run at all: only gpt and rnn model language, tp and pp split only the
-    models they have a plan for, for language. The array covers every pair that some allowed
+    models they have a plan for, tp for language only, and a teacher distills classifiers and
+    language models under single, ddp and fsdp. The array covers every pair that some allowed
     case holds; the others are impossible, not untested. `case` may be a pair."""
     model, task, strategy = case.get("model"), case.get("task"), case.get("strategy")
     if task == "language_model" and model is not None and model not in SEQUENCE_MODELS:
         return False
+    if case.get("distill", "none") != "none" and (
+        task == "regression" or strategy not in (None, *DISTILL_STRATEGIES)
+    ):
+        return False
     if strategy not in SPLIT_MODELS:
         return True
-    return task in (None, "language_model") and model in (None, *SPLIT_MODELS[strategy])
+    return task in (None, *SPLIT_TASKS[strategy]) and model in (None, *SPLIT_MODELS[strategy])
 
 
 def pairs_of(case: Case, factors: dict[str, list] = FACTORS) -> set[Pair]:
@@ -83,7 +97,7 @@ def covering_array(factors: dict[str, list] = FACTORS) -> list[Case]:
     """Greedy, one row at a time (AETG-style): a row starts from the rarest uncovered pair
     and takes, factor by factor, the allowed value that covers the most uncovered pairs with
     the values chosen so far. Deterministic and fast (no walk over the full product); rare
-    pairs first (tp and pp only run gpt language models) let them share rows, which reached
+    pairs first (tp and pp only run gpt) let them share rows, which reached
     the lower bound for today's factors (47: 6 optimizers x tp, x pp and gpt under the 5
     other strategies, 6 optimizers x the 5 other models)."""
     uncovered = all_pairs(factors)
@@ -134,9 +148,10 @@ def case_name(case: Case) -> str:
     """A readable, unique name: ddp-32-adamw-l1-cnn-accum2-clip-regression."""
     clip = "-clip" if case["clip"] == "norm" else ""
     task = "" if case.get("task", "classification") == "classification" else f"-{case['task']}"
+    distill = "" if case.get("distill", "none") == "none" else f"-distill_{case['distill']}"
     return (
         f"{case['strategy']}-{case['precision']}-{case['optimizer']}-{case['penalty']}-"
-        f"{case['model']}-accum{case['accumulation']}{clip}{task}"
+        f"{case['model']}-accum{case['accumulation']}{clip}{task}{distill}"
     )
 
 

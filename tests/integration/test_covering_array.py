@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from covering_array import (
+    DISTILL_STRATEGIES,
     FACTORS,
     SPLIT_MODELS,
+    SPLIT_TASKS,
     TABLE,
     all_pairs,
     allowed,
@@ -48,12 +50,26 @@ def test_the_generator_covers_small_factor_sets_exactly():
     assert len(rows) == 4  # the optimum for three binary factors
 
 
-def test_tp_and_pp_only_split_language_models_they_have_a_plan_for():
+def test_tp_and_pp_only_split_the_models_and_tasks_they_have_a_plan_for():
     assert not allowed({"strategy": "tp", "model": "rnn"})  # no tensor-parallel plan
-    assert not allowed({"strategy": "pp", "task": "classification"})  # a pooled head
+    assert not allowed({"strategy": "tp", "task": "classification"})  # a pooled head
+    assert allowed({"strategy": "pp", "task": "classification"})  # the last stage pools
+    assert not allowed({"strategy": "pp", "task": "regression"})
+    assert not allowed({"strategy": "pp", "model": "mlp"})
     assert allowed({"strategy": "tp", "precision": "bf16-true"})
     split = [case for case in load_table() if case["strategy"] in SPLIT_MODELS]
     assert {case["strategy"] for case in split} == {"tp", "pp"}
     for case in split:
         assert case["model"] in SPLIT_MODELS[case["strategy"]]
-        assert case["task"] == "language_model"
+        assert case["task"] in SPLIT_TASKS[case["strategy"]]
+    assert {case["task"] for case in split if case["strategy"] == "pp"} == set(SPLIT_TASKS["pp"])
+
+
+def test_a_teacher_distills_classifiers_and_language_models_under_single_ddp_and_fsdp():
+    assert not allowed({"distill": "live", "task": "regression"})
+    assert not allowed({"distill": "precomputed", "strategy": "pp"})
+    assert allowed({"distill": "none", "strategy": "diloco"})
+    distilled = [case for case in load_table() if case["distill"] != "none"]
+    assert {case["strategy"] for case in distilled} == set(DISTILL_STRATEGIES)
+    assert {case["model"] for case in distilled} == set(FACTORS["model"])
+    assert "bf16-mixed" in {case["precision"] for case in distilled}

@@ -31,8 +31,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
-    """The size of these tensors as a safetensors file (header included)."""
-    return len(save({name: t.contiguous() for name, t in tensors.items()}))
+    """The size of these tensors as a safetensors file (header included); a tied weight (a
+    GPT's head and embedding: one tensor under two names) counts once, as stored once."""
+    unique: dict[tuple, tuple[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        unique.setdefault((tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)), (name, tensor))
+    return len(save({name: tensor.contiguous() for name, tensor in unique.values()}))
 
 
 def latency_ms(

@@ -42,7 +42,8 @@ from scaletrain.compress.shrink import (
     copy_kept,
     shrunk_config,
 )
-from scaletrain.config import Config, UserModelConfig, load_config
+from scaletrain.compress.user_module import check_user_module
+from scaletrain.config import Config, load_config
 from scaletrain.data import build_data
 from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json
@@ -85,6 +86,7 @@ def compress(
     options: CompressOptions | None = None,
     *,
     out: str | Path | None = None,
+    model: nn.Module | None = None,
     **flags,
 ) -> CompressResult:
     """Prune and/or quantize a trained run into a new run directory; the source is only read.
@@ -93,6 +95,8 @@ def compress(
         run_dir: the trained run (a built-in model).
         options: what to do; or pass its fields as keywords (``prune=0.5, structured=True``).
         out: the new run directory (default: ``<run_dir>-compressed``).
+        model: a fresh instance of the user module the run was trained with (its weights are
+            loaded into it); quantization and unstructured pruning, without fine-tuning.
 
     Example: ``compress("runs/digits-cnn", prune=0.5, finetune_epochs=2).after.metric``
     """
@@ -102,10 +106,10 @@ def compress(
     check_options(options)
     wait_for_reports(raise_errors=False)  # a report drawn in the background skews latency
     source_dir = open_run_dir(run_dir)
-    _check_source_config(source_dir)
+    _check_source_config(source_dir, model, options)
     target = Path(out) if out is not None else default_out(source_dir.root)
     check_target(target, overwrite=options.overwrite)
-    source = load_run_dir(source_dir.root, model=None, checkpoint=options.checkpoint)
+    source = load_run_dir(source_dir.root, model=model, checkpoint=options.checkpoint)
     _check_source(source, options)
     bundle = build_data(source.config.data, seed=source.config.run.seed)
     before = _measure(source.model, source, bundle, options)
@@ -125,15 +129,10 @@ def compress(
         discard(*work.rounds)
 
 
-def _check_source_config(source: RunDir) -> None:
+def _check_source_config(source: RunDir, model: nn.Module | None, options) -> None:
     if is_ensemble_dir(source.root):
         raise UserError(f"{source.root} is an ensemble; compress one of its members/m<i> runs")
-    cfg = load_config(source.config)
-    if isinstance(cfg.model, UserModelConfig):
-        raise UserError(
-            f"{source.root} was trained with a user module ({cfg.model.class_name}); "
-            "compress rebuilds built-in models only"
-        )
+    check_user_module(load_config(source.config), model, options, where=str(source.root))
 
 
 def _check_source(source: Run, options: CompressOptions) -> None:

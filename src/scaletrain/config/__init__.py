@@ -837,8 +837,8 @@ class Config(Section):
             _check_async_ps(self)
         if self.parallel.dims.tp > 1:
             _check_tensor_parallel(self)
+        check_distill(self)  # first: a teacher under pp is refused for the teacher's sake
         check_pipeline(self)
-        check_distill(self)
         check_row_weights(self)
         if self.ensemble is not None and self.ensemble.method == "snapshot":
             check_snapshot(self.train.model_dump(), self.ensemble)

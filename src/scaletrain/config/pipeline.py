@@ -98,6 +98,11 @@ def _check_model(cfg: Any, *, num_stages: int, size_key: str) -> None:
     """What the model section says; the module itself (a user's, too) is checked by
     `parallel/pipeline_split.py: check_layout` before the run directory exists."""
     model = cfg.model
+    if model.name not in ("gpt", "user"):  # a user module's layout: check_layout, at build
+        raise ValueError(
+            f"model.name: pipeline stages ({size_key} > 1) are cut from a GPT's layers, and "
+            f"`{model.name}` has none to cut; use model.name=gpt or another strategy"
+        )
     if getattr(model, "tie_weights", False):
         raise ValueError(
             "model.tie_weights: the head would share the embedding's weight across pipeline "

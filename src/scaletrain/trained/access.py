@@ -105,11 +105,11 @@ def _prediction_dict(output: np.ndarray, spec: DataSpec) -> dict:
 
 def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: str | None) -> Run:
     """A Run from a directory: summary metrics, spec, preprocessing and loaded weights. A
-    quantized run (`scaletrain compress --quantize`) gives its quantized model unless a
-    `checkpoint` (its float weights) or a `model` is asked for."""
+    quantized run (`scaletrain compress --quantize`) gives its quantized model (a user
+    module's run: `model` quantized) unless a `checkpoint` (its float weights) is asked for."""
     run = open_run_dir(run_dir)
-    if checkpoint is None and model is None and quantization_of(run.root):
-        return load_quantized_run(load_run_dir(run.root, model=None, checkpoint="last"))
+    if checkpoint is None and quantization_of(run.root):
+        return load_quantized_run(load_run_dir(run.root, model=model, checkpoint="last"))
     checkpoint = checkpoint or "best"
     cfg = load_config(run.config)
     if cfg.ensemble is not None:  # the members' networks combined in one module

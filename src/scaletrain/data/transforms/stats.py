@@ -33,8 +33,12 @@ class RunningMoments:
             return
         # Images pool every pixel of a channel; tables count samples.
         count = values.numel() // values.shape[1] if self.is_image else len(values)
-        mean = values.mean(dim=dims, keepdim=True)[0]
-        m2 = ((values - mean) ** 2).sum(dim=dims, keepdim=True)[0]
+        # numpy, not torch: torch splits a float64 sum over threads, so 1 and 2 threads (a
+        # torchrun worker has 1) differed in the last bit of an image's m2, and a teacher's
+        # preprocess.json then no longer equalled its DDP student's (distill.teacher)
+        array, axes = values.numpy(), tuple(dims)
+        mean = torch.from_numpy(array.mean(axis=axes, keepdims=True)[0])
+        m2 = torch.from_numpy(((array - mean.numpy()) ** 2).sum(axis=axes, keepdims=True)[0])
         low = values.amin(dim=dims, keepdim=True)[0]
         high = values.amax(dim=dims, keepdim=True)[0]
         if self.count == 0:
