@@ -160,3 +160,19 @@ def test_a_user_modules_run_refuses_in_one_line(user_run, tmp_path, kwargs, mess
         compress(user_run.run_dir, out=tmp_path / "q", **options)
     assert "\n" not in str(refused.value)
     assert not (tmp_path / "q").exists()
+
+
+def test_a_pruned_tied_gpt_is_stored_once_and_reloads_tied(gpt_runs, tmp_path):
+    """Before: `Some tensors share memory` from safetensors when the pruned run was saved."""
+    options = CompressOptions(prune=0.5, latency_repeats=1, overrides=COMPRESS_QUIET)
+    result = compress(gpt_runs["float"], options, out=tmp_path / "pruned")
+    from safetensors.torch import load_file
+
+    stored = load_file(str(result.run_dir / "compressed.safetensors"))
+    assert "tok_emb.weight" in stored and "head.weight" not in stored  # the tie, stored once
+    loaded = scaletrain.load_run(result.run_dir).model
+    assert loaded.head.weight is loaded.tok_emb.weight  # tied again after the reload
+    ids = torch.arange(2, 18).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids), result.model(ids))
+    assert float((loaded.tok_emb.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)

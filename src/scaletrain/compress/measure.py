@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+from scaletrain.trained.quantized import stored_once
+
 LATENCY_BATCHES = (1, 64)
 LATENCY_THREADS = 2
 WARMUP_BATCHES = 5
@@ -33,10 +35,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """The size of these tensors as a safetensors file (header included); a tied weight (a
     GPT's head and embedding: one tensor under two names) counts once, as stored once."""
-    unique: dict[tuple, tuple[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        unique.setdefault((tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)), (name, tensor))
-    return len(save({name: tensor.contiguous() for name, tensor in unique.values()}))
+    return len(save(stored_once(tensors)))
 
 
 def latency_ms(

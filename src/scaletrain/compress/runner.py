@@ -51,7 +51,7 @@ from scaletrain.finish import wait_for_reports
 from scaletrain.rundir import RunDir, is_ensemble_dir, open_run_dir
 from scaletrain.trained import Run, load_run_dir
 from scaletrain.trained.inference import evaluate_on
-from scaletrain.trained.quantized import COMPRESS_FILE, WEIGHTS_FILE
+from scaletrain.trained.quantized import COMPRESS_FILE, WEIGHTS_FILE, stored_once
 from scaletrain.trained.weights import build_run_model
 
 # a single-process checkpoint read: the same filter as scaletrain.api
@@ -209,7 +209,7 @@ def _finish(work, target, source, bundle, before, sparsity, options) -> Compress
         tensors, quantized = quantized_state(model)
     else:
         model, quantized = float_model, []
-        tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+        tensors = stored_once(model.state_dict())
     save_file(tensors, str(root / WEIGHTS_FILE))
     disk = (root / WEIGHTS_FILE).stat().st_size
     after = _measure(model, source, bundle, options, disk=disk, counts=(nonzero, total))

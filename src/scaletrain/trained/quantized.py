@@ -145,12 +145,35 @@ def load_compressed_weights(root: Path, model: nn.Module) -> nn.Module:
     try:
         tensors = load_file(str(weights_file))
         if mode is None:
-            model.load_state_dict(tensors)
+            model.load_state_dict(with_tied_aliases(model, tensors))
             return model.eval()
         return load_quantized(model, mode, tensors, quantized).eval()
     except (SafetensorError, OSError, KeyError, RuntimeError, AttributeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{weights_file}: does not match {COMPRESS_FILE} ({reason})") from None
+
+
+def stored_once(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict for safetensors: a tied weight (a GPT's head and embedding, one tensor
+    under two names) kept under its first name only, as safetensors refuses shared memory."""
+    first: dict[tuple, str] = {}
+    for name, tensor in state.items():
+        first.setdefault((tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)), name)
+    return {name: state[name].detach().contiguous() for name in first.values()}
+
+
+def with_tied_aliases(model: nn.Module, tensors: dict) -> dict:
+    """`tensors` (stored once) with the model's tied names filled from their first name; a
+    name missing for another reason stays missing, so load_state_dict names it."""
+    state = model.state_dict()
+    first: dict[tuple, str] = {}
+    filled = dict(tensors)
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        owner = first.setdefault(key, name)
+        if owner != name and name not in tensors and owner in tensors:
+            filled[name] = tensors[owner]
+    return filled
 
 
 # torch 2.13's exporters have no ONNX op for int8 x int8 matmul (dynamo: aten._int_mm;

@@ -153,3 +153,25 @@ def test_unknown_targets_are_one_line_naming_the_flag():
     assert parse_targets("embedding,recurrent") == ("embedding", "recurrent")
     with pytest.raises(UserError, match=r"^--targets: expected .* got 'linear,attention'$"):
         parse_targets("linear,attention")
+
+
+def test_a_tied_state_is_stored_once_and_a_missing_untied_name_is_still_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from scaletrain.trained.quantized import stored_once, with_tied_aliases
+
+    model = _gpt()
+    save_file(stored_once(model.state_dict()), str(tmp_path / "w.safetensors"))
+    tensors = load_file(str(tmp_path / "w.safetensors"))
+    assert "head.weight" not in tensors and "tok_emb.weight" in tensors
+    fresh = _gpt()
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.zero_()  # so the load, not the shared seed, gives the weights
+    fresh.load_state_dict(with_tied_aliases(fresh, tensors))
+    assert fresh.head.weight is fresh.tok_emb.weight
+    assert torch.equal(fresh.tok_emb.weight, model.tok_emb.weight)
+    dropped = next(name for name in sorted(tensors) if name != "tok_emb.weight")
+    del tensors[dropped]
+    with pytest.raises(RuntimeError, match=f"Missing key.*{dropped}"):
+        fresh.load_state_dict(with_tied_aliases(fresh, tensors))
