@@ -144,12 +144,12 @@ def run_loop(
         t.heartbeat.failed(state.step, caught)  # a collective timed out? name the stalled rank
         error = caught
     finally:
-        t.close(keep_save_in_flight=final_in_flight and error is None)
+        final_in_flight = final_in_flight and error is None
+        t.close(keep_save_in_flight=final_in_flight)
     if error is None:
         callbacks.on_train_end(state)
-    result = _result(t, "failed" if error else STATUS[stop.reason], signals, error)
-    result.final_save = t.saver if final_in_flight and error is None else None
-    return result
+    status = "failed" if error else STATUS[stop.reason]
+    return _result(t, status, signals, error, final_save=t.saver if final_in_flight else None)
 
 
 def _end_training(t: Trainer, *, interrupted: bool, signals: StopRequest) -> bool:
@@ -222,7 +222,14 @@ def _callback_stop(t: Trainer, validation) -> bool:
     return wants
 
 
-def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | None) -> LoopResult:
+def _result(
+    t: Trainer,
+    status: str,
+    signals: StopRequest,
+    error: Exception | None,
+    *,
+    final_save: Checkpointer | None,
+) -> LoopResult:
     logger, seconds = t.logger, t.logger.train_seconds
     compute = t.train_step.compute_seconds
     return LoopResult(
@@ -241,6 +248,7 @@ def _result(t: Trainer, status: str, signals: StopRequest, error: Exception | No
         error=error,
         best_in_memory=t.saver.written_best,
         validated=_validated(t),
+        final_save=final_save,
     )
 
 
