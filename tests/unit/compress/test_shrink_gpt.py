@@ -85,7 +85,9 @@ def test_the_fraction_removed_is_the_asked_one_after_rounding_to_whole_units():
 
 
 def test_mlp_hidden_overrides_the_ratio_and_the_default_is_unchanged():
-    default = GPT(GPTConfig(), vocab_size=VOCAB, num_outputs=VOCAB, context=4, task="language_model")
+    default = GPT(
+        GPTConfig(), vocab_size=VOCAB, num_outputs=VOCAB, context=4, task="language_model"
+    )
     assert GPTConfig().mlp_hidden is None
     assert default.blocks[0].mlp.w_in.out_features == 344  # 2/3 * 4 * 128, up to 8s
     cfg = GPTConfig(mlp_hidden=21)
