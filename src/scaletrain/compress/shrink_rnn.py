@@ -34,19 +34,12 @@ def kept_hidden(model: RNN, width: int) -> list[list[Tensor]]:
         reader = _reader(model, layer)  # (rows, D * H): what reads this layer's outputs
         per_direction = []
         for direction, suffix in enumerate(_suffixes(model)):
-            w_ih, w_hh = (
-                params[f"weight_ih_l{layer}{suffix}"],
-                params[f"weight_hh_l{layer}{suffix}"],
-            )
-            rows = (
-                torch.cat((w_ih, w_hh), dim=1)
-                .detach()
-                .float()
-                .view(-1, hidden, w_ih.shape[1] + hidden)
-            )
+            w_ih = params[f"weight_ih_l{layer}{suffix}"].detach().float()  # (G * H, in)
+            w_hh = params[f"weight_hh_l{layer}{suffix}"].detach().float()  # (G * H, H)
+            rows = torch.cat((w_ih, w_hh), dim=1).view(-1, hidden, w_ih.shape[1] + hidden)
             incoming = rows.pow(2).sum(dim=(0, 2)).sqrt()  # (H,) over all gates
             columns = reader[:, direction * hidden : (direction + 1) * hidden]
-            outgoing = torch.cat((w_hh.detach().float(), columns), dim=0).norm(dim=0)
+            outgoing = torch.cat((w_hh, columns), dim=0).norm(dim=0)  # (H,)
             per_direction.append((incoming * outgoing).topk(width).indices.sort().values)
         kept.append(per_direction)
     return kept
@@ -65,8 +58,6 @@ def copy_kept_hidden(source: RNN, target: RNN) -> None:
             rows = torch.cat([gate * hidden + keep for gate in range(gates)])
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 name = f"{kind}_l{layer}{suffix}"
-                if name not in params:  # bias=False is not built by models/rnn.py
-                    continue
                 value = params[name].detach()[rows]
                 if kind == "weight_ih" and inputs is not None:
                     value = value[:, inputs]
