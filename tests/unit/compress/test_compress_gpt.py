@@ -4,12 +4,16 @@ export of the compressed run load it as a normal gpt with `model.mlp_hidden` set
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+import yaml
 
 import scaletrain
 from scaletrain.cli import main
 from scaletrain.compress import CompressOptions, compress
+from scaletrain.errors import UserError
 
 FINETUNE = ["train.precision=bf16-mixed", "log.report=false", "log.progress=false"]
 
@@ -54,3 +58,13 @@ def test_structured_gpt_finetunes_reloads_evaluates_and_exports(tmp_path):
     exported = scaletrain.load_exported(out)
     with torch.no_grad():
         torch.testing.assert_close(exported.model.float().cpu().eval()(tokens), expected)
+
+    # as if trained under tensor parallelism (tp 2): --prune 0.69 leaves round(48 x 0.31) =
+    # 15 units, which 2 ranks cannot split: refused before anything is measured or written
+    shutil.copytree(source.run_dir, tmp_path / "tp")
+    raw = yaml.safe_load((tmp_path / "tp" / "config.yaml").read_text())
+    raw["parallel"].update(strategy="fsdp", dims={**raw["parallel"]["dims"], "tp": 2})
+    (tmp_path / "tp" / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"^parallel.dims.tp: 2 does not divide model.mlp_hidd"):
+        compress(tmp_path / "tp", prune=0.69, structured=True, out=tmp_path / "tp-s")
+    assert not (tmp_path / "tp-s").exists()
