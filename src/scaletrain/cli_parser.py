@@ -263,7 +263,7 @@ def _add_compress(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--structured",
         action="store_true",
-        help="Remove whole neurons/filters (mlp, cnn, textcnn, resnet).",
+        help="Remove whole neurons/filters/units (mlp, cnn, textcnn, resnet, gpt MLPs, rnn).",
     )
     sub.add_argument("--scope", default="global", help="Unstructured: `global` or per `layer`.")
     sub.add_argument(

@@ -110,7 +110,7 @@ def compress(
     target = Path(out) if out is not None else default_out(source_dir.root)
     check_target(target, overwrite=options.overwrite)
     source = load_run_dir(source_dir.root, model=model, checkpoint=options.checkpoint)
-    _check_source(source, options)
+    _check_source(source, options, target=target)
     bundle = build_data(source.config.data, seed=source.config.run.seed)
     before = _measure(source.model, source, bundle, options)
     work = _Work(copy.deepcopy(source.model), source.config.model, source.config, [], source.spec)
@@ -135,7 +135,8 @@ def _check_source_config(source: RunDir, model: nn.Module | None, options) -> No
     check_user_module(load_config(source.config), model, options, where=str(source.root))
 
 
-def _check_source(source: Run, options: CompressOptions) -> None:
+def _check_source(source: Run, options: CompressOptions, *, target: Path) -> None:
+    """What the source or the smaller model's config cannot do, before anything is measured."""
     if source.config.data.source == "tensors":
         raise UserError(
             f"{source.run_dir} was trained on in-memory data, which the run directory does "
@@ -143,17 +144,22 @@ def _check_source(source: Run, options: CompressOptions) -> None:
         )
     if options.structured:
         check_shrinkable(source.config.model)
+        for fraction in _fractions(options):  # e.g. a width that parallel.dims.tp divides
+            run_config(source.config, shrunk_config(source.config.model, fraction), root=target)
+
+
+def _fractions(options: CompressOptions) -> list[float]:
+    """The pruning fraction of each round."""
+    if options.schedule == "gradual":
+        return cubic_schedule(options.prune, options.steps)
+    return [options.prune]
 
 
 def _prune(work: _Work, target: Path, options: CompressOptions) -> float | None:
     if not options.prune:
         return None
     original_cfg, targets = work.model_cfg, parse_targets(options.targets)
-    steps = (
-        cubic_schedule(options.prune, options.steps)
-        if options.schedule == "gradual"
-        else [options.prune]
-    )
+    steps = _fractions(options)
     for fraction in steps:
         if options.structured:
             work.model_cfg = shrunk_config(original_cfg, fraction)

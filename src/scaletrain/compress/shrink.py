@@ -1,6 +1,7 @@
 """Structured pruning that shrinks the layers: whole neurons/filters removed, a smaller
 built-in model (new widths in its config) filled with the kept slices (mlp and cnn here,
-textcnn in `shrink_textcnn`, resnet's inner block channels in `shrink_resnet`)."""
+textcnn in `shrink_textcnn`, resnet's inner block channels in `shrink_resnet`, gpt's MLP
+hidden units in `shrink_gpt`, rnn's hidden units in `shrink_rnn`)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,35 @@ import math
 import torch
 from torch import nn
 
+from scaletrain.compress.shrink_gpt import copy_kept_units, gpt_hidden_units, shrunk_gpt_config
 from scaletrain.compress.shrink_resnet import (
     copy_kept_channels,
     inner_channels,
     shrunk_resnet_config,
 )
+from scaletrain.compress.shrink_rnn import copy_kept_hidden, rnn_hidden_units, shrunk_rnn_config
 from scaletrain.compress.shrink_textcnn import copy_kept_filters, shrunk_textcnn_config
-from scaletrain.config import CNNConfig, MLPConfig, ResNetConfig, TextCNNConfig
+from scaletrain.config import CNNConfig, GPTConfig, MLPConfig, ResNetConfig, TextCNNConfig
+from scaletrain.config.models import RNNConfig
 from scaletrain.errors import UserError
 from scaletrain.models.cnn import CNN
+from scaletrain.models.gpt import GPT
 from scaletrain.models.mlp import MLP
 from scaletrain.models.resnet import ResNet
+from scaletrain.models.rnn import RNN
 from scaletrain.models.textcnn import TextCNN
 
 Layer = tuple[nn.Module, nn.Module | None]  # (linear or conv, its BatchNorm or None)
+SHRINKABLE = (MLPConfig, CNNConfig, TextCNNConfig, ResNetConfig, GPTConfig, RNNConfig)
 
 
 def check_shrinkable(model_cfg) -> None:
     """Only the models whose widths are config lists can be rebuilt smaller."""
-    if not isinstance(model_cfg, MLPConfig | CNNConfig | TextCNNConfig | ResNetConfig):
+    if not isinstance(model_cfg, SHRINKABLE):
         raise UserError(
-            f"--structured: shrinks the built-in mlp, cnn, textcnn and resnet models (widths "
-            f"in the config), got model.name: {model_cfg.name}; use unstructured pruning "
-            f"(drop --structured)"
+            f"--structured: shrinks the built-in mlp, cnn, textcnn, resnet, gpt and rnn models "
+            f"(widths in the config), got model.name: {model_cfg.name}; use unstructured "
+            f"pruning (drop --structured)"
         )
 
 
@@ -47,6 +54,10 @@ def shrunk_config(model_cfg, fraction: float):
         return shrunk_textcnn_config(model_cfg, fraction)
     if isinstance(model_cfg, ResNetConfig):
         return shrunk_resnet_config(model_cfg, fraction)
+    if isinstance(model_cfg, GPTConfig):
+        return shrunk_gpt_config(model_cfg, fraction)
+    if isinstance(model_cfg, RNNConfig):
+        return shrunk_rnn_config(model_cfg, fraction)
     return model_cfg.model_copy(
         update={"channels": keep(model_cfg.channels), "head": keep(model_cfg.head)}
     )
@@ -61,6 +72,12 @@ def copy_kept(source: nn.Module, target: nn.Module) -> None:
         return
     if isinstance(target, ResNet):
         copy_kept_channels(source, target)
+        return
+    if isinstance(target, GPT):
+        copy_kept_units(source, target)
+        return
+    if isinstance(target, RNN):
+        copy_kept_hidden(source, target)
         return
     old, new = _layers(source), _layers(target)
     kept_inputs: torch.Tensor | None = None
@@ -134,4 +151,8 @@ def _widths(model_cfg) -> list[int]:
         return [model_cfg.num_filters * len(model_cfg.kernel_sizes)]
     if isinstance(model_cfg, ResNetConfig):
         return inner_channels(model_cfg)
+    if isinstance(model_cfg, GPTConfig):
+        return gpt_hidden_units(model_cfg)
+    if isinstance(model_cfg, RNNConfig):
+        return rnn_hidden_units(model_cfg)
     return [*model_cfg.channels, *model_cfg.head]

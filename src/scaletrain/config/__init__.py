@@ -864,6 +864,13 @@ def _check_tensor_parallel(cfg: Config) -> None:
                 f"parallel.dims.tp: {tp} does not divide model.{key}={heads}; each rank holds "
                 f"whole attention heads: pick a tp that divides {heads}"
             )
+    hidden = getattr(cfg.model, "mlp_hidden", None)
+    if hidden is not None and hidden % tp:
+        raise ValueError(
+            f"parallel.dims.tp: {tp} does not divide model.mlp_hidden={hidden}; each rank holds "
+            f"an equal share of the MLP hidden units: pick a tp that divides {hidden}, or a "
+            "model.mlp_hidden (a --prune fraction) that tp divides"
+        )
     if cfg.loss.label_smoothing:
         raise ValueError(
             "loss.label_smoothing: the loss from vocabulary-split logits (parallel.dims.tp > 1, "

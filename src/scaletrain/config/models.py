@@ -92,6 +92,11 @@ class GPTConfig(Section):
         "rounded up to a multiple of 8; `gelu`: hidden = mlp_ratio * d_model.",
     )
     mlp_ratio: PositiveFloat = Field(4.0, description="MLP hidden width over d_model.")
+    mlp_hidden: PositiveInt | None = Field(
+        None,
+        description="MLP hidden units per block, overriding mlp_ratio (set by `scaletrain "
+        "compress --structured`); null: from mlp_ratio.",
+    )
     tie_weights: bool = Field(
         True, description="language_model: the output head shares the token embedding."
     )

@@ -92,17 +92,22 @@ class Attention(nn.Module):
         return self.resid_drop(self.out_proj(y))
 
 
+def mlp_hidden(cfg: GPTConfig) -> int:
+    """Hidden units of each block's MLP: ``model.mlp_hidden`` where set, else from the ratio."""
+    if cfg.mlp_hidden is not None:
+        return cfg.mlp_hidden
+    if cfg.mlp == "swiglu":
+        return swiglu_hidden(cfg.d_model, cfg.mlp_ratio)
+    return round(cfg.mlp_ratio * cfg.d_model)
+
+
 class FeedForward(nn.Module):
     """SwiGLU (``silu(w_gate x) * w_in x``) or GELU MLP."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         swiglu = cfg.mlp == "swiglu"
-        hidden = (
-            swiglu_hidden(cfg.d_model, cfg.mlp_ratio)
-            if swiglu
-            else round(cfg.mlp_ratio * cfg.d_model)
-        )
+        hidden = mlp_hidden(cfg)
         self.w_in = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.w_gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias) if swiglu else None
         self.w_out = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)

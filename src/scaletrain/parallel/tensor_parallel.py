@@ -168,6 +168,13 @@ def check_gpt(model: nn.Module, tp: int) -> None:
                 f"{'query' if name == 'q_proj' else 'key/value'} heads (model.n_head); "
                 "each rank holds whole heads: pick a tp that divides it"
             )
+    hidden = model.blocks[0].mlp.w_in.out_features  # DTensor cannot split it unevenly
+    if hidden % tp:
+        raise ConfigError(
+            f"parallel.dims.tp: {tp} does not divide the MLP's {hidden} hidden units "
+            "(model.mlp_hidden, or model.mlp_ratio x model.d_model); set model.mlp_hidden to "
+            f"a multiple of {tp}"
+        )
 
 
 TP_PLANS["gpt"] = TensorParallelPlan(apply=parallelize_gpt, check=check_gpt)

@@ -108,3 +108,19 @@ def test_structured_textcnn_reloads_as_a_smaller_textcnn(text_runs, tmp_path):
         torch.testing.assert_close(
             reloaded.model.float().cpu().eval()(_tokens()), result.model.eval()(_tokens())
         )
+
+
+@pytest.mark.slow
+def test_structured_lstm_reloads_and_exports_as_a_smaller_rnn(text_runs, tmp_path):
+    options = CompressOptions(prune=0.5, structured=True, latency_repeats=1)
+    result = compress(text_runs["lstm"], options, out=tmp_path / "s")
+    assert result.sparsity == 0.5 and result.after.total < result.before.total
+    reloaded = scaletrain.load_run(tmp_path / "s")
+    assert reloaded.config.model.hidden == 4 and reloaded.config.model.bidirectional
+    exported = scaletrain.load_exported(
+        scaletrain.export(tmp_path / "s", out=tmp_path / "s.safetensors")
+    )
+    with torch.no_grad():
+        expected = result.model.eval()(_tokens())
+        for model in (reloaded.model, exported.model):
+            torch.testing.assert_close(model.float().cpu().eval()(_tokens()), expected)
