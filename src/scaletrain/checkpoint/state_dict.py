@@ -1,6 +1,6 @@
 """Model and optimizer state keyed by parameter names, for any strategy (DCP's state_dict API).
 
-The rest of the package reaches `torch.distributed.checkpoint` only through these four
+The rest of the package reaches `torch.distributed.checkpoint` only through these
 functions, so `train/` and `api.py` import no `torch.distributed`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     get_state_dict,
@@ -48,6 +49,13 @@ def _with_own_group_params(model: nn.Module, optimizer: torch.optim.Optimizer, s
 
 def model_state(model: nn.Module) -> dict:
     return get_model_state_dict(model)
+
+
+def full_model_state(model: nn.Module) -> dict:
+    """Whole CPU tensors even where the model is sharded (FSDP's DTensors gathered)."""
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_model_state(model: nn.Module, state: dict) -> None:

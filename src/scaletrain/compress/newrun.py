@@ -3,6 +3,7 @@ through `scaletrain.api.train`, or written directly), renamed into place only wh
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from scaletrain.checkpoint import CheckpointStore
-from scaletrain.checkpoint.state_dict import model_state
+from scaletrain.checkpoint.state_dict import full_model_state, model_state
 from scaletrain.config import Config, load_config
 from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json, atomic_write_text
@@ -50,12 +51,14 @@ def finetune(model: nn.Module, cfg: Config, *, root: Path, callbacks: list) -> n
     """Train `model` (its weights as they are) with `cfg` as a normal run in `root`."""
     from scaletrain import api
 
+    plain = copy.deepcopy(model).cpu()  # the trained one may be sharded (fsdp) in place
     run = api.train(cfg, model=model, callbacks=callbacks)
     run.wait()  # report.html is drawn in the background: the directory moves next
     if run.status == "interrupted":  # SIGINT/SIGTERM stopped it: publish nothing half-tuned
         raise KeyboardInterrupt
+    plain.load_state_dict(full_model_state(run.model))
     # training may leave conv weights channels_last; the loaded model is contiguous
-    return run.model.cpu().to(memory_format=torch.contiguous_format)
+    return plain.to(memory_format=torch.contiguous_format)
 
 
 def write_direct(root: Path, cfg: Config, model: nn.Module, *, source: RunDir, step: int) -> None:

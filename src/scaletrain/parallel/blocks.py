@@ -111,3 +111,27 @@ def _direct_children(module: nn.Module) -> list[nn.Module]:
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
+
+
+def separate_units(model: nn.Module, blocks: list[nn.Module], *, taken=()) -> list[nn.Module]:
+    """The blocks that can be FSDP units of their own: not one already (`taken`: norm layers
+    sharded first to keep fp32 weights; a user module's top-level norm is also a block), and
+    owning all their parameters (a tied embedding/head pair stays with the root, which holds
+    each shared parameter once: FSDP2 refuses one parameter in two units)."""
+    taken_ids = {id(module) for module in taken}
+    return [
+        block
+        for block in blocks
+        if id(block) not in taken_ids and not _shares_parameters(model, block)
+    ]
+
+
+def _shares_parameters(model: nn.Module, block: nn.Module) -> bool:
+    inside = {id(module) for module in block.modules()}
+    owned = {id(parameter) for parameter in block.parameters()}
+    return any(
+        id(parameter) in owned
+        for module in model.modules()
+        if id(module) not in inside
+        for parameter in module.parameters(recurse=False)
+    )

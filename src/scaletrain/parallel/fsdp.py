@@ -17,6 +17,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor.parallel import loss_parallel
 
 from scaletrain.errors import ConfigError
+from scaletrain.parallel.blocks import separate_units
 from scaletrain.parallel.distributed import DistributedStrategy
 from scaletrain.parallel.memory_plan import Candidate
 from scaletrain.parallel.mesh import (
@@ -99,13 +100,13 @@ class FSDPStrategy(DistributedStrategy):
             "mp_policy": _mixed_precision(request.compute_dtype),
             "offload_policy": self._offload_policy(),
         }
-        if request.compute_dtype is not None:
-            # norm layers keep fp32 weights, like their fp32 running statistics (a bf16
-            # weight beside fp32 statistics fails in batch_norm): own units, never cast
-            keep_fp32 = {**options, "mp_policy": _KEEP_FP32}
-            for module in request.fp32_modules:
-                fully_shard(module, reshard_after_forward=reshard, **keep_fp32)
-        for block in blocks:
+        fp32_modules = request.fp32_modules if request.compute_dtype is not None else ()
+        # norm layers keep fp32 weights, like their fp32 running statistics (a bf16 weight
+        # beside fp32 statistics fails in batch_norm): own units, never cast
+        keep_fp32 = {**options, "mp_policy": _KEEP_FP32}
+        for module in fp32_modules:
+            fully_shard(module, reshard_after_forward=reshard, **keep_fp32)
+        for block in separate_units(model, blocks, taken=fp32_modules):
             fully_shard(block, reshard_after_forward=reshard, **options)
         # The root's own parameters stay gathered after forward: backward needs them first.
         fully_shard(model, reshard_after_forward=False, **options)

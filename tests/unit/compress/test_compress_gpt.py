@@ -18,12 +18,11 @@ from scaletrain.errors import UserError
 FINETUNE = ["train.precision=bf16-mixed", "log.report=false", "log.progress=false"]
 
 
-@pytest.mark.slow
-def test_structured_gpt_finetunes_reloads_evaluates_and_exports(tmp_path):
+def _gpt_config(tmp_path, **parallel) -> dict:
     letters = "abcdefgh"
     rows = ["".join(letters[(start + 3 * i) % 8] for i in range(24)) for start in range(40)]
     (tmp_path / "corpus.csv").write_text("text,label\n" + ",0\n".join(rows) + ",0\n")
-    cfg = {
+    return {
         "run": {"name": "gpt", "seed": 0, "out_dir": str(tmp_path)},
         "data": {
             "source": "text_csv",
@@ -34,8 +33,14 @@ def test_structured_gpt_finetunes_reloads_evaluates_and_exports(tmp_path):
         },
         "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "d_model": 16},  # 48 units
         "train": {"max_steps": 3, "batch_size": 32, "precision": "bf16-mixed"},
+        "parallel": parallel,
         "log": {"progress": False, "tensorboard": False, "report": False},
     }
+
+
+@pytest.mark.slow
+def test_structured_gpt_finetunes_reloads_evaluates_and_exports(tmp_path):
+    cfg = _gpt_config(tmp_path)
     source = scaletrain.train(cfg).wait()
     options = CompressOptions(
         prune=0.25, structured=True, finetune_epochs=1, overrides=FINETUNE, latency_repeats=1
@@ -68,3 +73,29 @@ def test_structured_gpt_finetunes_reloads_evaluates_and_exports(tmp_path):
     with pytest.raises(UserError, match=r"^parallel.dims.tp: 2 does not divide model.mlp_hidd"):
         compress(tmp_path / "tp", prune=0.69, structured=True, out=tmp_path / "tp-s")
     assert not (tmp_path / "tp-s").exists()
+
+
+@pytest.mark.slow
+def test_a_gpt_trained_under_fsdp_is_pruned_and_finetuned(tmp_path):
+    """The fine-tune runs the source's fsdp in this one process: the user-module path found
+    the top-level norm (an fp32 unit already) and the tied embedding/head as blocks of their
+    own, and the pruning masks met DTensor parameters; the published model is unsharded."""
+    source = scaletrain.train(_gpt_config(tmp_path, strategy="fsdp")).wait()
+    options = CompressOptions(prune=0.5, finetune_epochs=1, overrides=FINETUNE, latency_repeats=1)
+    result = compress(source.run_dir, options, out=tmp_path / "u")
+    assert result.sparsity == 0.5
+    reloaded = scaletrain.load_run(tmp_path / "u", checkpoint="last")
+    assert reloaded.steps > 0 and reloaded.config.parallel.strategy == "fsdp"
+    assert reloaded.model.head.weight is reloaded.model.tok_emb.weight
+    weights = reloaded.model.blocks[0].mlp.w_in.weight
+    assert 0.3 < float((weights == 0).float().mean()) < 0.7  # the masks held through training
+    structured = compress(
+        source.run_dir,
+        prune=0.25,
+        structured=True,
+        finetune_epochs=1,
+        overrides=FINETUNE,
+        latency_repeats=1,
+        out=tmp_path / "s",
+    )
+    assert structured.sparsity == 0.25 and structured.after.total < structured.before.total
