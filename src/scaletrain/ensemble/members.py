@@ -34,7 +34,7 @@ def is_finished(run: RunDir) -> bool:
     return isinstance(summary, dict) and summary.get("status") in DONE
 
 
-def _has_checkpoint(run: RunDir) -> bool:
+def has_checkpoint(run: RunDir) -> bool:
     return any(run.checkpoints.glob("step_*/manifest.json"))
 
 
@@ -46,7 +46,7 @@ def train_member(cfg: Config, index: int, user: UserParts | None = None) -> Memb
     if is_finished(run):
         return MemberOutcome(index, "kept", read_json(run.summary)["status"])
     model, data = (user.new_model(), user.data) if user is not None else (None, None)
-    if _has_checkpoint(run):
+    if has_checkpoint(run):
         result = api.resume(run.root, model=model, data=data)
         action = "resumed"
     else:  # never started, or stopped before its first checkpoint: start over

@@ -14,6 +14,7 @@ from pathlib import Path
 from scaletrain.config import Config, load_config, member_configs
 from scaletrain.data import build_data
 from scaletrain.ensemble.evaluate import evaluate_ensemble
+from scaletrain.ensemble.jobs import MemberJobs, member_slots, run_member_jobs
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
 from scaletrain.ensemble.rounds import train_rounds
@@ -48,6 +49,7 @@ def train_ensemble(
     if user is not None:
         cfg = user.apply_to(cfg)
     members = member_configs(cfg)  # a member that does not load fails before any file
+    _member_jobs(Path(cfg.run.out_dir) / cfg.run.name, cfg, nproc=nproc)  # --nproc checked
     task = _check_data(cfg, user)
     lock = RunLock(Path(cfg.run.out_dir) / cfg.run.name)
     try:
@@ -70,6 +72,7 @@ def resume_ensemble(run_dir: str | Path, *, nproc: int = 1, user: UserParts | No
     cfg = load_config(run.config)
     if cfg.ensemble is None:
         raise UserError(f"{run.root} is a single run, not an ensemble")
+    _member_jobs(run.root, cfg, nproc=nproc)  # --nproc checked before the lock
     lock = RunLock(run.root).acquire()
     try:
         return _train_and_combine(run, cfg, member_configs(cfg), nproc=nproc, user=user)
@@ -81,13 +84,17 @@ def _train_and_combine(
     run: RunDir, cfg: Config, members: list[Config], *, nproc: int, user: UserParts | None
 ) -> Run:
     start = time.perf_counter()
-    nproc = min(max(1, nproc), len(members))
+    jobs = _member_jobs(run.root, cfg, nproc=nproc, num_runs=len(members))
+    nproc = min(max(1, nproc), len(members)) if jobs is None else jobs.slots * jobs.member_nproc
     data = user.data if user is not None else None
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)  # data.split_seed
     alphas = rounds = None
     if cfg.ensemble.method == "boosting":  # sequential rounds, whatever nproc says
-        nproc, boosted = 1, train_rounds(members, bundle, cfg, user)
+        nproc = cfg.ensemble.member_nproc
+        boosted = train_rounds(members, bundle, cfg, user, jobs=jobs)
         outcomes, alphas, rounds = boosted.outcomes, boosted.alphas, boosted.history
+    elif jobs is not None:
+        outcomes = run_member_jobs(jobs, members, list(range(len(members))))
     else:
         outcomes = _train_members(run, members, nproc=nproc, user=user)
     train_s = time.perf_counter() - start
@@ -122,6 +129,20 @@ def _train_and_combine(
         write_report(run.root)  # the ensemble page (members' pages are their own)
     combined.metrics, combined.status = metrics.ensemble, "finished"
     return combined
+
+
+def _member_jobs(
+    root: Path, cfg: Config, *, nproc: int, num_runs: int | None = None
+) -> MemberJobs | None:
+    """Members as multi-process jobs (`ensemble.member_nproc` > 1), as many at once as
+    `--nproc` holds (boosting: one round at a time); None for one-process members."""
+    member_nproc = cfg.ensemble.member_nproc
+    if member_nproc == 1:
+        return None
+    slots = member_slots(nproc, member_nproc)
+    if cfg.ensemble.method == "boosting":
+        slots = 1
+    return MemberJobs(root, member_nproc, min(slots, num_runs or slots))
 
 
 def _train_members(
@@ -260,6 +281,7 @@ def _write_summary(
         "combine": cfg.ensemble.combine,
         "num_members": cfg.ensemble.members,
         "nproc": nproc,
+        "member_nproc": cfg.ensemble.member_nproc,
         "train_wall_s": round(train_s, 3),
         "member_runs": [outcome.__dict__ for outcome in outcomes],
         "members": metrics.members if metrics else [],
