@@ -19,6 +19,7 @@ class MemberOutcome:
     action: str  # trained | resumed | kept (finished before)
     status: str  # the member run's status
     exit_code: int = 0
+    node: int = 0  # the node that trained it (--nnodes)
 
 
 def member_dir(cfg: Config) -> RunDir:

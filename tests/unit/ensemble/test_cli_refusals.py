@@ -53,9 +53,15 @@ def test_boosting_options_without_boosting_are_refused(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_nodes_are_refused_for_ensembles(tmp_path, capsys):
+def test_bad_node_flags_are_refused_for_ensembles(tmp_path, capsys):
     code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "2")
-    assert code == 2 and "--nnodes 2" in err, err
+    assert code == 2 and "--nnodes 2 needs HOST:PORT of node 0" in err, err
+    code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "1:2")
+    assert code == 2 and "--nnodes 1:2: an ensemble runs on a fixed number of nodes" in err, err
+    flags = ("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "1")
+    code, err = _run(capsys, "train", _config(tmp_path, method="boosting"), *flags)
+    assert code == 2 and "--nnodes 2: ensemble.method `boosting` runs its rounds" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_check_lists_ensemble_problems(tmp_path, capsys):
