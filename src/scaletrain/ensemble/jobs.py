@@ -85,7 +85,7 @@ class _JobPool:
 
     def run(self) -> None:
         interrupted = False
-        while self.pending or self.running:
+        while self.running or (self.pending and not self.stopping):
             try:
                 self._start_due()
                 self._reap()
@@ -149,9 +149,10 @@ class _JobPool:
             return
         job, code = self.failures[0]
         lines = job.log.read_text(errors="replace").strip().splitlines()
-        last = lines[-1] if lines else "(no output)"
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        cause = errors[0] if errors else lines[-1] if lines else "(no output)"  # a worker's own
         raise UserError(
-            f"ensemble member m{job.index} failed (exit {code}): {last} (log: {job.log}); "
+            f"ensemble member m{job.index} failed (exit {code}): {cause} (log: {job.log}); "
             f"resume to retrain only unfinished members: scaletrain resume {self.jobs.root}"
         )
 
