@@ -123,6 +123,9 @@ def join_ensemble(root: Path, nodes: Nodes, *, nproc: int) -> int:
     except UserError as error:
         board.post(key, {"error": str(error).splitlines()[0]})
         raise
+    except KeyboardInterrupt:  # node 0 must not wait for a note that never comes
+        board.post(key, {"error": "interrupted (Ctrl-C); its finished members are kept"})
+        raise
     notes = [dataclasses.replace(o, node=nodes.node_rank).__dict__ for o in outcomes]
     board.post(key, {"outcomes": notes})
     names = ", ".join(f"m{outcome.index}" for outcome in outcomes) or "none"
