@@ -73,8 +73,8 @@ def train_share(
     return outcomes
 
 
-def _slots(cfg: Config, nproc: int) -> int:
-    member_nproc = cfg.ensemble.member_nproc
+def _slots(nproc: int, member_nproc: int) -> int:
+    """Member runs at once on one node."""
     return member_slots(nproc, member_nproc) if member_nproc > 1 else nproc
 
 
@@ -95,12 +95,10 @@ class HostNode:
     def abort(self, message: str) -> None:
         self.board.post("plan", {"error": message})
 
-    def train(self, root: Path, cfg: Config, members: list[Config], *, nproc: int):
+    def train(self, root: Path, members: list[Config], *, nproc: int, member_nproc: int):
         """Node 0's members, then every other node's outcomes (each tagged with its node)."""
-        indices = node_share(len(members), self.nodes, slots=_slots(cfg, nproc))
-        outcomes = train_share(
-            root, members, indices, nproc=nproc, member_nproc=cfg.ensemble.member_nproc
-        )
+        indices = node_share(len(members), self.nodes, slots=_slots(nproc, member_nproc))
+        outcomes = train_share(root, members, indices, nproc=nproc, member_nproc=member_nproc)
         if any(outcome.exit_code for outcome in outcomes):
             return outcomes  # stopped here: do not wait for the others (resume gathers them)
         for rank in range(1, self.nodes.nnodes):
@@ -143,10 +141,12 @@ def _train_joined(root: Path, nodes: Nodes, plan: dict, *, nproc: int) -> list[M
             "directory (run.out_dir) must be on a filesystem all nodes share, at the same path"
         )
     if plan["nproc"] != nproc:
-        raise UserError(f"--nproc {nproc}: node 0 runs --nproc {plan['nproc']}; give every "
-                        "node the same")  # fmt: skip
+        raise UserError(
+            f"--nproc {nproc}: node 0 runs --nproc {plan['nproc']}; give every node the same"
+        )
     cfg = load_config(root / "config.yaml")  # node 0's, resolved
     check_nodes_method(cfg, nodes)
     members = member_configs(cfg)
-    indices = node_share(len(members), nodes, slots=_slots(cfg, nproc))
-    return train_share(root, members, indices, nproc=nproc, member_nproc=cfg.ensemble.member_nproc)
+    member_nproc = cfg.ensemble.member_nproc
+    indices = node_share(len(members), nodes, slots=_slots(nproc, member_nproc))
+    return train_share(root, members, indices, nproc=nproc, member_nproc=member_nproc)

@@ -114,12 +114,8 @@ def _train_and_combine(
         nproc = cfg.ensemble.member_nproc
         boosted = train_rounds(members, bundle, cfg, user, jobs=jobs)
         outcomes, alphas, rounds = boosted.outcomes, boosted.alphas, boosted.history
-    elif host is not None:
-        outcomes = host.train(run.root, cfg, members, nproc=nproc)
-    elif jobs is not None:
-        outcomes = run_member_jobs(jobs, members, list(range(len(members))))
     else:
-        outcomes = _train_members(run, members, nproc=nproc, user=user)
+        outcomes = _train_members(run, members, nproc=nproc, user=user, host=host, jobs=jobs)
     train_s = time.perf_counter() - start
     stopped = [outcome for outcome in outcomes if outcome.exit_code]
     if stopped or len(outcomes) < len(members):
@@ -169,8 +165,20 @@ def _member_jobs(
 
 
 def _train_members(
-    run: RunDir, members: list[Config], *, nproc: int, user: UserParts | None
+    run: RunDir,
+    members: list[Config],
+    *,
+    nproc: int,
+    user: UserParts | None,
+    host: HostNode | None,
+    jobs: MemberJobs | None,
 ) -> list[MemberOutcome]:
+    """Every member brought to its end: over the nodes, as jobs, on workers, or in turn."""
+    if host is not None:
+        member_nproc = 1 if jobs is None else jobs.member_nproc
+        return host.train(run.root, members, nproc=nproc, member_nproc=member_nproc)
+    if jobs is not None:
+        return run_member_jobs(jobs, members, list(range(len(members))))
     if nproc > 1:  # (user parts were refused with nproc > 1: they stay in this process)
         return train_in_parallel(run.root, nproc=nproc)
     outcomes = []
