@@ -41,6 +41,7 @@ from scaletrain.config.distill import DistillConfig, check_distill
 from scaletrain.config.ensemble import (
     EnsembleConfig,
     SubsampleConfig,
+    check_member_strategy,
     check_row_weights,
     check_snapshot,
     member_overrides,
@@ -842,6 +843,9 @@ class Config(Section):
         check_row_weights(self)
         if self.ensemble is not None and self.ensemble.method == "snapshot":
             check_snapshot(self.train.model_dump(), self.ensemble)
+        if self.ensemble is not None:
+            strategy, member_nproc = self.parallel.strategy, self.ensemble.member_nproc
+            check_member_strategy(strategy, member_nproc, key="parallel.strategy")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -964,8 +968,12 @@ def member_configs(cfg: Config) -> list[Config]:
         try:
             with warnings.catch_warnings():  # a member's model switch is what it asked for
                 warnings.simplefilter("ignore", choices.ConfigNote)
-                members.append(load_config(member_raw(raw, index), overrides))
-        except ConfigError as exc:
+                member = load_config(member_raw(raw, index), overrides)
+            check_member_strategy(
+                member.parallel.strategy, cfg.ensemble.member_nproc, key="parallel.strategy"
+            )
+            members.append(member)
+        except (ConfigError, ValueError) as exc:
             where = (
                 f"ensemble.member_overrides.{index}" if overrides else f"ensemble member {index}"
             )

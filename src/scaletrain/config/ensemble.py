@@ -109,7 +109,10 @@ class EnsembleConfig(Section):
         "[train.max_epochs=5]]`); members past the list get none; `data.*` and `run.*` are fixed.",
     )
     member_nproc: PositiveInt = Field(
-        1, description="Processes per member (each member a DDP job of that size; not yet > 1)."
+        1,
+        description="Processes per member: > 1 makes each member a `scaletrain train --nproc M` "
+        "job of its own (its `parallel.strategy`: ddp, fsdp, ...); `--nproc P` then runs P / M "
+        "members at once (P a multiple of M).",
     )
     boosting: BoostingConfig = Field(
         BoostingConfig(), description="method boosting: how rounds weigh rows and combine."
@@ -158,11 +161,6 @@ class EnsembleConfig(Section):
                 "ensemble.combine: `weighted` weighs members by their own validation loss; a "
                 "snapshot ensemble's members share one run: use mean or vote"
             )
-        if self.member_nproc > 1:
-            raise ValueError(
-                f"ensemble.member_nproc: {self.member_nproc} processes per member is not "
-                "implemented yet; use 1 (members in parallel: --nproc K)"
-            )
         if len(self.member_overrides) > self.members:
             raise ValueError(
                 f"ensemble.member_overrides: {len(self.member_overrides)} lists for "
@@ -204,6 +202,22 @@ def check_snapshot(raw_train: dict, ensemble: EnsembleConfig) -> None:
     if ensemble.member_overrides:
         raise ValueError(
             "ensemble.member_overrides: a snapshot ensemble is one run; set its keys directly"
+        )
+
+
+# A member job of several processes trains under the strategy its config names: `single` is
+# one process by definition, and async_ps starts its servers and spares under its own
+# supervisor, which member jobs have not been tried with.
+MEMBER_JOB_STRATEGIES = ("ddp", "fsdp", "auto", "local_sgd", "diloco", "pp")
+
+
+def check_member_strategy(strategy: str, member_nproc: int, *, key: str) -> None:
+    """`ensemble.member_nproc` > 1 needs a strategy that trains on several processes."""
+    if member_nproc > 1 and strategy not in MEMBER_JOB_STRATEGIES:
+        raise ValueError(
+            f"{key}: `{strategy}` with ensemble.member_nproc {member_nproc}; each member is a "
+            f"{member_nproc}-process job: use one of {', '.join(MEMBER_JOB_STRATEGIES)}, or "
+            "member_nproc 1"
         )
 
 

@@ -1,6 +1,7 @@
 """`scaletrain train|resume` for an ensemble: `--nproc K` places members on K processes of
-this machine (no torchrun: members share no gradients), then the members and the ensemble
-are printed side by side."""
+this machine (no torchrun for one-process members: they share no gradients), `--nnodes N`
+on K processes of each of N nodes; then the members and the ensemble are printed side by
+side (by node 0)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,23 @@ def wants_ensemble(args) -> bool:
 def train_command(args) -> int:
     from scaletrain.ensemble.runner import resume_ensemble, train_ensemble
 
-    nproc = _nproc(args)
+    nproc, nodes = _placement(args)
     overrides = [*args.overrides, *([f"run.out_dir={args.out}"] if args.out else [])]
     cfg = load_config(args.config, overrides)
     root = Path(cfg.run.out_dir) / cfg.run.name
     args.run_dir = str(root)  # what Ctrl-C's line tells to resume
-    if args.resume and is_ensemble_dir(root):
-        run = resume_ensemble(root, nproc=nproc)
-    else:
-        run = train_ensemble(cfg, overwrite=args.overwrite, nproc=nproc, reuse_hint=CLI_REUSE_HINT)
+    resume = args.resume and is_ensemble_dir(root)
+    if nodes is not None and nodes.node_rank > 0:
+        return _join(root, cfg, nodes, nproc=nproc)
+
+    def start(host):
+        if resume:
+            return resume_ensemble(root, nproc=nproc, host=host)
+        return train_ensemble(
+            cfg, overwrite=args.overwrite, nproc=nproc, reuse_hint=CLI_REUSE_HINT, host=host
+        )
+
+    run = _as_host(cfg, nodes, start)
     print_ensemble(run.run_dir, run.status)
     return run.exit_code
 
@@ -47,25 +56,69 @@ def resume_command(args) -> int:
 
     if args.overrides:
         raise UserError(f"{args.run_dir}: an ensemble resumes as it was configured (no overrides)")
-    run = resume_ensemble(args.run_dir, nproc=_nproc(args))
+    nproc, nodes = _placement(args)
+    root = Path(args.run_dir)
+    cfg = load_config(root / "config.yaml")
+    if nodes is not None and nodes.node_rank > 0:
+        return _join(root, cfg, nodes, nproc=nproc)
+    run = _as_host(cfg, nodes, lambda host: resume_ensemble(root, nproc=nproc, host=host))
     print_ensemble(run.run_dir, run.status)
     return run.exit_code
 
 
-def _nproc(args) -> int:
-    """`--nproc K`: worker processes for the members (torchrun's flags do not apply)."""
-    if str(args.nnodes) != "1":
-        raise UserError(
-            f"--nnodes {args.nnodes}: an ensemble's members run on this machine's processes "
-            "(--nproc K); several nodes are not supported for ensembles yet"
-        )
+def _join(root: Path, cfg, nodes, *, nproc: int) -> int:
+    """Node R > 0: its share of the members; node 0 combines them."""
+    from scaletrain.ensemble.nodes import check_nodes_method, join_ensemble
+
+    check_nodes_method(cfg, nodes)
+    return join_ensemble(root, nodes, nproc=nproc)
+
+
+def _as_host(cfg, nodes, start):
+    """`start(host)`: on one machine (host None), or as node 0 of several, which tells the
+    others when it cannot go on."""
+    if nodes is None:
+        return start(None)
+    from scaletrain.ensemble.nodes import HostNode, check_nodes_method
+
+    check_nodes_method(cfg, nodes)
+    host = HostNode(nodes)
     try:
-        nproc = int(args.nproc)
+        return start(host)
+    except UserError as error:
+        host.abort(str(error).splitlines()[0])
+        raise
+
+
+def _placement(args):
+    """`--nproc K` (processes per node for the members; torchrun's flags do not apply) and,
+    with `--nnodes N` (static), this node's place among N."""
+    from scaletrain.ensemble.nodes import Nodes
+
+    nproc = _whole_number("--nproc", args.nproc)
+    low, colon, high = str(args.nnodes).partition(":")
+    if colon and low != high:
+        raise UserError(
+            f"--nnodes {args.nnodes}: an ensemble runs on a fixed number of nodes; give N"
+        )
+    nnodes = _whole_number("--nnodes", high if colon else low)
+    if nnodes == 1:
+        return nproc, None
+    if not args.rdzv_endpoint:
+        raise UserError(f"--rdzv-endpoint: --nnodes {nnodes} needs HOST:PORT of node 0")
+    if not 0 <= args.node_rank < nnodes:
+        raise UserError(f"--node-rank: expected 0..{nnodes - 1}, got {args.node_rank}")
+    return nproc, Nodes(nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_timeout)
+
+
+def _whole_number(flag: str, text) -> int:
+    try:
+        number = int(text)
     except ValueError:
-        raise UserError(f"--nproc: expected a whole number, got {args.nproc!r}") from None
-    if nproc < 1:
-        raise UserError(f"--nproc: expected at least 1, got {nproc}")
-    return nproc
+        raise UserError(f"{flag}: expected a whole number, got {text!r}") from None
+    if number < 1:
+        raise UserError(f"{flag}: expected at least 1, got {number}")
+    return number
 
 
 def print_ensemble(root: Path, status: str) -> None:

@@ -35,7 +35,8 @@ def train(
         overrides: dotted ``KEY=VALUE`` strings applied on top of ``config``.
         overwrite: replace an existing run directory of the same name.
         callbacks: objects with any of the ``train.callbacks`` events.
-        nproc: ensembles only: members trained at once, each in its own process.
+        nproc: ensembles only: processes for the members, each in its own process (or,
+            with ``ensemble.member_nproc: M``, nproc / M members at once, M processes each).
 
     An ensemble takes ``model`` as a factory (``model=lambda: MyNet()``: one fresh module per
     member) and ``data`` as for one run; its members then train in this process.

@@ -19,6 +19,7 @@ class MemberOutcome:
     action: str  # trained | resumed | kept (finished before)
     status: str  # the member run's status
     exit_code: int = 0
+    node: int = 0  # the node that trained it (--nnodes)
 
 
 def member_dir(cfg: Config) -> RunDir:
@@ -34,7 +35,7 @@ def is_finished(run: RunDir) -> bool:
     return isinstance(summary, dict) and summary.get("status") in DONE
 
 
-def _has_checkpoint(run: RunDir) -> bool:
+def has_checkpoint(run: RunDir) -> bool:
     return any(run.checkpoints.glob("step_*/manifest.json"))
 
 
@@ -46,7 +47,7 @@ def train_member(cfg: Config, index: int, user: UserParts | None = None) -> Memb
     if is_finished(run):
         return MemberOutcome(index, "kept", read_json(run.summary)["status"])
     model, data = (user.new_model(), user.data) if user is not None else (None, None)
-    if _has_checkpoint(run):
+    if has_checkpoint(run):
         result = api.resume(run.root, model=model, data=data)
         action = "resumed"
     else:  # never started, or stopped before its first checkpoint: start over

@@ -17,13 +17,17 @@ from scaletrain.errors import UserError
 STOPPED = (130, 143)  # a worker stopped by Ctrl-C / SIGTERM after saving its member
 
 
-def train_in_parallel(root: Path, *, nproc: int) -> list[MemberOutcome]:
-    """Start `nproc` workers on the ensemble directory and wait for them; a SIGTERM here
-    reaches every worker, which checkpoints its member and stops."""
+def train_in_parallel(
+    root: Path, *, nproc: int, indices: list[int] | None = None
+) -> list[MemberOutcome]:
+    """Start `nproc` workers on the ensemble directory (worker r trains members
+    indices[r::nproc], all by default) and wait for them; a SIGTERM here reaches every
+    worker, which checkpoints its member and stops."""
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     results = context.Queue()
+    shares = [None if indices is None else list(indices[rank::nproc]) for rank in range(nproc)]
     workers = [
-        context.Process(target=worker_main, args=(str(root), rank, nproc, results))
+        context.Process(target=worker_main, args=(str(root), rank, nproc, results, shares[rank]))
         for rank in range(nproc)
     ]
     for worker in workers:

@@ -27,6 +27,7 @@ from scaletrain.ensemble.boosting import (
     samme_round,
     stage_weight,
 )
+from scaletrain.ensemble.jobs import MemberJobs, run_member_jobs
 from scaletrain.ensemble.members import member_dir, train_member
 from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.fileio import atomic_path
@@ -46,10 +47,16 @@ class BoostingResult:
 
 
 def train_rounds(
-    members: list[Config], bundle: DataBundle, cfg: Config, user: UserParts | None = None
+    members: list[Config],
+    bundle: DataBundle,
+    cfg: Config,
+    user: UserParts | None = None,
+    *,
+    jobs: MemberJobs | None = None,
 ) -> BoostingResult:
-    """Every round of `cfg.ensemble.boosting` for the data's task."""
-    rounds = _Rounds(members, bundle, user)
+    """Every round of `cfg.ensemble.boosting` for the data's task; `jobs`: each round a
+    multi-process job (`ensemble.member_nproc`), one at a time."""
+    rounds = _Rounds(members, bundle, user, jobs)
     if bundle.spec.task == "classification":
         return _classification_rounds(rounds, cfg.ensemble.boosting.algorithm)
     return _regression_rounds(rounds, cfg.ensemble.boosting.learning_rate)
@@ -60,8 +67,11 @@ class _Rounds:
     members: list[Config]
     bundle: DataBundle
     user: UserParts | None  # the Python API's model factory and data, if given
+    jobs: MemberJobs | None = None  # members as multi-process jobs
 
     def train(self, index: int):
+        if self.jobs is not None:
+            return run_member_jobs(self.jobs, self.members, [index])[0]
         return train_member(self.members[index], index, self.user)
 
     def outputs(self, index: int, split: Split) -> torch.Tensor:

@@ -14,17 +14,19 @@ from pathlib import Path
 from scaletrain.config import Config, load_config, member_configs
 from scaletrain.data import build_data
 from scaletrain.ensemble.evaluate import evaluate_ensemble
+from scaletrain.ensemble.jobs import MemberJobs, member_slots, run_member_jobs
 from scaletrain.ensemble.members import MemberOutcome, member_dir, train_member
+from scaletrain.ensemble.nodes import HostNode
 from scaletrain.ensemble.parallel import train_in_parallel
+from scaletrain.ensemble.records import write_record, write_summary
 from scaletrain.ensemble.rounds import train_rounds
 from scaletrain.ensemble.stacking import fit_combiner
 from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.errors import ConfigError, UserError
-from scaletrain.fileio import atomic_write_json, atomic_write_text
+from scaletrain.fileio import atomic_write_text
 from scaletrain.report import write_report
 from scaletrain.rundir import (
     API_REUSE_HINT,
-    ENSEMBLE_FILE,
     RunDir,
     RunLock,
     open_run_dir,
@@ -42,12 +44,15 @@ def train_ensemble(
     nproc: int = 1,
     reuse_hint: str = API_REUSE_HINT,
     user: UserParts | None = None,
+    host: HostNode | None = None,
 ) -> Run:
     """Train every member of `cfg.ensemble` and combine them; the Run's model averages them.
-    `user`: the Python API's model factory and data, for every member (one process)."""
+    `user`: the Python API's model factory and data, for every member (one process);
+    `host`: node 0 of several (`--nnodes`), which spreads the members over them."""
     if user is not None:
         cfg = user.apply_to(cfg)
     members = member_configs(cfg)  # a member that does not load fails before any file
+    _member_jobs(Path(cfg.run.out_dir) / cfg.run.name, cfg, nproc=nproc)  # --nproc checked
     task = _check_data(cfg, user)
     lock = RunLock(Path(cfg.run.out_dir) / cfg.run.name)
     try:
@@ -57,43 +62,64 @@ def train_ensemble(
         cfg = load_config({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "task": task}})
         members = member_configs(cfg)  # with the task known (boosting: residuals or weights)
         atomic_write_text(run.config, cfg.to_yaml())
-        _write_record(run, cfg, members, weights=None)
-        return _train_and_combine(run, cfg, members, nproc=nproc, user=user)
+        write_record(run, cfg, members, weights=None)
+        if host is not None:
+            host.publish(run.root, nproc=nproc)
+        return _train_and_combine(run, cfg, members, nproc=nproc, user=user, host=host)
     finally:
         lock.release()
 
 
-def resume_ensemble(run_dir: str | Path, *, nproc: int = 1, user: UserParts | None = None) -> Run:
+def resume_ensemble(
+    run_dir: str | Path,
+    *,
+    nproc: int = 1,
+    user: UserParts | None = None,
+    host: HostNode | None = None,
+) -> Run:
     """Continue an interrupted ensemble: finished members are kept, the others resumed from
     their checkpoints (or started over where they have none)."""
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
     if cfg.ensemble is None:
         raise UserError(f"{run.root} is a single run, not an ensemble")
+    _member_jobs(run.root, cfg, nproc=nproc)  # --nproc checked before the lock
     lock = RunLock(run.root).acquire()
     try:
-        return _train_and_combine(run, cfg, member_configs(cfg), nproc=nproc, user=user)
+        if host is not None:
+            host.publish(run.root, nproc=nproc)
+        members = member_configs(cfg)
+        return _train_and_combine(run, cfg, members, nproc=nproc, user=user, host=host)
     finally:
         lock.release()
 
 
 def _train_and_combine(
-    run: RunDir, cfg: Config, members: list[Config], *, nproc: int, user: UserParts | None
+    run: RunDir,
+    cfg: Config,
+    members: list[Config],
+    *,
+    nproc: int,
+    user: UserParts | None,
+    host: HostNode | None = None,
 ) -> Run:
     start = time.perf_counter()
-    nproc = min(max(1, nproc), len(members))
+    jobs = _member_jobs(run.root, cfg, nproc=nproc, num_runs=len(members))
+    if host is None:  # the processes used (a node's --nproc where there are several)
+        nproc = min(max(1, nproc), len(members)) if jobs is None else jobs.slots * jobs.member_nproc
     data = user.data if user is not None else None
     bundle = build_data(cfg.data, seed=cfg.run.seed, user_data=data)  # data.split_seed
     alphas = rounds = None
     if cfg.ensemble.method == "boosting":  # sequential rounds, whatever nproc says
-        nproc, boosted = 1, train_rounds(members, bundle, cfg, user)
+        nproc = cfg.ensemble.member_nproc
+        boosted = train_rounds(members, bundle, cfg, user, jobs=jobs)
         outcomes, alphas, rounds = boosted.outcomes, boosted.alphas, boosted.history
     else:
-        outcomes = _train_members(run, members, nproc=nproc, user=user)
+        outcomes = _train_members(run, members, nproc=nproc, user=user, host=host, jobs=jobs)
     train_s = time.perf_counter() - start
     stopped = [outcome for outcome in outcomes if outcome.exit_code]
     if stopped or len(outcomes) < len(members):
-        _write_summary(run, cfg, outcomes, status="interrupted", train_s=train_s, nproc=nproc)
+        write_summary(run, cfg, outcomes, status="interrupted", train_s=train_s, nproc=nproc)
         exit_code = stopped[0].exit_code if stopped else 1
         return Run(run.root, {}, None, cfg, "interrupted", exit_code)
     first = member_dir(members[0])
@@ -109,13 +135,13 @@ def _train_and_combine(
         stacking = fit_combiner(
             load_members(run.root, model_factory=factory), cfg, bundle, out=run.root
         )
-    _write_record(
+    write_record(
         run, cfg, members, weights=weights, snapshots=snapshots, stacking=stacking, rounds=rounds
     )
     combined = load_ensemble_run(run.root, cfg, model_factory=factory)
     member_cfgs = members * len(snapshots) if snapshots else members  # snapshots: one run
     metrics = evaluate_ensemble(combined.model, member_cfgs, cfg, bundle)
-    _write_summary(
+    write_summary(
         run, cfg, outcomes, status="finished", train_s=train_s, nproc=nproc, metrics=metrics
     )
     if cfg.log.report:
@@ -124,9 +150,35 @@ def _train_and_combine(
     return combined
 
 
+def _member_jobs(
+    root: Path, cfg: Config, *, nproc: int, num_runs: int | None = None
+) -> MemberJobs | None:
+    """Members as multi-process jobs (`ensemble.member_nproc` > 1), as many at once as
+    `--nproc` holds (boosting: one round at a time); None for one-process members."""
+    member_nproc = cfg.ensemble.member_nproc
+    if member_nproc == 1:
+        return None
+    slots = member_slots(nproc, member_nproc)
+    if cfg.ensemble.method == "boosting":
+        slots = 1
+    return MemberJobs(root, member_nproc, min(slots, num_runs or slots))
+
+
 def _train_members(
-    run: RunDir, members: list[Config], *, nproc: int, user: UserParts | None
+    run: RunDir,
+    members: list[Config],
+    *,
+    nproc: int,
+    user: UserParts | None,
+    host: HostNode | None,
+    jobs: MemberJobs | None,
 ) -> list[MemberOutcome]:
+    """Every member brought to its end: over the nodes, as jobs, on workers, or in turn."""
+    if host is not None:
+        member_nproc = 1 if jobs is None else jobs.member_nproc
+        return host.train(run.root, members, nproc=nproc, member_nproc=member_nproc)
+    if jobs is not None:
+        return run_member_jobs(jobs, members, list(range(len(members))))
     if nproc > 1:  # (user parts were refused with nproc > 1: they stay in this process)
         return train_in_parallel(run.root, nproc=nproc)
     outcomes = []
@@ -207,77 +259,3 @@ def _snapshot_steps(run: RunDir, cfg: Config) -> list[int]:
             "members (one per cycle end); was the run stopped early or its checkpoints removed?"
         )
     return steps
-
-
-def _write_record(
-    run: RunDir,
-    cfg: Config,
-    members: list[Config],
-    *,
-    weights,
-    snapshots=None,
-    stacking=None,
-    rounds=None,
-) -> None:
-    """ensemble.json: what the ensemble is made of, for loading and for the report."""
-    record = {
-        "method": cfg.ensemble.method,
-        "combine": cfg.ensemble.combine,
-        "members": _snapshot_entries(members[0], snapshots)
-        if snapshots
-        else [
-            {
-                "name": member.run.name,
-                "dir": f"members/{member.run.name}",
-                "seed": member.run.seed,
-                "subsample": member.data.subsample.model_dump() if member.data.subsample else None,
-            }
-            for member in members
-        ],
-        "weights": weights,
-    }
-    if rounds is not None:  # boosting: each round's weighted error, or the train MSE so far
-        record["rounds"] = rounds
-    if stacking is not None:  # which rows the combiner learned from, and how well
-        record["combiner"] = {
-            "kind": cfg.ensemble.combiner,
-            "file": "combiner.safetensors",
-            "num_rows": len(stacking.rows),
-            "train_loss": round(stacking.loss, 6),
-        }
-    atomic_write_json(run.root / ENSEMBLE_FILE, record)
-
-
-def _write_summary(
-    run: RunDir, cfg: Config, outcomes, *, status: str, train_s: float, nproc: int, metrics=None
-) -> None:
-    summary = {
-        "status": status,
-        "name": cfg.run.name,
-        "task": cfg.data.task,
-        "ensemble": metrics.ensemble if metrics else {},
-        "method": cfg.ensemble.method,
-        "combine": cfg.ensemble.combine,
-        "num_members": cfg.ensemble.members,
-        "nproc": nproc,
-        "train_wall_s": round(train_s, 3),
-        "member_runs": [outcome.__dict__ for outcome in outcomes],
-        "members": metrics.members if metrics else [],
-        "mean_member": metrics.mean_member if metrics else {},
-        "diversity": metrics.diversity if metrics else {},
-    }
-    summary["metrics"] = summary["ensemble"]  # where a single run keeps them
-    atomic_write_json(run.summary, summary)
-
-
-def _snapshot_entries(member: Config, steps: list[int]) -> list[dict]:
-    """A snapshot ensemble's members: its one run's checkpoints at the cycle ends."""
-    return [
-        {
-            "name": f"{member.run.name}@{step}",
-            "dir": f"members/{member.run.name}",
-            "seed": member.run.seed,
-            "checkpoint": f"step_{step:08d}",
-        }
-        for step in steps
-    ]

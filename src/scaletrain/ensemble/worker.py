@@ -14,8 +14,9 @@ from pathlib import Path
 EXIT_USER_ERROR = 2
 
 
-def run_worker(root: Path, *, rank: int, nproc: int, report) -> int:
-    """Train members rank, rank + nproc, ...; `report(outcome_dict)` after each."""
+def run_worker(root: Path, *, rank: int, nproc: int, report, share: list[int] | None) -> int:
+    """Train members `share` (None: rank, rank + nproc, ...); `report(outcome_dict)` after
+    each."""
     import torch
 
     from scaletrain.config import load_config, member_configs
@@ -24,22 +25,23 @@ def run_worker(root: Path, *, rank: int, nproc: int, report) -> int:
     cfg = load_config(root / "config.yaml")
     # the cores are shared by nproc workers: oversubscribed threads wait on each other
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-    for index, member_cfg in enumerate(member_configs(cfg)):
-        if not assigned(index, rank=rank, nproc=nproc):
-            continue
-        outcome = train_member(member_cfg, index)
+    members = member_configs(cfg)
+    if share is None:
+        share = [i for i in range(len(members)) if assigned(i, rank=rank, nproc=nproc)]
+    for index in share:
+        outcome = train_member(members[index], index)
         report(outcome.__dict__)
         if outcome.exit_code:
             return outcome.exit_code  # stopped by a signal: the ensemble resumes later
     return 0
 
 
-def worker_main(root: str, rank: int, nproc: int, queue) -> None:
+def worker_main(root: str, rank: int, nproc: int, queue, share: list[int] | None = None) -> None:
     """The spawned process's target: its exit code says how it ended."""
     from scaletrain.errors import UserError
 
     try:
-        code = run_worker(Path(root), rank=rank, nproc=nproc, report=queue.put)
+        code = run_worker(Path(root), rank=rank, nproc=nproc, report=queue.put, share=share)
     except UserError as exc:
         print(f"error: ensemble worker {rank}: {str(exc).splitlines()[0]}", file=sys.stderr)
         code = EXIT_USER_ERROR

@@ -68,6 +68,8 @@ ENV_READERS = {
         "RANK",
     },
     "_alloc.py": {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"},  # glibc's own knobs
+    # member jobs of an ensemble (member_nproc > 1) share the cores: their thread count
+    "ensemble/jobs.py": {"OMP_NUM_THREADS"},
     # async_ps's own launcher gives each process the variables torchrun would
     "launch/ps_supervisor.py": {
         "RANK",

@@ -95,7 +95,7 @@ def test_member_overrides_apply_to_their_member_only():
         ({"method": "stacking", "combiner_fraction": 0.6}, "ensemble.combiner_fraction"),
         ({"sample_fraction": 0}, "ensemble.sample_fraction"),
         ({"sample_fraction": 1.5}, "ensemble.sample_fraction"),
-        ({"member_nproc": 2}, "ensemble.member_nproc"),
+        ({"member_nproc": 0}, "ensemble.member_nproc"),
         ({"members": 1, "member_overrides": [[], []]}, "ensemble.member_overrides"),
         ({"member_overrides": [["data.name=iris"]]}, "ensemble.member_overrides.0: data.name"),
         ({"member_overrides": [[], ["run.seed=3"]]}, "ensemble.member_overrides.1: run.seed"),

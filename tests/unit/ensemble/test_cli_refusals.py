@@ -53,9 +53,15 @@ def test_boosting_options_without_boosting_are_refused(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_nodes_are_refused_for_ensembles(tmp_path, capsys):
+def test_bad_node_flags_are_refused_for_ensembles(tmp_path, capsys):
     code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "2")
-    assert code == 2 and "--nnodes 2" in err, err
+    assert code == 2 and "--nnodes 2 needs HOST:PORT of node 0" in err, err
+    code, err = _run(capsys, "train", _config(tmp_path), "--nnodes", "1:2")
+    assert code == 2 and "--nnodes 1:2: an ensemble runs on a fixed number of nodes" in err, err
+    flags = ("--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "1")
+    code, err = _run(capsys, "train", _config(tmp_path, method="boosting"), *flags)
+    assert code == 2 and "--nnodes 2: ensemble.method `boosting` runs its rounds" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_check_lists_ensemble_problems(tmp_path, capsys):
@@ -71,3 +77,21 @@ def test_single_run_api_refuses_an_ensemble_config(tmp_path):
 
     with pytest.raises(ConfigError, match="scaletrain.train"):
         api.train(_config(tmp_path))
+
+
+def test_nproc_not_a_multiple_of_member_nproc_is_refused(tmp_path, capsys):
+    for nproc in ("1", "3"):
+        code, err = _run(capsys, "train", _config(tmp_path, member_nproc=2), "--nproc", nproc)
+        assert code == 2 and err.startswith(f"error: --nproc {nproc}: each member is a 2-process")
+        assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_member_jobs_need_a_multi_process_strategy(tmp_path, capsys):
+    config = _config(tmp_path, member_nproc=2)
+    code, err = _run(capsys, "train", config, "parallel.strategy=single")
+    assert code == 2 and "parallel.strategy: `single` with ensemble.member_nproc 2" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+    overrides = [[], ["parallel.strategy=single"]]
+    config = _config(tmp_path, member_nproc=2, member_overrides=overrides)
+    code, err = _run(capsys, "config", "check", config, "parallel.strategy=ddp")
+    assert code == 2 and err.startswith("error: ensemble.member_overrides.1: parallel.strategy")
