@@ -98,6 +98,7 @@ class _Nudged(nn.Module):
         return self.network(x)
 
 
+@pytest.mark.slow
 def test_a_rounding_flipped_upstream_passes_and_a_wrong_graph_does_not(tmp_path):
     x = _inputs(256)
     # 1e-5 on inputs of size ~3: a few of the 256 x 48 activations round the other way; its
@@ -109,3 +110,30 @@ def test_a_rounding_flipped_upstream_passes_and_a_wrong_graph_does_not(tmp_path)
     with pytest.raises(ParityError, match="2 x the int8 activation rounding"):
         export_onnx(_Nudged(_quantized_mlp(), 0.5), x[:2], tmp_path / "b.onnx", inputs=x)
     assert not (tmp_path / "b.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "exporter", "num_int8_linears"),
+    # rnn: its head, through the legacy exporter; gpt: q, k, v, out, w_in, w_gate, w_out and
+    # head on (B, T, C) activations
+    [("rnn-last", "torchscript", 1), ("gpt-lm", "dynamo", 8)],
+)
+def test_int8_dynamic_runs_of_other_families_export(
+    family_run, tmp_path, name, exporter, num_int8_linears
+):
+    import json
+
+    import scaletrain
+    from scaletrain.compress import CompressOptions, compress
+
+    options = CompressOptions(
+        quantize="int8-dynamic", latency_repeats=1, overrides=["log.report=false"]
+    )
+    quantized = compress(family_run(name).run_dir, options, out=tmp_path / "q").run_dir
+    path = scaletrain.export(quantized, format="onnx", out=tmp_path / "q.onnx")
+    figures = json.loads((tmp_path / "export.json").read_text())
+    assert figures["exporter"] == exporter
+    assert figures["max_abs_diff"] <= 1e-4 + figures["int8_rounding_allowance_max"]
+    graph = onnx.load(str(path)).graph
+    assert [node.op_type for node in graph.node].count("MatMulInteger") == num_int8_linears
