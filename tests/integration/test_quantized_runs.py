@@ -1,6 +1,7 @@
 """Quantized runs beyond the digits CNN: a GPT language model quantized and continued through
-`scaletrain generate`, and a user module's run quantized through the Python API
-(`scaletrain.compress.compress(run_dir, model=...)`) and used by `predict` and `evaluate`.
+`scaletrain generate`, a user module's run quantized through the Python API
+(`scaletrain.compress.compress(run_dir, model=...)`) and used by `predict` and `evaluate`,
+and an mlp's QAT run exported to ONNX with its int8 weights.
 
 The GPT ties its head to its embedding (one tensor under two names), which the compress
 table's size measurement could not write before (safetensors refuses shared tensors); its
@@ -176,3 +177,56 @@ def test_a_pruned_tied_gpt_is_stored_once_and_reloads_tied(gpt_runs, tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(ids), result.model(ids))
     assert float((loaded.tok_emb.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def qat_mlp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qat_mlp")
+    config = {
+        "run": {"name": "mlp", "seed": 0, "out_dir": str(out)},
+        "data": {"source": "builtin", "name": "digits"},
+        "model": {"name": "mlp", "hidden": [64, 32]},
+        "optim": {"name": "adamw", "lr": 1e-2},
+        "train": {"max_steps": 40, "batch_size": 64, "precision": "bf16-mixed"},
+        "checkpoint": NO_CHECKPOINTS,
+        "log": QUIET,
+    }
+    source = scaletrain.train(config).run_dir
+    options = CompressOptions(
+        quantize="qat", finetune_epochs=1, latency_repeats=1, overrides=COMPRESS_QUIET
+    )
+    return compress(source, options, out=out / "qat").run_dir
+
+
+def test_a_qat_mlp_exports_to_onnx_with_int8_weights_and_its_eval_numbers(qat_mlp_run, tmp_path):
+    import json
+
+    import onnx
+
+    from scaletrain.data import build_data
+    from scaletrain.trained.onnx_export import load_onnx
+
+    out = tmp_path / "qat.onnx"
+    assert main(["export", str(qat_mlp_run), "--format", "onnx", "--out", str(out)]) == 0
+    figures = json.loads((tmp_path / "export.json").read_text())
+    assert figures["checkpoint"]["name"] == "qat (compressed.safetensors)"
+    bound = 1e-4 + figures["int8_rounding_allowance_max"]
+    assert figures["max_abs_diff"] <= bound
+    graph = onnx.load(str(out)).graph
+    assert [node.op_type for node in graph.node].count("MatMulInteger") == 3
+    int8 = sum(len(i.raw_data) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    assert int8 == 64 * 64 + 64 * 32 + 32 * 10  # every linear weight, one byte each
+    # the raw test split through onnxruntime: the quantized module's logits and accuracy
+    loaded = scaletrain.load_run(qat_mlp_run)
+    test = build_data(loaded.config.data, seed=loaded.config.run.seed).test
+    _, preprocessor = loaded.spec_and_preprocessor()
+    shift, scale = preprocessor.shift.double(), preprocessor.scale.double()
+    raw = (test.inputs.double().flatten(1) * scale + shift).float().reshape(test.inputs.shape)
+    (logits,) = load_onnx(out).run(None, {"inputs": raw.numpy()})
+    with torch.inference_mode():
+        expected = loaded.model(test.inputs.float()).numpy()
+    assert np.abs(logits - expected).max() <= bound
+    accuracy = float((logits.argmax(axis=1) == test.targets.numpy()).mean())
+    evaluated = scaletrain.evaluate(qat_mlp_run, split="test")["accuracy"]
+    # a rounding flipped by onnxruntime's float order could move one sample's argmax at most
+    assert accuracy == pytest.approx(evaluated, abs=1 / len(test.targets) + 1e-9)

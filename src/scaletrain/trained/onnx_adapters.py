@@ -14,6 +14,7 @@ from torch import nn
 
 from scaletrain.errors import UserError
 from scaletrain.models.rnn import RNN
+from scaletrain.trained.onnx_int8 import with_int8_linears
 
 TOLERANCE = 1e-6  # rewrite vs original, fp32 (the same arithmetic, another read-out)
 
@@ -40,7 +41,9 @@ class LastStepFromOutputs(nn.Module):
 
 
 def exportable(network: nn.Module) -> nn.Module:
-    """`network`, or its export-only rewrite where it needs one."""
+    """`network`, or its export-only rewrite where it needs one (a copy with torchao's
+    int8-dynamic linears in their ONNX form, see onnx_int8.py; an rnn's last states)."""
+    network = with_int8_linears(network)
     if isinstance(network, RNN) and network.pool == "last" and not network.language_model:
         return LastStepFromOutputs(network)
     return network

@@ -23,7 +23,6 @@ from scaletrain.rundir import RunDir, open_run_dir
 from scaletrain.trained.access import load_run_dir
 from scaletrain.trained.onnx_adapters import check_rewrite, exportable
 from scaletrain.trained.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
-from scaletrain.trained.quantized import refuse_unexportable_quantization
 
 MAX_SAMPLES = 256  # parity inputs: enough to cover the split's variety, fast to run twice
 
@@ -59,12 +58,10 @@ def export_run_onnx(
     model: nn.Module | None = None,
 ) -> dict:
     """Export, verify and describe; returns what `export.json` (beside the file) holds. A
-    quantized run without `checkpoint`: its quantized model, where torch can export it."""
+    quantized run without `checkpoint`: its quantized model."""
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
     _refuse(run, cfg, model)
-    if checkpoint is None and model is None:
-        refuse_unexportable_quantization(run.root)
     handle = load_run_dir(run.root, model=model, checkpoint=checkpoint)
     spec, preprocessor = handle.spec_and_preprocessor()
     network = handle.model.cpu().float().eval()

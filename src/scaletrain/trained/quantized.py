@@ -176,23 +176,6 @@ def with_tied_aliases(model: nn.Module, tensors: dict) -> dict:
     return filled
 
 
-# torch 2.13's exporters have no ONNX op for int8 x int8 matmul (dynamo: aten._int_mm;
-# legacy: fails on the tensor subclass); the weight-only modes dequantize into a float matmul
-NO_ONNX = {"int8-dynamic": "int8-dynamic", "qat": "qat (converted to int8-dynamic)"}
-
-
-def refuse_unexportable_quantization(root: Path) -> None:
-    """One line for a run whose quantized model has no ONNX form, saying what works."""
-    mode = quantization_of(root)
-    if mode in NO_ONNX:
-        raise UserError(
-            f"{root}: its {NO_ONNX[mode]} model has no ONNX form in torch "
-            f"{torch.__version__} (no ONNX op for its int8 x int8 matmul, aten._int_mm); export "
-            "its float weights with --checkpoint best, its quantized weights with --format "
-            "safetensors, or compress with --quantize int8-weight or int4-weight"
-        )
-
-
 def load_quantized_run(float_run: Run) -> Run:
     """A quantized run's `Run` (its float `last` weights loaded) with the quantized model
     instead; `weights` names it, `metrics` (the float model's, in summary.json) are left out."""
