@@ -98,22 +98,6 @@ class CheckpointStore:
         """Collective: stage to CPU memory, write and commit in a background thread."""
         return self._save(step, tensors, side_state, strategy, asynchronous=True)
 
-    def save_copies_in_background(self, saves: list[tuple[int, dict, dict]], strategy) -> Path:
-        """One process: write (step, tensors, side_state) checkpoints one after another in a
-        thread. The tensors must be CPU copies the caller no longer changes (a best snapshot,
-        a staged final state). Returns the last one's directory; `wait` commits it."""
-        if strategy.world_size != 1:
-            raise ValueError("save_copies_in_background: one process only (no collectives)")
-        self.wait(strategy)
-        future = _background(self._write_all, saves, strategy)
-        final = self.root / f"step_{saves[-1][0]:08d}"
-        self._in_flight = _InFlight(final, future, sum(tensor_bytes(t) for _, t, _ in saves))
-        return final
-
-    def _write_all(self, saves: list[tuple[int, dict, dict]], strategy) -> None:
-        for step, tensors, side_state in saves:
-            self._write(step, tensors, side_state, strategy)
-
     def wait(self, strategy) -> Path | None:
         """Collective: finish the save in flight (if any); raise on every rank if it failed."""
         in_flight, self._in_flight = self._in_flight, None
@@ -121,8 +105,6 @@ class CheckpointStore:
             return None
         error = in_flight.future.exception()
         if strategy.any_flag(error is not None):
-            if isinstance(error, CheckpointError):  # said in full where it was raised
-                raise error
             reason = (
                 describe_failure(error, self.root, needed_bytes=in_flight.needed_bytes)
                 if error
@@ -143,11 +125,6 @@ class CheckpointStore:
     def _save(self, step, tensors, side_state, strategy, *, asynchronous: bool) -> SaveResult:
         started = time.perf_counter()
         self.wait(strategy)  # one save in flight at a time: its stall counts here
-        path = self._write(step, tensors, side_state, strategy, asynchronous=asynchronous)
-        return SaveResult(path, time.perf_counter() - started)
-
-    def _write(self, step, tensors, side_state, strategy, *, asynchronous: bool = False) -> Path:
-        """Write and commit `step`, or stage it and leave the commit to a thread (in flight)."""
         final = self.root / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         self._make_folder(tmp, final, strategy)
@@ -181,7 +158,7 @@ class CheckpointStore:
             self._in_flight = _InFlight(final, future, tensor_bytes(tensors))
         else:
             self._finish(tmp, final, step, strategy)
-        return final
+        return SaveResult(final, time.perf_counter() - started)
 
     def _make_folder(self, tmp: Path, final: Path, strategy) -> None:
         """Rank 0 clears crashed saves and makes `tmp`; every rank learns if that failed."""

@@ -32,7 +32,7 @@ class BestWeights:
 
     def keep(self, state, *, metric: str, side_state: dict) -> None:
         """Copy `state` (a TrainState at a new best of `metric`) to CPU memory."""
-        tensors, side = cpu_copy(state.tensors()), copy.deepcopy(side_state)
+        tensors, side = _cpu_copy(state.tensors()), copy.deepcopy(side_state)
         self.snapshot = Snapshot(state.step, metric, state.best_value, tensors, side)
 
     def take(self) -> Snapshot | None:
@@ -41,13 +41,13 @@ class BestWeights:
         return snapshot
 
 
-def cpu_copy(tree):
+def _cpu_copy(tree):
     """Tensors copied to CPU (never aliases of the live ones); containers rebuilt; the rest
     deep-copied (optimizer param_groups hold lists)."""
     if isinstance(tree, torch.Tensor):
         return tree.detach().to("cpu", copy=True)
     if isinstance(tree, dict):
-        return {key: cpu_copy(value) for key, value in tree.items()}
+        return {key: _cpu_copy(value) for key, value in tree.items()}
     if isinstance(tree, list | tuple):
-        return type(tree)(cpu_copy(value) for value in tree)
+        return type(tree)(_cpu_copy(value) for value in tree)
     return copy.deepcopy(tree)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -14,7 +13,7 @@ from scaletrain.config import CheckpointConfig, Config
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import read_jsonl
 from scaletrain.rundir import RunDir, append_record, truncate_metrics
-from scaletrain.train.best import BestWeights, Snapshot, cpu_copy
+from scaletrain.train.best import BestWeights, Snapshot
 from scaletrain.train.extend import RunFinished, schedule_needs_total
 from scaletrain.train.guards import StepGuard
 from scaletrain.train.ledger import Ledger
@@ -74,16 +73,10 @@ class Checkpointer:
         return None
 
     def save(
-        self,
-        *,
-        pending_loss: float,
-        pending_steps: int,
-        background: bool = False,
-        best_first: Snapshot | None = None,
+        self, *, pending_loss: float, pending_steps: int, background: bool = False
     ) -> tuple[Path, float | None]:
         """Save the state unless it was saved at this step already; (path, stall seconds).
-        `background` (or `checkpoint.async_save`): copy, then write and commit in a thread;
-        in one process, after `best_first` (a best snapshot not written yet) in that thread."""
+        `background` (or `checkpoint.async_save`): copy, then write and commit in a thread."""
         state = self.state
         if self.last_step == state.step:
             return self.last_path, None
@@ -97,10 +90,7 @@ class Checkpointer:
             "strategy": self.strategy,
         }
         started = time.perf_counter()
-        if background and self.strategy.world_size == 1:
-            path = self._save_copies(best_first, arguments)
-            stall = time.perf_counter() - started
-        elif self.cfg.async_save or background:
+        if self.cfg.async_save or background:
             result = self.store.save_async(**arguments)
             path, stall = result.path, result.stall_s
         else:
@@ -109,21 +99,6 @@ class Checkpointer:
         self.last_step, self.last_path = state.step, path
         self._last_save_time = time.monotonic()
         return path, stall
-
-    def _save_copies(self, best_first: Snapshot | None, arguments: dict) -> Path:
-        """One process: the state copied to CPU now, written in a thread after `best_first`."""
-        saves = []
-        if best_first is not None:
-            self._name_best(best_first)
-            saves.append((best_first.step, best_first.tensors, best_first.side_state))
-        copies = cpu_copy(arguments["tensors"]), copy.deepcopy(arguments["side_state"])
-        saves.append((arguments["step"], *copies))
-        return self.store.save_copies_in_background(saves, self.strategy)
-
-    def _name_best(self, snapshot: Snapshot) -> None:
-        # named before it exists: the prune after this save keeps what best.json names
-        self.store.mark_best(snapshot.step, metric=snapshot.metric, value=snapshot.value)
-        self.written_best = (snapshot.step, snapshot.tensors["model"])
 
     def mark_best(self, *, metric: str) -> None:
         if self.strategy.is_main:
@@ -142,7 +117,9 @@ class Checkpointer:
     def save_snapshot(self, snapshot: Snapshot) -> tuple[Path, float]:
         """Write a best snapshot as the checkpoint of its step, marked best; (path, seconds)."""
         started = time.perf_counter()
-        self._name_best(snapshot)
+        # named before it exists: the prune after this save keeps what best.json names
+        self.store.mark_best(snapshot.step, metric=snapshot.metric, value=snapshot.value)
+        self.written_best = (snapshot.step, snapshot.tensors["model"])
         if self.last_step == snapshot.step:  # saved at that step already
             return self.last_path, 0.0
         self.ledger.flush()

@@ -86,24 +86,17 @@ class Trainer:
             self.saver.keep_best(pending_loss=loss, pending_steps=steps, metric=metric)
             return
         snapshot = self.saver.take_best()
-        best_first = None  # a best snapshot of an earlier step, written before this state
         if snapshot is not None and snapshot.step != self.state.step:
-            best_first = snapshot
-            if not background:  # else the background write does it first
-                best_path, best_s = self.saver.save_snapshot(snapshot)
-                best_first = None
-                self.logger.event(
-                    "checkpoint", snapshot.step, f"best: {best_path.name}", stall_s=best_s
-                )
+            best_path, best_s = self.saver.save_snapshot(snapshot)
+            self.logger.event(
+                "checkpoint", snapshot.step, f"best: {best_path.name}", stall_s=best_s
+            )
         marks_best = best or (snapshot is not None and snapshot.step == self.state.step)
         if marks_best and background:  # named before it exists, as a best snapshot is: the
             self.saver.mark_best(metric=metric)  # final evaluation reads it during the write
         path, stall_s = self.saver.save(
-            pending_loss=loss, pending_steps=steps, background=background, best_first=best_first
+            pending_loss=loss, pending_steps=steps, background=background
         )
-        if best_first is not None:
-            name = f"best: step_{best_first.step:08d}"  # written first, in the background
-            self.logger.event("checkpoint", best_first.step, name, stall_s=0.0)
         if marks_best and not background:
             self.saver.mark_best(metric=metric)
         if stall_s is None and not best:

@@ -17,7 +17,6 @@ from scaletrain.checkpoint import CheckpointStore
 from scaletrain.checkpoint.manifest import sha256_file
 from scaletrain.errors import CheckpointError
 from scaletrain.parallel import SingleStrategy
-from scaletrain.train.best import cpu_copy
 
 STRATEGY = SingleStrategy(torch.device("cpu"))
 
@@ -66,8 +65,6 @@ def _state():
 
 
 def _save(store, step, model, optimizer, *, asynchronous=False):
-    """`asynchronous`: False, True (DCP's async save) or "copies" (one process's background
-    write of CPU copies: the end of a run, after a best snapshot)."""
     model_state, optim_state = get_state_dict(model, optimizer)
     arguments = {
         "step": step,
@@ -75,10 +72,6 @@ def _save(store, step, model, optimizer, *, asynchronous=False):
         "side_state": {"step": step},
         "strategy": STRATEGY,
     }
-    if asynchronous == "copies":
-        copies = cpu_copy(arguments["tensors"])
-        store.save_copies_in_background([(step, copies, {"step": step})], STRATEGY)
-        return store.wait(STRATEGY)
     if asynchronous:
         store.save_async(**arguments)
         return store.wait(STRATEGY)
@@ -89,7 +82,7 @@ def _hashes(path):
     return {p.name: sha256_file(p) for p in sorted(path.iterdir())}
 
 
-@pytest.mark.parametrize("asynchronous", [False, True, "copies"], ids=["sync", "async", "copies"])
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_disk_full_during_save(small_disk, asynchronous):
     store = CheckpointStore(small_disk / "checkpoints", keep_last=1)
     model, optimizer = _state()

@@ -3,7 +3,6 @@ written once, as a real checkpoint of its step; the final one always; the report
 
 import copy
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -88,11 +87,7 @@ class SpoilTheBestOnDisk(WeightsAtEpochEnd):
 
     def on_train_end(self, state):
         best = CheckpointStore(self.checkpoints).best_step()
-        folder = self.checkpoints / f"step_{best:08d}"
-        deadline = time.monotonic() + 30  # committed by the final save's background thread
-        while not folder.is_dir() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        data = sorted(folder.glob("*.safetensors"))[0]
+        data = sorted((self.checkpoints / f"step_{best:08d}").glob("*.safetensors"))[0]
         raw = bytearray(data.read_bytes())
         raw[-1] ^= 0xFF
         data.write_bytes(bytes(raw))
