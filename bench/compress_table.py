@@ -77,12 +77,30 @@ def _row(name: str, measured: dict) -> str:
     )
 
 
+def _methods(args) -> list[tuple[str, dict]]:
+    """METHODS filtered by --methods; with --finetune-epochs N, each fine-tune takes N."""
+    wanted = args.methods.split(",") if args.methods else None
+    chosen = []
+    for name, flags in METHODS.items():
+        if wanted and not any(part in name for part in wanted):
+            continue
+        if args.finetune_epochs is not None and "finetune_epochs" in flags:
+            flags = {**flags, "finetune_epochs": args.finetune_epochs}
+            name = f"{name} [fine-tune epochs: {args.finetune_epochs}]"
+        chosen.append((name, flags))
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("configs", nargs="*", default=CONFIGS)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--name", default="compress", help="bench/results/NAME.json")
+    parser.add_argument("--methods", help="only the methods whose name holds one of these, "
+                        "comma-separated (e.g. `structured,qat`)")  # fmt: skip
+    parser.add_argument("--finetune-epochs", type=int,
+                        help="every fine-tuning method's epochs (a long config's budget)")  # fmt: skip
     args = parser.parse_args()
     if args.child:
         if args.child[0] == "train":
@@ -99,7 +117,7 @@ def main() -> None:
                   "ms, batch 64 | test accuracy % |")  # fmt: skip
             print("|---|---:|---:|---:|---:|---:|")
             source_printed = False
-            for index, (name, flags) in enumerate(METHODS.items()):
+            for index, (name, flags) in enumerate(_methods(args)):
                 out = str(Path(tmp) / f"{Path(config).stem}-{index}")
                 row = _child("compress", run_dir, out, json.dumps(flags), str(args.repeats))
                 results.append({"config": config, "method": name, **row})
