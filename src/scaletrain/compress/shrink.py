@@ -63,22 +63,23 @@ def shrunk_config(model_cfg, fraction: float):
     )
 
 
+# the families whose shrinking has its own module; mlp and cnn are handled below
+_FAMILY_COPIES = {
+    TextCNN: copy_kept_filters,
+    ResNet: copy_kept_channels,
+    GPT: copy_kept_units,
+    RNN: copy_kept_hidden,
+}
+
+
 def copy_kept(source: nn.Module, target: nn.Module) -> None:
     """Fill `target` (the shrunk model) with the strongest neurons/filters of `source`:
     ranked by |BatchNorm scale| where a norm follows (it sets the output's size), else by the
     L2 norm of the weight row; the next layer keeps the matching input slices."""
-    if isinstance(target, TextCNN):
-        copy_kept_filters(source, target)
-        return
-    if isinstance(target, ResNet):
-        copy_kept_channels(source, target)
-        return
-    if isinstance(target, GPT):
-        copy_kept_units(source, target)
-        return
-    if isinstance(target, RNN):
-        copy_kept_hidden(source, target)
-        return
+    for family, copy_family in _FAMILY_COPIES.items():
+        if isinstance(target, family):
+            copy_family(source, target)
+            return
     old, new = _layers(source), _layers(target)
     kept_inputs: torch.Tensor | None = None
     previous: nn.Module | None = None
