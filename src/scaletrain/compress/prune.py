@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from scaletrain.errors import UserError
+from scaletrain.parallel.mesh import placed_like
 
 TARGETS = ("linear", "conv", "embedding", "recurrent")  # `--targets`; all by default
 _FAMILIES: dict[str, tuple[type[nn.Module], ...]] = {
@@ -131,7 +132,7 @@ class KeepMasks:
     def on_train_start(self, state) -> None:
         self._placed = {}
         for name, param in self._params(state).items():
-            mask = self._placed[name] = _placed_like(self.masks[name], param)
+            mask = self._placed[name] = placed_like(self.masks[name], param)
             param.register_hook(lambda grad, mask=mask: grad * mask)
 
     def on_step_end(self, state) -> None:
@@ -143,14 +144,3 @@ class KeepMasks:
         # a compiled model prefixes its names with `_orig_mod.`
         named = {n.replace("_orig_mod.", ""): p for n, p in state.model.named_parameters()}
         return {name: named[name] for name in self.masks}
-
-
-def _placed_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """`mask` on `param`'s device and dtype; sharded as it is where it is a DTensor (FSDP)."""
-    mask = mask.to(param.device, param.dtype)
-    mesh = getattr(param, "device_mesh", None)
-    if mesh is None:
-        return mask
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(mask, mesh, param.placements)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from scaletrain.config.dims import DimsConfig
 from scaletrain.errors import ConfigError
@@ -142,3 +144,12 @@ def data_parallel_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
     if dims.dp_replicate_enabled:
         return mesh["dp_replicate", "dp_shard"]
     return mesh["dp_shard"]
+
+
+def placed_like(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`tensor` (a whole one, shaped as `param`) on `param`'s device and dtype, and sharded
+    as `param` is where that is a DTensor (FSDP, TP), so the two combine elementwise."""
+    tensor = tensor.to(param.device, param.dtype)
+    if not isinstance(param, DTensor):
+        return tensor
+    return distribute_tensor(tensor, param.device_mesh, param.placements)
