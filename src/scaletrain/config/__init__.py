@@ -508,7 +508,10 @@ class TrainConfig(Section):
     )
     precision: Precision = Field(
         "auto",
-        description="`auto`: bf16-mixed where the device has fast bf16, else 32. Lightning's "
+        description="`auto`: bf16-mixed where the device has fast bf16 (a GPU from sm80, a CPU "
+        "with AMX or AVX512-BF16) and, on a CPU, the model's products are large enough for it "
+        "to pay (>= 10 MFLOP forward per Linear/conv/RNN layer at `batch_size`; below that "
+        "its casts cost more than it saves), else 32; `summary.json` says which. Lightning's "
         "spellings are accepted: `32`/`32-true` (= 32), `16` (= 16-mixed), `bf16` (= bf16-mixed).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to train on.")

@@ -11,7 +11,7 @@ from torch import nn
 
 from scaletrain.config import Config
 from scaletrain.data import DataBundle, Split
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import run_precision
 from scaletrain.trained.inference import device_of, evaluate_on, predict_tensors
 
 SPLITS = ("val", "test")
@@ -65,7 +65,13 @@ def _outputs(members, member_cfgs, split: Split, bundle: DataBundle) -> list[tor
             model,
             split.inputs,
             spec=bundle.spec,
-            precision=Precision.from_config(member_cfg.train.precision, device_of(model)),
+            precision=run_precision(
+                member_cfg.train.precision,
+                device_of(model),
+                model=model,
+                spec=bundle.spec,
+                batch_size=member_cfg.train.batch_size,
+            ),
             inverse_target=bundle.preprocessor.inverse_target,
         )
         for model, member_cfg in zip(members, member_cfgs, strict=True)

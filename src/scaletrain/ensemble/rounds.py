@@ -31,7 +31,7 @@ from scaletrain.ensemble.jobs import MemberJobs, run_member_jobs
 from scaletrain.ensemble.members import member_dir, train_member
 from scaletrain.ensemble.user_parts import UserParts
 from scaletrain.fileio import atomic_path
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import run_precision
 from scaletrain.trained.files import read_spec
 from scaletrain.trained.inference import device_of, predict_tensors
 from scaletrain.trained.weights import load_trained_model
@@ -87,7 +87,13 @@ class _Rounds:
             model,
             inputs,
             spec=spec,
-            precision=Precision.from_config(member_cfg.train.precision, device_of(model)),
+            precision=run_precision(
+                member_cfg.train.precision,
+                device_of(model),
+                model=model,
+                spec=spec,
+                batch_size=member_cfg.train.batch_size,
+            ),
         )
 
 

@@ -5,6 +5,7 @@ from scaletrain.models.cnn import CNN, ConvBlock
 from scaletrain.models.flops import (
     TRAIN_FLOPS_FACTOR,
     count_flops_per_sample,
+    forward_flops_per_layer,
     train_flops_per_sample,
 )
 from scaletrain.models.gpt import GPT, GPTBlock
@@ -49,6 +50,7 @@ __all__ = [
     "count_flops_per_sample",
     "default_block_types",
     "register_model",
+    "forward_flops_per_layer",
     "train_flops_per_sample",
     "summarize_model",
     "summary_table",

@@ -78,6 +78,23 @@ def train_flops_per_sample(
     return None
 
 
+# modules whose forward is one or more matrix products (what bf16 makes faster)
+PRODUCT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase)
+
+
+def forward_flops_per_layer(
+    model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype
+) -> float | None:
+    """Forward FLOPs of one sample per product layer (Linear, conv, RNN): how large a model's
+    matrix products are on average, which decides whether bf16 pays on a CPU
+    (train/precision.py). None where the model cannot be counted."""
+    total = train_flops_per_sample(model, input_shape, input_dtype)
+    if not total:
+        return None
+    layers = sum(isinstance(module, PRODUCT_LAYERS) for module in model.modules())
+    return total / TRAIN_FLOPS_FACTOR / max(layers, 1)
+
+
 def _on_meta(model: nn.Module):
     """The model's forward with its parameters and buffers swapped for meta tensors."""
     tensors = {

@@ -4,13 +4,24 @@ autocast, input casts, parameter dtype and the fp16 grad scaler."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from scaletrain.errors import ConfigError
+from scaletrain.models import forward_flops_per_layer
+
+if TYPE_CHECKING:
+    from scaletrain.data import DataSpec
+
+# `auto` on a CPU: below this many forward FLOPs per product layer and step, bf16 autocast's
+# casts cost more than its faster products save (bench/precision_auto.py: in scaletrain's
+# loop, fp32 is faster for MLPs up to ~14 MFLOP per layer and step, bf16 from ~28 MFLOP on)
+CPU_BF16_MIN_LAYER_FLOPS = 10e6
 
 
 @dataclass(frozen=True)
@@ -64,16 +75,47 @@ class Precision:
         self.scaler.update()
 
     @classmethod
-    def from_config(cls, name: str, device: torch.device) -> Precision:
-        """The only reader of `train.precision`; `auto` picks bf16-mixed where bf16 is fast."""
+    def from_config(
+        cls,
+        name: str,
+        device: torch.device,
+        *,
+        layer_flops: Callable[[], float | None] | None = None,
+    ) -> Precision:
+        """The only reader of `train.precision`; `auto` picks bf16-mixed where bf16 is fast
+        and, on a CPU, where `layer_flops()` (forward FLOPs per product layer and step; not
+        asked elsewhere) says the products are large enough for it to pay."""
         if name == "auto":
-            name = "bf16-mixed" if has_fast_bf16(device) else "32"
+            name = "bf16-mixed" if _bf16_pays(device, layer_flops) else "32"
         if name == "16-mixed" and device.type != "cuda":
             raise ConfigError("train.precision: `16-mixed` needs a CUDA device; use `bf16-mixed`")
         autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(name)
         param = torch.bfloat16 if name == "bf16-true" else torch.float32
         scaler = torch.amp.GradScaler("cuda") if name == "16-mixed" else None
         return cls(name, device.type, autocast, param, scaler)
+
+
+def run_precision(
+    name: str, device: torch.device, *, model: nn.Module, spec: DataSpec, batch_size: int
+) -> Precision:
+    """`train.precision` for this model at the run's batch size (`train.batch_size`, so the
+    answer is the same when training on any number of processes and when a run is reloaded
+    for evaluation or prediction)."""
+
+    def layer_flops() -> float | None:
+        per_sample = forward_flops_per_layer(model, spec.input_shape, spec.input_dtype)
+        return None if per_sample is None else per_sample * batch_size
+
+    return Precision.from_config(name, device, layer_flops=layer_flops)
+
+
+def _bf16_pays(device: torch.device, layer_flops: Callable[[], float | None] | None) -> bool:
+    if not has_fast_bf16(device):
+        return False
+    if device.type != "cpu" or layer_flops is None:
+        return True
+    flops = layer_flops()
+    return flops is None or flops >= CPU_BF16_MIN_LAYER_FLOPS
 
 
 def has_fast_bf16(device: torch.device) -> bool:

@@ -35,7 +35,7 @@ from scaletrain.train.heartbeat import Heartbeat
 from scaletrain.train.ledger import LEDGER, Ledger
 from scaletrain.train.monitor import Monitor
 from scaletrain.train.plan import Plan
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import Precision, run_precision
 from scaletrain.train.process_settings import apply_process_settings
 from scaletrain.train.progress import Progress
 from scaletrain.train.row_weights import build_row_weighted_loss
@@ -127,11 +127,17 @@ def build_trainer(
     teacher: TeacherModel | None = None,
 ) -> Trainer:
     """Place the model, build the optimizer and the owners; load the checkpoint if resuming."""
-    precision = Precision.from_config(cfg.train.precision, strategy.device)
+    spec = data.spec
+    precision = run_precision(
+        cfg.train.precision,
+        strategy.device,
+        model=model,
+        spec=spec,
+        batch_size=cfg.train.batch_size,
+    )
     apply_process_settings(cfg.train)  # before the peak FLOP/s (keyed by threads)
     if strategy.is_main:
         write_plan(run, plan, precision, strategy)
-    spec = data.spec
     flops_per_sample = train_flops_per_sample(model, spec.input_shape, spec.input_dtype)
     peak = peak_flops(strategy.device, precision.compute_dtype) if flops_per_sample else None
     first_step = FirstStepClock(model) if cfg.train.compile else None

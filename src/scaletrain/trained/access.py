@@ -11,12 +11,10 @@ from scaletrain.config import load_config
 from scaletrain.data import DataSpec, build_data, read_inputs_file
 from scaletrain.errors import UserError
 from scaletrain.rundir import open_run_dir, read_json
-from scaletrain.train.precision import Precision
 from scaletrain.trained.ensemble import load_ensemble_run
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
 from scaletrain.trained.inference import (
-    device_of,
     evaluate_on,
     evaluate_tensors,
     predict_tensors,
@@ -86,12 +84,11 @@ def predict_run(run: str | Path | Run, inputs, *, checkpoint: str | None, model:
     handle = run_handle(run, checkpoint=checkpoint, model=model)
     spec, preprocessor = handle.spec_and_preprocessor()
     raw = read_inputs_file(Path(inputs), spec=spec, feature_columns=handle.config.data.features)
-    device = device_of(handle.model)
     output = predict_tensors(
         handle.model,
         preprocessor.transform(raw),
         spec=spec,
-        precision=Precision.from_config(handle.config.train.precision, device),
+        precision=handle.precision(handle.model, spec),
         inverse_target=preprocessor.inverse_target,
     )
     return _prediction_dict(output.numpy(), spec)

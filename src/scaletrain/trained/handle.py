@@ -15,7 +15,7 @@ from scaletrain.errors import UserError
 from scaletrain.finish import wait_for_reports
 from scaletrain.models.generate import Sampling
 from scaletrain.rundir import RunDir
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import Precision, run_precision
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.generation import generate_text, run_tokenizer
 from scaletrain.trained.history import history_frame, read_history
@@ -76,7 +76,7 @@ class Run:
             inputs,
             spec=spec,
             preprocessor=preprocessor,
-            precision=Precision.from_config(self.config.train.precision, device_of(self._model())),
+            precision=self.precision(self._model(), spec),
             batch_size=batch_size,
         )
 
@@ -122,7 +122,7 @@ class Run:
             model,
             prompt,
             encoder=encoder,
-            precision=Precision.from_config(self.config.train.precision, device_of(model)),
+            precision=self.precision(model, spec),
             max_new_tokens=max_new_tokens,
             sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p),
             seed=seed,
@@ -148,6 +148,16 @@ class Run:
     def history_frame(self):
         """``run.history`` as a pandas DataFrame indexed by epoch (needs pandas)."""
         return history_frame(self.history)
+
+    def precision(self, model: nn.Module, spec: DataSpec) -> Precision:
+        """The precision the run trained in (`auto` resolved as training resolved it)."""
+        return run_precision(
+            self.config.train.precision,
+            device_of(model),
+            model=model,
+            spec=spec,
+            batch_size=self.config.train.batch_size,
+        )
 
     def spec_and_preprocessor(self) -> tuple[DataSpec, Preprocessor]:
         """The data spec and the train-split preprocessing (read from the run directory)."""

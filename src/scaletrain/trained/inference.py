@@ -16,7 +16,7 @@ from scaletrain.errors import UserError
 from scaletrain.optim import build_loss
 from scaletrain.parallel import SingleStrategy
 from scaletrain.train.evaluate import evaluate_split
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import Precision, run_precision
 
 BATCH_SIZE = 1024  # rows per forward pass: bounded memory whatever the input size
 
@@ -171,7 +171,9 @@ def evaluate_on(
         split,
         spec=spec,
         loss_fn=loss_fn,
-        precision=Precision.from_config(cfg.train.precision, device),
+        precision=run_precision(
+            cfg.train.precision, device, model=model, spec=spec, batch_size=cfg.train.batch_size
+        ),
         strategy=SingleStrategy(device),
         batch_size=batch_size,
         inverse_target=inverse_target,
