@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from scaletrain.data import DataSpec
 
 # `auto` on a CPU: below this many forward FLOPs per product layer and step, bf16 autocast's
-# casts cost more than its faster products save (bench/precision_auto.py: in scaletrain's
-# loop, fp32 is faster for MLPs up to ~14 MFLOP per layer and step, bf16 from ~28 MFLOP on)
+# casts cost more than its faster products save (bench/precision_auto.py, AVX512-BF16: bf16
+# takes 1.17-1.19x fp32's step at 3.6-5 MFLOP, 0.94-1.04x at 11-12, 0.54-0.84x from 13 on)
 CPU_BF16_MIN_LAYER_FLOPS = 10e6
 
 
