@@ -23,7 +23,7 @@ from scaletrain.parallel.memory_plan import (
 from scaletrain.parallel.memory_probe import measure_model
 from scaletrain.parallel.pipeline_split import check_layout
 from scaletrain.train.plan import Plan, make_plan
-from scaletrain.train.precision import Precision
+from scaletrain.train.precision import run_precision
 from scaletrain.trained.weights import build_run_model
 
 _GB = 2**30
@@ -93,7 +93,13 @@ def _measure(cfg: Config, spec, *, micro_batch_size: int, device_type: str, layo
     entry = MODELS.get(cfg.model.name)
     block_types = entry.block_types if entry else default_block_types(model)
     blocks = find_blocks(model, block_types=block_types, class_names=cfg.parallel.fsdp.block_types)
-    precision = Precision.from_config(cfg.train.precision, torch.device(device_type))
+    precision = run_precision(
+        cfg.train.precision,
+        torch.device(device_type),
+        model=model,
+        spec=spec,
+        batch_size=cfg.train.batch_size,
+    )
     example = torch.empty(
         (micro_batch_size, *spec.input_shape), dtype=spec.input_dtype, device="meta"
     )
