@@ -67,7 +67,7 @@ def _launched(args) -> bool:
     )
     if not needs_launch(options):
         return False
-    ps = _async_ps_section(args)
+    ps = _async_ps_section(_launch_config(args))
     if ps is not None:  # our own supervisor on each node: a lost worker must not stop the job
         from scaletrain.launch.ps_supervisor import supervise
 
@@ -77,19 +77,27 @@ def _launched(args) -> bool:
     return True
 
 
-def _async_ps_section(args):
-    """`parallel.ps` where the command trains with `parallel.strategy: async_ps`
-    (a config that does not load is left to the launched processes to report)."""
+def _launch_config(args):
+    """The config the launched processes will train: `train`'s is checked here, before any
+    process starts, so a bad one gives one line instead of one per worker; `resume`'s is
+    the run's own (None where it does not load: `resume` reports that in its processes)."""
     from scaletrain.config import load_config
 
+    if getattr(args, "config", None):
+        out = getattr(args, "out", None)
+        overrides = [*args.overrides, *([f"run.out_dir={out}"] if out else [])]
+        return load_config(args.config, overrides)
     try:
-        if getattr(args, "config", None):
-            cfg = load_config(args.config, list(args.overrides))
-        else:  # resume: the run's own config
-            cfg = load_config(Path(args.run_dir) / "config.yaml")
+        return load_config(Path(args.run_dir) / "config.yaml")
     except UserError:
         return None
-    return cfg.parallel.ps if cfg.parallel.strategy == "async_ps" else None
+
+
+def _async_ps_section(cfg):
+    """`parallel.ps` where the config trains with `parallel.strategy: async_ps`."""
+    if cfg is None or cfg.parallel.strategy != "async_ps":
+        return None
+    return cfg.parallel.ps
 
 
 def _train(args) -> int:

@@ -41,6 +41,7 @@ from scaletrain.config.distill import DistillConfig, check_distill
 from scaletrain.config.ensemble import (
     EnsembleConfig,
     SubsampleConfig,
+    check_member_batch,
     check_member_strategy,
     check_row_weights,
     check_snapshot,
@@ -975,6 +976,7 @@ def member_configs(cfg: Config) -> list[Config]:
             check_member_strategy(
                 member.parallel.strategy, cfg.ensemble.member_nproc, key="parallel.strategy"
             )
+            check_member_batch(member, cfg.ensemble.member_nproc)
             members.append(member)
         except (ConfigError, ValueError) as exc:
             where = (

@@ -221,6 +221,21 @@ def check_member_strategy(strategy: str, member_nproc: int, *, key: str) -> None
         )
 
 
+def check_member_batch(member, member_nproc: int) -> None:
+    """A member job of `member_nproc` replicas splits `train.batch_size` among them: refused
+    at config time (not when the job starts) where it does not divide. Meshes (dims, pp)
+    divide the processes otherwise and are left to the job's own plan."""
+    parallel = member.parallel
+    if member_nproc == 1 or parallel.strategy == "pp" or not parallel.dims.is_default():
+        return
+    if member.train.batch_size % member_nproc:
+        raise ValueError(
+            f"train.batch_size: {member.train.batch_size} is not divisible by "
+            f"ensemble.member_nproc {member_nproc} (each member's batch is split over its "
+            "processes)"
+        )
+
+
 def check_row_weights(cfg) -> None:
     """`data.subsample.weights_use: loss` (a boosting round's weighted cross-entropy) refused,
     before any file, where the step could not honour it."""

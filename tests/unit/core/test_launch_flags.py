@@ -58,18 +58,20 @@ def test_bad_launch_flags_exit_2_with_one_line(capsys, flags, message):
         assert code == 2 and len(lines) == 1 and message in lines[0], (command, err)
 
 
-def test_cli_hands_the_range_to_the_launcher(capsys, monkeypatch):
+def test_cli_hands_the_range_to_the_launcher(capsys, monkeypatch, tmp_path):
     import scaletrain.launch
 
     launched = []
     monkeypatch.setattr(scaletrain.launch, "launch", lambda *args: launched.append(args))
+    config = tmp_path / "c.yaml"
+    config.write_text("run: {name: c}\n")  # checked before the launch
     flags = ["--nnodes", "1:3", "--node-rank", "2", "--rdzv-endpoint", "h:29400"]
-    code, err = run_cli(capsys, "train", "c.yaml", *flags, "--rdzv-last-call", "7")
+    code, err = run_cli(capsys, "train", str(config), *flags, "--rdzv-last-call", "7")
     assert code == 0, err
     [(options, command)] = launched
     assert (options.min_nnodes, options.nnodes, options.node_rank) == (1, 3, 2)
     assert options.is_elastic and options.rdzv_last_call_s == 7 and options.nproc == 1
-    assert command == ["train", "c.yaml", *flags, "--rdzv-last-call", "7"]  # workers rerun it
+    assert command == ["train", str(config), *flags, "--rdzv-last-call", "7"]  # workers rerun it
 
 
 def test_torchrun_reads_the_range_and_the_rendezvous_timings(monkeypatch):
@@ -113,3 +115,18 @@ def test_elastic_launch_gives_each_round_its_own_store(monkeypatch, min_nnodes, 
     assert value == shared and args.nnodes == options.nnodes_spec
     assert args.training_script_args == ["train", "c.yaml"]
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in os.environ  # restored afterwards
+
+
+def test_a_bad_config_is_refused_before_any_worker_starts(tmp_path, capsys):
+    """One line from the launcher, not one per worker plus torchrun's failure report."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"run: {{name: bad, out_dir: {tmp_path / 'runs'}}}\noptim: {{lr: -1}}\n")
+    code, err = run_cli(capsys, "train", str(config), "--nproc", "2")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: optim.lr") and "worker" not in lines[0]
+    assert not (tmp_path / "runs").exists()
+    code, err = run_cli(capsys, "train", str(tmp_path / "missing.yaml"), "--nproc", "2")
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: config file not found: {tmp_path / 'missing.yaml'}"
+    ], err

@@ -95,3 +95,21 @@ def test_member_jobs_need_a_multi_process_strategy(tmp_path, capsys):
     config = _config(tmp_path, member_nproc=2, member_overrides=overrides)
     code, err = _run(capsys, "config", "check", config, "parallel.strategy=ddp")
     assert code == 2 and err.startswith("error: ensemble.member_overrides.1: parallel.strategy")
+
+
+def test_a_member_batch_that_member_nproc_does_not_divide_is_refused_at_config_time(
+    tmp_path, capsys
+):
+    code, err = _run(capsys, "train", _config(tmp_path, member_nproc=3), "--nproc", "3")
+    assert code == 2, err
+    assert err.startswith("error: ensemble member 0: train.batch_size: 64 is not divisible by ")
+    assert "ensemble.member_nproc 3" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+    overrides = [[], ["train.batch_size=63"]]
+    config = _config(tmp_path, member_nproc=2, member_overrides=overrides)
+    code, err = _run(capsys, "config", "check", config)
+    assert code == 2 and err.startswith("error: ensemble.member_overrides.1: train.batch_size: 63")
+    code, err = _run(
+        capsys, "config", "check", _config(tmp_path, member_nproc=3), "train.batch_size=63"
+    )
+    assert code == 0, err
