@@ -35,7 +35,7 @@ from scaletrain.rundir import (
     read_json,
 )
 from scaletrain.train.callbacks import CallbackList
-from scaletrain.train.extend import RunFinished, apply_resume_overrides, finished_message
+from scaletrain.train.extend import RunFinished, finished_message, resume_config
 from scaletrain.train.final import NO_METRICS, FinalMetrics, final_evaluation
 from scaletrain.train.loop import LoopResult, run_loop
 from scaletrain.train.model_check import check_model_fits
@@ -146,15 +146,8 @@ def resume(
     wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
     saved_text = run.config.read_text()
-    cfg = load_config(run.config)
-    _refuse_ensemble(cfg)
-    if overrides:
-        cfg = apply_resume_overrides(cfg, list(overrides))
-    if isinstance(cfg.model, UserModelConfig) and model is None:
-        raise UserError(
-            f"{run.root} was trained with a user module ({cfg.model.class_name}); "
-            "resume it from Python: scaletrain.api.resume(run_dir, model=..., data=...)"
-        )
+    _refuse_ensemble(load_config(run.config))
+    cfg = resume_config(run.config, list(overrides), has_model=model is not None)
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
     lock = RunLock(run.root)

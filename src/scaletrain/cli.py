@@ -78,19 +78,19 @@ def _launched(args) -> bool:
 
 
 def _launch_config(args):
-    """The config the launched processes will train: `train`'s is checked here, before any
-    process starts, so a bad one gives one line instead of one per worker; `resume`'s is
-    the run's own (None where it does not load: `resume` reports that in its processes)."""
+    """The config the launched processes will train, checked here before any process
+    starts, so a bad config, run directory or override gives one line instead of one per
+    worker."""
     from scaletrain.config import load_config
+    from scaletrain.rundir import open_run_dir
+    from scaletrain.train.extend import resume_config
 
     if getattr(args, "config", None):
         out = getattr(args, "out", None)
         overrides = [*args.overrides, *([f"run.out_dir={out}"] if out else [])]
         return load_config(args.config, overrides)
-    try:
-        return load_config(Path(args.run_dir) / "config.yaml")
-    except UserError:
-        return None
+    run = open_run_dir(args.run_dir)
+    return resume_config(run.config, list(args.overrides), has_model=False)
 
 
 def _async_ps_section(cfg):

@@ -4,7 +4,9 @@ would make the resumed run differ from one trained in one go, so it is refused b
 
 from __future__ import annotations
 
-from scaletrain.config import Config, ScheduleConfig, load_config
+from pathlib import Path
+
+from scaletrain.config import Config, ScheduleConfig, UserModelConfig, load_config
 from scaletrain.errors import ConfigError, UserError
 
 # exact keys, or sections ending in "." whose every key may change
@@ -41,6 +43,22 @@ def schedule_needs_total(cfg: ScheduleConfig) -> str | None:
     if cfg.warmup_ratio and not cfg.warmup_steps:
         return "optim.schedule.warmup_ratio"
     return None
+
+
+def resume_config(config_path: Path, overrides: list[str], *, has_model: bool) -> Config:
+    """The config a resume trains with: the run's own, extended by `overrides`; refused in
+    one line where the run needs a module only Python can pass (checked by the CLI before
+    it starts any worker, and by `api.resume`)."""
+    cfg = load_config(config_path)
+    if overrides:
+        cfg = apply_resume_overrides(cfg, overrides)
+    if isinstance(cfg.model, UserModelConfig) and not has_model:
+        root = config_path.parent
+        raise UserError(
+            f"{root} was trained with a user module ({cfg.model.class_name}); "
+            "resume it from Python: scaletrain.api.resume(run_dir, model=..., data=...)"
+        )
+    return cfg
 
 
 def apply_resume_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -130,3 +130,15 @@ def test_a_bad_config_is_refused_before_any_worker_starts(tmp_path, capsys):
     assert code == 2 and err.strip().splitlines() == [
         f"error: config file not found: {tmp_path / 'missing.yaml'}"
     ], err
+
+
+def test_a_bad_resume_is_refused_before_any_worker_starts(tmp_path, capsys):
+    missing = tmp_path / "no_run"
+    code, err = run_cli(capsys, "resume", str(missing), "--nproc", "2")
+    assert code == 2 and err.strip().splitlines() == [f"error: run directory not found: {missing}"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: {name: run}\n")
+    code, err = run_cli(capsys, "resume", str(run), "optim.lr=1", "--nproc", "2")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: optim.lr: a resume cannot")
