@@ -16,7 +16,7 @@ DONE = ("finished", "stopped_early")  # a member whose summary says so is not tr
 @dataclass(frozen=True)
 class MemberOutcome:
     index: int
-    action: str  # trained | resumed | kept (finished before)
+    action: str  # trained | resumed | kept (finished before) | not started (a signal came first)
     status: str  # the member run's status
     exit_code: int = 0
     node: int = 0  # the node that trained it (--nnodes)

@@ -33,6 +33,7 @@ from scaletrain.rundir import (
     prepare_run_dir,
     read_json,
 )
+from scaletrain.train.signals import StopRequest
 from scaletrain.trained import Run
 from scaletrain.trained.ensemble import load_ensemble_run, load_members
 
@@ -182,11 +183,17 @@ def _train_members(
     if nproc > 1:  # (user parts were refused with nproc > 1: they stay in this process)
         return train_in_parallel(run.root, nproc=nproc)
     outcomes = []
-    for index, member_cfg in enumerate(members):
-        outcome = train_member(member_cfg, index, user)
-        outcomes.append(outcome)
-        if outcome.exit_code:  # stopped by a signal: the next resume goes on from here
-            break
+    with StopRequest() as signals:  # a signal outside a member's loop: no next member
+        for index, member_cfg in enumerate(members):
+            if signals.requested:
+                outcomes.append(
+                    MemberOutcome(index, "not started", "interrupted", signals.exit_code)
+                )
+                break
+            outcome = train_member(member_cfg, index, user)
+            outcomes.append(outcome)
+            if outcome.exit_code:  # stopped by a signal: the next resume goes on from here
+                break
     return outcomes
 
 
