@@ -53,6 +53,8 @@ class Run:
     # read from the run directory on first use (data_spec.json, preprocess.json)
     spec: DataSpec | None = field(default=None, repr=False)
     preprocessor: Preprocessor | None = field(default=None, repr=False)
+    # `auto` resolved once per model object (it counts the model's FLOPs: ms to tens of ms)
+    _precisions: dict = field(default_factory=dict, repr=False, compare=False)
 
     def wait(self) -> Run:
         """Block until report.html is written: `train()` returns before it (a background
@@ -151,13 +153,16 @@ class Run:
 
     def precision(self, model: nn.Module, spec: DataSpec) -> Precision:
         """The precision the run trained in (`auto` resolved as training resolved it)."""
-        return run_precision(
-            self.config.train.precision,
-            device_of(model),
-            model=model,
-            spec=spec,
-            batch_size=self.config.train.batch_size,
-        )
+        key = (id(model), device_of(model))
+        if key not in self._precisions:
+            self._precisions[key] = run_precision(
+                self.config.train.precision,
+                key[1],
+                model=model,
+                spec=spec,
+                batch_size=self.config.train.batch_size,
+            )
+        return self._precisions[key]
 
     def spec_and_preprocessor(self) -> tuple[DataSpec, Preprocessor]:
         """The data spec and the train-split preprocessing (read from the run directory)."""
