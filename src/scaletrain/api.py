@@ -146,8 +146,9 @@ def resume(
     wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
     saved_text = run.config.read_text()
-    _refuse_ensemble(load_config(run.config))
-    cfg = resume_config(run.config, list(overrides), has_model=model is not None)
+    cfg = resume_config(
+        run.config, list(overrides), has_model=model is not None, check=_refuse_ensemble
+    )
     strategy = build_strategy(cfg.parallel, device_name=cfg.train.device)
     strategy.setup()
     lock = RunLock(run.root)

@@ -4,6 +4,7 @@ would make the resumed run differ from one trained in one go, so it is refused b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from scaletrain.config import Config, ScheduleConfig, UserModelConfig, load_config
@@ -45,11 +46,20 @@ def schedule_needs_total(cfg: ScheduleConfig) -> str | None:
     return None
 
 
-def resume_config(config_path: Path, overrides: list[str], *, has_model: bool) -> Config:
-    """The config a resume trains with: the run's own, extended by `overrides`; refused in
-    one line where the run needs a module only Python can pass (checked by the CLI before
-    it starts any worker, and by `api.resume`)."""
+def resume_config(
+    config_path: Path,
+    overrides: list[str],
+    *,
+    has_model: bool,
+    check: Callable[[Config], None] | None = None,
+) -> Config:
+    """The config a resume trains with: the run's own (read once; `check` sees it before any
+    override), extended by `overrides`; refused in one line where the run needs a module
+    only Python can pass (checked by the CLI before it starts any worker, and by
+    `api.resume`)."""
     cfg = load_config(config_path)
+    if check is not None:
+        check(cfg)
     if overrides:
         cfg = apply_resume_overrides(cfg, overrides)
     if isinstance(cfg.model, UserModelConfig) and not has_model:
