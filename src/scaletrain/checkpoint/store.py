@@ -69,6 +69,7 @@ class _InFlight:
     path: Path
     future: Future
     needed_bytes: int | None = None  # this rank's part: named if the disk fills up
+    owned: bool = False  # a copy handed over (a best snapshot): a save may follow it at once
 
 
 def step_folder_name(which: str) -> str:
@@ -87,44 +88,55 @@ class CheckpointStore:
     root: Path
     keep_last: int = 2
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _in_flight: _InFlight | None = field(default=None, repr=False)
+    _in_flight: list[_InFlight] = field(default_factory=list, repr=False)  # commit order
     _group: object = field(default=None, repr=False)
 
     def save(self, *, step: int, tensors: dict, side_state: dict, strategy) -> Path:
         """Collective: every rank calls it. Returns the committed directory."""
         return self._save(step, tensors, side_state, strategy, asynchronous=False).path
 
-    def save_async(self, *, step: int, tensors: dict, side_state: dict, strategy) -> SaveResult:
-        """Collective: stage to CPU memory, write and commit in a background thread."""
-        return self._save(step, tensors, side_state, strategy, asynchronous=True)
+    def save_async(
+        self, *, step: int, tensors: dict, side_state: dict, strategy, owned: bool = False
+    ) -> SaveResult:
+        """Collective: stage to CPU memory, write and commit in a background thread.
+        `owned` (one process): `tensors` are a copy no one changes any more (a best
+        snapshot), written as they are, and the next save need not wait for them: it
+        commits after them."""
+        if owned and strategy.world_size != 1:
+            raise ValueError("owned saves are for one process")
+        return self._save(step, tensors, side_state, strategy, asynchronous=True, owned=owned)
 
     def wait(self, strategy) -> Path | None:
-        """Collective: finish the save in flight (if any); raise on every rank if it failed."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return None
-        error = in_flight.future.exception()
+        """Collective: finish the saves in flight (if any); raise on every rank if one
+        failed (the first, in commit order)."""
+        in_flight, self._in_flight = self._in_flight, []
+        errors = [(save, save.future.exception()) for save in in_flight]
+        failed, error = next(((save, e) for save, e in errors if e is not None), (None, None))
         if strategy.any_flag(error is not None):
             reason = (
-                describe_failure(error, self.root, needed_bytes=in_flight.needed_bytes)
+                describe_failure(error, self.root, needed_bytes=failed.needed_bytes)
                 if error
                 else "another rank"
             )
+            path = failed.path if failed else in_flight[-1].path
             raise CheckpointError(
-                f"saving checkpoint {in_flight.path} failed: {reason}; earlier checkpoints "
-                "are untouched"
+                f"saving checkpoint {path} failed: {reason}; earlier checkpoints are untouched"
             )
-        return in_flight.path
+        return in_flight[-1].path if in_flight else None
 
     def drain(self) -> None:
-        """Let the save in flight finish (committed by its thread, or cleaned up); no collective."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.future.exception()
+        """Let the saves in flight finish (committed by their threads, or cleaned up); no
+        collective."""
+        in_flight, self._in_flight = self._in_flight, []
+        for save in in_flight:
+            save.future.exception()
 
-    def _save(self, step, tensors, side_state, strategy, *, asynchronous: bool) -> SaveResult:
+    def _save(
+        self, step, tensors, side_state, strategy, *, asynchronous: bool, owned: bool = False
+    ) -> SaveResult:
         started = time.perf_counter()
-        self.wait(strategy)  # one save in flight at a time: its stall counts here
+        if not (asynchronous and all(save.owned for save in self._in_flight)):
+            self.wait(strategy)  # one save in flight at a time (after a snapshot: two)
         final = self.root / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         self._make_folder(tmp, final, strategy)
@@ -132,7 +144,12 @@ class CheckpointStore:
         try:
             atomic_write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state, indent=None)
             writer, planner = SafetensorsWriter(tmp, sync_files=True), JsonSavePlanner()
-            if asynchronous:
+            after = self._in_flight[-1].future if self._in_flight else None
+            if owned:  # one process, no collectives: the whole write in the thread
+                upload = _background(
+                    dcp.save, tensors, storage_writer=writer, planner=planner, no_dist=True
+                )
+            elif asynchronous:
                 if self._group is None:  # never the training group: no interleaving
                     self._group = new_checkpoint_group(strategy)
                 upload = dcp.async_save(
@@ -154,8 +171,10 @@ class CheckpointStore:
                 f"saving checkpoint {final} failed: {reason}; earlier checkpoints are untouched"
             )
         if asynchronous:
-            future = _background(self._finish_async, upload, tmp, final, step, strategy.is_main)
-            self._in_flight = _InFlight(final, future, tensor_bytes(tensors))
+            future = _background(
+                self._finish_async, upload, tmp, final, step, strategy.is_main, after
+            )
+            self._in_flight.append(_InFlight(final, future, tensor_bytes(tensors), owned))
         else:
             self._finish(tmp, final, step, strategy)
         return SaveResult(final, time.perf_counter() - started)
@@ -191,13 +210,20 @@ class CheckpointStore:
                 f"saving checkpoint {final} failed: {reason}; earlier checkpoints are untouched"
             )
 
-    def _finish_async(self, upload: Future, tmp: Path, final: Path, step: int, is_main) -> None:
+    def _finish_async(
+        self, upload: Future, tmp: Path, final: Path, step: int, is_main, after: Future | None
+    ) -> None:
+        """Commit once the files are written and the save before this one has ended (its
+        failure is its own: `wait` reports it)."""
         try:  # rank 0's DCP finish step gathers every rank's write results: all files exist
             upload.result()
         except BaseException:  # DCP's CheckpointException is not an Exception
             if is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            if after is not None:
+                after.exception()  # commits stay in the order the saves began
         if is_main:
             self._commit(tmp, final, step)
 
@@ -343,16 +369,17 @@ class CheckpointStore:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _remove_incomplete(self) -> None:
-        """Half-written `.tmp` folders of crashed saves (none is in flight: we waited)."""
+        """Half-written `.tmp` folders of crashed saves (not those of saves in flight)."""
+        writing = {save.path.name + ".tmp" for save in self._in_flight}
         if self.root.is_dir():
             for path in self.root.iterdir():
-                if _TMP_DIR.match(path.name) and not path.is_symlink():
+                if _TMP_DIR.match(path.name) and not path.is_symlink() and path.name not in writing:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def _background(function, *args) -> Future:
-    """Run `function(*args)` in a short-lived daemon-free worker thread."""
+def _background(function, *args, **kwargs) -> Future:
+    """Run `function(*args, **kwargs)` in a short-lived daemon-free worker thread."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scaletrain-checkpoint")
-    future = executor.submit(function, *args)
+    future = executor.submit(function, *args, **kwargs)
     executor.shutdown(wait=False)
     return future

@@ -114,8 +114,10 @@ class Checkpointer:
     def take_best(self) -> Snapshot | None:
         return self.best.take() if self.best is not None else None
 
-    def save_snapshot(self, snapshot: Snapshot) -> tuple[Path, float]:
-        """Write a best snapshot as the checkpoint of its step, marked best; (path, seconds)."""
+    def save_snapshot(self, snapshot: Snapshot, *, background: bool = False) -> tuple[Path, float]:
+        """Write a best snapshot as the checkpoint of its step, marked best; (path, seconds
+        the caller waited). `background`: written in a thread, the next save (the final
+        one) committing after it, both while the final evaluation runs (`finish` waits)."""
         started = time.perf_counter()
         # named before it exists: the prune after this save keeps what best.json names
         self.store.mark_best(snapshot.step, metric=snapshot.metric, value=snapshot.value)
@@ -123,13 +125,15 @@ class Checkpointer:
         if self.last_step == snapshot.step:  # saved at that step already
             return self.last_path, 0.0
         self.ledger.flush()
-        self.store.wait(self.strategy)  # an async save in flight commits first
-        path = self.store.save(
-            step=snapshot.step,
-            tensors=snapshot.tensors,
-            side_state=snapshot.side_state,
-            strategy=self.strategy,
-        )
+        arguments = {
+            "step": snapshot.step,
+            "tensors": snapshot.tensors,
+            "side_state": snapshot.side_state,
+            "strategy": self.strategy,
+        }
+        if background:
+            return self.store.save_async(**arguments, owned=True).path, 0.0
+        path = self.store.save(**arguments)  # an async save in flight commits first
         return path, time.perf_counter() - started
 
     def finish(self) -> None:

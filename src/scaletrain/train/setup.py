@@ -87,7 +87,7 @@ class Trainer:
             return
         snapshot = self.saver.take_best()
         if snapshot is not None and snapshot.step != self.state.step:
-            best_path, best_s = self.saver.save_snapshot(snapshot)
+            best_path, best_s = self.saver.save_snapshot(snapshot, background=background)
             self.logger.event(
                 "checkpoint", snapshot.step, f"best: {best_path.name}", stall_s=best_s
             )

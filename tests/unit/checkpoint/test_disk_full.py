@@ -65,6 +65,7 @@ def _state():
 
 
 def _save(store, step, model, optimizer, *, asynchronous=False):
+    """`asynchronous`: True, or "owned" (a snapshot's own copy, written as it is)."""
     model_state, optim_state = get_state_dict(model, optimizer)
     arguments = {
         "step": step,
@@ -73,7 +74,7 @@ def _save(store, step, model, optimizer, *, asynchronous=False):
         "strategy": STRATEGY,
     }
     if asynchronous:
-        store.save_async(**arguments)
+        store.save_async(**arguments, owned=asynchronous == "owned")
         return store.wait(STRATEGY)
     return store.save(**arguments)
 
@@ -82,7 +83,9 @@ def _hashes(path):
     return {p.name: sha256_file(p) for p in sorted(path.iterdir())}
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    "asynchronous", [False, True, "owned"], ids=["sync", "async", "owned-snapshot"]
+)
 def test_disk_full_during_save(small_disk, asynchronous):
     store = CheckpointStore(small_disk / "checkpoints", keep_last=1)
     model, optimizer = _state()

@@ -1,5 +1,6 @@
 """CheckpointStore: sync and async saves, commit order, keep_last, symlinks."""
 
+import threading
 import warnings
 
 import pytest
@@ -76,6 +77,65 @@ def test_keep_last_one_keeps_the_only_complete_checkpoint_while_another_is_in_fl
     store.wait(STRATEGY)
     assert [p.name for p in store.committed()] == ["step_00000002"]  # pruned after commit
     assert result.path.is_dir() and not first.exists()
+
+
+def test_a_snapshot_and_the_save_after_it_are_in_flight_together_and_commit_in_order(
+    tmp_path, monkeypatch
+):
+    """The end of a run: the best snapshot (a copy of its own) and the final checkpoint are
+    written at once while the final evaluation runs; the final commits after the best."""
+    store = CheckpointStore(tmp_path / "checkpoints", keep_last=1)
+    commits = []
+    real_commit = store._commit
+
+    def recorded(tmp, final, step):
+        commits.append(step)
+        real_commit(tmp, final, step)
+
+    monkeypatch.setattr(store, "_commit", recorded)
+    torch.manual_seed(0)
+    big = nn.Linear(1024, 2048)  # the snapshot: 8 MB, slower to write than the final
+    snapshot = {"model": {k: v.detach().clone() for k, v in big.state_dict().items()}}
+    model, optimizer = _trained()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    store.mark_best(2, metric="val/loss", value=0.1)  # named before it exists, as in a run
+    started = {}
+
+    def start_both():
+        store.save_async(
+            step=2, tensors=snapshot, side_state={"step": 2}, strategy=STRATEGY, owned=True
+        )
+        started["final"] = _save(store, 3, model, optimizer, asynchronous=True)
+
+    with store._lock:  # hold both commits: two saves in flight
+        starter = threading.Thread(target=start_both)
+        starter.start()
+        starter.join(timeout=60)  # a save that waited for the snapshot would wait forever
+        assert not starter.is_alive(), "the final save waited for the snapshot's commit"
+        result = started["final"]
+        names = sorted(p.name for p in store.root.iterdir())
+        assert names == ["best.json", "step_00000002.tmp", "step_00000003.tmp"]  # none removed
+    assert store.wait(STRATEGY) == result.path
+    assert commits == [2, 3]
+    assert [p.name for p in store.committed()] == ["step_00000002", "step_00000003"]  # best kept
+    weights, side = _loaded_weights(store, result.path)
+    assert side == {"step": 3}
+    for name, value in expected.items():
+        assert torch.equal(weights[name], value), name
+    loaded = {"model": {k: torch.zeros_like(v) for k, v in snapshot["model"].items()}}
+    store.load(store.find("best"), tensors=loaded, rank=0)
+    for name, value in snapshot["model"].items():
+        assert torch.equal(loaded["model"][name], value), name
+
+
+def test_a_save_after_a_save_in_flight_waits_for_it_unless_that_one_is_a_snapshot(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    model, optimizer = _trained()
+    _save(store, 1, model, optimizer, asynchronous=True)
+    _save(store, 2, model, optimizer, asynchronous=True)  # waited for step 1 first
+    assert (store.root / "step_00000001").is_dir() and len(store._in_flight) == 1
+    store.wait(STRATEGY)
+    assert [p.name for p in store.committed()] == ["step_00000001", "step_00000002"]
 
 
 def test_keep_last_and_best_survive_pruning(tmp_path):

@@ -3,6 +3,7 @@ written once, as a real checkpoint of its step; the final one always; the report
 
 import copy
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -78,8 +79,9 @@ def test_the_report_is_written_after_train_returns_and_waited_for(tiny_config):
 
 
 class SpoilTheBestOnDisk(WeightsAtEpochEnd):
-    """Also flips a byte of the best checkpoint's data once training ended (after the final
-    save, before the final evaluation): only weights taken from memory survive that."""
+    """Also flips a byte of the best checkpoint's data once training ended (before the final
+    evaluation; the best is written in the background then: this waits for its commit): only
+    weights taken from memory survive that."""
 
     def __init__(self, run_dir):
         super().__init__()
@@ -87,7 +89,10 @@ class SpoilTheBestOnDisk(WeightsAtEpochEnd):
 
     def on_train_end(self, state):
         best = CheckpointStore(self.checkpoints).best_step()
-        data = sorted((self.checkpoints / f"step_{best:08d}").glob("*.safetensors"))[0]
+        folder, deadline = self.checkpoints / f"step_{best:08d}", time.monotonic() + 30
+        while not folder.is_dir() and time.monotonic() < deadline:  # renamed once committed
+            time.sleep(0.01)
+        data = sorted(folder.glob("*.safetensors"))[0]
         raw = bytearray(data.read_bytes())
         raw[-1] ^= 0xFF
         data.write_bytes(bytes(raw))
