@@ -142,7 +142,9 @@ class CheckpointStore:
         self._make_folder(tmp, final, strategy)
         error = None
         try:
-            atomic_write_json(tmp / f"rank_{strategy.rank:05d}.json", side_state, indent=None)
+            # a plain write: the commit fsyncs every file of the folder before naming it
+            side = json.dumps(side_state) + "\n"  # serialized first: a bad value writes nothing
+            (tmp / f"rank_{strategy.rank:05d}.json").write_text(side, encoding="utf-8")
             writer, planner = SafetensorsWriter(tmp, sync_files=True), JsonSavePlanner()
             after = self._in_flight[-1].future if self._in_flight else None
             if owned:  # one process, no collectives: the whole write in the thread
