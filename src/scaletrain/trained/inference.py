@@ -24,11 +24,29 @@ BATCH_SIZE = 1024  # rows per forward pass: bounded memory whatever the input si
 def preprocess_inputs(inputs: Any, *, spec: DataSpec, preprocessor: Preprocessor) -> torch.Tensor:
     """Raw inputs (array, tensor, texts) -> the CPU tensor the network was trained on."""
     raw = _raw_inputs(inputs, spec=spec, preprocessor=preprocessor)
-    if isinstance(raw, torch.Tensor):
-        _check_sample_size(raw, spec)  # before scaling, which would fail on a bad width
+    if isinstance(raw, torch.Tensor):  # shaped before scaling: the statistics broadcast per sample
+        raw = _as_samples(raw, spec)
     encoded = preprocessor.transform(raw)
     _check_sample_size(encoded, spec)
     return encoded.reshape(len(encoded), *spec.input_shape).to(spec.input_dtype)
+
+
+def _as_samples(inputs: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """(N, *input_shape) from flat rows or samples of that shape give or take size-1 axes
+    (digits' (64,) or (8, 8) for (1, 8, 8)); another arrangement of the same number of values
+    (an (H, W, C) image for a (C, H, W) run) is refused rather than silently reordered."""
+    _check_sample_size(inputs, spec)
+    shape, expected = tuple(inputs.shape[1:]), tuple(spec.input_shape)
+    if inputs.ndim != 2 and _without_ones(shape) != _without_ones(expected):
+        raise UserError(
+            f"inputs: samples of shape {shape}; the run was trained on {expected}: pass them "
+            f"in that shape or flat ({int(np.prod(expected))} values per sample)"
+        )
+    return inputs.reshape(len(inputs), *expected)
+
+
+def _without_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
 
 
 def _check_sample_size(inputs: torch.Tensor, spec: DataSpec) -> None:
