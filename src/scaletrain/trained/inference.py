@@ -295,8 +295,9 @@ class PreprocessedModel(nn.Module):
         self.task = spec.task
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        scaled = self.preprocessor.transform(inputs)
-        output = self.network(scaled.reshape(len(scaled), *self.input_shape))
+        # shaped first (flat rows of an image run too): the statistics broadcast per sample
+        scaled = self.preprocessor.transform(inputs.reshape(len(inputs), *self.input_shape))
+        output = self.network(scaled)
         if self.task == "regression":  # values in the targets' units, like run.predict
             return self.preprocessor.inverse_target(output).to(output.dtype)
         return output

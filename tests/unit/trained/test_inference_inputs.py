@@ -9,7 +9,7 @@ import torch
 
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import UserError
-from scaletrain.trained.inference import preprocess_inputs
+from scaletrain.trained.inference import PreprocessedModel, preprocess_inputs
 
 
 def _spec(shape: tuple[int, ...]) -> DataSpec:
@@ -42,3 +42,13 @@ def test_channels_last_images_for_a_channels_first_run_are_refused():
     )
     with pytest.raises(UserError, match=r"samples of shape \(4, 4, 3\); the run was trained on"):
         preprocess_inputs(np.ones((2, 4, 4, 3)), spec=spec, preprocessor=preprocessor)
+
+
+@pytest.mark.parametrize("layout", [(64,), (1, 8, 8)])
+def test_the_preprocessing_module_scales_flat_rows_of_an_image_run_per_channel(layout):
+    images = np.random.default_rng(1).random((5, 8, 8)) * 16
+    expected = torch.from_numpy((images[:, None] - 1.0) / 2.0).float()  # float64 reference
+    module = PreprocessedModel(torch.nn.Identity(), _image_preprocessor(1), spec=_spec((1, 8, 8)))
+    got = module(torch.from_numpy(images.reshape(5, *layout)).float())
+    assert got.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
