@@ -19,7 +19,7 @@ from scaletrain._alloc import tune_malloc
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
-from scaletrain.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from scaletrain.fileio import atomic_write_json, atomic_write_text, read_jsonl, read_text_file
 from scaletrain.finish import finish_run, wait_for_reports
 from scaletrain.metrics import peak_rss_mb
 from scaletrain.models import ModelSummary, summarize_model, summary_table
@@ -145,7 +145,7 @@ def resume(
     tune_malloc()
     wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
-    saved_text = run.config.read_text()
+    saved_text = read_text_file(run.config)
     cfg = resume_config(
         run.config, list(overrides), has_model=model is not None, check=_refuse_ensemble
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scaletrain.errors import UserError
-from scaletrain.fileio import atomic_write_text, read_jsonl
+from scaletrain.fileio import atomic_write_text, read_file_bytes, read_jsonl
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -122,7 +122,7 @@ def open_run_dir(path: str | Path) -> RunDir:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_file_bytes(path))
     except FileNotFoundError:
         raise UserError(f"missing file: {path}") from None
     except json.JSONDecodeError as exc:
