@@ -45,7 +45,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
-from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, run_handle
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, read_spec, run_handle
 from scaletrain.trained.teacher import load_teacher
 from scaletrain.trained.weights import build_run_model
 
@@ -146,6 +146,9 @@ def resume(
     wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
     saved_text = read_text_file(run.config)
+    spec_file = run.root / "data_spec.json"
+    if spec_file.exists() or spec_file.is_symlink():  # an edited one: refused before training
+        read_spec(run)
     cfg = resume_config(
         run.config, list(overrides), has_model=model is not None, check=_refuse_ensemble
     )

@@ -140,7 +140,12 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
     """Drop metric lines a crashed run wrote after the checkpoint it resumes from."""
     if not path.is_file():
         return
-    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= after_step]
+    records = read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        if type(record.get("step", 0)) is not int:  # edited: a crash writes no such line
+            got = repr(record["step"])[:40]
+            raise UserError(f"{path}: record {number}: `step` must be an integer, got {got}")
+    kept = [record for record in records if record.get("step", 0) <= after_step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from scaletrain.errors import UserError
 
@@ -54,7 +54,16 @@ def check_data_spec(data: Any) -> dict[str, Any]:
 
 Count = Annotated[int, Field(ge=0, le=2**53)]  # past 2**53 a float (an axis) cannot hold it
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Number = float | None  # a loss or a metric may be NaN (a diverged run logs it)
+
+
+def _fits_a_float(value: Any) -> Any:
+    if type(value) is int and abs(value) > 2**1023:  # JSON allows it; float() overflows
+        raise ValueError("a number too large for a float")
+    return value
+
+
+# a loss or a metric may be NaN (a diverged run logs it)
+Number = Annotated[float, BeforeValidator(_fits_a_float)] | None
 MetricValue = Number | list[Number] | list[list[Number]] | dict[str, list[Number]]
 Metrics = dict[str, MetricValue]
 
@@ -75,6 +84,19 @@ class _Record(_File):
     lr: Number = None
     grad_norm: Number = None
     metrics: Metrics | None = None
+
+
+Span = Annotated[list[Count], Field(min_length=2, max_length=2)]
+
+
+class _LedgerLine(_File):
+    """One line of ledger.jsonl: the samples a step (or a run of steps) trained on."""
+
+    step: Count | None = None
+    steps: Span | None = None
+    epoch: Count | None = None
+    positions: Span | None = None
+    batch: Count | None = None
 
 
 class _Best(_File):
@@ -106,6 +128,10 @@ class _Summary(_File):
     train_samples_per_s: Number = None
     train_tokens_per_s: Number = None
     peak_rss_mb: Number = None
+    mfu: Number = None
+    overhead_fraction: Number = None
+    comm_bytes_per_step: Number = None
+    compile_s: Seconds | None = None
     device: str | None = None
     precision: str | None = None
 
@@ -158,10 +184,15 @@ def checked_file(path: Path, data: Any) -> dict[str, Any]:
 
 
 def checked_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; one that holds a wrong type is named by its number."""
+    """The records of metrics.jsonl or ledger.jsonl; one that holds a wrong type is named
+    by its number."""
+    schema = _LedgerLine if path.name == "ledger.jsonl" else _Record
     for number, record in enumerate(records, start=1):
-        _validate(_Record, record, where=f"{path}: record {number}")
+        _validate(schema, record, where=f"{path}: record {number}")
     return records
+
+
+_TYPE_NAMES = {"float", "int", "str", "bool", "list", "dict", "none"}
 
 
 def _validate(schema: type[BaseModel], data: dict, *, where: str) -> None:
@@ -169,7 +200,9 @@ def _validate(schema: type[BaseModel], data: dict, *, where: str) -> None:
         schema.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
+        # a union's member names (`float`, `list[...]`) are no keys of the file
+        parts = [str(part) for part in error["loc"]]
+        key = ".".join(part for part in parts if "[" not in part and part not in _TYPE_NAMES)
         got = repr(error["input"])[:60]
         raise UserError(
             f"{where}: `{key}`: {error['msg'][:1].lower()}{error['msg'][1:]}, got {got}; "
