@@ -64,12 +64,19 @@ def _fits_a_float(value: Any) -> Any:
 
 # a loss or a metric may be NaN (a diverged run logs it)
 Number = Annotated[float, BeforeValidator(_fits_a_float)] | None
-MetricValue = Number | list[Number] | list[list[Number]] | dict[str, list[Number]]
-Metrics = dict[str, MetricValue]
 
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Metrics(_File):
+    """One split's metrics: numbers (NaN allowed), and the lists the report draws; other
+    lists and objects (metrics of later versions) pass as they are."""
+
+    __pydantic_extra__: dict[str, Number | list[Any] | dict[str, Any]]
+    confusion_matrix: list[list[Number]] | None = None
+    per_class: dict[str, list[Number]] | None = None
 
 
 class _Record(_File):
@@ -83,7 +90,7 @@ class _Record(_File):
     loss: Number = None
     lr: Number = None
     grad_norm: Number = None
-    metrics: Metrics | None = None
+    metrics: _Metrics | None = None
 
 
 Span = Annotated[list[Count], Field(min_length=2, max_length=2)]
@@ -112,7 +119,7 @@ class _Weights(_File):
 class _Summary(_File):
     status: str | None = None
     weights: _Weights | None = None
-    metrics_last: dict[str, Metrics] | None = None
+    metrics_last: dict[str, _Metrics] | None = None
     name: str | None = None
     task: str | None = None
     wall_s: Seconds | None = None
@@ -121,7 +128,7 @@ class _Summary(_File):
     epochs: Count | None = None
     best_step: Count | None = None
     best_metric: _Best | None = None
-    metrics: dict[str, Metrics] | None = None
+    metrics: dict[str, _Metrics] | None = None
     class_names: list[str] | None = None
     versions: dict[str, str | None] | None = None
     counters: dict[str, Count] | None = None
