@@ -130,14 +130,13 @@ class _Summary(_File):
     best_metric: _Best | None = None
     metrics: dict[str, _Metrics] | None = None
     class_names: list[str] | None = None
-    versions: dict[str, str | None] | None = None
+    versions: dict[str, Any] | None = None
     counters: dict[str, Count] | None = None
     train_samples_per_s: Number = None
     train_tokens_per_s: Number = None
     peak_rss_mb: Number = None
     mfu: Number = None
     overhead_fraction: Number = None
-    comm_bytes_per_step: Number = None
     compile_s: Seconds | None = None
     device: str | None = None
     precision: str | None = None
