@@ -28,6 +28,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     removed. Concurrent writers each get their own temporary file; the last rename wins.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # os.replace cannot put a file over it
+        raise UserError(f"{path}: a folder is where this file goes; remove it and rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     temporary = Path(name)

@@ -154,12 +154,23 @@ class _Layer(_File):
     name: str | None = None
     type: str | None = None
     depth: Annotated[int, Field(ge=0, le=1000)] | None = None
+    output_shapes: list[list[Any]] | None = None
     num_params: Count | None = None
+    num_trainable: Count | None = None
 
 
 class _ModelSummary(_File):
+    model_type: str | None = None
+    input_shape: list[Count] | None = None
+    input_dtype: str | None = None
+    shapes_from: str | None = None
     num_params: Count | None = None
     num_trainable: Count | None = None
+    num_frozen: Count | None = None
+    flops_per_sample: Count | None = None
+    size_mb: Number = None
+    parameter_bytes: dict[str, Count] | None = None
+    buffer_bytes: dict[str, Count] | None = None
     layers: list[_Layer] | None = None
 
 

@@ -15,7 +15,7 @@ from scaletrain.checkpoint.manifest import verify_manifest
 from scaletrain.config import load_config, load_run_config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import CheckpointError, ConfigError, UserError
-from scaletrain.fileio import read_jsonl, read_text_file
+from scaletrain.fileio import atomic_write_json, read_jsonl, read_text_file
 from scaletrain.rundir import RunDir, read_json
 from scaletrain.runfiles import checked_file, checked_records
 from scaletrain.trained.files import read_preprocessor, read_spec
@@ -49,6 +49,15 @@ def test_a_folder_in_place_of_a_run_file_is_one_line(tmp_path, put, name, read):
     assert str(refused.value) == f"{path}: cannot read it (Is a directory); expected a file"
     if name == "manifest.json":
         assert isinstance(refused.value, CheckpointError)
+
+
+def test_a_folder_where_a_run_file_is_written_is_one_line(tmp_path):
+    """resume rewrites plan.json, report writes report.html: over a folder, os.replace fails."""
+    path = tmp_path / "plan.json"
+    path.mkdir()
+    with pytest.raises(UserError, match=f"^{path}: a folder is where this file goes"):
+        atomic_write_json(path, {"world_size": 1})
+    assert list(tmp_path.iterdir()) == [path] and path.is_dir()  # no temporary left behind
 
 
 def test_bytes_that_are_not_utf8_name_the_file(tmp_path):
