@@ -129,6 +129,8 @@ def read_run(path: str | Path) -> RunData:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError as error:
         raise UserError(f"{run.config}: not valid YAML ({error})") from None
+    except RecursionError:
+        raise UserError(f"{run.config}: not valid YAML (nested too deeply)") from None
     records = checked_records(run.metrics, read_jsonl(run.metrics))  # [] before a first log
     evals: dict[str, list[dict]] = {}
     for record in records:

@@ -168,3 +168,11 @@ def test_a_run_config_names_its_file_and_a_typed_config_does_not(tmp_path):
     assert refused.value.problems == [str(refused.value)]
     with pytest.raises(ConfigError, match="^run.seed: input should be a finite number"):
         load_config(path)
+
+
+def test_a_config_nested_too_deeply_for_the_report_names_the_file(tmp_path):
+    from scaletrain.report.rundata import read_run
+
+    (tmp_path / "config.yaml").write_text("[" * 3_000 + "]" * 3_000)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'config.yaml'}: not valid YAML"):
+        read_run(tmp_path)
