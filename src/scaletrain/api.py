@@ -19,7 +19,7 @@ from scaletrain._alloc import tune_malloc
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import DataBundle, DataSpec, build_data
 from scaletrain.errors import ConfigError, UserError
-from scaletrain.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from scaletrain.fileio import atomic_write_json, atomic_write_text, read_jsonl, read_text_file
 from scaletrain.finish import finish_run, wait_for_reports
 from scaletrain.metrics import peak_rss_mb
 from scaletrain.models import ModelSummary, summarize_model, summary_table
@@ -45,7 +45,7 @@ from scaletrain.train.precision import Precision
 from scaletrain.train.process_settings import restored_process_settings
 from scaletrain.train.ps_serve import serve_parameters
 from scaletrain.train.rng import seed_everything
-from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, run_handle
+from scaletrain.trained import Run, evaluate_run, load_run_dir, predict_run, read_spec, run_handle
 from scaletrain.trained.teacher import load_teacher
 from scaletrain.trained.weights import build_run_model
 
@@ -145,7 +145,10 @@ def resume(
     tune_malloc()
     wait_for_reports(raise_errors=False)
     run = open_run_dir(run_dir)
-    saved_text = run.config.read_text()
+    saved_text = read_text_file(run.config)
+    spec_file = run.root / "data_spec.json"
+    if spec_file.exists() or spec_file.is_symlink():  # an edited one: refused before training
+        read_spec(run)
     cfg = resume_config(
         run.config, list(overrides), has_model=model is not None, check=_refuse_ensemble
     )

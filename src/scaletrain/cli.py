@@ -180,8 +180,8 @@ def _summary(args) -> int:
 
 
 def _note_quantized(args) -> None:
-    """Which weights eval/predict/export use on a quantized run: its quantized model, unless
-    --checkpoint asks for float weights."""
+    """Which weights eval/predict/export used on a quantized run: its quantized model, unless
+    --checkpoint asks for float weights. Said after they loaded: a refusal stays one line."""
     from scaletrain.trained.quantized import quantization_of, weights_name
 
     mode = quantization_of(Path(args.run_dir)) if args.checkpoint is None else None
@@ -192,11 +192,10 @@ def _note_quantized(args) -> None:
 def _eval(args) -> int:
     from scaletrain import api
 
-    _note_quantized(args)
-
     metrics = api.evaluate(
         args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint
     )
+    _note_quantized(args)
     title = Path(args.data).name if args.data else args.split
     _print_result(Path(args.run_dir), {title: metrics}, None, report=False)  # none written
     return 0
@@ -207,8 +206,8 @@ def _predict(args) -> int:
 
     from scaletrain import api
 
-    _note_quantized(args)
     result = api.predict(args.run_dir, args.input_file, checkpoint=args.checkpoint)
+    _note_quantized(args)
     lines = _prediction_lines(result)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
@@ -222,7 +221,6 @@ def _predict(args) -> int:
 def _generate(args) -> int:
     from scaletrain import api
 
-    _note_quantized(args)
     text = api.generate(
         args.run_dir,
         args.prompt,
@@ -233,6 +231,7 @@ def _generate(args) -> int:
         seed=args.seed,
         checkpoint=args.checkpoint,
     )
+    _note_quantized(args)
     print(text)
     return 0
 
@@ -294,13 +293,13 @@ def _export(args) -> int:
     from scaletrain.ensemble.export import export_ensemble
     from scaletrain.rundir import is_ensemble_dir
 
-    _note_quantized(args)
     if args.format == "onnx":
         from scaletrain.trained.onnx_run import export_run_onnx, figures_table
 
         result = export_run_onnx(
             args.run_dir, out=args.out, checkpoint=args.checkpoint, opset=args.opset
         )
+        _note_quantized(args)
         Console().print(figures_table(result))
         console.print(f"exported {result['path']} (figures in export.json beside it)")
         return 0
@@ -308,6 +307,7 @@ def _export(args) -> int:
         path = export_ensemble(args.run_dir, out=args.out, checkpoint=args.checkpoint or "best")
     else:
         path = api.export(args.run_dir, out=args.out, checkpoint=args.checkpoint)
+    _note_quantized(args)
     console.print(f"exported {path}")
     return 0
 

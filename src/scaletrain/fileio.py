@@ -28,6 +28,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     removed. Concurrent writers each get their own temporary file; the last rename wins.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # os.replace cannot put a file over it
+        raise UserError(f"{path}: a folder is where this file goes; remove it and rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     temporary = Path(name)
@@ -89,6 +91,27 @@ def fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
+def read_file_bytes(path: Path, *, error: type[UserError] = UserError) -> bytes:
+    """A file's bytes; a folder, a link to one, a link loop or an unreadable file in its place
+    is one `error` line naming it. FileNotFoundError passes: each reader says what a missing
+    file means (optional, or a refusal of its own)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror}); expected a file") from None
+
+
+def read_text_file(path: Path, *, error: type[UserError] = UserError) -> str:
+    """A UTF-8 text file (`read_file_bytes`); bytes that are not UTF-8 are one `error` line."""
+    data = read_file_bytes(path, error=error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); was it edited?") from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file, one object per line; [] where the file is missing.
 
@@ -96,7 +119,7 @@ def read_jsonl(path: Path) -> list[dict]:
     mid-write. Anything else that is not a JSON object is a UserError naming `file:line`.
     """
     try:
-        lines = Path(path).read_bytes().split(b"\n")
+        lines = read_file_bytes(path).split(b"\n")
     except FileNotFoundError:
         return []
     last = max((index for index, line in enumerate(lines) if line.strip()), default=-1)
@@ -120,6 +143,8 @@ def _parse_record(line: bytes) -> tuple[dict | None, str]:
         record = json.loads(line)
     except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
         return None, getattr(error, "msg", None) or str(error)
+    except RecursionError:
+        return None, "nested too deeply"
     if not isinstance(record, dict):
         return None, f"a JSON {type(record).__name__}, expected an object"
     return record, ""

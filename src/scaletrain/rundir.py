@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scaletrain.errors import UserError
-from scaletrain.fileio import atomic_write_text, read_jsonl
+from scaletrain.fileio import atomic_write_text, read_file_bytes, read_jsonl
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -122,7 +122,7 @@ def open_run_dir(path: str | Path) -> RunDir:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_file_bytes(path))
     except FileNotFoundError:
         raise UserError(f"missing file: {path}") from None
     except json.JSONDecodeError as exc:
@@ -140,7 +140,12 @@ def truncate_metrics(path: Path, *, after_step: int) -> None:
     """Drop metric lines a crashed run wrote after the checkpoint it resumes from."""
     if not path.is_file():
         return
-    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= after_step]
+    records = read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        if type(record.get("step", 0)) is not int:  # edited: a crash writes no such line
+            got = repr(record["step"])[:40]
+            raise UserError(f"{path}: record {number}: `step` must be an integer, got {got}")
+    kept = [record for record in records if record.get("step", 0) <= after_step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 

@@ -104,6 +104,25 @@ def test_eval_data_names_an_unknown_label_with_its_file_and_row(iris_run, tmp_pa
     assert f"{csv}:5" in err and "'orchid'" in err  # header is line 1: sample 3 is line 5
 
 
+@pytest.mark.parametrize("kind", ["parquet without a column", "npz of one column"])
+def test_eval_data_refuses_a_file_narrower_than_the_run(iris_run, tmp_path, capsys, kind):
+    """Before: the one column broadcast over the run's 4 scaling statistics, and eval
+    printed metrics of inputs that never were."""
+    run, _, (inputs, names, ids) = iris_run
+    if kind.startswith("parquet"):
+        path = tmp_path / "three.parquet"
+        columns = {name: inputs[:, i] for i, name in enumerate(FEATURES[:3])}
+        pq.write_table(pa.table({**columns, "species": names.tolist()}), path)
+        expected = f"{path}: no feature column 'petal_width'"
+    else:
+        path = tmp_path / "one.npz"
+        np.savez(path, x=inputs[:, :1], label=ids)
+        expected = f"{path}: samples of 1 values; the run was trained on inputs of shape (4,)"
+    code, _, err = _cli(capsys, "eval", str(run.run_dir), "--data", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {expected}"), err
+
+
 def test_checkpoint_names_accept_a_step_number_in_any_spelling(iris_run, capsys):
     run, _, _ = iris_run
     steps = sorted(path.name for path in (run.run_dir / "checkpoints").glob("step_*"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from scaletrain.checkpoint.values import shown
 from scaletrain.errors import CheckpointError
-from scaletrain.fileio import atomic_write_json, fsync_file
+from scaletrain.fileio import atomic_write_json, fsync_file, read_file_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "scaletrain-checkpoint"
@@ -67,7 +67,7 @@ def verify_manifest(directory: Path) -> Manifest:
 
 def _read(path: Path, directory: Path) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(read_file_bytes(path, error=CheckpointError))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing, so {directory.name} is not a checkpoint") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -281,15 +281,23 @@ class CheckpointStore:
         return sorted(dirs, key=lambda p: p.name)
 
     def latest_valid(self) -> Path | None:
-        """Newest checkpoint whose files match its manifest; warn and fall back otherwise."""
+        """Newest checkpoint whose files match its manifest, with a warning for each newer
+        corrupt one passed over; None without any. Where every one is corrupt, the newest's
+        refusal is the one line (no warnings before it: nothing was fallen back to)."""
+        refusals = []
         for path in reversed(self.committed()):
             try:
                 self.verify(path)
-                return path
             except CheckpointError as exc:
+                refusals.append(exc)
+                continue
+            for exc in refusals:
                 warnings.warn(
                     f"skipping corrupt checkpoint: {exc}", CheckpointWarning, stacklevel=2
                 )
+            return path
+        if refusals:
+            raise CheckpointError(f"{refusals[0]} (no valid checkpoint in {self.root})")
         return None
 
     def find(self, which: str) -> Path:

@@ -43,7 +43,7 @@ from scaletrain.compress.shrink import (
     shrunk_config,
 )
 from scaletrain.compress.user_module import check_user_module
-from scaletrain.config import Config, load_config
+from scaletrain.config import Config, load_run_config
 from scaletrain.data import build_data
 from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json
@@ -132,7 +132,7 @@ def compress(
 def _check_source_config(source: RunDir, model: nn.Module | None, options) -> None:
     if is_ensemble_dir(source.root):
         raise UserError(f"{source.root} is an ensemble; compress one of its members/m<i> runs")
-    check_user_module(load_config(source.config), model, options, where=str(source.root))
+    check_user_module(load_run_config(source.config), model, options, where=str(source.root))
 
 
 def _check_source(source: Run, options: CompressOptions, *, target: Path) -> None:

@@ -941,6 +941,18 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] = ()) -
     return cfg
 
 
+def load_run_config(path: Path) -> Config:
+    """A run directory's resolved config.yaml; a value it refuses names the file, which the
+    user never typed (edited since, or written by another version)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        problems = [f"{path}: {line}" for line in exc.problems]
+        raise ConfigError(f"{path}: {exc}", problems=problems) from None
+
+
 def _fields_set(cfg: BaseModel, path: tuple[str, ...]) -> set[str]:
     """The keys a Config's section was given (not its defaults)."""
     for part in path:

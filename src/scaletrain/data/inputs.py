@@ -19,6 +19,7 @@ from scaletrain.data.sources.files import (
     check_file,
     check_numeric,
     load_numpy,
+    npz_array,
     npz_input_key,
     read_csv_table,
 )
@@ -46,7 +47,8 @@ def read_inputs_file(
         array = load_numpy(path)
         if isinstance(array, np.lib.npyio.NpzFile):
             with array:
-                array = array[npz_input_key(list(array.keys()), label=label_column, path=path)]
+                key = npz_input_key(list(array.keys()), label=label_column, path=path)
+                array = npz_array(array, key, path=path)
         array = check_numeric(array, path=path)
     else:
         raise DataError(f"{path}: unknown inputs format {path.suffix!r}; use .csv, .npy or .npz")

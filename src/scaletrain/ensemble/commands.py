@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scaletrain.config import load_config
+from scaletrain.config import load_config, load_run_config
 from scaletrain.errors import UserError
 from scaletrain.rundir import CLI_REUSE_HINT, is_ensemble_dir, read_json
 
@@ -58,7 +58,7 @@ def resume_command(args) -> int:
         raise UserError(f"{args.run_dir}: an ensemble resumes as it was configured (no overrides)")
     nproc, nodes = _placement(args)
     root = Path(args.run_dir)
-    cfg = load_config(root / "config.yaml")
+    cfg = load_run_config(root / "config.yaml")
     if nodes is not None and nodes.node_rank > 0:
         return _join(root, cfg, nodes, nproc=nproc)
     run = _as_host(cfg, nodes, lambda host: resume_ensemble(root, nproc=nproc, host=host))

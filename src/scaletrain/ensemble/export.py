@@ -11,7 +11,7 @@ import torch
 
 from scaletrain.checkpoint import CheckpointStore
 from scaletrain.checkpoint.export import read_full_tensors
-from scaletrain.config import load_config
+from scaletrain.config import load_run_config
 from scaletrain.fileio import atomic_path
 from scaletrain.rundir import open_run_dir
 from scaletrain.trained.combiner import COMBINER_FILE
@@ -21,7 +21,7 @@ from scaletrain.trained.ensemble import (
     member_checkpoints,
     module_combine,
 )
-from scaletrain.trained.files import read_spec
+from scaletrain.trained.files import read_spec, run_config_text
 
 FORMAT = "scaletrain-ensemble-weights"
 
@@ -31,7 +31,7 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
     from safetensors.torch import load_file, save_file
 
     run = open_run_dir(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     tensors, steps = {}, []
     members = member_checkpoints(run.root, checkpoint)
     for index, (member, member_checkpoint) in enumerate(members):
@@ -50,7 +50,7 @@ def export_ensemble(run_dir: str | Path, *, out: str | Path | None = None, check
             tensors[f"combiner.{name}"] = value
     metadata = {
         "format": FORMAT,
-        "config": run.config.read_text(),
+        "config": run_config_text(run),
         "combine": cfg.ensemble.combine,
         "checkpoint": checkpoint,
         "member_steps": json.dumps(steps),

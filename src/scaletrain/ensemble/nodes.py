@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaletrain.config import Config, load_config, member_configs
+from scaletrain.config import Config, load_run_config, member_configs
 from scaletrain.ensemble.jobs import MemberJobs, member_slots, run_member_jobs
 from scaletrain.ensemble.members import MemberOutcome, train_member
 from scaletrain.ensemble.parallel import train_in_parallel
@@ -144,7 +144,7 @@ def _train_joined(root: Path, nodes: Nodes, plan: dict, *, nproc: int) -> list[M
         raise UserError(
             f"--nproc {nproc}: node 0 runs --nproc {plan['nproc']}; give every node the same"
         )
-    cfg = load_config(root / "config.yaml")  # node 0's, resolved
+    cfg = load_run_config(root / "config.yaml")  # node 0's, resolved
     check_nodes_method(cfg, nodes)
     members = member_configs(cfg)
     member_nproc = cfg.ensemble.member_nproc

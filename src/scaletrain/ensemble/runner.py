@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from scaletrain.config import Config, load_config, member_configs
+from scaletrain.config import Config, load_config, load_run_config, member_configs
 from scaletrain.data import build_data
 from scaletrain.ensemble.evaluate import evaluate_ensemble
 from scaletrain.ensemble.jobs import MemberJobs, member_slots, run_member_jobs
@@ -81,7 +81,7 @@ def resume_ensemble(
     """Continue an interrupted ensemble: finished members are kept, the others resumed from
     their checkpoints (or started over where they have none)."""
     run = open_run_dir(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if cfg.ensemble is None:
         raise UserError(f"{run.root} is a single run, not an ensemble")
     _member_jobs(run.root, cfg, nproc=nproc)  # --nproc checked before the lock

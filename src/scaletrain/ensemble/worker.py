@@ -19,10 +19,10 @@ def run_worker(root: Path, *, rank: int, nproc: int, report, share: list[int] | 
     each."""
     import torch
 
-    from scaletrain.config import load_config, member_configs
+    from scaletrain.config import load_run_config, member_configs
     from scaletrain.ensemble.members import assigned, train_member
 
-    cfg = load_config(root / "config.yaml")
+    cfg = load_run_config(root / "config.yaml")
     # the cores are shared by nproc workers: oversubscribed threads wait on each other
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     members = member_configs(cfg)

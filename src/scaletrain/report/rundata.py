@@ -10,6 +10,8 @@ misclassified examples.
 from __future__ import annotations
 
 import itertools
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,9 @@ import numpy as np
 import yaml
 
 from scaletrain.errors import UserError
-from scaletrain.fileio import read_jsonl
+from scaletrain.fileio import read_jsonl, read_text_file
 from scaletrain.rundir import RunDir, open_run_dir, read_json
+from scaletrain.runfiles import checked_file, checked_records
 
 STATUS_LABELS = {
     "finished": "finished",
@@ -114,19 +117,21 @@ class RunData:
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 return {key: arrays[key] for key in arrays.files}
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise UserError(f"{path}: not a readable .npz file ({error})") from None
 
 
 def read_run(path: str | Path) -> RunData:
     """Parse a run directory; UserError when it is missing or holds no config.yaml."""
     run = open_run_dir(path)
-    config_text = run.config.read_text(encoding="utf-8")
+    config_text = read_text_file(run.config)
     try:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError as error:
         raise UserError(f"{run.config}: not valid YAML ({error})") from None
-    records = read_jsonl(run.metrics)  # [] for a run that died before its first log line
+    except RecursionError:
+        raise UserError(f"{run.config}: not valid YAML (nested too deeply)") from None
+    records = checked_records(run.metrics, read_jsonl(run.metrics))  # [] before a first log
     evals: dict[str, list[dict]] = {}
     for record in records:
         if "event" not in record and record.get("split") not in (None, *TRAIN_SPLITS):
@@ -136,19 +141,27 @@ def read_run(path: str | Path) -> RunData:
         root=run.root,
         config=config if isinstance(config, dict) else {},
         config_text=config_text,
-        plan=read_json(run.plan) if run.plan.is_file() else {},
-        summary=read_json(run.summary) if run.summary.is_file() else None,
+        plan=_optional(run.plan, {}),
+        summary=_optional(run.summary, None),
         train=[record for record in records if record.get("split") == "train"],
         train_epochs=[record for record in records if record.get("split") == "train_epoch"],
         evals=evals,
         events=[record for record in records if "event" in record],
-        data_spec=read_json(spec_path) if spec_path.is_file() else {},
-        model_summary=read_json(run.model_summary) if run.model_summary.is_file() else None,
+        data_spec=_optional(spec_path, {}),
+        model_summary=_optional(run.model_summary, None),
         parameter_server=next(
             (record["ps"] for record in reversed(records) if isinstance(record.get("ps"), dict)),
             None,
         ),
     )
+
+
+def _optional(path: Path, default: Any) -> Any:
+    """A JSON file the report can do without (an unfinished run has no summary.json yet);
+    one that is there is checked, a folder or link to one in its place included."""
+    if not (path.exists() or path.is_symlink()):
+        return default
+    return checked_file(path, read_json(path))
 
 
 def scalar_names(metrics_by_split: dict[str, dict[str, Any]]) -> list[str]:

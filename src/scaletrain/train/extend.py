@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scaletrain.config import Config, ScheduleConfig, UserModelConfig, load_config
+from scaletrain.config import Config, ScheduleConfig, UserModelConfig, load_config, load_run_config
 from scaletrain.errors import ConfigError, UserError
 
 # exact keys, or sections ending in "." whose every key may change
@@ -57,7 +57,7 @@ def resume_config(
     override), extended by `overrides`; refused in one line where the run needs a module
     only Python can pass (checked by the CLI before it starts any worker, and by
     `api.resume`)."""
-    cfg = load_config(config_path)
+    cfg = load_run_config(config_path)
     if check is not None:
         check(cfg)
     if overrides:

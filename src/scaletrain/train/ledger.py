@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from scaletrain.fileio import atomic_write_text, read_jsonl
+from scaletrain.runfiles import checked_records
 
 LEDGER = "ledger.jsonl"
 
@@ -86,7 +87,7 @@ class Ledger:
 
 def read_ledger(path: Path) -> list[dict]:
     """Ledger lines; a last line cut short by a crash is dropped, any other bad one refused."""
-    return read_jsonl(path)
+    return checked_records(path, read_jsonl(path))
 
 
 def expand_ledger(lines: list[dict]) -> list[tuple[int, int, int, int, str | None]]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from scaletrain.config import load_config
+from scaletrain.config import load_run_config
 from scaletrain.data import DataSpec, build_data, read_inputs_file
 from scaletrain.errors import UserError
 from scaletrain.rundir import open_run_dir, read_json
+from scaletrain.runfiles import checked_file
 from scaletrain.trained.ensemble import load_ensemble_run
 from scaletrain.trained.files import read_preprocessor, read_spec
 from scaletrain.trained.handle import Run
@@ -108,7 +109,7 @@ def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: st
     if checkpoint is None and quantization_of(run.root):
         return load_quantized_run(load_run_dir(run.root, model=model, checkpoint="last"))
     checkpoint = checkpoint or "best"
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if cfg.ensemble is not None:  # the members' networks combined in one module
         if isinstance(model, nn.Module):
             raise UserError(
@@ -119,9 +120,8 @@ def load_run_dir(run_dir: str | Path, *, model: nn.Module | None, checkpoint: st
         return load_ensemble_run(run.root, cfg, checkpoint=checkpoint, model_factory=factory)
     spec = read_spec(run)
     trained, path = load_trained_model(run, cfg, spec, checkpoint=checkpoint, model=model)
-    summary = read_json(run.summary) if run.summary.is_file() else {}
-    if not isinstance(summary, dict):
-        raise UserError(f"{run.summary}: expected a JSON object")
+    has_summary = run.summary.exists() or run.summary.is_symlink()  # optional: a crashed run
+    summary = checked_file(run.summary, read_json(run.summary)) if has_summary else {}
     step = int(path.name.removeprefix("step_"))
     return Run(
         run.root,

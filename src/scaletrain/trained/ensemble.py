@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scaletrain.config import Config, load_config
+from scaletrain.config import Config, load_run_config
 from scaletrain.errors import UserError
 from scaletrain.rundir import ENSEMBLE_FILE, RunDir, read_json
 from scaletrain.trained.combiner import load_combiner, stack_features
@@ -127,7 +127,7 @@ def load_members(
     for member, member_checkpoint in member_checkpoints(root, checkpoint):
         if not member.config.is_file():
             raise UserError(f"{member.root}: member missing; resume the ensemble to train it")
-        member_cfg = load_config(member.config)
+        member_cfg = load_run_config(member.config)
         fresh = model_factory() if model_factory is not None else None
         model, _ = load_trained_model(
             member, member_cfg, read_spec(member), checkpoint=member_checkpoint, model=fresh

@@ -20,8 +20,9 @@ from scaletrain.checkpoint.state_dict import load_model_state, model_state
 from scaletrain.config import Config, UserModelConfig, load_config
 from scaletrain.data import Preprocessor
 from scaletrain.errors import CheckpointError, UserError
+from scaletrain.fileio import read_text_file
 from scaletrain.rundir import RunDir, open_run_dir
-from scaletrain.trained.files import spec_from_dict
+from scaletrain.trained.files import read_preprocessor, read_spec, run_config_text, spec_from_dict
 from scaletrain.trained.handle import Run
 from scaletrain.trained.quantized import float32_config, quantization_of
 from scaletrain.trained.quantized_export import (
@@ -36,13 +37,17 @@ PREPROCESS_KEY = "preprocess"
 
 
 def preprocessing_metadata(run: RunDir) -> dict[str, str]:
-    """The run's data spec and preprocessing as they are in its directory (JSON text)."""
+    """The run's data spec and preprocessing as they are in its directory (JSON text),
+    each read as `load_exported` will read it: an edited file is refused now, naming it,
+    not carried into an export that then fails to load."""
     for path in (run.root / "data_spec.json", run.preprocess):
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             raise CheckpointError(f"{path}: missing; the export needs the run's preprocessing")
+    read_spec(run)
+    read_preprocessor(run)
     return {
-        SPEC_KEY: (run.root / "data_spec.json").read_text(),
-        PREPROCESS_KEY: run.preprocess.read_text(),
+        SPEC_KEY: read_text_file(run.root / "data_spec.json"),
+        PREPROCESS_KEY: read_text_file(run.preprocess),
     }
 
 
@@ -61,7 +66,7 @@ def export_run_safetensors(
         run.checkpoints,
         target,
         which=checkpoint or "best",
-        config_text=run.config.read_text(),
+        config_text=run_config_text(run),
         extra=preprocessing_metadata(run),
     )
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
+from scaletrain.config import load_run_config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import UserError
+from scaletrain.fileio import read_text_file
 from scaletrain.rundir import RunDir, read_json
+from scaletrain.runfiles import check_data_spec
 
 
 def read_run_file(path: Path, parse):
@@ -17,16 +20,24 @@ def read_run_file(path: Path, parse):
     data = read_json(path)
     try:
         return parse(data)
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+    except (
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        RuntimeError,
+        OverflowError,  # a number too large for a float (JSON allows any)
+    ) as exc:
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
         raise UserError(
-            f"{path}: not a file this scaletrain wrote ({reason[:100]}); was it edited?"
+            f"{path}: not a file this scaletrain wrote ({reason[:140]}); was it edited?"
         ) from None
 
 
 def spec_from_dict(data: dict) -> DataSpec:
     """`data_spec.json` -> DataSpec; the dtype must name a torch dtype, nothing else of torch."""
-    data = dict(data)
+    data = check_data_spec(data)
     dtype = getattr(torch, data["input_dtype"], None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"input_dtype {str(data['input_dtype'])[:40]!r} is not a torch dtype")
@@ -41,3 +52,10 @@ def read_spec(run: RunDir) -> DataSpec:
 
 def read_preprocessor(run: RunDir) -> Preprocessor:
     return read_run_file(run.preprocess, Preprocessor.from_state_dict)
+
+
+def run_config_text(run: RunDir) -> str:
+    """config.yaml as it is, for an export to carry, once it loads (an edited one is
+    refused naming the file, not carried into an export that cannot be loaded)."""
+    load_run_config(run.config)
+    return read_text_file(run.config)

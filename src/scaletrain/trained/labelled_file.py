@@ -34,6 +34,11 @@ def read_labelled_file(
         read_cfg = read_cfg.model_copy(
             update={key: default[key].default for key in ("label", "features", "table")}
         )
+    encoder = preprocessor.encoder
+    if encoder is not None and encoder.kind == "table" and source in _NAMED_COLUMNS:
+        # the columns the run was fit on, by name: a file lacking one is refused by the
+        # source (file and column), never broadcast over the run's statistics
+        read_cfg = read_cfg.model_copy(update={"features": encoder.columns})
     raw = SOURCES[source](read_cfg)
     inputs = raw.inputs
     if isinstance(inputs, RawTable) and preprocessor.encoder is None:
@@ -43,16 +48,23 @@ def read_labelled_file(
                 f"{path}: column {name!r} is not numeric; the run was trained on numbers"
             )
         inputs = inputs.numeric.astype(np.float32)
-    encoded = preprocessor.transform(inputs)
     per_sample = int(np.prod(spec.input_shape))
-    if int(np.prod(encoded.shape[1:])) != per_sample:
-        raise DataError(
-            f"{path}: samples of {int(np.prod(encoded.shape[1:]))} values; the run was trained "
-            f"on inputs of shape {tuple(spec.input_shape)} ({per_sample} values)"
-        )
+    if isinstance(inputs, np.ndarray):  # numbers as they are: a narrower file would
+        # broadcast over the scaling's statistics, so it is refused before
+        _check_width(path, int(np.prod(inputs.shape[1:])), spec=spec, per_sample=per_sample)
+    encoded = preprocessor.transform(inputs)
+    _check_width(path, int(np.prod(encoded.shape[1:])), spec=spec, per_sample=per_sample)
     network_inputs = encoded.reshape(len(encoded), *spec.input_shape).to(spec.input_dtype)
     targets = encode_labels(raw.labels, spec=spec, origin=str(path), locate=raw.locate)
     return network_inputs, targets
+
+
+def _check_width(path: Path, width: int, *, spec: DataSpec, per_sample: int) -> None:
+    if width != per_sample:
+        raise DataError(
+            f"{path}: samples of {width} values; the run was trained "
+            f"on inputs of shape {tuple(spec.input_shape)} ({per_sample} values)"
+        )
 
 
 def _source_for(path: Path, cfg: DataConfig) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scaletrain.config import Config, UserModelConfig, load_config
+from scaletrain.config import Config, UserModelConfig, load_run_config
 from scaletrain.data import DataSpec, Preprocessor, build_data
 from scaletrain.errors import UserError
 from scaletrain.fileio import atomic_write_json
@@ -60,7 +60,7 @@ def export_run_onnx(
     """Export, verify and describe; returns what `export.json` (beside the file) holds. A
     quantized run without `checkpoint`: its quantized model."""
     run = open_run_dir(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     _refuse(run, cfg, model)
     handle = load_run_dir(run.root, model=model, checkpoint=checkpoint)
     spec, preprocessor = handle.spec_and_preprocessor()

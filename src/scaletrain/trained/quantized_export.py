@@ -14,6 +14,7 @@ from scaletrain.checkpoint.export import DIGEST_KEY, FORMAT, export_digest
 from scaletrain.errors import CheckpointError
 from scaletrain.fileio import atomic_path
 from scaletrain.rundir import RunDir
+from scaletrain.trained.files import run_config_text
 from scaletrain.trained.quantized import (
     WEIGHTS_FILE,
     compress_record,
@@ -38,7 +39,7 @@ def export_quantized(run: RunDir, out: Path, *, extra: dict[str, str]) -> Path:
         raise CheckpointError(f"{source}: not readable ({_first_line(exc)})") from None
     metadata = {
         "format": FORMAT,
-        "config": run.config.read_text(),
+        "config": run_config_text(run),
         "step": "0",
         "checkpoint": weights_name(mode),
         QUANTIZE_KEY: mode,

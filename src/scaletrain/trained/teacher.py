@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scaletrain.checkpoint import CheckpointStore
-from scaletrain.config import Config, UserModelConfig, load_config
+from scaletrain.config import Config, UserModelConfig, load_run_config
 from scaletrain.data import DataSpec, Preprocessor
 from scaletrain.errors import ConfigError, UserError
 from scaletrain.rundir import open_run_dir, read_json
@@ -31,7 +31,7 @@ def load_teacher(cfg: Config, *, spec: DataSpec, preprocessor: Preprocessor) -> 
     where = f"distill.teacher: {cfg.distill.teacher}"
     try:
         run = open_run_dir(cfg.distill.teacher)
-        teacher_cfg = load_config(run.config)
+        teacher_cfg = load_run_config(run.config)
         _check_run(teacher_cfg, run.summary, where=where)
         teacher_spec = read_spec(run)
         _check_spec(teacher_spec, spec, where=where)

@@ -77,13 +77,23 @@ def test_damaged_latest_falls_back_to_previous_with_one_warning(tmp_path, damage
         store.find(latest.name)  # asking for the damaged one by name is an error
 
 
-def test_all_damaged_means_no_checkpoint(tmp_path):
+def test_all_damaged_is_one_error_naming_the_newest_culprit(tmp_path):
+    """Nothing is fallen back to, so no warnings: the command's one line names the file."""
     store, previous, latest = _two_checkpoints(tmp_path)
     _truncate(previous)
-    _delete_manifest(latest)
+    culprit = _delete_manifest(latest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert store.latest_valid() is None
-        with pytest.raises(CheckpointError, match="no checkpoint `last`"):
-            store.find("last")
-    assert len(caught) == 4  # each damaged checkpoint named, by both calls
+        for find in (store.latest_valid, lambda: store.find("last")):
+            with pytest.raises(CheckpointError) as refused:
+                find()
+            assert str(refused.value).startswith(f"{culprit}: missing"), refused.value
+            assert f"(no valid checkpoint in {store.root})" in str(refused.value)
+    assert caught == []
+
+
+def test_no_checkpoint_at_all_is_none(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.latest_valid() is None
+    with pytest.raises(CheckpointError, match="no checkpoint `last`"):
+        store.find("last")

@@ -91,6 +91,15 @@ def _metadata_reads_outside(run: Path) -> None:
     _reseal(run / LAST)
 
 
+def _first_record_step(step):
+    def corrupt(run: Path) -> None:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        lines[0] = json.dumps({**json.loads(lines[0]), "step": step})
+        _write(run, "metrics.jsonl", "\n".join(lines) + "\n")
+
+    return corrupt
+
+
 def _first_entry(manifest: dict) -> dict:
     return next(iter(manifest["files"].values()))
 
@@ -199,10 +208,69 @@ CASES = {
         _metadata_reads_outside,
         "reads '../../../outside.safetensors', which is not a data file the manifest lists",
     ),
+    # found by the hostile-file sweep (session 29): each a traceback before
+    "predict: a folder in place of data_spec.json": (
+        "predict",
+        "data_spec.json",
+        lambda run: ((run / "data_spec.json").unlink(), (run / "data_spec.json").mkdir()),
+        "cannot read it (Is a directory)",
+    ),
+    "eval: data_spec.json input_shape ['12']": (
+        "eval",
+        "data_spec.json",
+        lambda run: _edit_json(run, "data_spec.json", lambda s: s.update(input_shape=["12"])),
+        "input_shape.0: input should be a valid integer, got '12'",
+    ),
+    "predict: preprocess.json shift 10**400": (  # valid JSON that no float holds
+        "predict",
+        "preprocess.json",
+        lambda run: _edit_json(run, "preprocess.json", lambda s: s.update(shift=[10**400])),
+        "not a file this scaletrain wrote (OverflowError",
+    ),
+    "export: config.yaml not UTF-8": (
+        "export",
+        "config.yaml",
+        lambda run: (run / "config.yaml").write_bytes(b"\xcd\xff" * 50),
+        "not UTF-8 text",
+    ),
+    "export: data_spec.json as []": (  # was carried into the export, refused at its load
+        "export",
+        "data_spec.json",
+        lambda run: _write(run, "data_spec.json", []),
+        "expected a JSON object, got list",
+    ),
+    "eval: config.yaml seed NaN": (
+        "eval",
+        "config.yaml",
+        lambda run: _write(
+            run, "config.yaml", (run / "config.yaml").read_text().replace("seed: 0", "seed: .nan")
+        ),
+        "run.seed: input should be a finite number, got nan",
+    ),
+    "eval: summary.json weights 'last'": (
+        "eval",
+        "summary.json",
+        lambda run: _edit_json(run, "summary.json", lambda s: s.update(weights="last")),
+        "`weights`: input should be a valid dictionary",
+    ),
+    "report: summary.json steps '12'": (
+        "report",
+        "summary.json",
+        lambda run: _edit_json(run, "summary.json", lambda s: s.update(steps="12")),
+        "`steps`: input should be a valid integer, got '12'",
+    ),
+    "resume: metrics.jsonl step '12'": (
+        "extend",
+        "metrics.jsonl",
+        _first_record_step("12"),
+        "record 1: `step` must be an integer, got '12'",
+    ),
 }
 
 
 def _argv(command: str, run: Path) -> list[str]:
+    if command == "extend":  # resume a finished run past its end: it reads metrics.jsonl
+        return ["resume", str(run), "train.max_epochs=3"]
     if command == "predict":
         return ["predict", str(run), str(run.parent.parent / "inputs.npy")]
     if command == "export":

@@ -82,6 +82,23 @@ def test_cli_eval_says_which_weights(runs, capsys):
     assert "weights: int8" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_cut_quantized_weights_file_is_one_line(runs, tmp_path, capsys, command):
+    """The weights note is said once they loaded: before, it preceded the refusal."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["int8-dynamic"], run)
+    weights = run / "compressed.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), dtype=np.float32))
+    extra = {"predict": [str(tmp_path / "x.npy")], "export": ["--out", str(tmp_path / "q")]}
+    capsys.readouterr()
+    assert main([command, str(run), *extra.get(command, [])]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {weights}: "), lines
+
+
 @pytest.mark.parametrize("mode", ["int8-dynamic", "int8-weight", "int4-weight"])
 def test_safetensors_export_rebuilds_the_quantized_model_bit_for_bit(runs, tmp_path, mode):
     out = tmp_path / "q.safetensors"

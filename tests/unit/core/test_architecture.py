@@ -19,7 +19,7 @@ LAYERS = [
     {"choices"},  # which options each named choice takes; knows nothing of Config
     {"config"},
     {"fileio", "_alloc"},  # file helpers: nothing of scaletrain but errors
-    {"rundir"},
+    {"rundir", "runfiles"},  # runfiles: the types of a run directory's JSON files
     {"data", "models", "optim", "metrics", "parallel", "report"},
     {"checkpoint"},
     {"train", "finish"},
@@ -39,7 +39,13 @@ ONLY_IMPORT = {
     "fileio": {"errors"},
     "_alloc": set(),
     "rundir": {"errors", "fileio"},
-    "report": {"errors", "fileio", "rundir"},  # a leaf api may call: reads run files only
+    "runfiles": {"errors"},
+    "report": {
+        "errors",
+        "fileio",
+        "rundir",
+        "runfiles",
+    },  # a leaf api may call: reads run files only
 }
 NO_TORCH = (
     "errors",
@@ -49,6 +55,7 @@ NO_TORCH = (
     "fileio",
     "_alloc",
     "rundir",
+    "runfiles",
     "report",
 )  # start in ~1 s
 TORCH_DISTRIBUTED = ("parallel", "checkpoint")  # the packages that may import it

@@ -6,9 +6,11 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from scaletrain.config import DataConfig, load_config
-from scaletrain.data import build_data
+from scaletrain.data import DataSpec, build_data
+from scaletrain.data.inputs import read_inputs_file
 from scaletrain.errors import ConfigError, DataError, UserError
 
 
@@ -179,3 +181,30 @@ def test_features_with_an_npy_source_is_a_config_error(tmp_path):
     data = {"source": "npy", "path": str(tmp_path / "table.npy"), "features": ["a"]}
     with pytest.raises(ConfigError, match="data.features: data.source=npy does not read it"):
         load_config({"data": data})
+
+
+def _cut_archive(path):
+    np.savez(path, x=np.zeros((10, 2)), label=np.zeros(10))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _object_member(path):  # written with pickle; must be refused, never unpickled
+    np.savez(path, x=np.array([{"a": 1}] * 10, dtype=object), label=np.zeros(10))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (_cut_archive, "bad.npz: cannot read as .npy/.npz"),
+        (_object_member, "bad.npz: array 'x' is not a numeric array (Object arrays cannot"),
+    ],
+    ids=["cut archive", "object member"],
+)
+def test_a_damaged_npz_names_the_file_and_array(tmp_path, damage, expected):
+    """Members of an .npz are read lazily: their failures come after np.load returned."""
+    damage(tmp_path / "bad.npz")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        build_data(DataConfig(source="npz", path=str(tmp_path / "bad.npz")), seed=0)
+    spec = DataSpec("classification", (2,), torch.float32, 2, None, None)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_inputs_file(tmp_path / "bad.npz", spec=spec, feature_columns=None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,8 +239,8 @@ def read_npz(cfg: DataConfig) -> RawData:
                 f"arrays: {', '.join(keys)}"
             )
         input_key = npz_input_key(keys, label=cfg.label, path=path)
-        inputs = check_numeric(archive[input_key], path=path, name=input_key)
-        labels = archive[cfg.label]
+        inputs = check_numeric(npz_array(archive, input_key, path=path), path=path, name=input_key)
+        labels = npz_array(archive, cfg.label, path=path)
     if len(inputs) != len(labels):
         raise DataError(
             f"{path}: {input_key!r} has {len(inputs)} samples but {cfg.label!r} has {len(labels)}"
@@ -258,13 +260,28 @@ def npz_input_key(keys: list[str], *, label: str, path: Path) -> str:
     return others[0]
 
 
+# what a damaged .npy/.npz raises (a cut zip archive: BadZipFile; a cut member: zlib.error)
+_DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def load_numpy(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric numpy file ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except _DAMAGED as exc:
         raise DataError(f"{path}: cannot read as .npy/.npz ({exc})") from None
+
+
+def npz_array(archive: np.lib.npyio.NpzFile, key: str, *, path: Path) -> np.ndarray:
+    """One array of an .npz archive. Members are read lazily, so a damaged one, or one of
+    objects (pickle, never loaded: allow_pickle stays False), is refused here, by name."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        raise DataError(f"{path}: array {key!r} is not a numeric array ({exc})") from None
+    except _DAMAGED as exc:
+        raise DataError(f"{path}: array {key!r} cannot be read ({exc})") from None
 
 
 def check_numeric(array: np.ndarray, *, path: Path, name: str | None = None) -> np.ndarray:

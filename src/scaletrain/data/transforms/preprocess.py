@@ -9,7 +9,7 @@ back into the original units (a run directory without it: outputs are already in
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -30,6 +30,27 @@ def encoder_from_state(state: dict | None) -> Any:
         return None
     classes = {"table": TableEncoder, "text": TextEncoder, "image": ImageDecoder}
     return classes[state["kind"]].from_state_dict(state)
+
+
+def _check_header(state: dict) -> None:
+    """A saved state's method, flag and shape: what an edited file changes is a ValueError
+    (the reader names the file), never a silent other scaling."""
+    if state["method"] not in get_args(Method) or type(state["is_image"]) is not bool:
+        raise ValueError(f"method {state['method']!r}, is_image {state['is_image']!r}")
+    if state["method"] != "none":
+        shape = state["shape"]
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 1 for n in shape)):
+            raise ValueError(f"shape must be a list of positive sizes, got {shape!r:.40}")
+
+
+def _statistic(state: dict, key: str) -> torch.Tensor:
+    """`shift` or `scale`: finite numbers, as many as the shape holds (not broadcast)."""
+    values = torch.tensor(state[key], dtype=torch.float64)
+    if values.ndim != 1 or values.numel() != int(np.prod(state["shape"])):
+        raise ValueError(f"{key} holds {values.numel()} numbers; shape {state['shape']}")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{key} holds a number that is not finite")
+    return values.reshape(state["shape"])
 
 
 class Preprocessor:
@@ -145,11 +166,11 @@ class Preprocessor:
         encoder = encoder_from_state(state.get("encoder"))
         target = state.get("target")  # absent in run directories from before it existed
         target = None if target is None else TargetScaler.from_state_dict(target)
+        _check_header(state)
         if state["method"] == "none":
             return cls("none", is_image=state["is_image"], encoder=encoder, target=target)
-        shape = state["shape"]
-        shift = torch.tensor(state["shift"], dtype=torch.float64).reshape(shape)
-        scale = torch.tensor(state["scale"], dtype=torch.float64).reshape(shape)
+        shift = _statistic(state, "shift")
+        scale = _statistic(state, "scale")
         return cls(
             state["method"],
             shift=shift,
