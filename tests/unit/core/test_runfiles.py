@@ -83,11 +83,16 @@ SPEC = DataSpec("classification", (1, 8, 8), torch.float32, 10, list("ab"), [3, 
     ],
 )
 def test_a_data_spec_value_of_the_wrong_type_names_file_and_key(tmp_path, key, value, expected):
-    (tmp_path / "data_spec.json").write_text(json.dumps({**SPEC, key: value}))
+    _assert_edit_refused(tmp_path / "data_spec.json", {**SPEC, key: value}, read_spec, expected)
+
+
+def _assert_edit_refused(path, document, read, expected):
+    """`document` written at `path`; `read` of the run folder refuses it naming the file."""
+    path.write_text(json.dumps(document))
     with pytest.raises(UserError) as refused:
-        read_spec(RunDir(tmp_path))
+        read(RunDir(path.parent))
     message = str(refused.value)
-    assert message.startswith(f"{tmp_path / 'data_spec.json'}: not a file this scaletrain wrote")
+    assert message.startswith(f"{path}: not a file this scaletrain wrote"), message
     assert expected in message, message
 
 
@@ -114,12 +119,8 @@ STATE = Preprocessor(
     ],
 )
 def test_an_edited_preprocess_json_names_the_file(tmp_path, key, value, expected):
-    (tmp_path / "preprocess.json").write_text(json.dumps({**STATE, key: value}))
-    with pytest.raises(UserError) as refused:
-        read_preprocessor(RunDir(tmp_path))
-    message = str(refused.value)
-    assert message.startswith(f"{tmp_path / 'preprocess.json'}: not a file this scaletrain wrote")
-    assert expected in message, message
+    path = tmp_path / "preprocess.json"
+    _assert_edit_refused(path, {**STATE, key: value}, read_preprocessor, expected)
 
 
 @pytest.mark.parametrize(
